@@ -1,0 +1,38 @@
+//! Embeds the Envoy API descriptor set that ships inside the `envoy-types` crate, so the
+//! proto3 JSON/YAML decoder and the typed structs always come from the same crate version.
+use std::{env, fs, path::PathBuf, process::Command};
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=Cargo.lock");
+    let src = envoy_types_dir().join("src/generated/types.bin");
+    let out = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("envoy_descriptors.bin");
+    fs::copy(&src, &out).unwrap_or_else(|e| panic!("copying {} failed: {e}", src.display()));
+}
+
+/// The source folder of the `envoy-types` package this build resolved to.
+fn envoy_types_dir() -> PathBuf {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest_dir = env::var("CARGO_MANIFEST_DIR").unwrap();
+    let output = Command::new(cargo)
+        .args(["metadata", "--format-version", "1"])
+        .current_dir(&manifest_dir)
+        .output()
+        .expect("running cargo metadata");
+    assert!(
+        output.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let pkg = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "envoy-types")
+        .expect("envoy-types in cargo metadata");
+    PathBuf::from(pkg["manifest_path"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}

@@ -1,0 +1,197 @@
+//! Wiring: the two runtimes, clusters and listeners from the compiled config, the admin,
+//! stats and health servers, readiness, and the drain on SIGTERM/SIGINT.
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, Result, anyhow};
+use tokio::{runtime::Runtime, sync::mpsc};
+
+use crate::{
+    admin::{self, Command, Role},
+    bootstrap::Loaded,
+    config::NetworkFilter,
+    drain,
+    listener::{self, Listener},
+    readiness::Readiness,
+    telemetry::{scopes::ServerStats, stats::Store},
+    upstream::ClusterManager,
+};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Traffic worker threads.
+    pub concurrency: usize,
+    /// How long a drain may take before the process exits anyway.
+    pub drain_time: Duration,
+    /// Prometheus stats server (`/stats/prometheus`), if any.
+    pub stats_addr: Option<SocketAddr>,
+    /// Health server (`/healthz/ready`), if any.
+    pub health_addr: Option<SocketAddr>,
+}
+
+/// Worker count when `--concurrency` is not given: the cgroup CPU quota, else 2.
+pub fn default_concurrency() -> usize {
+    cgroup_cpu_quota().unwrap_or(2)
+}
+
+fn cgroup_cpu_quota() -> Option<usize> {
+    let (quota, period) = if let Ok(s) = std::fs::read_to_string("/sys/fs/cgroup/cpu.max") {
+        let mut it = s.split_whitespace();
+        (
+            it.next()?.parse::<f64>().ok()?,
+            it.next()?.parse::<f64>().ok()?,
+        )
+    } else {
+        let q = std::fs::read_to_string("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").ok()?;
+        let p = std::fs::read_to_string("/sys/fs/cgroup/cpu/cpu.cfs_period_us").ok()?;
+        (q.trim().parse::<f64>().ok()?, p.trim().parse::<f64>().ok()?)
+    };
+    (quota > 0.0 && period > 0.0).then(|| ((quota / period).ceil() as usize).max(1))
+}
+
+/// Runs the proxy until a signal or `/quitquitquit`. Returns once everything stopped.
+pub fn run(loaded: Loaded, opts: Options) -> Result<()> {
+    let started = Instant::now();
+    let store = Store::new();
+    let server = Arc::new(ServerStats::new(&store));
+    server.concurrency.set(opts.concurrency as i64);
+    server.state.set(2);
+    let readiness = Arc::new(Readiness::default());
+    let (trigger, watch) = drain::channel();
+
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("pilotfish-control")
+        .enable_all()
+        .build()?;
+    let workers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.concurrency.max(1))
+        .thread_name("pilotfish-worker")
+        .enable_all()
+        .build()?;
+
+    let config = &loaded.config;
+    let clusters = Arc::new(ClusterManager::new(&config.clusters, &store));
+    server.active_clusters.set(clusters.len() as i64);
+    control.block_on(clusters.start_background());
+
+    // Bind every listener before taking traffic on any, so a bad address fails startup.
+    let own: Arc<Vec<SocketAddr>> = Arc::new(
+        config
+            .listeners
+            .iter()
+            .filter(|l| l.original_dst)
+            .map(|l| l.address)
+            .collect(),
+    );
+    let mut bound = Vec::new();
+    {
+        let _enter = workers.enter();
+        for l in &config.listeners {
+            let socket = listener::bind(l.address)
+                .with_context(|| format!("listener '{}': cannot bind {}", l.name, l.address))?;
+            let local = socket.local_addr()?;
+            let rt =
+                Listener::new(l.clone(), &clusters, &store, own.clone()).map_err(|e| anyhow!(e))?;
+            bound.push((Arc::new(rt), socket, local));
+        }
+    }
+
+    let (commands_tx, mut commands) = mpsc::unbounded_channel();
+    let state = Arc::new(admin::State {
+        store: store.clone(),
+        readiness: readiness.clone(),
+        clusters: clusters.clone(),
+        config_dump: admin::config_dump::render(&loaded.proto, SystemTime::now()),
+        commands: commands_tx,
+    });
+    let servers = [
+        (config.admin, Role::Admin),
+        (opts.stats_addr, Role::Stats),
+        (opts.health_addr, Role::Health),
+    ];
+    {
+        let _enter = control.enter();
+        for (addr, role) in servers {
+            let Some(addr) = addr else { continue };
+            let socket = admin::bind(addr)
+                .with_context(|| format!("{role:?} server: cannot bind {addr}"))?;
+            tracing::info!("{} on {}", role_name(role), socket.local_addr()?);
+            control.spawn(admin::serve(socket, role, state.clone()));
+        }
+    }
+
+    for (l, socket, local) in bound {
+        let what = match &l.config.filter {
+            NetworkFilter::TcpProxy(t) => format!("tcp_proxy -> {}", t.cluster),
+            NetworkFilter::Http(h) => format!("http_connection_manager {}", h.stat_prefix),
+        };
+        tracing::info!("listener {} on {local} ({what})", l.config.name);
+        workers.spawn(l.run(socket, watch.clone()));
+    }
+    server
+        .total_listeners_active
+        .set(config.listeners.len() as i64);
+    readiness.set_initialized();
+    server.state.set(0);
+    server.live.set(1);
+
+    let uptime = server.clone();
+    control.spawn(async move {
+        loop {
+            uptime.uptime.set(started.elapsed().as_secs() as i64);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+
+    let quit_now = control.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let quit = tokio::select! {
+            _ = term.recv() => false,
+            _ = int.recv() => false,
+            c = commands.recv() => c == Some(Command::Quit),
+        };
+        anyhow::Ok(quit)
+    })?;
+
+    if !quit_now {
+        tracing::info!("draining for up to {:?}", opts.drain_time);
+        readiness.set_draining();
+        server.state.set(1);
+        server.live.set(0);
+        let left = control.block_on(async {
+            let drain = trigger.drain(opts.drain_time);
+            tokio::pin!(drain);
+            loop {
+                tokio::select! {
+                    left = &mut drain => return left,
+                    c = commands.recv() => if c == Some(Command::Quit) { return trigger.active() },
+                }
+            }
+        });
+        if left > 0 {
+            tracing::info!("drain deadline passed with {left} connection(s) open");
+        }
+    }
+    tracing::info!("exiting");
+    shutdown(workers);
+    shutdown(control);
+    Ok(())
+}
+
+fn shutdown(rt: Runtime) {
+    rt.shutdown_timeout(Duration::from_millis(100));
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "admin",
+        Role::Stats => "stats (/stats/prometheus)",
+        Role::Health => "health (/healthz/ready)",
+    }
+}

@@ -1,0 +1,515 @@
+//! Compiles a checked Envoy bootstrap into the runtime [`Config`]. Errors name the
+//! field path, as `static_resources.clusters[1].load_assignment: …`.
+use std::{collections::HashSet, net::SocketAddr, time::Duration};
+
+use envoy_types::pb::envoy::{
+    config::{
+        bootstrap::v3::Bootstrap,
+        cluster::v3::{Cluster, cluster},
+        core::v3::{Address, address, socket_address},
+        endpoint::v3::lb_endpoint,
+        listener::v3::{Listener, filter, listener_filter},
+        route::v3::{RouteConfiguration, route, route_action, route_match},
+    },
+    extensions::{
+        filters::network::{
+            http_connection_manager::v3::{
+                HttpConnectionManager, http_connection_manager, http_filter,
+            },
+            tcp_proxy::v3::{TcpProxy, tcp_proxy},
+        },
+        upstreams::http::v3::{HttpProtocolOptions, http_protocol_options},
+    },
+};
+use envoy_types::pb::google::protobuf;
+
+use super::{model::*, proto};
+
+const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const HCM: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const ROUTER: &str = "envoy.extensions.filters.http.router.v3.Router";
+const ORIGINAL_DST: &str = "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+type Result<T> = std::result::Result<T, String>;
+
+pub fn compile(bootstrap: &Bootstrap) -> Result<Config> {
+    let node = bootstrap
+        .node
+        .as_ref()
+        .map(|n| NodeInfo {
+            id: n.id.clone(),
+            cluster: n.cluster.clone(),
+        })
+        .unwrap_or_default();
+    let admin = match bootstrap.admin.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(a) => Some(socket_addr(a, "admin.address")?),
+        None => None,
+    };
+    let mut config = Config {
+        node,
+        admin,
+        ..Default::default()
+    };
+    let Some(res) = bootstrap.static_resources.as_ref() else {
+        return Ok(config);
+    };
+
+    let mut names = HashSet::new();
+    for (i, c) in res.clusters.iter().enumerate() {
+        let path = format!("static_resources.clusters[{i}]");
+        let compiled = cluster(c, &path)?;
+        if !names.insert(compiled.name.clone()) {
+            return Err(format!(
+                "{path}.name: duplicate cluster '{}'",
+                compiled.name
+            ));
+        }
+        config.clusters.push(compiled);
+    }
+
+    let mut listener_names = HashSet::new();
+    let mut addresses = HashSet::new();
+    for (i, l) in res.listeners.iter().enumerate() {
+        let path = format!("static_resources.listeners[{i}]");
+        let compiled = listener(l, &path, &names)?;
+        if !listener_names.insert(compiled.name.clone()) {
+            return Err(format!(
+                "{path}.name: duplicate listener '{}'",
+                compiled.name
+            ));
+        }
+        if !addresses.insert(compiled.address) {
+            return Err(format!(
+                "{path}.address: {} is already used by another listener",
+                compiled.address
+            ));
+        }
+        config.listeners.push(compiled);
+    }
+    Ok(config)
+}
+
+fn socket_addr(a: &Address, path: &str) -> Result<SocketAddr> {
+    let Some(address::Address::SocketAddress(sa)) = &a.address else {
+        return Err(format!("{path}: a socket_address is required"));
+    };
+    let port = match sa.port_specifier {
+        Some(socket_address::PortSpecifier::PortValue(p)) => p,
+        _ => 0,
+    };
+    let port = u16::try_from(port)
+        .map_err(|_| format!("{path}.socket_address.port_value: {port} is out of range"))?;
+    let ip = sa.address.parse().map_err(|_| {
+        format!(
+            "{path}.socket_address.address: '{}' is not an IP address",
+            sa.address
+        )
+    })?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn duration(d: &protobuf::Duration) -> Duration {
+    Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+}
+
+fn listener(l: &Listener, path: &str, clusters: &HashSet<String>) -> Result<ListenerConfig> {
+    let address = socket_addr(
+        l.address
+            .as_ref()
+            .ok_or_else(|| format!("{path}.address: required"))?,
+        &format!("{path}.address"),
+    )?;
+    if l.bind_to_port.as_ref().is_some_and(|b| !b.value) {
+        return Err(format!("{path}.bind_to_port: false is not supported yet"));
+    }
+    let mut original_dst = false;
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        let fpath = format!("{path}.listener_filters[{i}]");
+        match &f.config_type {
+            Some(listener_filter::ConfigType::TypedConfig(any))
+                if proto::type_name(&any.type_url) == ORIGINAL_DST =>
+            {
+                original_dst = true
+            }
+            _ => return Err(format!("{fpath} ({}): not supported", f.name)),
+        }
+    }
+    let chain = match l.filter_chains.as_slice() {
+        [] => {
+            return Err(format!(
+                "{path}.filter_chains: at least one filter chain is required"
+            ));
+        }
+        [one] => one,
+        _ => {
+            return Err(format!(
+                "{path}.filter_chains: more than one filter chain needs filter_chain_match, \
+                 which is not supported yet"
+            ));
+        }
+    };
+    let cpath = format!("{path}.filter_chains[0]");
+    let filter = match chain.filters.as_slice() {
+        [f] => network_filter(f, &format!("{cpath}.filters[0]"), clusters)?,
+        [] => return Err(format!("{cpath}.filters: a terminal filter is required")),
+        _ => {
+            return Err(format!(
+                "{cpath}.filters: only one (terminal) network filter is supported"
+            ));
+        }
+    };
+    let stat_name = if l.stat_prefix.is_empty() {
+        format!("{}_{}", address.ip(), address.port())
+    } else {
+        l.stat_prefix.clone()
+    };
+    let name = if l.name.is_empty() {
+        stat_name.clone()
+    } else {
+        l.name.clone()
+    };
+    Ok(ListenerConfig {
+        name,
+        address,
+        original_dst,
+        stat_name,
+        filter,
+    })
+}
+
+fn network_filter(
+    f: &envoy_types::pb::envoy::config::listener::v3::Filter,
+    path: &str,
+    clusters: &HashSet<String>,
+) -> Result<NetworkFilter> {
+    let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+        return Err(format!("{path} ({}): typed_config is required", f.name));
+    };
+    match proto::type_name(&any.type_url) {
+        TCP_PROXY => {
+            let tp: TcpProxy = proto::unpack(any).map_err(|e| format!("{path}: {e}"))?;
+            let cluster = match tp.cluster_specifier {
+                Some(tcp_proxy::ClusterSpecifier::Cluster(c)) => c,
+                _ => return Err(format!("{path}.typed_config.cluster: required")),
+            };
+            if tp.stat_prefix.is_empty() {
+                return Err(format!("{path}.typed_config.stat_prefix: required"));
+            }
+            Ok(NetworkFilter::TcpProxy(TcpProxyConfig {
+                stat_prefix: tp.stat_prefix,
+                cluster,
+            }))
+        }
+        HCM => {
+            let hcm: HttpConnectionManager =
+                proto::unpack(any).map_err(|e| format!("{path}: {e}"))?;
+            http(hcm, &format!("{path}.typed_config"), clusters).map(NetworkFilter::Http)
+        }
+        _ => Err(format!("{path} ({}): not supported", f.name)),
+    }
+}
+
+fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> Result<HttpConfig> {
+    if hcm.stat_prefix.is_empty() {
+        return Err(format!("{path}.stat_prefix: required"));
+    }
+    let codec = match hcm.codec_type() {
+        http_connection_manager::CodecType::Auto => Codec::Auto,
+        http_connection_manager::CodecType::Http1 => Codec::Http1,
+        http_connection_manager::CodecType::Http2 => Codec::Http2,
+        other => {
+            return Err(format!(
+                "{path}.codec_type: {} is not supported",
+                other.as_str_name()
+            ));
+        }
+    };
+    match hcm.http_filters.last() {
+        Some(f) if matches!(&f.config_type, Some(http_filter::ConfigType::TypedConfig(a)) if proto::type_name(&a.type_url) == ROUTER) =>
+            {}
+        Some(_) => {
+            return Err(format!(
+                "{path}.http_filters: the last filter must be envoy.filters.http.router"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "{path}.http_filters: envoy.filters.http.router is required"
+            ));
+        }
+    }
+    if let Some((i, f)) = hcm.http_filters.iter().enumerate().rev().skip(1).next() {
+        return Err(format!(
+            "{path}.http_filters[{i}] ({}): not supported",
+            f.name
+        ));
+    }
+    let routes = match hcm.route_specifier {
+        Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) => {
+            route_table(&rc, &format!("{path}.route_config"), clusters)?
+        }
+        _ => {
+            return Err(format!(
+                "{path}.route_config: an inline route_config is required"
+            ));
+        }
+    };
+    Ok(HttpConfig {
+        stat_prefix: hcm.stat_prefix,
+        codec,
+        generate_request_id: hcm.generate_request_id.as_ref().is_none_or(|b| b.value),
+        server_name: if hcm.server_name.is_empty() {
+            "envoy".into()
+        } else {
+            hcm.server_name
+        },
+        routes,
+    })
+}
+
+pub fn route_table(
+    rc: &RouteConfiguration,
+    path: &str,
+    clusters: &HashSet<String>,
+) -> Result<RouteTable> {
+    let mut seen = HashSet::new();
+    let mut virtual_hosts = Vec::new();
+    for (v, vh) in rc.virtual_hosts.iter().enumerate() {
+        let vpath = format!("{path}.virtual_hosts[{v}]");
+        if vh.domains.is_empty() {
+            return Err(format!("{vpath}.domains: at least one domain is required"));
+        }
+        let mut domains = Vec::new();
+        for d in &vh.domains {
+            let d = d.to_ascii_lowercase();
+            if !seen.insert(d.clone()) {
+                return Err(format!(
+                    "{vpath}.domains: only unique values for domains are permitted; \
+                     '{d}' appears more than once"
+                ));
+            }
+            domains.push(d);
+        }
+        let mut routes = Vec::new();
+        for (r, rt) in vh.routes.iter().enumerate() {
+            routes.push(route(rt, &format!("{vpath}.routes[{r}]"), clusters)?);
+        }
+        virtual_hosts.push(VirtualHost {
+            name: vh.name.clone(),
+            domains,
+            routes,
+        });
+    }
+    Ok(RouteTable {
+        name: rc.name.clone(),
+        virtual_hosts,
+    })
+}
+
+fn route(
+    rt: &envoy_types::pb::envoy::config::route::v3::Route,
+    path: &str,
+    clusters: &HashSet<String>,
+) -> Result<Route> {
+    let m = rt
+        .r#match
+        .as_ref()
+        .ok_or_else(|| format!("{path}.match: required"))?;
+    let path_match = match &m.path_specifier {
+        Some(route_match::PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
+        Some(route_match::PathSpecifier::Path(p)) => PathMatch::Path(p.clone()),
+        _ => return Err(format!("{path}.match: a prefix or path is required")),
+    };
+    let Some(route::Action::Route(action)) = &rt.action else {
+        return Err(format!("{path}: a route action is required"));
+    };
+    let cluster = match &action.cluster_specifier {
+        Some(route_action::ClusterSpecifier::Cluster(c)) => c.clone(),
+        _ => return Err(format!("{path}.route.cluster: required")),
+    };
+    if !clusters.contains(&cluster) {
+        return Err(format!("{path}.route.cluster: unknown cluster '{cluster}'"));
+    }
+    let timeout = match &action.timeout {
+        None => Some(Duration::from_secs(15)),
+        Some(d) if d.seconds == 0 && d.nanos == 0 => None,
+        Some(d) => Some(duration(d)),
+    };
+    Ok(Route {
+        name: rt.name.clone(),
+        path: path_match,
+        case_sensitive: m.case_sensitive.as_ref().is_none_or(|b| b.value),
+        cluster,
+        timeout,
+    })
+}
+
+// `http2_protocol_options` and `dns_refresh_rate` are deprecated in the API but Envoy
+// still honours them, and so does pilotfish.
+#[allow(deprecated)]
+fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
+    if c.name.is_empty() {
+        return Err(format!("{path}.name: required"));
+    }
+    let discovery = match &c.cluster_discovery_type {
+        None => Discovery::Static,
+        Some(cluster::ClusterDiscoveryType::Type(t)) => {
+            match cluster::DiscoveryType::try_from(*t) {
+                Ok(cluster::DiscoveryType::Static) => Discovery::Static,
+                Ok(cluster::DiscoveryType::StrictDns) => Discovery::StrictDns,
+                Ok(cluster::DiscoveryType::LogicalDns) => Discovery::LogicalDns,
+                Ok(cluster::DiscoveryType::OriginalDst) => Discovery::OriginalDst,
+                Ok(other) => {
+                    return Err(format!(
+                        "{path}.type: {} is not supported yet",
+                        other.as_str_name()
+                    ));
+                }
+                Err(_) => return Err(format!("{path}.type: unknown value {t}")),
+            }
+        }
+        Some(cluster::ClusterDiscoveryType::ClusterType(ct)) => {
+            return Err(format!("{path}.cluster_type ({}): not supported", ct.name));
+        }
+    };
+    let lb = c.lb_policy();
+    match (discovery, lb) {
+        (Discovery::OriginalDst, cluster::LbPolicy::ClusterProvided) => {}
+        (Discovery::OriginalDst, other) => {
+            return Err(format!(
+                "{path}.lb_policy: {} is not valid for cluster type ORIGINAL_DST; only \
+                 CLUSTER_PROVIDED is allowed",
+                other.as_str_name()
+            ));
+        }
+        (_, cluster::LbPolicy::RoundRobin) => {}
+        (_, other) => {
+            return Err(format!(
+                "{path}.lb_policy: {} is not supported yet",
+                other.as_str_name()
+            ));
+        }
+    }
+
+    let mut endpoints = Vec::new();
+    if let Some(la) = &c.load_assignment {
+        for (l, lle) in la.endpoints.iter().enumerate() {
+            for (e, lbe) in lle.lb_endpoints.iter().enumerate() {
+                let epath = format!("{path}.load_assignment.endpoints[{l}].lb_endpoints[{e}]");
+                let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &lbe.host_identifier else {
+                    return Err(format!("{epath}.endpoint: required"));
+                };
+                // Envoy leaves hosts marked unhealthy/draining/timeout out of balancing.
+                if matches!(lbe.health_status, 2 | 3 | 4) {
+                    continue;
+                }
+                let Some(address::Address::SocketAddress(sa)) =
+                    ep.address.as_ref().and_then(|a| a.address.as_ref())
+                else {
+                    return Err(format!(
+                        "{epath}.endpoint.address: a socket_address is required"
+                    ));
+                };
+                let port = match sa.port_specifier {
+                    Some(socket_address::PortSpecifier::PortValue(p)) if p > 0 && p <= 65535 => {
+                        p as u16
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{epath}.endpoint.address.socket_address.port_value: a port from 1 to 65535 is required"
+                        ));
+                    }
+                };
+                if discovery == Discovery::Static && sa.address.parse::<std::net::IpAddr>().is_err()
+                {
+                    return Err(format!(
+                        "{epath}.endpoint.address.socket_address.address: '{}' is not an IP \
+                         address (a STATIC cluster needs IPs; use STRICT_DNS for names)",
+                        sa.address
+                    ));
+                }
+                endpoints.push(EndpointConfig {
+                    host: sa.address.clone(),
+                    port,
+                });
+            }
+        }
+    }
+    match discovery {
+        Discovery::LogicalDns if endpoints.len() != 1 => {
+            return Err(format!(
+                "{path}.load_assignment: LOGICAL_DNS clusters must have a single host"
+            ));
+        }
+        Discovery::OriginalDst if !endpoints.is_empty() => {
+            return Err(format!(
+                "{path}.load_assignment: ORIGINAL_DST clusters must have no load assignment"
+            ));
+        }
+        _ => {}
+    }
+
+    let mut protocol = if c.http2_protocol_options.is_some() {
+        UpstreamProtocol::Http2
+    } else {
+        UpstreamProtocol::Http1
+    };
+    for (key, any) in &c.typed_extension_protocol_options {
+        let opath = format!("{path}.typed_extension_protocol_options[\"{key}\"]");
+        if proto::type_name(&any.type_url) != HTTP_OPTIONS {
+            return Err(format!("{opath}: not supported"));
+        }
+        let opts: HttpProtocolOptions = proto::unpack(any).map_err(|e| format!("{opath}: {e}"))?;
+        protocol = match opts.upstream_protocol_options {
+            Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(e)) => {
+                use http_protocol_options::explicit_http_config::ProtocolConfig;
+                match e.protocol_config {
+                    Some(ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                    Some(ProtocolConfig::HttpProtocolOptions(_)) => UpstreamProtocol::Http1,
+                    _ => {
+                        return Err(format!(
+                            "{opath}.explicit_http_config: one of http_protocol_options or \
+                             http2_protocol_options is required"
+                        ));
+                    }
+                }
+            }
+            Some(http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                _,
+            )) => UpstreamProtocol::Downstream,
+            _ => {
+                return Err(format!(
+                    "{opath}: explicit_http_config or use_downstream_protocol_config is required"
+                ));
+            }
+        };
+    }
+
+    let dns_family = match c.dns_lookup_family() {
+        cluster::DnsLookupFamily::Auto => DnsFamily::Auto,
+        cluster::DnsLookupFamily::V4Only => DnsFamily::V4Only,
+        cluster::DnsLookupFamily::V6Only => DnsFamily::V6Only,
+        cluster::DnsLookupFamily::V4Preferred => DnsFamily::V4Preferred,
+        cluster::DnsLookupFamily::All => DnsFamily::All,
+    };
+    Ok(ClusterConfig {
+        name: c.name.clone(),
+        discovery,
+        connect_timeout: c
+            .connect_timeout
+            .as_ref()
+            .map(duration)
+            .unwrap_or(Duration::from_secs(5)),
+        protocol,
+        dns_refresh_rate: c
+            .dns_refresh_rate
+            .as_ref()
+            .map(duration)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(5)),
+        dns_family,
+        endpoints,
+    })
+}

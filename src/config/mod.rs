@@ -1,0 +1,7 @@
+//! Envoy protos in, plain runtime structures out.
+pub mod compile;
+pub mod model;
+pub mod proto;
+pub mod support;
+
+pub use model::*;

@@ -1,0 +1,81 @@
+//! The Envoy API descriptor pool and the conversions between proto3 JSON/YAML,
+//! reflective messages (for strict field checks and `/config_dump`) and the typed
+//! `envoy-types` structs the compiler reads.
+use std::sync::LazyLock;
+
+use prost::{Message, Name};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
+
+static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    let bytes: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
+    DescriptorPool::decode(bytes).expect("the embedded Envoy descriptor set decodes")
+});
+
+/// The pool holding every Envoy v3 message (and the well-known types they use).
+pub fn pool() -> &'static DescriptorPool {
+    &POOL
+}
+
+/// Descriptor of a message by its full name, e.g. `envoy.config.bootstrap.v3.Bootstrap`.
+pub fn descriptor(full_name: &str) -> Option<MessageDescriptor> {
+    POOL.get_message_by_name(full_name)
+}
+
+/// Parses a proto3-JSON value (from JSON or YAML) as the named message. Errors name the
+/// JSON path of the offending field.
+pub fn from_json(
+    desc: MessageDescriptor,
+    value: serde_json::Value,
+) -> Result<DynamicMessage, String> {
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(value, &mut track);
+    DynamicMessage::deserialize(desc, de).map_err(|e| {
+        let path = track.path().to_string();
+        if path.is_empty() || path == "." {
+            e.to_string()
+        } else {
+            format!("{path}: {e}")
+        }
+    })
+}
+
+/// Converts a reflective message into the typed struct of the same proto type.
+pub fn to_typed<M: Message + Default>(msg: &DynamicMessage) -> Result<M, String> {
+    M::decode(msg.encode_to_vec().as_slice()).map_err(|e| e.to_string())
+}
+
+/// Converts a typed struct into its reflective form.
+pub fn to_dynamic<M: Message + Name>(msg: &M) -> DynamicMessage {
+    let desc = descriptor(&M::full_name()).expect("every envoy-types message is in the pool");
+    DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
+        .expect("a typed message re-decodes as itself")
+}
+
+/// Proto3 JSON of a typed message, with `@type` on every `Any`, as Envoy's admin prints it.
+pub fn to_json<M: Message + Name>(msg: &M) -> serde_json::Value {
+    dynamic_to_json(&to_dynamic(msg))
+}
+
+pub fn dynamic_to_json(msg: &DynamicMessage) -> serde_json::Value {
+    let opts = SerializeOptions::new()
+        .skip_default_fields(true)
+        .use_proto_field_name(true);
+    msg.serialize_with_options(serde_json::value::Serializer, &opts)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Type name of an `Any` URL: `type.googleapis.com/a.b.C` → `a.b.C`.
+pub fn type_name(type_url: &str) -> &str {
+    type_url.rsplit('/').next().unwrap_or(type_url)
+}
+
+/// Decodes the typed payload of an `Any`, checking its type.
+pub fn unpack<M: Message + Name + Default>(
+    any: &envoy_types::pb::google::protobuf::Any,
+) -> Result<M, String> {
+    let got = type_name(&any.type_url);
+    if got != M::full_name() {
+        return Err(format!("expected {}, got {got}", M::full_name()));
+    }
+    M::decode(any.value.as_slice()).map_err(|e| e.to_string())
+}

@@ -1,0 +1,270 @@
+//! The list of Envoy config pilotfish implements, field by field, and the check that
+//! rejects everything else. A field that is set but not listed here is an error naming
+//! its path: config that would change traffic behaviour is never silently ignored.
+//!
+//! `docs/compatibility.md` is generated from the same facts by hand; a test keeps the
+//! two in step.
+use prost_reflect::{DynamicMessage, ReflectMessage, Value};
+
+use super::proto;
+
+/// Messages whose every field is understood (identity, metadata, plain values).
+const OPEN: &[&str] = &[
+    "google.protobuf.Duration",
+    "google.protobuf.UInt32Value",
+    "google.protobuf.UInt64Value",
+    "google.protobuf.BoolValue",
+    "google.protobuf.StringValue",
+    "google.protobuf.Struct",
+    "google.protobuf.Value",
+    "google.protobuf.ListValue",
+    "envoy.config.core.v3.Metadata",
+    "envoy.config.core.v3.Locality",
+    "envoy.config.core.v3.BuildVersion",
+    "envoy.config.core.v3.Extension",
+    "envoy.type.v3.SemanticVersion",
+];
+
+/// Per message type, the fields pilotfish implements. Fields not listed are rejected
+/// when set.
+const FIELDS: &[(&str, &[&str])] = &[
+    (
+        "envoy.config.bootstrap.v3.Bootstrap",
+        &["node", "static_resources", "admin"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.Bootstrap.StaticResources",
+        &["listeners", "clusters"],
+    ),
+    ("envoy.config.bootstrap.v3.Admin", &["address"]),
+    (
+        "envoy.config.core.v3.Node",
+        &[
+            "id",
+            "cluster",
+            "metadata",
+            "locality",
+            "user_agent_name",
+            "user_agent_version",
+            "user_agent_build_version",
+            "extensions",
+            "client_features",
+            "dynamic_parameters",
+        ],
+    ),
+    ("envoy.config.core.v3.Address", &["socket_address"]),
+    (
+        "envoy.config.core.v3.SocketAddress",
+        &["address", "port_value"],
+    ),
+    (
+        "envoy.config.listener.v3.Listener",
+        &[
+            "name",
+            "address",
+            "filter_chains",
+            "listener_filters",
+            "listener_filters_timeout",
+            "continue_on_listener_filters_timeout",
+            "stat_prefix",
+            "per_connection_buffer_limit_bytes",
+            "traffic_direction",
+            "bind_to_port",
+            "metadata",
+        ],
+    ),
+    (
+        "envoy.config.listener.v3.FilterChain",
+        &["filters", "name", "metadata"],
+    ),
+    ("envoy.config.listener.v3.Filter", &["name", "typed_config"]),
+    (
+        "envoy.config.listener.v3.ListenerFilter",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
+        &[],
+    ),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        &["stat_prefix", "cluster"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        &[
+            "stat_prefix",
+            "codec_type",
+            "route_config",
+            "http_filters",
+            "generate_request_id",
+            "server_name",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+        &["name", "typed_config"],
+    ),
+    ("envoy.extensions.filters.http.router.v3.Router", &[]),
+    (
+        "envoy.config.route.v3.RouteConfiguration",
+        &["name", "virtual_hosts"],
+    ),
+    (
+        "envoy.config.route.v3.VirtualHost",
+        &["name", "domains", "routes"],
+    ),
+    (
+        "envoy.config.route.v3.Route",
+        &["name", "match", "route", "metadata"],
+    ),
+    (
+        "envoy.config.route.v3.RouteMatch",
+        &["prefix", "path", "case_sensitive"],
+    ),
+    ("envoy.config.route.v3.RouteAction", &["cluster", "timeout"]),
+    (
+        "envoy.config.cluster.v3.Cluster",
+        &[
+            "name",
+            "type",
+            "lb_policy",
+            "connect_timeout",
+            "load_assignment",
+            "typed_extension_protocol_options",
+            "http2_protocol_options",
+            "dns_refresh_rate",
+            "dns_lookup_family",
+            "per_connection_buffer_limit_bytes",
+            "metadata",
+        ],
+    ),
+    (
+        "envoy.config.endpoint.v3.ClusterLoadAssignment",
+        &["cluster_name", "endpoints"],
+    ),
+    (
+        "envoy.config.endpoint.v3.LocalityLbEndpoints",
+        &["locality", "lb_endpoints", "metadata"],
+    ),
+    (
+        "envoy.config.endpoint.v3.LbEndpoint",
+        &["endpoint", "health_status", "metadata"],
+    ),
+    (
+        "envoy.config.endpoint.v3.Endpoint",
+        &["address", "hostname"],
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        &["explicit_http_config", "use_downstream_protocol_config"],
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
+        &["http_protocol_options", "http2_protocol_options"],
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig",
+        &["http_protocol_options", "http2_protocol_options"],
+    ),
+    ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
+    ("envoy.config.core.v3.Http2ProtocolOptions", &[]),
+];
+
+/// Every message type that is supported, with its fields; used by the docs test.
+pub fn supported_fields() -> &'static [(&'static str, &'static [&'static str])] {
+    FIELDS
+}
+
+fn allowed(type_name: &str) -> Option<&'static [&'static str]> {
+    FIELDS
+        .iter()
+        .find(|(t, _)| *t == type_name)
+        .map(|(_, f)| *f)
+}
+
+/// Walks a message and fails on the first set field pilotfish does not implement,
+/// naming its path, e.g. `static_resources.clusters[0].outlier_detection: not supported`.
+pub fn check(msg: &DynamicMessage, path: &str) -> Result<(), String> {
+    let desc = msg.descriptor();
+    let type_name = desc.full_name();
+    if OPEN.contains(&type_name) {
+        return Ok(());
+    }
+    let Some(fields) = allowed(type_name) else {
+        return Err(format!("{}: {type_name} is not supported", display(path)));
+    };
+    for (field, value) in msg.fields() {
+        let field_path = join(path, field.name());
+        if !fields.contains(&field.name()) {
+            return Err(format!("{field_path}: not supported"));
+        }
+        // Inside a typed extension (`typed_config`), the error names the extension.
+        let label = msg
+            .get_field_by_name("name")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .filter(|n| !n.is_empty() && field.name() == "typed_config");
+        check_value(value, &field_path, path, label.as_deref())?;
+    }
+    Ok(())
+}
+
+fn check_value(value: &Value, path: &str, parent: &str, label: Option<&str>) -> Result<(), String> {
+    match value {
+        Value::Message(m) if m.descriptor().full_name() == "google.protobuf.Any" => {
+            let url = m
+                .get_field_by_name("type_url")
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let name = proto::type_name(&url).to_owned();
+            let shown = label.unwrap_or(&name);
+            let shown_path = if label.is_some() { parent } else { path };
+            if allowed(&name).is_none() {
+                return Err(format!("{} ({shown}): not supported", display(shown_path)));
+            }
+            let desc =
+                proto::descriptor(&name).ok_or_else(|| format!("{path}: unknown type {name}"))?;
+            let bytes = m
+                .get_field_by_name("value")
+                .and_then(|v| v.as_bytes().cloned())
+                .unwrap_or_default();
+            let inner = DynamicMessage::decode(desc, bytes)
+                .map_err(|e| format!("{path}: cannot decode {name}: {e}"))?;
+            check(&inner, path)
+        }
+        Value::Message(m) => check(m, path),
+        Value::List(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| check_value(v, &format!("{path}[{i}]"), parent, label)),
+        Value::Map(map) => map.iter().try_for_each(|(k, v)| {
+            let key = format!("{path}[{}]", map_key(k));
+            // Map entries keyed by extension name (typed_extension_protocol_options).
+            let label = match k {
+                prost_reflect::MapKey::String(s) => Some(s.as_str()),
+                _ => label,
+            };
+            check_value(v, &key, &key, label)
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn map_key(k: &prost_reflect::MapKey) -> String {
+    match k {
+        prost_reflect::MapKey::String(s) => format!("\"{s}\""),
+        other => format!("{other:?}"),
+    }
+}
+
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+fn display(path: &str) -> &str {
+    if path.is_empty() { "<root>" } else { path }
+}

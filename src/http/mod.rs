@@ -1,0 +1,9 @@
+//! Downstream HTTP: connection serving, route selection, the router and local replies.
+pub mod body;
+pub mod headers;
+pub mod local_reply;
+pub mod route_match;
+pub mod router;
+pub mod server;
+
+pub use router::{Downstream, HttpConnectionManager};

@@ -1,0 +1,236 @@
+//! The HTTP connection manager's request path: route, pick a host, forward, and turn
+//! failures into Envoy's local replies.
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use http::{
+    HeaderValue, Request, Response, Uri, Version,
+    header::{self, HOST},
+    uri::{Authority, PathAndQuery, Scheme},
+};
+use hyper::body::Incoming;
+
+use super::{
+    body::{self, Body, Guarded},
+    headers,
+    local_reply::{self, ResponseFlag},
+    route_match::Routes,
+};
+use crate::{
+    config::{HttpConfig, UpstreamProtocol},
+    telemetry::{scopes::HttpStats, stats::GaugeGuard, stats::Store},
+    upstream::{
+        ClusterManager,
+        connect::ConnectError,
+        http_pool::{self, SendError},
+    },
+};
+
+/// One HTTP connection manager, compiled: routes with clusters resolved, and stats.
+#[derive(Debug)]
+pub struct HttpConnectionManager {
+    pub config: HttpConfig,
+    pub routes: Routes,
+    pub stats: HttpStats,
+    server_name: HeaderValue,
+}
+
+/// What the listener knows about the downstream connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Downstream {
+    pub peer: SocketAddr,
+    /// Original destination (after `original_dst`), used by ORIGINAL_DST clusters.
+    pub local: SocketAddr,
+}
+
+impl HttpConnectionManager {
+    pub fn new(
+        config: HttpConfig,
+        clusters: &ClusterManager,
+        store: &Arc<Store>,
+    ) -> Result<Self, String> {
+        let routes = Routes::new(&config.routes, clusters)?;
+        let stats = HttpStats::new(store, &config.stat_prefix);
+        let server_name = HeaderValue::from_str(&config.server_name).map_err(|_| {
+            format!(
+                "server_name '{}' is not a valid header value",
+                config.server_name
+            )
+        })?;
+        Ok(HttpConnectionManager {
+            config,
+            routes,
+            stats,
+            server_name,
+        })
+    }
+
+    /// Serves one request. Never fails: every error becomes a local reply.
+    pub async fn handle(
+        self: Arc<Self>,
+        down: Downstream,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let stats = &self.stats;
+        stats.downstream_rq_total.inc();
+        if req.version() == Version::HTTP_2 {
+            stats.downstream_rq_http2_total.inc();
+        } else {
+            stats.downstream_rq_http1_total.inc();
+        }
+        let active = GaugeGuard::new(&stats.downstream_rq_active);
+        let mut resp = self.forward(down, req).await;
+        stats.downstream_rq.record(resp.status().as_u16());
+        resp.headers_mut()
+            .insert(header::SERVER, self.server_name.clone());
+        let (parts, b) = resp.into_parts();
+        Response::from_parts(parts, body::boxed(Guarded::new(b, active, None)))
+    }
+
+    async fn forward(&self, down: Downstream, req: Request<Incoming>) -> Response<Body> {
+        let authority = request_authority(&req);
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(PathAndQuery::as_str)
+            .unwrap_or("/");
+        let Some(route) = self.routes.route(authority.as_deref().unwrap_or(""), path) else {
+            self.stats.no_route.inc();
+            return local_reply::reply(ResponseFlag::NoRouteFound);
+        };
+        let cluster = route.cluster.clone();
+        let timeout = route.timeout;
+        let Some(host) = cluster.pick(Some(down.local)) else {
+            cluster.stats.upstream_cx_none_healthy.inc();
+            cluster.stats.upstream_rq.record(503);
+            return local_reply::reply(ResponseFlag::NoHealthyUpstream);
+        };
+        let h2 = match cluster.config.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Downstream => req.version() == Version::HTTP_2,
+        };
+        let upstream_req = match self.upstream_request(req, authority, timeout, h2) {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        };
+
+        let stats = &cluster.stats;
+        stats.upstream_rq_total.inc();
+        let active = GaugeGuard::new(&stats.upstream_rq_active);
+        let start = Instant::now();
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let sent = http_pool::send(&cluster, &host, upstream_req, h2);
+        let result = match deadline {
+            Some(d) => tokio::time::timeout_at(d, sent).await.ok(),
+            None => Some(sent.await),
+        };
+        let resp = match result {
+            None => {
+                stats.upstream_rq_timeout.inc();
+                stats.upstream_rq.record(504);
+                return local_reply::reply(ResponseFlag::UpstreamRequestTimeout);
+            }
+            Some(Err(SendError::Connect(ConnectError::Timeout))) => {
+                stats.upstream_rq.record(503);
+                return local_reply::with_body(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    local_reply::CONNECT_TIMEOUT,
+                    ResponseFlag::UpstreamConnectionFailure,
+                );
+            }
+            Some(Err(SendError::Connect(ConnectError::Failed(_)))) => {
+                stats.upstream_rq.record(503);
+                return local_reply::reply(ResponseFlag::UpstreamConnectionFailure);
+            }
+            Some(Err(SendError::Reset(e))) => {
+                tracing::debug!(
+                    cluster = cluster.name(),
+                    "upstream reset before headers: {e}"
+                );
+                stats.upstream_rq.record(503);
+                return local_reply::reply(ResponseFlag::UpstreamConnectionTermination);
+            }
+            Some(Ok(resp)) => resp,
+        };
+        stats.upstream_rq.record(resp.status().as_u16());
+        stats.upstream_rq_completed.inc();
+        let (mut parts, incoming) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(
+            "x-envoy-upstream-service-time",
+            HeaderValue::from(start.elapsed().as_millis() as u64),
+        );
+        let sleep = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
+        Response::from_parts(parts, body::boxed(Guarded::new(incoming, active, sleep)))
+    }
+
+    /// The request as the upstream gets it: origin-form with `host` for HTTP/1.1, absolute
+    /// (`:authority`) for HTTP/2, without hop-by-hop headers, with Envoy's added headers.
+    #[allow(clippy::result_large_err)]
+    fn upstream_request(
+        &self,
+        req: Request<Incoming>,
+        authority: Option<String>,
+        timeout: Option<std::time::Duration>,
+        h2: bool,
+    ) -> Result<Request<Body>, Response<Body>> {
+        let (mut parts, incoming) = req.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let h = &mut parts.headers;
+        if !h.contains_key("x-forwarded-proto") {
+            h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        }
+        if self.config.generate_request_id && !h.contains_key("x-request-id") {
+            h.insert("x-request-id", headers::request_id());
+        }
+        if let Some(t) = timeout {
+            h.insert(
+                "x-envoy-expected-rq-timeout-ms",
+                HeaderValue::from(t.as_millis() as u64),
+            );
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        if h2 {
+            h.remove(HOST);
+            let mut uri = Uri::builder().scheme(Scheme::HTTP).path_and_query(path);
+            if let Some(a) = authority
+                .as_deref()
+                .and_then(|a| a.parse::<Authority>().ok())
+            {
+                uri = uri.authority(a);
+            } else {
+                uri = uri.authority("localhost");
+            }
+            parts.uri = uri.build().map_err(|_| bad_request())?;
+            parts.version = Version::HTTP_2;
+        } else {
+            if let Some(a) = &authority {
+                h.insert(HOST, HeaderValue::from_str(a).map_err(|_| bad_request())?);
+            }
+            parts.uri = Uri::from(path);
+            parts.version = Version::HTTP_11;
+        }
+        Ok(Request::from_parts(parts, body::boxed(incoming)))
+    }
+}
+
+fn bad_request() -> Response<Body> {
+    let mut r = Response::new(body::empty());
+    *r.status_mut() = http::StatusCode::BAD_REQUEST;
+    r
+}
+
+/// `:authority` for HTTP/2, `Host` for HTTP/1.
+fn request_authority(req: &Request<Incoming>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_owned());
+    }
+    req.headers()
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}

@@ -1,0 +1,13 @@
+//! pilotfish: a sidecar data-plane proxy configured like Envoy.
+pub mod admin;
+pub mod app;
+pub mod bootstrap;
+pub mod config;
+pub mod drain;
+pub mod http;
+pub mod listener;
+pub mod net;
+pub mod readiness;
+pub mod tcp;
+pub mod telemetry;
+pub mod upstream;

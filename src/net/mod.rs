@@ -1,0 +1,3 @@
+//! Socket-level facts the kernel knows: original destinations of redirected connections
+//! and socket options.
+pub mod orig_dst;

@@ -1,0 +1,4 @@
+//! L4 proxying: `envoy.filters.network.tcp_proxy`.
+pub mod proxy;
+
+pub use proxy::TcpProxy;

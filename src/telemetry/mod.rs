@@ -1,0 +1,3 @@
+//! Stats with Envoy's names, and the access log.
+pub mod scopes;
+pub mod stats;

@@ -1,0 +1,235 @@
+//! Envoy's stat scopes (cluster, listener, HTTP and TCP proxy, server) as structs of
+//! pre-resolved handles, with Envoy's flat names and Prometheus tag extraction.
+use std::sync::Arc;
+
+use super::stats::{CodeCounters, Counter, Gauge, Store};
+
+#[derive(Debug)]
+pub struct ClusterStats {
+    pub upstream_cx_total: Counter,
+    pub upstream_cx_active: Gauge,
+    pub upstream_cx_connect_fail: Counter,
+    pub upstream_cx_connect_timeout: Counter,
+    pub upstream_cx_none_healthy: Counter,
+    pub upstream_cx_rx_bytes_total: Counter,
+    pub upstream_cx_tx_bytes_total: Counter,
+    pub upstream_rq_total: Counter,
+    pub upstream_rq_active: Gauge,
+    pub upstream_rq_completed: Counter,
+    pub upstream_rq_timeout: Counter,
+    pub upstream_rq: CodeCounters,
+    pub membership_healthy: Gauge,
+    pub membership_total: Gauge,
+}
+
+impl ClusterStats {
+    pub fn new(store: &Arc<Store>, name: &str) -> Self {
+        let label = [("envoy_cluster_name", name)];
+        let c = |stat: &str| {
+            store.counter(
+                format!("cluster.{name}.{stat}"),
+                &format!("envoy_cluster_{stat}"),
+                &label,
+            )
+        };
+        let g = |stat: &str| {
+            store.gauge(
+                format!("cluster.{name}.{stat}"),
+                &format!("envoy_cluster_{stat}"),
+                &label,
+            )
+        };
+        ClusterStats {
+            upstream_cx_total: c("upstream_cx_total"),
+            upstream_cx_active: g("upstream_cx_active"),
+            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
+            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
+            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
+            upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
+            upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
+            upstream_rq_total: c("upstream_rq_total"),
+            upstream_rq_active: g("upstream_rq_active"),
+            upstream_rq_completed: c("upstream_rq_completed"),
+            upstream_rq_timeout: c("upstream_rq_timeout"),
+            upstream_rq: CodeCounters::new(
+                store,
+                format!("cluster.{name}."),
+                "upstream_rq",
+                "envoy_cluster_upstream_rq".into(),
+                ("envoy_cluster_name", name.to_owned()),
+            ),
+            membership_healthy: g("membership_healthy"),
+            membership_total: g("membership_total"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ListenerStats {
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_active: Gauge,
+    pub downstream_cx_destroy: Counter,
+    /// pilotfish's own: connections refused because their original destination was
+    /// one of pilotfish's own listeners (they would loop).
+    pub loop_refused: Counter,
+}
+
+impl ListenerStats {
+    pub fn new(store: &Arc<Store>, stat_name: &str) -> Self {
+        // Envoy's tag extractor turns an address-shaped scope (`0.0.0.0_15001`) into the
+        // `envoy_listener_address` label; any other stat_prefix stays in the name.
+        let is_address = stat_name
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || matches!(c, '.' | '_' | '[' | ']' | ':'));
+        let (prom_prefix, labels): (String, Vec<(&str, &str)>) = if is_address {
+            (
+                "envoy_listener_".into(),
+                vec![("envoy_listener_address", stat_name)],
+            )
+        } else {
+            (format!("envoy_listener_{stat_name}_"), vec![])
+        };
+        let c = |stat: &str| {
+            store.counter(
+                format!("listener.{stat_name}.{stat}"),
+                &format!("{prom_prefix}{stat}"),
+                &labels,
+            )
+        };
+        let g = |stat: &str| {
+            store.gauge(
+                format!("listener.{stat_name}.{stat}"),
+                &format!("{prom_prefix}{stat}"),
+                &labels,
+            )
+        };
+        ListenerStats {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: g("downstream_cx_active"),
+            downstream_cx_destroy: c("downstream_cx_destroy"),
+            loop_refused: store.counter(
+                format!("pilotfish.listener.{stat_name}.loop_refused"),
+                "pilotfish_listener_loop_refused",
+                &[("envoy_listener_address", stat_name)],
+            ),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct HttpStats {
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_active: Gauge,
+    pub downstream_cx_http1_total: Counter,
+    pub downstream_cx_http2_total: Counter,
+    pub downstream_rq_total: Counter,
+    pub downstream_rq_active: Gauge,
+    pub downstream_rq_http1_total: Counter,
+    pub downstream_rq_http2_total: Counter,
+    pub downstream_rq: CodeCounters,
+    pub no_route: Counter,
+    pub no_cluster: Counter,
+}
+
+impl HttpStats {
+    pub fn new(store: &Arc<Store>, prefix: &str) -> Self {
+        let label = [("envoy_http_conn_manager_prefix", prefix)];
+        let c = |stat: &str| {
+            store.counter(
+                format!("http.{prefix}.{stat}"),
+                &format!("envoy_http_{stat}"),
+                &label,
+            )
+        };
+        let g = |stat: &str| {
+            store.gauge(
+                format!("http.{prefix}.{stat}"),
+                &format!("envoy_http_{stat}"),
+                &label,
+            )
+        };
+        HttpStats {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: g("downstream_cx_active"),
+            downstream_cx_http1_total: c("downstream_cx_http1_total"),
+            downstream_cx_http2_total: c("downstream_cx_http2_total"),
+            downstream_rq_total: c("downstream_rq_total"),
+            downstream_rq_active: g("downstream_rq_active"),
+            downstream_rq_http1_total: c("downstream_rq_http1_total"),
+            downstream_rq_http2_total: c("downstream_rq_http2_total"),
+            // Envoy keeps per-class counters only for downstream requests.
+            downstream_rq: CodeCounters::new(
+                store,
+                format!("http.{prefix}."),
+                "downstream_rq",
+                "envoy_http_downstream_rq".into(),
+                ("envoy_http_conn_manager_prefix", prefix.to_owned()),
+            ),
+            no_route: c("no_route"),
+            no_cluster: c("no_cluster"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct TcpStats {
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_no_route: Counter,
+    pub downstream_cx_rx_bytes_total: Counter,
+    pub downstream_cx_tx_bytes_total: Counter,
+    pub upstream_flush_total: Counter,
+}
+
+impl TcpStats {
+    pub fn new(store: &Arc<Store>, prefix: &str) -> Self {
+        let label = [("envoy_tcp_prefix", prefix)];
+        let c = |stat: &str| {
+            store.counter(
+                format!("tcp.{prefix}.{stat}"),
+                &format!("envoy_tcp_{stat}"),
+                &label,
+            )
+        };
+        TcpStats {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_no_route: c("downstream_cx_no_route"),
+            downstream_cx_rx_bytes_total: c("downstream_cx_rx_bytes_total"),
+            downstream_cx_tx_bytes_total: c("downstream_cx_tx_bytes_total"),
+            upstream_flush_total: c("upstream_flush_total"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ServerStats {
+    /// 1 while the server is live (not draining), as Envoy's `server.live`.
+    pub live: Gauge,
+    /// Envoy's `server.state`: 0 live, 1 draining, 2 pre-initializing, 3 initializing.
+    pub state: Gauge,
+    pub concurrency: Gauge,
+    pub uptime: Gauge,
+    pub total_connections: Gauge,
+    pub active_clusters: Gauge,
+    pub total_listeners_active: Gauge,
+}
+
+impl ServerStats {
+    pub fn new(store: &Arc<Store>) -> Self {
+        let g = |flat: &str, prom: &str| store.gauge(flat.into(), prom, &[]);
+        ServerStats {
+            live: g("server.live", "envoy_server_live"),
+            state: g("server.state", "envoy_server_state"),
+            concurrency: g("server.concurrency", "envoy_server_concurrency"),
+            uptime: g("server.uptime", "envoy_server_uptime"),
+            total_connections: g("server.total_connections", "envoy_server_total_connections"),
+            active_clusters: g(
+                "cluster_manager.active_clusters",
+                "envoy_cluster_manager_active_clusters",
+            ),
+            total_listeners_active: g(
+                "listener_manager.total_listeners_active",
+                "envoy_listener_manager_total_listeners_active",
+            ),
+        }
+    }
+}

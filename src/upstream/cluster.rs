@@ -1,0 +1,176 @@
+//! A cluster at run time: its hosts (swapped atomically when DNS changes them), the
+//! round-robin pick, and for ORIGINAL_DST clusters the hosts made on demand.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use arc_swap::ArcSwap;
+
+use super::http_pool::HostPool;
+use crate::{
+    config::{ClusterConfig, Discovery},
+    telemetry::{scopes::ClusterStats, stats::Store},
+};
+
+#[derive(Debug)]
+pub struct Host {
+    pub addr: SocketAddr,
+    pub pool: HostPool,
+}
+
+impl Host {
+    pub fn new(addr: SocketAddr) -> Arc<Self> {
+        Arc::new(Host {
+            addr,
+            pool: HostPool::default(),
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub stats: ClusterStats,
+    hosts: ArcSwap<Vec<Arc<Host>>>,
+    next: AtomicUsize,
+    /// ORIGINAL_DST only: one host per original destination seen.
+    original_dst: Mutex<HashMap<SocketAddr, Arc<Host>>>,
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig, store: &Arc<Store>) -> Self {
+        let stats = ClusterStats::new(store, &config.name);
+        let hosts: Vec<Arc<Host>> = match config.discovery {
+            Discovery::Static => config
+                .endpoints
+                .iter()
+                .filter_map(|e| Some(Host::new(SocketAddr::new(e.host.parse().ok()?, e.port))))
+                .collect(),
+            _ => Vec::new(),
+        };
+        stats.membership_total.set(hosts.len() as i64);
+        stats.membership_healthy.set(hosts.len() as i64);
+        Cluster {
+            config,
+            stats,
+            hosts: ArcSwap::from_pointee(hosts),
+            next: AtomicUsize::new(0),
+            original_dst: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Chooses the host for a request or connection: round robin over the current
+    /// hosts, or for ORIGINAL_DST the connection's original destination.
+    pub fn pick(&self, original_dst: Option<SocketAddr>) -> Option<Arc<Host>> {
+        if self.config.discovery == Discovery::OriginalDst {
+            let addr = original_dst?;
+            let mut map = self.original_dst.lock().unwrap();
+            return Some(map.entry(addr).or_insert_with(|| Host::new(addr)).clone());
+        }
+        let hosts = self.hosts.load();
+        if hosts.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % hosts.len();
+        Some(hosts[i].clone())
+    }
+
+    pub fn hosts(&self) -> Arc<Vec<Arc<Host>>> {
+        self.hosts.load_full()
+    }
+
+    /// Replaces the host set (after DNS), keeping the pools of hosts that stay.
+    pub fn set_hosts(&self, addrs: &[SocketAddr]) {
+        let old = self.hosts.load();
+        let next: Vec<Arc<Host>> = addrs
+            .iter()
+            .map(|a| {
+                old.iter()
+                    .find(|h| h.addr == *a)
+                    .cloned()
+                    .unwrap_or_else(|| Host::new(*a))
+            })
+            .collect();
+        self.stats.membership_total.set(next.len() as i64);
+        self.stats.membership_healthy.set(next.len() as i64);
+        self.hosts.store(Arc::new(next));
+    }
+
+    /// Forgets ORIGINAL_DST hosts nobody holds and that have no open connection.
+    pub fn cleanup_original_dst(&self) {
+        let mut map = self.original_dst.lock().unwrap();
+        map.retain(|_, h| Arc::strong_count(h) > 1 || !h.pool.is_idle_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DnsFamily, EndpointConfig, UpstreamProtocol};
+    use std::time::Duration;
+
+    fn cluster(discovery: Discovery, endpoints: &[(&str, u16)]) -> Cluster {
+        Cluster::new(
+            ClusterConfig {
+                name: "c".into(),
+                discovery,
+                connect_timeout: Duration::from_secs(1),
+                protocol: UpstreamProtocol::Http1,
+                dns_refresh_rate: Duration::from_secs(5),
+                dns_family: DnsFamily::Auto,
+                endpoints: endpoints
+                    .iter()
+                    .map(|(h, p)| EndpointConfig {
+                        host: h.to_string(),
+                        port: *p,
+                    })
+                    .collect(),
+            },
+            &Store::new(),
+        )
+    }
+
+    #[test]
+    fn round_robin_visits_every_host_in_turn() {
+        let c = cluster(
+            Discovery::Static,
+            &[("127.0.0.1", 1), ("127.0.0.1", 2), ("127.0.0.1", 3)],
+        );
+        let ports: Vec<u16> = (0..6).map(|_| c.pick(None).unwrap().addr.port()).collect();
+        assert_eq!(ports, [1, 2, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn empty_cluster_has_no_host() {
+        assert!(cluster(Discovery::Static, &[]).pick(None).is_none());
+    }
+
+    #[test]
+    fn original_dst_uses_the_connection_destination() {
+        let c = cluster(Discovery::OriginalDst, &[]);
+        let dst: SocketAddr = "10.1.2.3:8080".parse().unwrap();
+        assert_eq!(c.pick(Some(dst)).unwrap().addr, dst);
+        assert!(c.pick(None).is_none());
+    }
+
+    #[test]
+    fn set_hosts_keeps_existing_host_objects() {
+        let c = cluster(Discovery::StrictDns, &[]);
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        c.set_hosts(&[a]);
+        let before = c.pick(None).unwrap();
+        c.set_hosts(&[a, b]);
+        assert!(c.hosts().iter().any(|h| Arc::ptr_eq(h, &before)));
+        assert_eq!(c.stats.membership_total.get(), 2);
+    }
+}

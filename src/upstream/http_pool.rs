@@ -1,0 +1,156 @@
+//! Per-host HTTP connection pools: idle HTTP/1.1 connections reused one request at a
+//! time, and one multiplexed HTTP/2 connection.
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::{
+    cluster::{Cluster, Host},
+    connect::{ConnectError, connect},
+};
+use crate::{http::body::Body, telemetry::stats::GaugeGuard};
+
+/// Most idle HTTP/1.1 connections kept per host.
+const MAX_IDLE_H1: usize = 1024;
+
+#[derive(Debug, Default)]
+pub struct HostPool {
+    h1_idle: Mutex<Vec<http1::SendRequest<Body>>>,
+    h2: Mutex<Option<http2::SendRequest<Body>>>,
+    /// Serializes HTTP/2 connection setup so concurrent requests share one connection.
+    h2_connect: tokio::sync::Mutex<()>,
+}
+
+impl HostPool {
+    /// True when the pool holds no live connection.
+    pub fn is_idle_empty(&self) -> bool {
+        let h1 = self.h1_idle.lock().unwrap().iter().all(|s| s.is_closed());
+        let h2 = self
+            .h2
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_none_or(|s| s.is_closed());
+        h1 && h2
+    }
+}
+
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made (Envoy's UF).
+    Connect(ConnectError),
+    /// The connection failed or was reset before response headers (Envoy's UC).
+    Reset(hyper::Error),
+}
+
+/// Sends `req` to `host` over a pooled connection of the given protocol.
+pub async fn send(
+    cluster: &Cluster,
+    host: &Arc<Host>,
+    req: Request<Body>,
+    h2: bool,
+) -> Result<Response<Incoming>, SendError> {
+    if h2 {
+        send_h2(cluster, host, req).await
+    } else {
+        send_h1(cluster, host, req).await
+    }
+}
+
+async fn send_h1(
+    cluster: &Cluster,
+    host: &Arc<Host>,
+    mut req: Request<Body>,
+) -> Result<Response<Incoming>, SendError> {
+    // Reuse an idle connection; one that turns out closed hands the request back.
+    loop {
+        let idle = host.pool.h1_idle.lock().unwrap().pop();
+        let Some(mut sender) = idle else { break };
+        if !sender.is_ready() {
+            continue;
+        }
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                return_when_ready(host.clone(), sender);
+                return Ok(resp);
+            }
+            Err(mut e) => match e.take_message() {
+                Some(r) => req = r,
+                None => return Err(SendError::Reset(e.into_error())),
+            },
+        }
+    }
+    let stream = connect(host.addr, cluster.config.connect_timeout, &cluster.stats)
+        .await
+        .map_err(SendError::Connect)?;
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(SendError::Reset)?;
+    let guard = GaugeGuard::new(&cluster.stats.upstream_cx_active);
+    tokio::spawn(async move {
+        let _ = conn.await;
+        drop(guard);
+    });
+    let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
+    return_when_ready(host.clone(), sender);
+    Ok(resp)
+}
+
+/// Puts an HTTP/1.1 connection back in the pool once its response has been read.
+fn return_when_ready(host: Arc<Host>, mut sender: http1::SendRequest<Body>) {
+    tokio::spawn(async move {
+        if sender.ready().await.is_ok() {
+            let mut idle = host.pool.h1_idle.lock().unwrap();
+            idle.retain(|s| !s.is_closed());
+            if idle.len() < MAX_IDLE_H1 {
+                idle.push(sender);
+            }
+        }
+    });
+}
+
+async fn send_h2(
+    cluster: &Cluster,
+    host: &Arc<Host>,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, SendError> {
+    let mut sender = match live_h2(host) {
+        Some(s) => s,
+        None => {
+            let _gate = host.pool.h2_connect.lock().await;
+            match live_h2(host) {
+                Some(s) => s,
+                None => {
+                    let stream = connect(host.addr, cluster.config.connect_timeout, &cluster.stats)
+                        .await
+                        .map_err(SendError::Connect)?;
+                    let (sender, conn) =
+                        http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                            .await
+                            .map_err(SendError::Reset)?;
+                    let guard = GaugeGuard::new(&cluster.stats.upstream_cx_active);
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                        drop(guard);
+                    });
+                    *host.pool.h2.lock().unwrap() = Some(sender.clone());
+                    sender
+                }
+            }
+        }
+    };
+    sender.send_request(req).await.map_err(SendError::Reset)
+}
+
+fn live_h2(host: &Host) -> Option<http2::SendRequest<Body>> {
+    host.pool
+        .h2
+        .lock()
+        .unwrap()
+        .as_ref()
+        .filter(|s| !s.is_closed())
+        .cloned()
+}
