@@ -30,6 +30,8 @@ pub struct Options {
     pub stats_addr: Option<SocketAddr>,
     /// Health server (`/healthz/ready`), if any.
     pub health_addr: Option<SocketAddr>,
+    /// Where to write the admin server's bound address (Envoy's `--admin-address-path`).
+    pub admin_address_path: Option<std::path::PathBuf>,
 }
 
 /// Worker count when `--concurrency` is not given: the cgroup CPU quota, else 2.
@@ -100,6 +102,8 @@ pub fn run(loaded: Loaded, opts: Options) -> Result<()> {
         }
     }
 
+    let listeners: String =
+        bound.iter().map(|(l, _, local)| format!("{}::{local}\n", l.config.name)).collect();
     let (commands_tx, mut commands) = mpsc::unbounded_channel();
     let state = Arc::new(admin::State {
         store: store.clone(),
@@ -107,6 +111,7 @@ pub fn run(loaded: Loaded, opts: Options) -> Result<()> {
         clusters: clusters.clone(),
         config_dump: admin::config_dump::render(&loaded.proto, SystemTime::now()),
         commands: commands_tx,
+        listeners,
     });
     let servers = [
         (config.admin, Role::Admin),
@@ -119,7 +124,12 @@ pub fn run(loaded: Loaded, opts: Options) -> Result<()> {
             let Some(addr) = addr else { continue };
             let socket = admin::bind(addr)
                 .with_context(|| format!("{role:?} server: cannot bind {addr}"))?;
-            tracing::info!("{} on {}", role_name(role), socket.local_addr()?);
+            let local = socket.local_addr()?;
+            tracing::info!("{} on {local}", role_name(role));
+            if let (Role::Admin, Some(path)) = (role, &opts.admin_address_path) {
+                std::fs::write(path, local.to_string())
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             control.spawn(admin::serve(socket, role, state.clone()));
         }
     }

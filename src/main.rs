@@ -46,6 +46,9 @@ struct Cli {
     /// embedded default, off with -c.
     #[arg(long = "health-port")]
     health_port: Option<u16>,
+    /// Write the admin server's address to this file once it is bound.
+    #[arg(long = "admin-address-path", value_name = "FILE")]
+    admin_address_path: Option<PathBuf>,
     // Envoy flags Istio's agent passes, accepted so pilotfish starts where Envoy does.
     // They change nothing that pilotfish does.
     #[arg(long = "drain-strategy", hide = true)]
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
         drain_time: Duration::from_secs(cli.drain_time_s),
         stats_addr: port(cli.stats_port, 15090),
         health_addr: port(cli.health_port, 15021),
+        admin_address_path: cli.admin_address_path.clone(),
     };
     match app::run(loaded, opts) {
         Ok(()) => ExitCode::SUCCESS,

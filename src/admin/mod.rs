@@ -37,6 +37,8 @@ pub struct State {
     pub clusters: Arc<ClusterManager>,
     /// `/config_dump` body, rendered once per applied config.
     pub config_dump: String,
+    /// `name::address` of every listener, as Envoy's `/listeners` prints them.
+    pub listeners: String,
     pub commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -86,6 +88,7 @@ fn handle(role: Role, state: &State, req: Request<Incoming>) -> Response<Full<By
             "application/json",
             state.config_dump.clone(),
         ),
+        (Role::Admin, "/listeners") => text(StatusCode::OK, state.listeners.clone()),
         (Role::Admin, "/clusters") => text(StatusCode::OK, clusters(&state.clusters)),
         (
             Role::Admin,
@@ -122,6 +125,7 @@ const HELP: &str = "admin commands are:
   /drain_listeners (POST): drain listeners
   /healthcheck/fail (POST): cause the server to fail health checks
   /healthcheck/ok (POST): cause the server to pass health checks
+  /listeners: print listener info
   /quitquitquit (POST): exit the server
   /ready: print server state, return 200 if LIVE, otherwise return 503
   /stats: print server stats (?format=json, ?format=prometheus)

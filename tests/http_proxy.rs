@@ -1,0 +1,280 @@
+//! HTTP proxying end to end on real sockets: keep-alive, chunked bodies, HTTP/2 prior
+//! knowledge on both sides, HTTP/1.1 <-> HTTP/2 translation, and Envoy's local replies.
+mod common;
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+async fn proxy_to(up: &Upstream, h2_upstream: bool) -> Proxy {
+    let routes = r#"              - match: { prefix: "/" }
+                route: { cluster: backend }"#;
+    Proxy::start(&http_bootstrap(routes, &static_cluster("backend", &[up.addr], h2_upstream))).await
+}
+
+#[tokio::test]
+async fn http1_keep_alive_reuses_connections_on_both_sides() {
+    let up = Upstream::start("a").await;
+    let proxy = proxy_to(&up, false).await;
+    let stream = TcpStream::connect(proxy.listener("http")).await.unwrap();
+    let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    for i in 0..20 {
+        client.ready().await.unwrap();
+        let req = Request::post(format!("/echo/{i}"))
+            .header("host", "svc.local")
+            .body(Full::new(Bytes::from(format!("hello {i}"))))
+            .unwrap();
+        let resp = client.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-upstream"], "a");
+        assert_eq!(resp.headers()["server"], "envoy");
+        assert!(resp.headers().contains_key("x-envoy-upstream-service-time"));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, format!("hello {i}"));
+    }
+    // One downstream connection carried all 20 requests, and so did one upstream one.
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+    let seen = up.requests();
+    assert_eq!(seen.len(), 20);
+    assert_eq!(seen[3].path, "/echo/3");
+    assert_eq!(seen[3].authority, "svc.local");
+    assert_eq!(seen[3].version, Version::HTTP_11);
+    assert_eq!(seen[3].headers["x-forwarded-proto"], "http");
+    assert_eq!(seen[3].headers["x-envoy-expected-rq-timeout-ms"], "15000");
+    assert_eq!(seen[3].headers["x-request-id"].len(), 36);
+}
+
+#[tokio::test]
+async fn chunked_bodies_stream_both_ways() {
+    let up = Upstream::start("a").await;
+    let proxy = proxy_to(&up, false).await;
+    // Request body without content-length: sent chunked.
+    let chunks = (0..50).map(|i| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!("part{i},")))));
+    let body = StreamBody::new(futures_util::stream::iter(chunks));
+    let stream = TcpStream::connect(proxy.listener("http")).await.unwrap();
+    let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let resp = client
+        .send_request(Request::post("/upload").header("host", "x").body(body).unwrap())
+        .await
+        .unwrap();
+    let want: String = (0..50).map(|i| format!("part{i},")).collect();
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), want);
+    assert_eq!(up.requests()[0].headers["transfer-encoding"], "chunked");
+
+    // Chunked response.
+    let (status, headers, body) =
+        send(proxy.listener("http"), false, Request::get("/chunked/100").header("host", "x").body(Full::default()).unwrap())
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(headers["transfer-encoding"], "chunked");
+    let want: String = (0..100).map(|i| format!("chunk-{i};")).collect();
+    assert_eq!(body, want);
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_downstream_and_upstream() {
+    let up = Upstream::start("a").await;
+    let proxy = proxy_to(&up, true).await;
+    let (status, headers, body) = send(
+        proxy.listener("http"),
+        true,
+        Request::post("http://grpc.svc:8080/x?y=1").body(Full::new(Bytes::from("h2 body"))).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, "h2 body");
+    assert_eq!(headers["x-seen-version"], "HTTP/2.0");
+    let seen = &up.requests()[0];
+    assert_eq!(seen.version, Version::HTTP_2);
+    assert_eq!(seen.authority, "grpc.svc:8080");
+    assert_eq!(seen.path, "/x?y=1");
+}
+
+#[tokio::test]
+async fn http1_downstream_to_http2_upstream() {
+    let up = Upstream::start("a").await;
+    let proxy = proxy_to(&up, true).await;
+    for _ in 0..5 {
+        let (status, headers, body) = send(
+            proxy.listener("http"),
+            false,
+            Request::post("/translate").header("host", "h1.example:81").header("connection", "keep-alive, x-hop")
+                .header("x-hop", "drop me")
+                .body(Full::new(Bytes::from("up to h2")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, "up to h2");
+        assert_eq!(headers["x-seen-version"], "HTTP/2.0");
+    }
+    let seen = &up.requests()[0];
+    assert_eq!(seen.version, Version::HTTP_2);
+    assert_eq!(seen.authority, "h1.example:81");
+    assert!(!seen.headers.contains_key("x-hop"), "hop-by-hop header named in connection was forwarded");
+    assert!(!seen.headers.contains_key("connection"));
+    // Five downstream connections share one multiplexed upstream connection.
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn http2_downstream_to_http1_upstream_with_trailers_dropped_cleanly() {
+    let up = Upstream::start("a").await;
+    let proxy = proxy_to(&up, false).await;
+    let (status, headers, body) = send(
+        proxy.listener("http"),
+        true,
+        Request::post("http://h2.example/down").body(Full::new(Bytes::from("down to h1"))).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, "down to h1");
+    assert_eq!(headers["x-seen-version"], "HTTP/1.1");
+    let seen = &up.requests()[0];
+    assert_eq!(seen.version, Version::HTTP_11);
+    assert_eq!(seen.authority, "h2.example");
+
+    // Trailers from an HTTP/2 upstream reach an HTTP/2 client.
+    let up2 = Upstream::start("b").await;
+    let proxy2 = proxy_to(&up2, true).await;
+    let stream = TcpStream::connect(proxy2.listener("http")).await.unwrap();
+    let (mut client, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let resp = client.send_request(Request::get("http://t/trailers").body(Full::<Bytes>::default()).unwrap()).await.unwrap();
+    let collected = resp.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["x-trailer"], "done");
+    assert_eq!(collected.to_bytes(), "body");
+}
+
+#[tokio::test]
+async fn local_replies_match_envoy() {
+    let up = Upstream::start("a").await;
+    // A port with nothing listening: bind, note it, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let routes = r#"              - match: { prefix: "/refused" }
+                route: { cluster: refused }
+              - match: { prefix: "/empty" }
+                route: { cluster: empty }
+              - match: { prefix: "/slow" }
+                route: { cluster: backend, timeout: 0.3s }
+              - match: { path: "/unlimited/slow/400" }
+                route: { cluster: backend, timeout: 0s }"#;
+    let clusters = format!(
+        "{}{}  - name: empty\n    connect_timeout: 1s\n",
+        static_cluster("backend", &[up.addr], false),
+        static_cluster("refused", &[dead], false)
+    );
+    let proxy = Proxy::start(&http_bootstrap(routes, &clusters)).await;
+    let addr = proxy.listener("http");
+    let get = |path: &'static str| async move {
+        send(addr, false, Request::get(path).header("host", "x").body(Full::default()).unwrap()).await.unwrap()
+    };
+
+    let (status, headers, body) = get("/nothing").await;
+    assert_eq!((status, body.len()), (StatusCode::NOT_FOUND, 0));
+    assert_eq!(headers["content-length"], "0");
+
+    let (status, headers, body) = get("/empty").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, "no healthy upstream");
+    assert_eq!(headers["content-type"], "text/plain");
+
+    let (status, _, body) = get("/refused").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure");
+
+    let (status, _, body) = get("/slow/3000").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(body, "upstream request timeout");
+
+    // timeout: 0s disables the route timeout.
+    let (status, _, body) = get("/unlimited/slow/400").await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"slow done"[..]));
+
+    let stats = proxy.prometheus().await;
+    for line in [
+        "envoy_http_no_route{envoy_http_conn_manager_prefix=\"ingress_http\"} 1",
+        "envoy_cluster_upstream_cx_none_healthy{envoy_cluster_name=\"empty\"} 1",
+        "envoy_cluster_upstream_rq{envoy_response_code=\"503\",envoy_cluster_name=\"empty\"} 1",
+        "envoy_cluster_upstream_cx_connect_fail{envoy_cluster_name=\"refused\"} 1",
+        "envoy_cluster_upstream_rq{envoy_response_code=\"503\",envoy_cluster_name=\"refused\"} 1",
+        "envoy_cluster_upstream_rq_timeout{envoy_cluster_name=\"backend\"} 1",
+        "envoy_cluster_upstream_rq{envoy_response_code=\"504\",envoy_cluster_name=\"backend\"} 1",
+        "envoy_http_downstream_rq_xx{envoy_response_code_class=\"4\",envoy_http_conn_manager_prefix=\"ingress_http\"} 1",
+        "envoy_http_downstream_rq_xx{envoy_response_code_class=\"5\",envoy_http_conn_manager_prefix=\"ingress_http\"} 3",
+    ] {
+        assert!(stats.contains(line), "missing `{line}` in:\n{stats}");
+    }
+}
+
+#[tokio::test]
+async fn upstream_reset_before_headers_is_503_uc() {
+    // An upstream that accepts and closes at once.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            drop(s);
+        }
+    });
+    let routes = r#"              - match: { prefix: "/" }
+                route: { cluster: closer }"#;
+    let proxy = Proxy::start(&http_bootstrap(routes, &static_cluster("closer", &[addr], false))).await;
+    let (status, _, body) =
+        send(proxy.listener("http"), false, Request::get("/").header("host", "x").body(Full::default()).unwrap())
+            .await
+            .unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, "upstream connect error or disconnect/reset before headers. reset reason: connection termination");
+}
+
+#[tokio::test]
+async fn round_robin_spreads_requests_over_static_endpoints() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let routes = r#"              - match: { prefix: "/" }
+                route: { cluster: both }"#;
+    let proxy = Proxy::start(&http_bootstrap(routes, &static_cluster("both", &[a.addr, b.addr], false))).await;
+    for _ in 0..10 {
+        let (status, _, _) =
+            send(proxy.listener("http"), false, Request::get("/").header("host", "x").body(Full::default()).unwrap())
+                .await
+                .unwrap();
+        assert_eq!(status, 200);
+    }
+    assert_eq!(a.requests().len(), 5);
+    assert_eq!(b.requests().len(), 5);
+}
+
+#[tokio::test]
+async fn strict_dns_cluster_resolves_names() {
+    let up = Upstream::start("dns").await;
+    let routes = r#"              - match: { prefix: "/" }
+                route: { cluster: named }"#;
+    let cluster = format!(
+        "  - name: named\n    type: STRICT_DNS\n    dns_lookup_family: V4_ONLY\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: named\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: localhost, port_value: {} }} }} }}\n",
+        up.addr.port()
+    );
+    let proxy = Proxy::start(&http_bootstrap(routes, &cluster)).await;
+    let (status, headers, _) =
+        send(proxy.listener("http"), false, Request::get("/").header("host", "x").body(Full::default()).unwrap())
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-upstream"], "dns");
+    let _ = Duration::from_secs(0);
+}
