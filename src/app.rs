@@ -102,8 +102,10 @@ pub fn run(loaded: Loaded, opts: Options) -> Result<()> {
         }
     }
 
-    let listeners: String =
-        bound.iter().map(|(l, _, local)| format!("{}::{local}\n", l.config.name)).collect();
+    let listeners: String = bound
+        .iter()
+        .map(|(l, _, local)| format!("{}::{local}\n", l.config.name))
+        .collect();
     let (commands_tx, mut commands) = mpsc::unbounded_channel();
     let state = Arc::new(admin::State {
         store: store.clone(),

@@ -15,7 +15,9 @@ use envoy_types::pb::envoy::service::{
     discovery::v3::{
         DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
         aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
-        aggregated_discovery_service_server::{AggregatedDiscoveryService, AggregatedDiscoveryServiceServer},
+        aggregated_discovery_service_server::{
+            AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+        },
     },
 };
 use futures_util::{Stream, StreamExt};
@@ -36,8 +38,14 @@ impl Authorization for Svc {
         if path == "/deny" {
             return Err(Status::permission_denied("denied by test"));
         }
-        let mut resp = CheckResponse::default();
-        resp.status = Some(envoy_types::pb::google::rpc::Status { code: 0, message: format!("ok {path}"), details: vec![] });
+        let resp = CheckResponse {
+            status: Some(envoy_types::pb::google::rpc::Status {
+                code: 0,
+                message: format!("ok {path}"),
+                details: vec![],
+            }),
+            ..Default::default()
+        };
         Ok(Response::new(resp))
     }
 }
@@ -55,7 +63,11 @@ impl AggregatedDiscoveryService for Svc {
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let out = req.into_inner().map(|r| {
-            r.map(|r| DiscoveryResponse { nonce: r.type_url, version_info: "v1".into(), ..Default::default() })
+            r.map(|r| DiscoveryResponse {
+                nonce: r.type_url,
+                version_info: "v1".into(),
+                ..Default::default()
+            })
         });
         Ok(Response::new(Box::pin(out)))
     }
@@ -83,7 +95,11 @@ async fn grpc_server() -> SocketAddr {
 async fn proxy_for(server: SocketAddr) -> Proxy {
     let routes = r#"              - match: { prefix: "/" }
                 route: { cluster: grpc }"#;
-    Proxy::start(&http_bootstrap(routes, &static_cluster("grpc", &[server], true))).await
+    Proxy::start(&http_bootstrap(
+        routes,
+        &static_cluster("grpc", &[server], true),
+    ))
+    .await
 }
 
 fn check_request(path: &str) -> CheckRequest {
@@ -91,7 +107,10 @@ fn check_request(path: &str) -> CheckRequest {
     CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest { path: path.into(), ..Default::default() }),
+                http: Some(attribute_context::HttpRequest {
+                    path: path.into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -103,16 +122,27 @@ fn check_request(path: &str) -> CheckRequest {
 async fn unary_calls_and_error_statuses_pass_through() {
     let server = grpc_server().await;
     let proxy = proxy_for(server).await;
-    let mut client = AuthorizationClient::connect(format!("http://{}", proxy.listener("http"))).await.unwrap();
+    let mut client = AuthorizationClient::connect(format!("http://{}", proxy.listener("http")))
+        .await
+        .unwrap();
     for i in 0..10 {
-        let resp = client.check(check_request(&format!("/allow/{i}"))).await.unwrap();
-        assert_eq!(resp.into_inner().status.unwrap().message, format!("ok /allow/{i}"));
+        let resp = client
+            .check(check_request(&format!("/allow/{i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.into_inner().status.unwrap().message,
+            format!("ok /allow/{i}")
+        );
     }
     let err = client.check(check_request("/deny")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert_eq!(err.message(), "denied by test");
     proxy
-        .wait_metric("envoy_cluster_upstream_rq{envoy_response_code=\"200\",envoy_cluster_name=\"grpc\"}", 11)
+        .wait_metric(
+            "envoy_cluster_upstream_rq{envoy_response_code=\"200\",envoy_cluster_name=\"grpc\"}",
+            11,
+        )
         .await;
 }
 
@@ -121,7 +151,9 @@ async fn bidirectional_streaming_passes_through() {
     let server = grpc_server().await;
     let proxy = proxy_for(server).await;
     let mut client =
-        AggregatedDiscoveryServiceClient::connect(format!("http://{}", proxy.listener("http"))).await.unwrap();
+        AggregatedDiscoveryServiceClient::connect(format!("http://{}", proxy.listener("http")))
+            .await
+            .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut responses = client
         .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -130,7 +162,12 @@ async fn bidirectional_streaming_passes_through() {
         .into_inner();
     // Interleaved: each response arrives before the next request is sent.
     for i in 0..5 {
-        tx.send(DiscoveryRequest { type_url: format!("type-{i}"), ..Default::default() }).await.unwrap();
+        tx.send(DiscoveryRequest {
+            type_url: format!("type-{i}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         let r = responses.message().await.unwrap().unwrap();
         assert_eq!(r.nonce, format!("type-{i}"));
     }

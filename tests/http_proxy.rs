@@ -15,7 +15,11 @@ use tokio::net::TcpStream;
 async fn proxy_to(up: &Upstream, h2_upstream: bool) -> Proxy {
     let routes = r#"              - match: { prefix: "/" }
                 route: { cluster: backend }"#;
-    Proxy::start(&http_bootstrap(routes, &static_cluster("backend", &[up.addr], h2_upstream))).await
+    Proxy::start(&http_bootstrap(
+        routes,
+        &static_cluster("backend", &[up.addr], h2_upstream),
+    ))
+    .await
 }
 
 #[tokio::test]
@@ -23,7 +27,9 @@ async fn http1_keep_alive_reuses_connections_on_both_sides() {
     let up = Upstream::start("a").await;
     let proxy = proxy_to(&up, false).await;
     let stream = TcpStream::connect(proxy.listener("http")).await.unwrap();
-    let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     for i in 0..20 {
         client.ready().await.unwrap();
@@ -56,13 +62,21 @@ async fn chunked_bodies_stream_both_ways() {
     let up = Upstream::start("a").await;
     let proxy = proxy_to(&up, false).await;
     // Request body without content-length: sent chunked.
-    let chunks = (0..50).map(|i| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!("part{i},")))));
+    let chunks = (0..50)
+        .map(|i| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!("part{i},")))));
     let body = StreamBody::new(futures_util::stream::iter(chunks));
     let stream = TcpStream::connect(proxy.listener("http")).await.unwrap();
-    let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let resp = client
-        .send_request(Request::post("/upload").header("host", "x").body(body).unwrap())
+        .send_request(
+            Request::post("/upload")
+                .header("host", "x")
+                .body(body)
+                .unwrap(),
+        )
         .await
         .unwrap();
     let want: String = (0..50).map(|i| format!("part{i},")).collect();
@@ -70,10 +84,16 @@ async fn chunked_bodies_stream_both_ways() {
     assert_eq!(up.requests()[0].headers["transfer-encoding"], "chunked");
 
     // Chunked response.
-    let (status, headers, body) =
-        send(proxy.listener("http"), false, Request::get("/chunked/100").header("host", "x").body(Full::default()).unwrap())
-            .await
-            .unwrap();
+    let (status, headers, body) = send(
+        proxy.listener("http"),
+        false,
+        Request::get("/chunked/100")
+            .header("host", "x")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 200);
     assert_eq!(headers["transfer-encoding"], "chunked");
     let want: String = (0..100).map(|i| format!("chunk-{i};")).collect();
@@ -87,7 +107,9 @@ async fn http2_prior_knowledge_downstream_and_upstream() {
     let (status, headers, body) = send(
         proxy.listener("http"),
         true,
-        Request::post("http://grpc.svc:8080/x?y=1").body(Full::new(Bytes::from("h2 body"))).unwrap(),
+        Request::post("http://grpc.svc:8080/x?y=1")
+            .body(Full::new(Bytes::from("h2 body")))
+            .unwrap(),
     )
     .await
     .unwrap();
@@ -108,7 +130,9 @@ async fn http1_downstream_to_http2_upstream() {
         let (status, headers, body) = send(
             proxy.listener("http"),
             false,
-            Request::post("/translate").header("host", "h1.example:81").header("connection", "keep-alive, x-hop")
+            Request::post("/translate")
+                .header("host", "h1.example:81")
+                .header("connection", "keep-alive, x-hop")
                 .header("x-hop", "drop me")
                 .body(Full::new(Bytes::from("up to h2")))
                 .unwrap(),
@@ -122,7 +146,10 @@ async fn http1_downstream_to_http2_upstream() {
     let seen = &up.requests()[0];
     assert_eq!(seen.version, Version::HTTP_2);
     assert_eq!(seen.authority, "h1.example:81");
-    assert!(!seen.headers.contains_key("x-hop"), "hop-by-hop header named in connection was forwarded");
+    assert!(
+        !seen.headers.contains_key("x-hop"),
+        "hop-by-hop header named in connection was forwarded"
+    );
     assert!(!seen.headers.contains_key("connection"));
     // Five downstream connections share one multiplexed upstream connection.
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
@@ -135,7 +162,9 @@ async fn http2_downstream_to_http1_upstream_with_trailers_dropped_cleanly() {
     let (status, headers, body) = send(
         proxy.listener("http"),
         true,
-        Request::post("http://h2.example/down").body(Full::new(Bytes::from("down to h1"))).unwrap(),
+        Request::post("http://h2.example/down")
+            .body(Full::new(Bytes::from("down to h1")))
+            .unwrap(),
     )
     .await
     .unwrap();
@@ -150,10 +179,21 @@ async fn http2_downstream_to_http1_upstream_with_trailers_dropped_cleanly() {
     let up2 = Upstream::start("b").await;
     let proxy2 = proxy_to(&up2, true).await;
     let stream = TcpStream::connect(proxy2.listener("http")).await.unwrap();
-    let (mut client, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    let (mut client, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
     tokio::spawn(conn);
-    let resp = client.send_request(Request::get("http://t/trailers").body(Full::<Bytes>::default()).unwrap()).await.unwrap();
+    let resp = client
+        .send_request(
+            Request::get("http://t/trailers")
+                .body(Full::<Bytes>::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     let collected = resp.into_body().collect().await.unwrap();
     assert_eq!(collected.trailers().unwrap()["x-trailer"], "done");
     assert_eq!(collected.to_bytes(), "body");
@@ -163,7 +203,10 @@ async fn http2_downstream_to_http1_upstream_with_trailers_dropped_cleanly() {
 async fn local_replies_match_envoy() {
     let up = Upstream::start("a").await;
     // A port with nothing listening: bind, note it, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let routes = r#"              - match: { prefix: "/refused" }
                 route: { cluster: refused }
               - match: { prefix: "/empty" }
@@ -180,7 +223,16 @@ async fn local_replies_match_envoy() {
     let proxy = Proxy::start(&http_bootstrap(routes, &clusters)).await;
     let addr = proxy.listener("http");
     let get = |path: &'static str| async move {
-        send(addr, false, Request::get(path).header("host", "x").body(Full::default()).unwrap()).await.unwrap()
+        send(
+            addr,
+            false,
+            Request::get(path)
+                .header("host", "x")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap()
     };
 
     let (status, headers, body) = get("/nothing").await;
@@ -194,7 +246,10 @@ async fn local_replies_match_envoy() {
 
     let (status, _, body) = get("/refused").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure");
+    assert_eq!(
+        body,
+        "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+    );
 
     let (status, _, body) = get("/slow/3000").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
@@ -233,13 +288,26 @@ async fn upstream_reset_before_headers_is_503_uc() {
     });
     let routes = r#"              - match: { prefix: "/" }
                 route: { cluster: closer }"#;
-    let proxy = Proxy::start(&http_bootstrap(routes, &static_cluster("closer", &[addr], false))).await;
-    let (status, _, body) =
-        send(proxy.listener("http"), false, Request::get("/").header("host", "x").body(Full::default()).unwrap())
-            .await
-            .unwrap();
+    let proxy = Proxy::start(&http_bootstrap(
+        routes,
+        &static_cluster("closer", &[addr], false),
+    ))
+    .await;
+    let (status, _, body) = send(
+        proxy.listener("http"),
+        false,
+        Request::get("/")
+            .header("host", "x")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body, "upstream connect error or disconnect/reset before headers. reset reason: connection termination");
+    assert_eq!(
+        body,
+        "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+    );
 }
 
 #[tokio::test]
@@ -248,12 +316,22 @@ async fn round_robin_spreads_requests_over_static_endpoints() {
     let b = Upstream::start("b").await;
     let routes = r#"              - match: { prefix: "/" }
                 route: { cluster: both }"#;
-    let proxy = Proxy::start(&http_bootstrap(routes, &static_cluster("both", &[a.addr, b.addr], false))).await;
+    let proxy = Proxy::start(&http_bootstrap(
+        routes,
+        &static_cluster("both", &[a.addr, b.addr], false),
+    ))
+    .await;
     for _ in 0..10 {
-        let (status, _, _) =
-            send(proxy.listener("http"), false, Request::get("/").header("host", "x").body(Full::default()).unwrap())
-                .await
-                .unwrap();
+        let (status, _, _) = send(
+            proxy.listener("http"),
+            false,
+            Request::get("/")
+                .header("host", "x")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
         assert_eq!(status, 200);
     }
     assert_eq!(a.requests().len(), 5);
@@ -270,10 +348,16 @@ async fn strict_dns_cluster_resolves_names() {
         up.addr.port()
     );
     let proxy = Proxy::start(&http_bootstrap(routes, &cluster)).await;
-    let (status, headers, _) =
-        send(proxy.listener("http"), false, Request::get("/").header("host", "x").body(Full::default()).unwrap())
-            .await
-            .unwrap();
+    let (status, headers, _) = send(
+        proxy.listener("http"),
+        false,
+        Request::get("/")
+            .header("host", "x")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 200);
     assert_eq!(headers["x-upstream"], "dns");
     let _ = Duration::from_secs(0);

@@ -14,14 +14,22 @@ use nix::sys::signal::Signal;
 use tokio::{io::AsyncReadExt, net::TcpStream};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn slow_proxy(extra: &[&str]) -> (Proxy, Upstream) {
     let up = Upstream::start("slow").await;
     let routes = r#"              - match: { prefix: "/" }
                 route: { cluster: backend, timeout: 60s }"#;
-    let proxy = Proxy::start_with(&http_bootstrap(routes, &static_cluster("backend", &[up.addr], false)), extra).await;
+    let proxy = Proxy::start_with(
+        &http_bootstrap(routes, &static_cluster("backend", &[up.addr], false)),
+        extra,
+    )
+    .await;
     (proxy, up)
 }
 
@@ -41,34 +49,75 @@ async fn sigterm_drains_http1_in_flight_request_then_exits() {
     let hp = health.to_string();
     let (mut proxy, _up) = slow_proxy(&["--health-port", &hp, "--drain-time-s", "30"]).await;
     let health_addr: SocketAddr = ([127, 0, 0, 1], health).into();
-    assert_eq!(http_get(health_addr, "/healthz/ready").await.unwrap(), (200, "LIVE\n".into()));
+    assert_eq!(
+        http_get(health_addr, "/healthz/ready").await.unwrap(),
+        (200, "LIVE\n".into())
+    );
 
     // health check fail/ok flips readiness without draining.
     let post = |path: &'static str| {
         let admin = proxy.admin;
         async move {
-            send(admin, false, Request::post(path).header("host", "a").body(Full::default()).unwrap()).await.unwrap().0
+            send(
+                admin,
+                false,
+                Request::post(path)
+                    .header("host", "a")
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .0
         }
     };
     assert_eq!(post("/healthcheck/fail").await, 200);
-    assert_eq!(http_get(health_addr, "/healthz/ready").await.unwrap().0, 503);
+    assert_eq!(
+        http_get(health_addr, "/healthz/ready").await.unwrap().0,
+        503
+    );
     assert_eq!(post("/healthcheck/ok").await, 200);
-    assert_eq!(http_get(health_addr, "/healthz/ready").await.unwrap().0, 200);
+    assert_eq!(
+        http_get(health_addr, "/healthz/ready").await.unwrap().0,
+        200
+    );
 
     let listener = proxy.listener("http");
     let slow = tokio::spawn(async move {
-        send(listener, false, Request::get("/slow/1500").header("host", "x").body(Full::default()).unwrap()).await
+        send(
+            listener,
+            false,
+            Request::get("/slow/1500")
+                .header("host", "x")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.signal(Signal::SIGTERM);
 
-    wait_until(async || http_get(health_addr, "/healthz/ready").await.is_ok_and(|r| r.0 == 503), "503 while draining")
-        .await;
-    wait_until(async || TcpStream::connect(listener).await.is_err(), "listener to stop accepting").await;
+    wait_until(
+        async || {
+            http_get(health_addr, "/healthz/ready")
+                .await
+                .is_ok_and(|r| r.0 == 503)
+        },
+        "503 while draining",
+    )
+    .await;
+    wait_until(
+        async || TcpStream::connect(listener).await.is_err(),
+        "listener to stop accepting",
+    )
+    .await;
     let (status, headers, body) = slow.await.unwrap().unwrap();
     assert_eq!((status.as_u16(), &body[..]), (200, &b"slow done"[..]));
     assert_eq!(headers["connection"], "close");
-    let exit = proxy.wait_exit(Duration::from_secs(10)).await.expect("exits once connections are gone");
+    let exit = proxy
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits once connections are gone");
     assert!(exit.success(), "{exit}");
 }
 
@@ -76,20 +125,43 @@ async fn sigterm_drains_http1_in_flight_request_then_exits() {
 async fn sigterm_sends_goaway_and_finishes_http2_streams() {
     let (mut proxy, _up) = slow_proxy(&["--drain-time-s", "30"]).await;
     let stream = TcpStream::connect(proxy.listener("http")).await.unwrap();
-    let (mut client, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    let (mut client, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     let conn = tokio::spawn(conn);
     let mut c2 = client.clone();
     let slow = tokio::spawn(async move {
-        let resp = c2.send_request(Request::get("http://x/slow/1500").body(Full::<Bytes>::default()).unwrap()).await.unwrap();
+        let resp = c2
+            .send_request(
+                Request::get("http://x/slow/1500")
+                    .body(Full::<Bytes>::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
         resp.into_body().collect().await.unwrap().to_bytes()
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.signal(Signal::SIGTERM);
     assert_eq!(slow.await.unwrap(), "slow done");
     // After GOAWAY the connection ends and takes no new streams.
-    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await.expect("connection closed after GOAWAY");
-    assert!(client.send_request(Request::get("http://x/").body(Full::default()).unwrap()).await.is_err());
-    assert!(proxy.wait_exit(Duration::from_secs(10)).await.unwrap().success());
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("connection closed after GOAWAY");
+    assert!(
+        client
+            .send_request(Request::get("http://x/").body(Full::default()).unwrap())
+            .await
+            .is_err()
+    );
+    assert!(
+        proxy
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .success()
+    );
 }
 
 #[tokio::test]
@@ -97,25 +169,51 @@ async fn drain_deadline_bounds_the_exit() {
     let (mut proxy, _up) = slow_proxy(&["--drain-time-s", "1"]).await;
     let listener = proxy.listener("http");
     let slow = tokio::spawn(async move {
-        send(listener, false, Request::get("/slow/30000").header("host", "x").body(Full::default()).unwrap()).await
+        send(
+            listener,
+            false,
+            Request::get("/slow/30000")
+                .header("host", "x")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.signal(Signal::SIGTERM);
-    let exit = proxy.wait_exit(Duration::from_secs(15)).await.expect("exits at the drain deadline");
+    let exit = proxy
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("exits at the drain deadline");
     assert!(exit.success());
-    assert!(slow.await.unwrap().is_err(), "the 30 s request cannot have completed");
+    assert!(
+        slow.await.unwrap().is_err(),
+        "the 30 s request cannot have completed"
+    );
 }
 
 #[tokio::test]
 async fn quitquitquit_exits_and_requires_post() {
     let (mut proxy, _up) = slow_proxy(&[]).await;
     assert_eq!(proxy.admin_get("/quitquitquit").await.0, 405);
-    let (status, _, _) =
-        send(proxy.admin, false, Request::post("/quitquitquit").header("host", "a").body(Full::default()).unwrap())
-            .await
-            .unwrap();
+    let (status, _, _) = send(
+        proxy.admin,
+        false,
+        Request::post("/quitquitquit")
+            .header("host", "a")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 200);
-    assert!(proxy.wait_exit(Duration::from_secs(10)).await.unwrap().success());
+    assert!(
+        proxy
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .success()
+    );
 }
 
 /// The embedded default binds the fixed Istio ports; only this test uses them.
@@ -129,10 +227,21 @@ async fn embedded_default_serves_sidecar_ports_and_refuses_loops() {
         .spawn()
         .unwrap();
     let health: SocketAddr = ([127, 0, 0, 1], 15021).into();
-    wait_until(async || http_get(health, "/healthz/ready").await.is_ok_and(|r| r.0 == 200), "embedded default ready").await;
+    wait_until(
+        async || {
+            http_get(health, "/healthz/ready")
+                .await
+                .is_ok_and(|r| r.0 == 200)
+        },
+        "embedded default ready",
+    )
+    .await;
     let logs = std::fs::read_to_string(&log).unwrap();
     for port in ["15000", "15001", "15006", "15090", "15021"] {
-        assert!(logs.contains(&format!(":{port}")), "no start line for {port}: {logs}");
+        assert!(
+            logs.contains(&format!(":{port}")),
+            "no start line for {port}: {logs}"
+        );
     }
 
     // A connection straight to 15001 (not redirected) has 15001 as its destination:
@@ -140,20 +249,44 @@ async fn embedded_default_serves_sidecar_ports_and_refuses_loops() {
     for port in [15001u16, 15006] {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut buf = Vec::new();
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.unwrap().unwrap_or(0);
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
         assert_eq!(n, 0);
     }
     let stats: SocketAddr = ([127, 0, 0, 1], 15090).into();
     let (code, prom) = http_get(stats, "/stats/prometheus").await.unwrap();
     assert_eq!(code, 200);
-    assert!(prom.contains("pilotfish_listener_loop_refused{envoy_listener_address=\"0.0.0.0_15001\"} 1"), "{prom}");
-    assert!(prom.contains("pilotfish_listener_loop_refused{envoy_listener_address=\"0.0.0.0_15006\"} 1"), "{prom}");
-    assert!(prom.contains("envoy_cluster_upstream_cx_total{envoy_cluster_name=\"PassthroughCluster\"} 0"), "{prom}");
+    assert!(
+        prom.contains(
+            "pilotfish_listener_loop_refused{envoy_listener_address=\"0.0.0.0_15001\"} 1"
+        ),
+        "{prom}"
+    );
+    assert!(
+        prom.contains(
+            "pilotfish_listener_loop_refused{envoy_listener_address=\"0.0.0.0_15006\"} 1"
+        ),
+        "{prom}"
+    );
+    assert!(
+        prom.contains(
+            "envoy_cluster_upstream_cx_total{envoy_cluster_name=\"PassthroughCluster\"} 0"
+        ),
+        "{prom}"
+    );
     assert!(prom.contains("envoy_server_live 1"), "{prom}");
-    let (code, dump) = http_get(([127, 0, 0, 1], 15000).into(), "/config_dump").await.unwrap();
+    let (code, dump) = http_get(([127, 0, 0, 1], 15000).into(), "/config_dump")
+        .await
+        .unwrap();
     assert_eq!(code, 200);
     assert!(dump.contains("\"name\": \"virtualOutbound\""), "{dump}");
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
     assert!(child.wait().unwrap().success());
 }

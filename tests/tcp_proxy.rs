@@ -40,7 +40,9 @@ async fn hashing_upstream() -> SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut h = Sha256::new();
                 let mut buf = vec![0u8; 64 * 1024];
@@ -89,8 +91,18 @@ async fn hundred_megabytes_arrive_intact_and_half_close_passes_through() {
     read.unwrap();
     assert_eq!(answer, expected.finalize().to_vec());
 
-    proxy.wait_metric("envoy_tcp_downstream_cx_rx_bytes_total{envoy_tcp_prefix=\"tcp_stats\"}", TOTAL as i64).await;
-    proxy.wait_metric("envoy_cluster_upstream_cx_rx_bytes_total{envoy_cluster_name=\"backend\"}", 32).await;
+    proxy
+        .wait_metric(
+            "envoy_tcp_downstream_cx_rx_bytes_total{envoy_tcp_prefix=\"tcp_stats\"}",
+            TOTAL as i64,
+        )
+        .await;
+    proxy
+        .wait_metric(
+            "envoy_cluster_upstream_cx_rx_bytes_total{envoy_cluster_name=\"backend\"}",
+            32,
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -122,11 +134,19 @@ async fn upstream_half_close_reaches_the_client_which_can_still_send() {
 
 #[tokio::test]
 async fn unreachable_upstream_closes_the_downstream() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let proxy = Proxy::start(&tcp_bootstrap(dead)).await;
     let mut s = TcpStream::connect(proxy.listener("tcp")).await.unwrap();
     let mut buf = Vec::new();
     let n = s.read_to_end(&mut buf).await.unwrap_or(0);
     assert_eq!(n, 0);
-    proxy.wait_metric("envoy_cluster_upstream_cx_connect_fail{envoy_cluster_name=\"backend\"}", 1).await;
+    proxy
+        .wait_metric(
+            "envoy_cluster_upstream_cx_connect_fail{envoy_cluster_name=\"backend\"}",
+            1,
+        )
+        .await;
 }

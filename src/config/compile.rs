@@ -240,11 +240,9 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
             ));
         }
     }
-    if let Some((i, f)) = hcm.http_filters.iter().enumerate().rev().skip(1).next() {
-        return Err(format!(
-            "{path}.http_filters[{i}] ({}): not supported",
-            f.name
-        ));
+    if hcm.http_filters.len() > 1 {
+        let name = &hcm.http_filters[0].name;
+        return Err(format!("{path}.http_filters[0] ({name}): not supported"));
     }
     let routes = match hcm.route_specifier {
         Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) => {
@@ -402,7 +400,7 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
                     return Err(format!("{epath}.endpoint: required"));
                 };
                 // Envoy leaves hosts marked unhealthy/draining/timeout out of balancing.
-                if matches!(lbe.health_status, 2 | 3 | 4) {
+                if matches!(lbe.health_status, 2..=4) {
                     continue;
                 }
                 let Some(address::Address::SocketAddress(sa)) =

@@ -268,3 +268,41 @@ fn join(path: &str, field: &str) -> String {
 fn display(path: &str) -> &str {
     if path.is_empty() { "<root>" } else { path }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/compatibility.md must list every supported message with each of its fields.
+    #[test]
+    fn docs_list_every_supported_field() {
+        let doc = include_str!("../../docs/compatibility.md");
+        for (ty, fields) in FIELDS {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{ty}` |")))
+                .unwrap_or_else(|| panic!("docs/compatibility.md has no row for {ty}"));
+            for f in *fields {
+                assert!(row.contains(&format!("`{f}`")), "docs row for {ty} lacks `{f}`");
+            }
+            let listed = row.matches('`').count() / 2 - 1;
+            assert_eq!(listed, fields.len(), "docs row for {ty} lists fields pilotfish rejects");
+        }
+        for ty in OPEN {
+            assert!(doc.contains(&format!("`{ty}`")), "docs/compatibility.md does not name {ty}");
+        }
+    }
+
+    #[test]
+    fn every_listed_type_exists_in_the_envoy_api() {
+        for (ty, fields) in FIELDS {
+            let desc = proto::descriptor(ty).unwrap_or_else(|| panic!("{ty} is not an Envoy type"));
+            for f in *fields {
+                assert!(desc.get_field_by_name(f).is_some(), "{ty} has no field {f}");
+            }
+        }
+        for ty in OPEN {
+            assert!(proto::descriptor(ty).is_some(), "{ty} is not a known type");
+        }
+    }
+}

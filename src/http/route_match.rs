@@ -70,8 +70,8 @@ impl Routes {
                 }
             }
         }
-        out.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        out.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        out.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        out.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Ok(out)
     }
 

@@ -40,26 +40,44 @@ impl Proxy {
 
     /// Starts pilotfish on `yaml` (ports may be 0) and waits until `/ready` is 200.
     pub async fn start_with(yaml: &str, args: &[&str]) -> Proxy {
+        Proxy::start_bin(BIN, yaml, args).await
+    }
+
+    /// Starts `bin` (pilotfish, or Envoy for differential tests: both take the same
+    /// flags used here) on `yaml`.
+    pub async fn start_bin(bin: &str, yaml: &str, args: &[&str]) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("bootstrap.yaml");
         std::fs::write(&cfg, yaml).unwrap();
         let admin_path = dir.path().join("admin");
         let log = dir.path().join("log");
-        let child = Command::new(BIN)
+        let child = Command::new(bin)
             .arg("-c")
             .arg(&cfg)
             .args(["--concurrency", "2", "-l", "debug"])
             .arg("--admin-address-path")
             .arg(&admin_path)
             .args(args)
-            .stdout(Stdio::from(std::fs::File::create(dir.path().join("stdout")).unwrap()))
+            .stdout(Stdio::from(
+                std::fs::File::create(dir.path().join("stdout")).unwrap(),
+            ))
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
             .spawn()
             .unwrap();
-        let mut p = Proxy { child, admin: "0.0.0.0:0".parse().unwrap(), listeners: HashMap::new(), _dir: dir, log };
+        let mut p = Proxy {
+            child,
+            admin: "0.0.0.0:0".parse().unwrap(),
+            listeners: HashMap::new(),
+            _dir: dir,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            assert!(Instant::now() < deadline, "pilotfish did not become ready: {}", p.logs());
+            assert!(
+                Instant::now() < deadline,
+                "pilotfish did not become ready: {}",
+                p.logs()
+            );
             if let Some(status) = p.child.try_wait().unwrap() {
                 panic!("pilotfish exited with {status}: {}", p.logs());
             }
@@ -83,7 +101,11 @@ impl Proxy {
 
     pub fn listener(&self, name: &str) -> SocketAddr {
         let a = self.listeners[name];
-        if a.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], a.port())) } else { a }
+        if a.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        } else {
+            a
+        }
     }
 
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
@@ -97,7 +119,8 @@ impl Proxy {
     /// The value of one Prometheus sample line, e.g. `envoy_cluster_upstream_rq_total{envoy_cluster_name="a"}`.
     pub async fn metric(&self, sample: &str) -> Option<i64> {
         let text = self.prometheus().await;
-        text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
     }
 
     /// Waits (bounded) until a sample has the wanted value: stats are recorded when a
@@ -109,7 +132,10 @@ impl Proxy {
             if got == Some(want) {
                 return;
             }
-            assert!(Instant::now() < deadline, "{sample} is {got:?}, want {want}");
+            assert!(
+                Instant::now() < deadline,
+                "{sample} is {got:?}, want {want}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -143,8 +169,15 @@ impl Drop for Proxy {
 
 /// Plain HTTP/1.1 GET with a fresh connection; returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let (status, _, body) = send(addr, false, Request::get(path).header("host", "test").body(Full::default()).unwrap())
-        .await?;
+    let (status, _, body) = send(
+        addr,
+        false,
+        Request::get(path)
+            .header("host", "test")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await?;
     Ok((status.as_u16(), String::from_utf8_lossy(&body).into_owned()))
 }
 
@@ -163,13 +196,22 @@ pub async fn send(
         tokio::spawn(conn);
         let mut req = req;
         if req.uri().authority().is_none() {
-            let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("test").to_owned();
-            *req.uri_mut() = format!("http://{host}{}", req.uri().path_and_query().unwrap()).parse().unwrap();
+            let host = req
+                .headers()
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("test")
+                .to_owned();
+            *req.uri_mut() = format!("http://{host}{}", req.uri().path_and_query().unwrap())
+                .parse()
+                .unwrap();
             req.headers_mut().remove("host");
         }
         s.send_request(req).await.map_err(|e| e.to_string())?
     } else {
-        let (mut s, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+        let (mut s, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         s.send_request(req).await.map_err(|e| e.to_string())?
     };
@@ -214,7 +256,9 @@ impl Upstream {
         let me = up.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 me.connections.fetch_add(1, Ordering::SeqCst);
                 let me = me.clone();
                 tokio::spawn(async move {
@@ -240,9 +284,17 @@ impl Upstream {
             .uri()
             .authority()
             .map(|a| a.to_string())
-            .or_else(|| req.headers().get("host").map(|h| h.to_str().unwrap().to_owned()))
+            .or_else(|| {
+                req.headers()
+                    .get("host")
+                    .map(|h| h.to_str().unwrap().to_owned())
+            })
             .unwrap_or_default();
-        let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
         self.seen.lock().unwrap().push(Seen {
             method: req.method().to_string(),
             path: path.clone(),
@@ -257,17 +309,34 @@ impl Upstream {
         }
         if let Some(n) = path.strip_prefix("/chunked/") {
             let n: usize = n.parse().unwrap();
-            let chunks = (0..n).map(|i| Ok::<_, Infallible>(Frame::data(Bytes::from(format!("chunk-{i};")))));
-            return builder.body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(chunks)))).unwrap();
+            let chunks = (0..n)
+                .map(|i| Ok::<_, Infallible>(Frame::data(Bytes::from(format!("chunk-{i};")))));
+            return builder
+                .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                    chunks,
+                ))))
+                .unwrap();
         }
         if path == "/trailers" {
             let mut trailers = http::HeaderMap::new();
             trailers.insert("x-trailer", "done".parse().unwrap());
-            let frames = vec![Ok::<_, Infallible>(Frame::data(Bytes::from("body"))), Ok(Frame::trailers(trailers))];
-            return builder.body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))).unwrap();
+            let frames = vec![
+                Ok::<_, Infallible>(Frame::data(Bytes::from("body"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            return builder
+                .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                    frames,
+                ))))
+                .unwrap();
         }
         builder = builder.header("x-seen-version", format!("{:?}", req.version()));
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         builder.body(full(body)).unwrap()
     }
 }
@@ -345,4 +414,21 @@ pub fn require(what: &str, present: bool) -> bool {
     }
     eprintln!("SKIPPED: {what} is missing (set CI=true to make this a failure)");
     false
+}
+
+/// The Envoy binary for differential tests: `$ENVOY_BIN`, else the one `scripts/test`
+/// installs into `.venv/`, else `envoy` on PATH.
+pub fn envoy_bin() -> Option<String> {
+    if let Ok(p) = std::env::var("ENVOY_BIN") {
+        return Some(p);
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/envoy");
+    if std::path::Path::new(venv).exists() {
+        return Some(venv.into());
+    }
+    let found = Command::new("envoy")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    found.then(|| "envoy".into())
 }

@@ -1,0 +1,324 @@
+//! Bootstrap loading through the real binary: invalid bootstraps are rejected with an
+//! error naming the field, valid ones (JSON, YAML, `--config-yaml` merges) are accepted,
+//! and the command line behaves like Envoy's.
+mod common;
+
+use std::process::Command;
+
+use common::BIN;
+
+const LISTENER_HEAD: &str = r#"
+static_resources:
+  listeners:
+  - name: l
+    address: { socket_address: { address: 127.0.0.1, port_value: 10000 } }
+    filter_chains:
+    - filters:"#;
+
+fn hcm(route_extra: &str, filters: &str) -> String {
+    format!(
+        r#"{LISTENER_HEAD}
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: h
+          route_config:
+            virtual_hosts:
+            - name: v
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: c }}
+{route_extra}
+          http_filters:
+{filters}
+  clusters:
+  - name: c
+    load_assignment: {{ cluster_name: c, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 8080 }} }} }} }}] }}] }}
+"#
+    )
+}
+
+const ROUTER: &str = r#"          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }"#;
+
+fn with_cluster(cluster: &str) -> String {
+    format!("static_resources:\n  clusters:\n{cluster}")
+}
+
+fn validate(yaml: &str, ext: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("bootstrap.{ext}"));
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn invalid_bootstraps_are_rejected_with_the_field_named() {
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unsupported network filter",
+            format!(
+                "{LISTENER_HEAD}\n      - name: envoy.filters.network.mongo_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy\n          stat_prefix: m\n"
+            ),
+            "static_resources.listeners[0].filter_chains[0].filters[0] (envoy.filters.network.mongo_proxy): not supported",
+        ),
+        (
+            "unsupported cluster field",
+            with_cluster("  - name: c\n    outlier_detection: { consecutive_5xx: 3 }\n"),
+            "static_resources.clusters[0].outlier_detection: not supported",
+        ),
+        (
+            "unknown top-level field",
+            "static_resourcez: {}\n".into(),
+            "unrecognized field name 'static_resourcez'",
+        ),
+        (
+            "unknown @type",
+            format!("{LISTENER_HEAD}\n      - name: x\n        typed_config: {{ \"@type\": type.googleapis.com/no.such.Type }}\n"),
+            "no.such.Type",
+        ),
+        ("invalid YAML", "static_resources: [\n".into(), "invalid YAML"),
+        (
+            "EDS cluster",
+            with_cluster("  - name: c\n    type: EDS\n"),
+            "static_resources.clusters[0].type: EDS is not supported yet",
+        ),
+        (
+            "unimplemented load balancer",
+            with_cluster("  - name: c\n    lb_policy: RING_HASH\n"),
+            "static_resources.clusters[0].lb_policy: RING_HASH is not supported yet",
+        ),
+        (
+            "route to an unknown cluster",
+            hcm("", ROUTER).replace("{ cluster: c }", "{ cluster: nope }"),
+            "virtual_hosts[0].routes[0].route.cluster: unknown cluster 'nope'",
+        ),
+        (
+            "duplicate cluster names",
+            with_cluster("  - name: c\n  - name: c\n"),
+            "static_resources.clusters[1].name: duplicate cluster 'c'",
+        ),
+        (
+            "listener address is a name",
+            hcm("", ROUTER).replace("address: 127.0.0.1, port_value: 10000", "address: localhost, port_value: 10000"),
+            "static_resources.listeners[0].address.socket_address.address: 'localhost' is not an IP address",
+        ),
+        (
+            "port out of range",
+            hcm("", ROUTER).replace("port_value: 10000", "port_value: 70000"),
+            "port_value: 70000 is out of range",
+        ),
+        (
+            "STATIC cluster with a host name",
+            with_cluster(
+                "  - name: c\n    load_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: example.com, port_value: 80 } } } }] }] }\n",
+            ),
+            "'example.com' is not an IP address (a STATIC cluster needs IPs",
+        ),
+        (
+            "regex route match",
+            hcm("", ROUTER).replace("match: { prefix: \"/\" }", "match: { safe_regex: { regex: \"/.*\" } }"),
+            "route_config.virtual_hosts[0].routes[0].match.safe_regex: not supported",
+        ),
+        (
+            "RDS",
+            format!(
+                "{LISTENER_HEAD}\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          stat_prefix: h\n          rds: {{ route_config_name: r, config_source: {{ ads: {{}} }} }}\n{ROUTER}\n"
+            ).replace("          - name: envoy.filters.http.router", "          http_filters:\n          - name: envoy.filters.http.router"),
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.rds: not supported",
+        ),
+        (
+            "misspelt nested field",
+            hcm("", ROUTER).replace("stat_prefix: h", "stat_prefixx: h"),
+            "unrecognized field name 'stat_prefixx'",
+        ),
+        (
+            "no router filter",
+            hcm("", "            []"),
+            "http_filters: envoy.filters.http.router is required",
+        ),
+        (
+            "unsupported HTTP filter",
+            hcm(
+                "",
+                &format!(
+                    "          - name: envoy.filters.http.fault\n            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault }}\n{ROUTER}"
+                ),
+            ),
+            "http_filters[0] (envoy.filters.http.fault): not supported",
+        ),
+        (
+            "TLS upstream",
+            with_cluster(
+                "  - name: c\n    transport_socket: { name: envoy.transport_sockets.tls, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext } }\n",
+            ),
+            "static_resources.clusters[0].transport_socket: not supported",
+        ),
+        (
+            "duplicate domains",
+            hcm("            - name: w\n              domains: [\"*\"]\n              routes: []", ROUTER),
+            "only unique values for domains are permitted; '*' appears more than once",
+        ),
+        ("dynamic resources", "dynamic_resources: { lds_config: { ads: {} } }\n".into(), "dynamic_resources: not supported"),
+        (
+            "ORIGINAL_DST with round robin",
+            with_cluster("  - name: c\n    type: ORIGINAL_DST\n"),
+            "lb_policy: ROUND_ROBIN is not valid for cluster type ORIGINAL_DST",
+        ),
+        (
+            "LOGICAL_DNS with two hosts",
+            with_cluster(
+                "  - name: c\n    type: LOGICAL_DNS\n    load_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: a.example, port_value: 80 } } } }, { endpoint: { address: { socket_address: { address: b.example, port_value: 80 } } } }] }] }\n",
+            ),
+            "LOGICAL_DNS clusters must have a single host",
+        ),
+        (
+            "wrong value type",
+            hcm("", ROUTER).replace("port_value: 10000", "port_value: abc"),
+            "static_resources.listeners[0].address.socket_address.port_value",
+        ),
+        (
+            "unknown enum value",
+            with_cluster("  - name: c\n    type: FOO\n"),
+            "static_resources.clusters[0].type",
+        ),
+        (
+            "filter chain match",
+            hcm("", ROUTER).replace("    - filters:", "    - filter_chain_match: { destination_port: 80 }\n      filters:"),
+            "static_resources.listeners[0].filter_chains[0].filter_chain_match: not supported",
+        ),
+        (
+            "UDP listener",
+            hcm("", ROUTER).replace("address: 127.0.0.1, port_value: 10000", "address: 127.0.0.1, port_value: 10000, protocol: UDP"),
+            "static_resources.listeners[0].address.socket_address.protocol: not supported",
+        ),
+    ];
+    assert!(cases.len() >= 15);
+    for (what, yaml, want) in &cases {
+        let (ok, out) = validate(yaml, "yaml");
+        assert!(!ok, "{what}: accepted, but should be rejected");
+        assert!(
+            out.contains(want),
+            "{what}: error does not contain `{want}`:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn valid_bootstraps_are_accepted_in_yaml_and_json() {
+    let yaml = hcm("", ROUTER);
+    let (ok, out) = validate(&yaml, "yaml");
+    assert!(ok, "{out}");
+    assert!(out.contains("OK"), "{out}");
+    let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+    let json = serde_json::to_string(&v).unwrap();
+    let (ok, out) = validate(&json, "json");
+    assert!(ok, "{out}");
+    for example in
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples")).unwrap()
+    {
+        let path = example.unwrap().path();
+        let out = Command::new(BIN)
+            .arg("validate")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn config_yaml_merges_over_the_file_like_envoy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.yaml");
+    std::fs::write(
+        &path,
+        hcm("", ROUTER).replace("{ cluster: c }", "{ cluster: extra }"),
+    )
+    .unwrap();
+    // Without the overlay the route names a missing cluster; the overlay appends it
+    // (repeated fields are appended, as protobuf MergeFrom does).
+    let out = Command::new(BIN)
+        .args(["--mode", "validate", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let overlay = "static_resources: { clusters: [{ name: extra }] }";
+    let out = Command::new(BIN)
+        .args(["--mode", "validate", "-c"])
+        .arg(&path)
+        .args(["--config-yaml", overlay])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --config-yaml alone is a whole bootstrap.
+    let out = Command::new(BIN)
+        .args(["--mode", "validate", "--config-yaml", overlay])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn unknown_flags_are_named() {
+    let out = Command::new(BIN).arg("--no-such-flag").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+}
+
+#[test]
+fn envoy_flags_from_istio_agent_are_accepted() {
+    let out = Command::new(BIN)
+        .args([
+            "--mode",
+            "validate",
+            "--drain-time-s",
+            "45",
+            "--drain-strategy",
+            "immediate",
+            "--local-address-ip-version",
+            "v4",
+            "--file-flush-interval-msec",
+            "1000",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+            "--component-log-level",
+            "misc:error",
+            "--concurrency",
+            "2",
+            "--service-node",
+            "sidecar~10.0.0.1~app.ns~ns.svc.cluster.local",
+            "--service-cluster",
+            "app.ns",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
