@@ -208,6 +208,14 @@ async fn same_bootstrap_same_behaviour_as_envoy() {
     let yaml = bootstrap(a.addr, b.addr, dead);
     let ours = Proxy::start(&yaml).await;
     let theirs = Proxy::start_bin(&envoy, &yaml, &["--disable-hot-restart"]).await;
+    // Make sure the reference really is Envoy (pilotfish has no /server_info).
+    assert!(
+        theirs
+            .admin_get("/server_info")
+            .await
+            .1
+            .contains("\"version\"")
+    );
     let mut mismatches = Vec::new();
     for case in CASES {
         let want = run(&theirs, &a, &b, case).await;

@@ -283,13 +283,23 @@ mod tests {
                 .find(|l| l.starts_with(&format!("| `{ty}` |")))
                 .unwrap_or_else(|| panic!("docs/compatibility.md has no row for {ty}"));
             for f in *fields {
-                assert!(row.contains(&format!("`{f}`")), "docs row for {ty} lacks `{f}`");
+                assert!(
+                    row.contains(&format!("`{f}`")),
+                    "docs row for {ty} lacks `{f}`"
+                );
             }
             let listed = row.matches('`').count() / 2 - 1;
-            assert_eq!(listed, fields.len(), "docs row for {ty} lists fields pilotfish rejects");
+            assert_eq!(
+                listed,
+                fields.len(),
+                "docs row for {ty} lists fields pilotfish rejects"
+            );
         }
         for ty in OPEN {
-            assert!(doc.contains(&format!("`{ty}`")), "docs/compatibility.md does not name {ty}");
+            assert!(
+                doc.contains(&format!("`{ty}`")),
+                "docs/compatibility.md does not name {ty}"
+            );
         }
     }
 
