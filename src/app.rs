@@ -16,7 +16,7 @@ use crate::{
     drain,
     listener::{self, Listener},
     readiness::Readiness,
-    telemetry::{scopes::ServerStats, stats::Store},
+    telemetry::{access_log::Sinks, scopes::ServerStats, stats::Store},
     upstream::ClusterManager,
 };
 
@@ -89,6 +89,7 @@ pub fn run(loaded: Loaded, opts: Options) -> Result<()> {
             .map(|l| l.address)
             .collect(),
     );
+    let sinks = Sinks::new(control.handle().clone(), store.clone());
     let mut bound = Vec::new();
     {
         let _enter = workers.enter();
@@ -96,8 +97,8 @@ pub fn run(loaded: Loaded, opts: Options) -> Result<()> {
             let socket = listener::bind(l.address)
                 .with_context(|| format!("listener '{}': cannot bind {}", l.name, l.address))?;
             let local = socket.local_addr()?;
-            let rt =
-                Listener::new(l.clone(), &clusters, &store, own.clone()).map_err(|e| anyhow!(e))?;
+            let rt = Listener::new(l.clone(), &clusters, &store, &sinks, own.clone())
+                .map_err(|e| anyhow!(e))?;
             bound.push((Arc::new(rt), socket, local));
         }
     }

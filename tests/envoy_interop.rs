@@ -45,8 +45,12 @@ fn bootstrap(a: SocketAddr, b: SocketAddr, dead: SocketAddr) -> String {
         static_cluster("h2", &[a], true),
         static_cluster("refused", &[dead], false),
     );
-    http_bootstrap(routes, &clusters)
+    let log = stdout_log(LOG_FORMAT);
+    http_bootstrap_logged(routes, &clusters, &log)
 }
+
+/// The access log both proxies write: the response flags are the point.
+const LOG_FORMAT: &str = "%RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %REQ(:METHOD)% %REQ(:PATH)% %REQ(:AUTHORITY)% %PROTOCOL% %BYTES_RECEIVED% %BYTES_SENT% %ROUTE_NAME%\\n";
 
 struct Case {
     name: &'static str,

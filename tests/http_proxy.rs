@@ -362,3 +362,175 @@ async fn strict_dns_cluster_resolves_names() {
     assert_eq!(headers["x-upstream"], "dns");
     let _ = Duration::from_secs(0);
 }
+
+#[tokio::test]
+async fn access_logs_in_envoy_default_and_json_formats() {
+    let up = Upstream::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let text_path = dir.path().join("access.log");
+    let json_path = dir.path().join("access.json");
+    let routes = r#"              - match: { prefix: "/empty" }
+                route: { cluster: empty }
+              - match: { prefix: "/" }
+                route: { cluster: backend }"#;
+    let logs = format!(
+        r#"          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {}
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {}
+              log_format:
+                json_format:
+                  code: "%RESPONSE_CODE%"
+                  flags: "%RESPONSE_FLAGS%"
+                  cluster: "%UPSTREAM_CLUSTER%"
+                  upstream: "%UPSTREAM_HOST%"
+                  bytes: "%BYTES_RECEIVED%/%BYTES_SENT%"
+"#,
+        text_path.display(),
+        json_path.display()
+    );
+    let clusters = format!(
+        "{}  - name: empty\n    connect_timeout: 1s\n",
+        static_cluster("backend", &[up.addr], false)
+    );
+    let proxy = Proxy::start(&http_bootstrap_logged(routes, &clusters, &logs)).await;
+    let addr = proxy.listener("http");
+    let req = |path: &str, body: &'static str| {
+        Request::post(path)
+            .header("host", "logged.example")
+            .header("user-agent", "test-agent")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    send(addr, false, req("/ok", "12345")).await.unwrap();
+    send(addr, false, req("/empty", "")).await.unwrap();
+
+    let lines = wait_lines(&text_path, 2).await;
+    // Envoy's default format: [time] "METHOD PATH PROTOCOL" CODE FLAGS RX TX DURATION UPSTREAM_TIME "XFF" "UA" "ID" "AUTHORITY" "UPSTREAM_HOST"
+    let ok = &lines[0];
+    assert!(
+        ok.starts_with('[') && ok.contains("] \"POST /ok HTTP/1.1\" 200 - 5 5 "),
+        "{ok}"
+    );
+    assert!(ok.contains("\"-\" \"test-agent\" \""), "{ok}");
+    assert!(
+        ok.ends_with(&format!("\"logged.example\" \"{}\"", up.addr)),
+        "{ok}"
+    );
+    let uh = &lines[1];
+    assert!(uh.contains("\"POST /empty HTTP/1.1\" 503 UH 0 19 "), "{uh}");
+    assert!(uh.ends_with("\"logged.example\" \"-\""), "{uh}");
+
+    let json = wait_lines(&json_path, 2).await;
+    let first: serde_json::Value = serde_json::from_str(&json[0]).unwrap();
+    assert_eq!(first["code"], 200);
+    assert_eq!(first["flags"], "-");
+    assert_eq!(first["cluster"], "backend");
+    assert_eq!(first["bytes"], "5/5");
+    let second: serde_json::Value = serde_json::from_str(&json[1]).unwrap();
+    assert_eq!(
+        (second["code"].as_u64(), second["flags"].as_str()),
+        (Some(503), Some("UH"))
+    );
+    assert_eq!(second["upstream"], serde_json::Value::Null);
+}
+
+async fn wait_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    for _ in 0..250 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{} did not get {n} lines", path.display());
+}
+
+#[tokio::test]
+async fn listener_and_http_stats_after_known_traffic() {
+    let up = Upstream::start("a").await;
+    let proxy = proxy_to(&up, false).await;
+    for _ in 0..3 {
+        let stream = TcpStream::connect(proxy.listener("http")).await.unwrap();
+        let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..2 {
+            client.ready().await.unwrap();
+            let resp = client
+                .send_request(
+                    Request::get("/")
+                        .header("host", "x")
+                        .body(Full::<Bytes>::default())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            resp.into_body().collect().await.unwrap();
+        }
+    }
+    proxy
+        .wait_metric(
+            "envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+            6,
+        )
+        .await;
+    proxy
+        .wait_metric(
+            "envoy_http_downstream_cx_total{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+            3,
+        )
+        .await;
+    proxy.wait_metric("envoy_http_downstream_rq_xx{envoy_response_code_class=\"2\",envoy_http_conn_manager_prefix=\"ingress_http\"}", 6).await;
+    proxy
+        .wait_metric(
+            "envoy_cluster_upstream_rq_total{envoy_cluster_name=\"backend\"}",
+            6,
+        )
+        .await;
+    proxy
+        .wait_metric(
+            "envoy_cluster_upstream_rq{envoy_response_code=\"200\",envoy_cluster_name=\"backend\"}",
+            6,
+        )
+        .await;
+    proxy
+        .wait_metric(
+            "envoy_cluster_upstream_cx_total{envoy_cluster_name=\"backend\"}",
+            1,
+        )
+        .await;
+    proxy
+        .wait_metric(
+            "envoy_cluster_upstream_cx_active{envoy_cluster_name=\"backend\"}",
+            1,
+        )
+        .await;
+    let text = proxy.admin_get("/stats").await.1;
+    assert!(
+        text.contains("cluster.backend.upstream_rq_200: 6\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("http.ingress_http.downstream_rq_total: 6\n"),
+        "{text}"
+    );
+    let prom = proxy.prometheus().await;
+    assert!(
+        prom.contains("# TYPE envoy_cluster_upstream_rq counter\n"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains(
+            "envoy_listener_downstream_cx_total{envoy_listener_address=\"127.0.0.1_0\"} 3"
+        ),
+        "{prom}"
+    );
+}

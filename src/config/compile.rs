@@ -197,9 +197,12 @@ fn network_filter(
             if tp.stat_prefix.is_empty() {
                 return Err(format!("{path}.typed_config.stat_prefix: required"));
             }
+            let access_logs =
+                access_logs(&tp.access_log, &format!("{path}.typed_config.access_log"))?;
             Ok(NetworkFilter::TcpProxy(TcpProxyConfig {
                 stat_prefix: tp.stat_prefix,
                 cluster,
+                access_logs,
             }))
         }
         HCM => {
@@ -244,6 +247,7 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
         let name = &hcm.http_filters[0].name;
         return Err(format!("{path}.http_filters[0] ({name}): not supported"));
     }
+    let access_logs = access_logs(&hcm.access_log, &format!("{path}.access_log"))?;
     let routes = match hcm.route_specifier {
         Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) => {
             route_table(&rc, &format!("{path}.route_config"), clusters)?
@@ -258,6 +262,7 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
         stat_prefix: hcm.stat_prefix,
         codec,
         generate_request_id: hcm.generate_request_id.as_ref().is_none_or(|b| b.value),
+        access_logs,
         server_name: if hcm.server_name.is_empty() {
             "envoy".into()
         } else {
@@ -510,4 +515,130 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         dns_family,
         endpoints,
     })
+}
+
+const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
+const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
+const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+
+fn access_logs(
+    logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
+    path: &str,
+) -> Result<Vec<AccessLogConfig>> {
+    use crate::telemetry::access_log::Target;
+    use envoy_types::pb::envoy::{
+        config::accesslog::v3::access_log,
+        extensions::access_loggers::{
+            file::v3::{FileAccessLog, file_access_log},
+            stream::v3::{StderrAccessLog, StdoutAccessLog, stderr_access_log, stdout_access_log},
+        },
+    };
+    let mut out = Vec::new();
+    for (i, log) in logs.iter().enumerate() {
+        let lpath = format!("{path}[{i}]");
+        let Some(access_log::ConfigType::TypedConfig(any)) = &log.config_type else {
+            return Err(format!("{lpath} ({}): typed_config is required", log.name));
+        };
+        let err = |e: String| format!("{lpath}: {e}");
+        let (target, format) = match proto::type_name(&any.type_url) {
+            FILE_LOG => {
+                let f: FileAccessLog = proto::unpack(any).map_err(err)?;
+                if f.path.is_empty() {
+                    return Err(format!("{lpath}.typed_config.path: required"));
+                }
+                #[allow(deprecated)]
+                let format = match f.access_log_format {
+                    None => None,
+                    Some(file_access_log::AccessLogFormat::Format(s)) => {
+                        Some(text_format(&s, &lpath)?)
+                    }
+                    Some(file_access_log::AccessLogFormat::LogFormat(sf)) => {
+                        Some(substitution_format(&sf, &lpath)?)
+                    }
+                    Some(_) => {
+                        return Err(format!(
+                            "{lpath}.typed_config: only format and log_format are supported"
+                        ));
+                    }
+                };
+                let target = match f.path.as_str() {
+                    "/dev/stdout" => Target::Stdout,
+                    "/dev/stderr" => Target::Stderr,
+                    p => Target::File(p.to_owned()),
+                };
+                (target, format)
+            }
+            STDOUT_LOG => {
+                let f: StdoutAccessLog = proto::unpack(any).map_err(err)?;
+                let format = match f.access_log_format {
+                    Some(stdout_access_log::AccessLogFormat::LogFormat(sf)) => {
+                        Some(substitution_format(&sf, &lpath)?)
+                    }
+                    None => None,
+                };
+                (Target::Stdout, format)
+            }
+            STDERR_LOG => {
+                let f: StderrAccessLog = proto::unpack(any).map_err(err)?;
+                let format = match f.access_log_format {
+                    Some(stderr_access_log::AccessLogFormat::LogFormat(sf)) => {
+                        Some(substitution_format(&sf, &lpath)?)
+                    }
+                    None => None,
+                };
+                (Target::Stderr, format)
+            }
+            _ => return Err(format!("{lpath} ({}): not supported", log.name)),
+        };
+        let format = match format {
+            Some(f) => f,
+            None => text_format(crate::telemetry::access_log::DEFAULT_FORMAT, &lpath)?,
+        };
+        out.push(AccessLogConfig { target, format });
+    }
+    Ok(out)
+}
+
+fn text_format(s: &str, path: &str) -> Result<crate::telemetry::access_log::Format> {
+    crate::telemetry::access_log::parse(s)
+        .map(crate::telemetry::access_log::Format::Text)
+        .map_err(|e| format!("{path}: {e}"))
+}
+
+fn substitution_format(
+    sf: &envoy_types::pb::envoy::config::core::v3::SubstitutionFormatString,
+    path: &str,
+) -> Result<crate::telemetry::access_log::Format> {
+    use crate::telemetry::access_log::{Format, parse};
+    use envoy_types::pb::{
+        envoy::config::core::v3::{data_source, substitution_format_string},
+        google::protobuf::value,
+    };
+    let fpath = format!("{path}.typed_config.log_format");
+    #[allow(deprecated)]
+    match &sf.format {
+        Some(substitution_format_string::Format::TextFormat(s)) => text_format(s, &fpath),
+        Some(substitution_format_string::Format::TextFormatSource(ds)) => match &ds.specifier {
+            Some(data_source::Specifier::InlineString(s)) => text_format(s, &fpath),
+            _ => Err(format!(
+                "{fpath}.text_format_source: only inline_string is supported"
+            )),
+        },
+        Some(substitution_format_string::Format::JsonFormat(st)) => {
+            let mut fields = Vec::new();
+            for (k, v) in &st.fields {
+                let Some(value::Kind::StringValue(s)) = &v.kind else {
+                    return Err(format!(
+                        "{fpath}.json_format.{k}: only string values are supported"
+                    ));
+                };
+                fields.push((
+                    k.clone(),
+                    parse(s).map_err(|e| format!("{fpath}.json_format.{k}: {e}"))?,
+                ));
+            }
+            Ok(Format::Json(fields, sf.omit_empty_values))
+        }
+        _ => Err(format!("{fpath}: a text or JSON format is required")),
+    }
 }

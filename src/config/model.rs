@@ -2,6 +2,8 @@
 //! downstream of `config/` sees a proto.
 use std::{net::SocketAddr, time::Duration};
 
+pub use crate::telemetry::access_log::AccessLogConfig;
+
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub node: NodeInfo,
@@ -38,6 +40,7 @@ pub enum NetworkFilter {
 pub struct TcpProxyConfig {
     pub stat_prefix: String,
     pub cluster: String,
+    pub access_logs: Vec<AccessLogConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +57,7 @@ pub struct HttpConfig {
     pub generate_request_id: bool,
     /// The `server` header on every response (Envoy overwrites the upstream's).
     pub server_name: String,
+    pub access_logs: Vec<AccessLogConfig>,
     pub routes: RouteTable,
 }
 

@@ -88,7 +88,7 @@ const FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-        &["stat_prefix", "cluster"],
+        &["stat_prefix", "cluster", "access_log"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -99,6 +99,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "http_filters",
             "generate_request_id",
             "server_name",
+            "access_log",
         ],
     ),
     (
@@ -106,6 +107,32 @@ const FIELDS: &[(&str, &[&str])] = &[
         &["name", "typed_config"],
     ),
     ("envoy.extensions.filters.http.router.v3.Router", &[]),
+    (
+        "envoy.config.accesslog.v3.AccessLog",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        &["path", "log_format", "format"],
+    ),
+    (
+        "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+        &["log_format"],
+    ),
+    (
+        "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+        &["log_format"],
+    ),
+    (
+        "envoy.config.core.v3.SubstitutionFormatString",
+        &[
+            "text_format",
+            "text_format_source",
+            "json_format",
+            "omit_empty_values",
+        ],
+    ),
+    ("envoy.config.core.v3.DataSource", &["inline_string"]),
     (
         "envoy.config.route.v3.RouteConfiguration",
         &["name", "virtual_hosts"],

@@ -41,6 +41,15 @@ impl std::fmt::Display for DeadlineExceeded {
 }
 impl std::error::Error for DeadlineExceeded {}
 
+/// Per-request state a body carries: told of each data frame, dropped at the end.
+pub trait Observer: Send + 'static {
+    fn data(&mut self, _bytes: usize) {}
+}
+
+impl Observer for crate::telemetry::stats::GaugeGuard {}
+
+impl Observer for () {}
+
 pin_project_lite::pin_project! {
     /// A body that owns `guard` until it ends or is dropped, and fails with
     /// [`DeadlineExceeded`] if `deadline` passes before its end.
@@ -66,6 +75,7 @@ impl<B, G> HttpBody for Guarded<B, G>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
+    G: Observer,
 {
     type Data = Bytes;
     type Error = BoxError;
@@ -82,6 +92,11 @@ where
             return Poll::Ready(Some(Err(Box::new(DeadlineExceeded))));
         }
         let res = this.inner.poll_frame(cx).map_err(Into::into);
+        if let (Poll::Ready(Some(Ok(frame))), Some(g)) = (&res, this.guard.as_mut())
+            && let Some(data) = frame.data_ref()
+        {
+            g.data(data.len());
+        }
         if let Poll::Ready(None | Some(Err(_))) = &res {
             this.guard.take();
             this.deadline.take();

@@ -1,6 +1,13 @@
 //! The HTTP connection manager's request path: route, pick a host, forward, and turn
 //! failures into Envoy's local replies.
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Instant, SystemTime},
+};
 
 use http::{
     HeaderValue, Request, Response, Uri, Version,
@@ -10,14 +17,18 @@ use http::{
 use hyper::body::Incoming;
 
 use super::{
-    body::{self, Body, Guarded},
+    body::{self, Body, Guarded, Observer},
     headers,
     local_reply::{self, ResponseFlag},
-    route_match::Routes,
+    route_match::{Route, Routes},
 };
 use crate::{
     config::{HttpConfig, UpstreamProtocol},
-    telemetry::{scopes::HttpStats, stats::GaugeGuard, stats::Store},
+    telemetry::{
+        access_log::{AccessLog, Record, Sinks},
+        scopes::HttpStats,
+        stats::{GaugeGuard, Store},
+    },
     upstream::{
         ClusterManager,
         connect::ConnectError,
@@ -32,6 +43,14 @@ pub struct HttpConnectionManager {
     pub routes: Routes,
     pub stats: HttpStats,
     server_name: HeaderValue,
+    access_logs: Arc<[AccessLog]>,
+}
+
+/// What routing chose for a request, for the access log.
+#[derive(Debug, Default)]
+struct Picked<'a> {
+    route: Option<&'a Route>,
+    host: Option<SocketAddr>,
 }
 
 /// What the listener knows about the downstream connection.
@@ -47,8 +66,14 @@ impl HttpConnectionManager {
         config: HttpConfig,
         clusters: &ClusterManager,
         store: &Arc<Store>,
+        sinks: &Sinks,
     ) -> Result<Self, String> {
         let routes = Routes::new(&config.routes, clusters)?;
+        let access_logs = config
+            .access_logs
+            .iter()
+            .map(|l| sinks.open(l))
+            .collect::<Result<_, _>>()?;
         let stats = HttpStats::new(store, &config.stat_prefix);
         let server_name = HeaderValue::from_str(&config.server_name).map_err(|_| {
             format!(
@@ -61,6 +86,7 @@ impl HttpConnectionManager {
             routes,
             stats,
             server_name,
+            access_logs,
         })
     }
 
@@ -78,15 +104,66 @@ impl HttpConnectionManager {
             stats.downstream_rq_http1_total.inc();
         }
         let active = GaugeGuard::new(&stats.downstream_rq_active);
-        let mut resp = self.forward(down, req).await;
-        stats.downstream_rq.record(resp.status().as_u16());
-        resp.headers_mut()
-            .insert(header::SERVER, self.server_name.clone());
+        if self.access_logs.is_empty() {
+            let mut resp = self
+                .forward(down, req.map(body::boxed), &mut Picked::default())
+                .await;
+            self.finish(&mut resp);
+            let (parts, b) = resp.into_parts();
+            return Response::from_parts(parts, body::boxed(Guarded::new(b, active, None)));
+        }
+
+        // With access logs: note the request, count bytes both ways, log at the end.
+        let started = Instant::now();
+        let mut record = Record {
+            start: Some(SystemTime::now()),
+            method: Some(req.method().to_string()),
+            path: req.uri().path_and_query().map(|p| p.to_string()),
+            authority: request_authority(&req),
+            scheme: Some("http"),
+            protocol: Some(protocol_name(req.version())),
+            request_headers: Some(req.headers().clone()),
+            downstream_remote: Some(down.peer),
+            downstream_local: Some(down.local),
+            ..Default::default()
+        };
+        let received = Arc::new(AtomicU64::new(0));
+        let req = req.map(|b| body::boxed(Guarded::new(b, ByteCount(received.clone()), None)));
+        let mut picked = Picked::default();
+        let mut resp = self.forward(down, req, &mut picked).await;
+        self.finish(&mut resp);
+        record.response_code = resp.status().as_u16();
+        record.response_flags = resp.extensions().get::<ResponseFlag>().map(|f| f.as_str());
+        record.response_headers = Some(resp.headers().clone());
+        record.upstream_host = picked.host;
+        if let Some(r) = picked.route {
+            record.upstream_cluster = Some(r.cluster.name().to_owned());
+            record.route_name = Some(r.name.clone());
+        }
+        let end = RequestEnd {
+            _active: active,
+            record,
+            started,
+            received,
+            sent: 0,
+            logs: self.access_logs.clone(),
+        };
         let (parts, b) = resp.into_parts();
-        Response::from_parts(parts, body::boxed(Guarded::new(b, active, None)))
+        Response::from_parts(parts, body::boxed(Guarded::new(b, end, None)))
     }
 
-    async fn forward(&self, down: Downstream, req: Request<Incoming>) -> Response<Body> {
+    fn finish(&self, resp: &mut Response<Body>) {
+        self.stats.downstream_rq.record(resp.status().as_u16());
+        resp.headers_mut()
+            .insert(header::SERVER, self.server_name.clone());
+    }
+
+    async fn forward<'a>(
+        &'a self,
+        down: Downstream,
+        req: Request<Body>,
+        picked: &mut Picked<'a>,
+    ) -> Response<Body> {
         let authority = request_authority(&req);
         let path = req
             .uri()
@@ -97,6 +174,7 @@ impl HttpConnectionManager {
             self.stats.no_route.inc();
             return local_reply::reply(ResponseFlag::NoRouteFound);
         };
+        picked.route = Some(route);
         let cluster = route.cluster.clone();
         let timeout = route.timeout;
         let Some(host) = cluster.pick(Some(down.local)) else {
@@ -104,6 +182,7 @@ impl HttpConnectionManager {
             cluster.stats.upstream_rq.record(503);
             return local_reply::reply(ResponseFlag::NoHealthyUpstream);
         };
+        picked.host = Some(host.addr);
         let h2 = match cluster.config.protocol {
             UpstreamProtocol::Http1 => false,
             UpstreamProtocol::Http2 => true,
@@ -169,12 +248,12 @@ impl HttpConnectionManager {
     #[allow(clippy::result_large_err)]
     fn upstream_request(
         &self,
-        req: Request<Incoming>,
+        req: Request<Body>,
         authority: Option<String>,
         timeout: Option<std::time::Duration>,
         h2: bool,
     ) -> Result<Request<Body>, Response<Body>> {
-        let (mut parts, incoming) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         let h = &mut parts.headers;
         if !h.contains_key("x-forwarded-proto") {
@@ -214,7 +293,7 @@ impl HttpConnectionManager {
             parts.uri = Uri::from(path);
             parts.version = Version::HTTP_11;
         }
-        Ok(Request::from_parts(parts, body::boxed(incoming)))
+        Ok(Request::from_parts(parts, body))
     }
 }
 
@@ -225,7 +304,7 @@ fn bad_request() -> Response<Body> {
 }
 
 /// `:authority` for HTTP/2, `Host` for HTTP/1.
-fn request_authority(req: &Request<Incoming>) -> Option<String> {
+fn request_authority<B>(req: &Request<B>) -> Option<String> {
     if let Some(a) = req.uri().authority() {
         return Some(a.as_str().to_owned());
     }
@@ -233,4 +312,50 @@ fn request_authority(req: &Request<Incoming>) -> Option<String> {
         .get(HOST)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Counts request body bytes for `%BYTES_RECEIVED%`.
+struct ByteCount(Arc<AtomicU64>);
+
+impl Observer for ByteCount {
+    fn data(&mut self, bytes: usize) {
+        self.0.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// Rides on the response body; when the response is done (or abandoned), writes the
+/// access log lines and releases the active-request gauge.
+struct RequestEnd {
+    _active: GaugeGuard,
+    record: Record,
+    started: Instant,
+    received: Arc<AtomicU64>,
+    sent: u64,
+    logs: Arc<[AccessLog]>,
+}
+
+impl Observer for RequestEnd {
+    fn data(&mut self, bytes: usize) {
+        self.sent += bytes as u64;
+    }
+}
+
+impl Drop for RequestEnd {
+    fn drop(&mut self) {
+        self.record.bytes_sent = self.sent;
+        self.record.bytes_received = self.received.load(Ordering::Relaxed);
+        self.record.duration = self.started.elapsed();
+        for log in self.logs.iter() {
+            log.write(&self.record);
+        }
+    }
 }

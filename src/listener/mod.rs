@@ -14,7 +14,11 @@ use crate::{
     http::{Downstream, HttpConnectionManager, server},
     net::orig_dst,
     tcp::TcpProxy,
-    telemetry::{scopes::ListenerStats, stats::GaugeGuard, stats::Store},
+    telemetry::{
+        access_log::Sinks,
+        scopes::ListenerStats,
+        stats::{GaugeGuard, Store},
+    },
     upstream::ClusterManager,
 };
 
@@ -39,13 +43,17 @@ impl Listener {
         config: ListenerConfig,
         clusters: &ClusterManager,
         store: &Arc<Store>,
+        sinks: &Sinks,
         own: Arc<Vec<SocketAddr>>,
     ) -> Result<Self, String> {
+        let in_listener = |e: String| format!("listener '{}': {e}", config.name);
         let filter = match &config.filter {
-            NetworkFilter::TcpProxy(t) => Filter::Tcp(TcpProxy::new(t, clusters, store)),
+            NetworkFilter::TcpProxy(t) => {
+                Filter::Tcp(TcpProxy::new(t, clusters, store, sinks).map_err(in_listener)?)
+            }
             NetworkFilter::Http(h) => Filter::Http(Arc::new(
-                HttpConnectionManager::new(h.clone(), clusters, store)
-                    .map_err(|e| format!("listener '{}': {e}", config.name))?,
+                HttpConnectionManager::new(h.clone(), clusters, store, sinks)
+                    .map_err(in_listener)?,
             )),
         };
         let stats = ListenerStats::new(store, &config.stat_name);
@@ -108,7 +116,7 @@ impl Listener {
         self.stats.downstream_cx_total.inc();
         let _active = GaugeGuard::new(&self.stats.downstream_cx_active);
         match &self.filter {
-            Filter::Tcp(t) => t.handle(stream, dst).await,
+            Filter::Tcp(t) => t.handle(stream, peer, dst).await,
             Filter::Http(h) => {
                 server::serve(stream, h.clone(), Downstream { peer, local: dst }, drain).await
             }

@@ -1,12 +1,20 @@
 //! tcp_proxy: connect to a host of the cluster and copy bytes both ways, passing
 //! half-closes through, with Envoy's byte and connection stats.
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
 use tokio::net::TcpStream;
 
 use crate::{
     config::TcpProxyConfig,
-    telemetry::{scopes::TcpStats, stats::GaugeGuard, stats::Store},
+    telemetry::{
+        access_log::{AccessLog, Record, Sinks},
+        scopes::TcpStats,
+        stats::{GaugeGuard, Store},
+    },
     upstream::{Cluster, ClusterManager, connect::connect},
 };
 
@@ -15,31 +23,65 @@ pub struct TcpProxy {
     pub stats: TcpStats,
     /// `None` when the configured cluster does not exist (Envoy closes such connections).
     cluster: Option<Arc<Cluster>>,
+    access_logs: Vec<AccessLog>,
 }
 
 impl TcpProxy {
-    pub fn new(config: &TcpProxyConfig, clusters: &ClusterManager, store: &Arc<Store>) -> Self {
-        TcpProxy {
+    pub fn new(
+        config: &TcpProxyConfig,
+        clusters: &ClusterManager,
+        store: &Arc<Store>,
+        sinks: &Sinks,
+    ) -> Result<Self, String> {
+        Ok(TcpProxy {
             stats: TcpStats::new(store, &config.stat_prefix),
             cluster: clusters.get(&config.cluster).cloned(),
-        }
+            access_logs: config
+                .access_logs
+                .iter()
+                .map(|l| sinks.open(l))
+                .collect::<Result<_, _>>()?,
+        })
     }
 
     /// Proxies one downstream connection whose (original) destination is `dst`.
-    pub async fn handle(&self, mut down: TcpStream, dst: SocketAddr) {
+    pub async fn handle(&self, down: TcpStream, peer: SocketAddr, dst: SocketAddr) {
         self.stats.downstream_cx_total.inc();
+        let started = Instant::now();
+        let mut record = Record {
+            start: Some(SystemTime::now()),
+            downstream_remote: Some(peer),
+            downstream_local: Some(dst),
+            ..Default::default()
+        };
+        self.proxy(down, dst, &mut record).await;
+        if !self.access_logs.is_empty() {
+            record.duration = started.elapsed();
+            for log in &self.access_logs {
+                log.write(&record);
+            }
+        }
+    }
+
+    async fn proxy(&self, mut down: TcpStream, dst: SocketAddr, record: &mut Record) {
         let Some(cluster) = &self.cluster else {
             self.stats.downstream_cx_no_route.inc();
+            record.response_flags = Some("NC");
             return;
         };
+        record.upstream_cluster = Some(cluster.name().to_owned());
         let Some(host) = cluster.pick(Some(dst)) else {
             cluster.stats.upstream_cx_none_healthy.inc();
+            record.response_flags = Some("UH");
             return;
         };
+        record.upstream_host = Some(host.addr);
         let cs = &cluster.stats;
         let Ok(mut up) = connect(host.addr, cluster.config.connect_timeout, cs).await else {
+            record.response_flags = Some("UF");
             return;
         };
+        record.upstream_local = up.local_addr().ok();
         let _active = GaugeGuard::new(&cs.upstream_cx_active);
         let _ = down.set_nodelay(true);
         if let Ok((sent, received)) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
@@ -47,6 +89,8 @@ impl TcpProxy {
             self.stats.downstream_cx_tx_bytes_total.add(received);
             cs.upstream_cx_tx_bytes_total.add(sent);
             cs.upstream_cx_rx_bytes_total.add(received);
+            record.bytes_received = sent;
+            record.bytes_sent = received;
         }
     }
 }

@@ -1,3 +1,4 @@
 //! Stats with Envoy's names, and the access log.
+pub mod access_log;
 pub mod scopes;
 pub mod stats;

@@ -31,6 +31,7 @@ pub struct Proxy {
     pub listeners: HashMap<String, SocketAddr>,
     _dir: tempfile::TempDir,
     pub log: PathBuf,
+    pub stdout: PathBuf,
 }
 
 impl Proxy {
@@ -64,12 +65,14 @@ impl Proxy {
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
             .spawn()
             .unwrap();
+        let stdout = dir.path().join("stdout");
         let mut p = Proxy {
             child,
             admin: "0.0.0.0:0".parse().unwrap(),
             listeners: HashMap::new(),
             _dir: dir,
             log,
+            stdout,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -153,6 +156,19 @@ impl Proxy {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         None
+    }
+
+    /// Waits (bounded) until the process has written `n` lines to stdout (access logs).
+    pub async fn stdout_lines(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            if lines.len() >= n || Instant::now() > deadline {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn logs(&self) -> String {
@@ -348,6 +364,23 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 /// A bootstrap with one HTTP listener (port 0) whose routes are given as YAML lines,
 /// plus the given clusters (YAML list items).
 pub fn http_bootstrap(routes: &str, clusters: &str) -> String {
+    http_bootstrap_logged(routes, clusters, "")
+}
+
+/// An access log on stdout with `format`, as HCM `access_log` YAML.
+pub fn stdout_log(format: &str) -> String {
+    format!(
+        r#"          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format: {{ text_format_source: {{ inline_string: "{format}" }} }}
+"#
+    )
+}
+
+/// `http_bootstrap` with extra HCM fields (e.g. `stdout_log`).
+pub fn http_bootstrap_logged(routes: &str, clusters: &str, hcm_extra: &str) -> String {
     format!(
         r#"
 admin:
@@ -362,7 +395,7 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress_http
-          route_config:
+{hcm_extra}          route_config:
             name: local
             virtual_hosts:
             - name: all

@@ -1,0 +1,470 @@
+//! Access logs: Envoy's substitution format strings (`%RESPONSE_FLAGS%`, `%REQ(X)%` …)
+//! in text or JSON, written by `envoy.access_loggers.file` / `stdout` / `stderr`.
+//!
+//! A request's line is formatted on the worker when the request ends, then handed to a
+//! writer task on the control runtime through a bounded channel: traffic never waits on
+//! a disk. Lines that do not fit are dropped and counted.
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    io::Write as _,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use http::{HeaderMap, HeaderName};
+use tokio::sync::mpsc;
+
+use super::stats::{Counter, Store};
+
+/// Envoy's default access log format.
+pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
+
+/// Where lines go.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    File(String),
+    Stdout,
+    Stderr,
+}
+
+/// One configured access log.
+#[derive(Debug, Clone)]
+pub struct AccessLogConfig {
+    pub target: Target,
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Format {
+    Text(Vec<Piece>),
+    /// `json_format`: keys with formatted values; one JSON object per line.
+    Json(Vec<(String, Vec<Piece>)>, bool),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    Literal(String),
+    Op(Op),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    StartTime,
+    /// `%REQ(A?B):N%`: header A, else B, truncated to N.
+    Req(HeaderSel),
+    Resp(HeaderSel),
+    Trailer(HeaderSel),
+    Protocol,
+    ResponseCode,
+    ResponseCodeDetails,
+    ResponseFlags,
+    BytesReceived,
+    BytesSent,
+    Duration,
+    UpstreamHost,
+    UpstreamCluster,
+    UpstreamLocalAddress,
+    UpstreamTransportFailureReason,
+    DownstreamRemoteAddress,
+    DownstreamRemoteAddressWithoutPort,
+    DownstreamPeerAddress,
+    DownstreamLocalAddress,
+    DownstreamLocalAddressWithoutPort,
+    RequestedServerName,
+    RouteName,
+    ConnectionTerminationDetails,
+    Hostname,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderSel {
+    names: Vec<String>,
+    max_len: Option<usize>,
+}
+
+/// Parses an Envoy format string; unknown operators are an error naming them.
+pub fn parse(format: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut lit = String::new();
+    let mut rest = format;
+    while let Some(i) = rest.find('%') {
+        lit.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        if let Some(r) = rest.strip_prefix('%') {
+            lit.push('%');
+            rest = r;
+            continue;
+        }
+        let end = rest
+            .find('%')
+            .ok_or_else(|| format!("unterminated command operator in '{format}'"))?;
+        let op = parse_op(&rest[..end])?;
+        if !lit.is_empty() {
+            pieces.push(Piece::Literal(std::mem::take(&mut lit)));
+        }
+        pieces.push(Piece::Op(op));
+        rest = &rest[end + 1..];
+    }
+    lit.push_str(rest);
+    if !lit.is_empty() {
+        pieces.push(Piece::Literal(lit));
+    }
+    Ok(pieces)
+}
+
+fn parse_op(text: &str) -> Result<Op, String> {
+    let sel = |arg: &str, tail: &str| -> Result<HeaderSel, String> {
+        let max_len = match tail.strip_prefix(':') {
+            Some(n) => Some(
+                n.parse()
+                    .map_err(|_| format!("invalid length in %{text}%"))?,
+            ),
+            None if tail.is_empty() => None,
+            None => return Err(format!("invalid command operator %{text}%")),
+        };
+        let names = arg.split('?').map(|n| n.to_ascii_lowercase()).collect();
+        Ok(HeaderSel { names, max_len })
+    };
+    for (prefix, kind) in [("REQ(", 0), ("RESP(", 1), ("TRAILER(", 2)] {
+        if let Some(inner) = text.strip_prefix(prefix) {
+            let close = inner
+                .find(')')
+                .ok_or_else(|| format!("invalid command operator %{text}%"))?;
+            let s = sel(&inner[..close], &inner[close + 1..])?;
+            return Ok(match kind {
+                0 => Op::Req(s),
+                1 => Op::Resp(s),
+                _ => Op::Trailer(s),
+            });
+        }
+    }
+    Ok(match text {
+        "START_TIME" => Op::StartTime,
+        "PROTOCOL" => Op::Protocol,
+        "RESPONSE_CODE" => Op::ResponseCode,
+        "RESPONSE_CODE_DETAILS" => Op::ResponseCodeDetails,
+        "RESPONSE_FLAGS" => Op::ResponseFlags,
+        "BYTES_RECEIVED" => Op::BytesReceived,
+        "BYTES_SENT" => Op::BytesSent,
+        "DURATION" => Op::Duration,
+        "UPSTREAM_HOST" => Op::UpstreamHost,
+        "UPSTREAM_CLUSTER" => Op::UpstreamCluster,
+        "UPSTREAM_LOCAL_ADDRESS" => Op::UpstreamLocalAddress,
+        "UPSTREAM_TRANSPORT_FAILURE_REASON" => Op::UpstreamTransportFailureReason,
+        "DOWNSTREAM_REMOTE_ADDRESS" => Op::DownstreamRemoteAddress,
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Op::DownstreamRemoteAddressWithoutPort,
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" | "DOWNSTREAM_PEER_ADDRESS" => Op::DownstreamPeerAddress,
+        "DOWNSTREAM_LOCAL_ADDRESS" => Op::DownstreamLocalAddress,
+        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Op::DownstreamLocalAddressWithoutPort,
+        "REQUESTED_SERVER_NAME" => Op::RequestedServerName,
+        "ROUTE_NAME" => Op::RouteName,
+        "CONNECTION_TERMINATION_DETAILS" => Op::ConnectionTerminationDetails,
+        "HOSTNAME" => Op::Hostname,
+        other => return Err(format!("command operator %{other}% is not supported")),
+    })
+}
+
+/// Everything a log line may name about one request or connection.
+#[derive(Debug, Default)]
+pub struct Record {
+    pub start: Option<SystemTime>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub authority: Option<String>,
+    pub scheme: Option<&'static str>,
+    pub protocol: Option<&'static str>,
+    pub request_headers: Option<HeaderMap>,
+    pub response_headers: Option<HeaderMap>,
+    pub response_code: u16,
+    pub response_flags: Option<&'static str>,
+    pub response_code_details: Option<&'static str>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub duration: Duration,
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_cluster: Option<String>,
+    pub upstream_local: Option<SocketAddr>,
+    pub downstream_remote: Option<SocketAddr>,
+    pub downstream_local: Option<SocketAddr>,
+    pub route_name: Option<String>,
+}
+
+impl Record {
+    fn header(&self, h: Option<&HeaderMap>, sel: &HeaderSel, req: bool) -> Option<String> {
+        let v = sel.names.iter().find_map(|n| {
+            if req {
+                match n.as_str() {
+                    ":method" => return self.method.clone(),
+                    ":path" => return self.path.clone(),
+                    ":authority" => return self.authority.clone(),
+                    ":scheme" => return self.scheme.map(str::to_owned),
+                    _ => {}
+                }
+            }
+            let name = HeaderName::from_bytes(n.as_bytes()).ok()?;
+            h?.get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })?;
+        Some(match sel.max_len {
+            Some(n) if v.len() > n => v.chars().take(n).collect(),
+            _ => v,
+        })
+    }
+
+    fn value(&self, op: &Op) -> Option<String> {
+        let addr = |a: Option<SocketAddr>| a.map(|a| a.to_string());
+        let ip = |a: Option<SocketAddr>| a.map(|a| a.ip().to_string());
+        match op {
+            Op::StartTime => self.start.map(rfc3339_millis),
+            Op::Req(s) => self.header(self.request_headers.as_ref(), s, true),
+            Op::Resp(s) => self.header(self.response_headers.as_ref(), s, false),
+            Op::Trailer(_) => None,
+            Op::Protocol => self.protocol.map(str::to_owned),
+            Op::ResponseCode => Some(self.response_code.to_string()),
+            Op::ResponseCodeDetails => self.response_code_details.map(str::to_owned),
+            Op::ResponseFlags => Some(self.response_flags.unwrap_or("-").to_owned()),
+            Op::BytesReceived => Some(self.bytes_received.to_string()),
+            Op::BytesSent => Some(self.bytes_sent.to_string()),
+            Op::Duration => Some(self.duration.as_millis().to_string()),
+            Op::UpstreamHost => addr(self.upstream_host),
+            Op::UpstreamCluster => self.upstream_cluster.clone(),
+            Op::UpstreamLocalAddress => addr(self.upstream_local),
+            Op::UpstreamTransportFailureReason => None,
+            Op::DownstreamRemoteAddress | Op::DownstreamPeerAddress => addr(self.downstream_remote),
+            Op::DownstreamRemoteAddressWithoutPort => ip(self.downstream_remote),
+            Op::DownstreamLocalAddress => addr(self.downstream_local),
+            Op::DownstreamLocalAddressWithoutPort => ip(self.downstream_local),
+            Op::RequestedServerName => None,
+            Op::RouteName => self.route_name.clone().filter(|n| !n.is_empty()),
+            Op::ConnectionTerminationDetails => None,
+            Op::Hostname => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned()),
+        }
+    }
+
+    fn render_pieces(&self, pieces: &[Piece], out: &mut String) {
+        for p in pieces {
+            match p {
+                Piece::Literal(s) => out.push_str(s),
+                Piece::Op(op) => out.push_str(self.value(op).as_deref().unwrap_or("-")),
+            }
+        }
+    }
+
+    /// The line for `format`, newline-terminated.
+    pub fn render(&self, format: &Format) -> String {
+        let mut out = String::with_capacity(256);
+        match format {
+            Format::Text(pieces) => self.render_pieces(pieces, &mut out),
+            Format::Json(fields, omit_empty) => {
+                let mut map = serde_json::Map::new();
+                for (k, pieces) in fields {
+                    // A lone operator keeps its type (numbers stay numbers), as Envoy does.
+                    let v = match pieces.as_slice() {
+                        [Piece::Op(op)] => match self.value(op) {
+                            None if *omit_empty => continue,
+                            None => serde_json::Value::Null,
+                            Some(s) if is_numeric(op) => {
+                                s.parse::<u64>().map(Into::into).unwrap_or(s.into())
+                            }
+                            Some(s) => s.into(),
+                        },
+                        _ => {
+                            let mut s = String::new();
+                            self.render_pieces(pieces, &mut s);
+                            s.into()
+                        }
+                    };
+                    map.insert(k.clone(), v);
+                }
+                let _ = write!(out, "{}", serde_json::Value::Object(map));
+                out.push('\n');
+            }
+        }
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn is_numeric(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::ResponseCode | Op::BytesReceived | Op::BytesSent | Op::Duration
+    )
+}
+
+/// `2026-11-23T07:34:43.123Z`, as Envoy's `%START_TIME%`.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// A configured log bound to its writer.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    format: Format,
+    tx: mpsc::Sender<String>,
+    dropped: Counter,
+}
+
+impl AccessLog {
+    pub fn write(&self, record: &Record) {
+        if self.tx.try_send(record.render(&self.format)).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+/// Writer tasks, one per target, on the runtime given at creation.
+#[derive(Debug)]
+pub struct Sinks {
+    runtime: tokio::runtime::Handle,
+    store: Arc<Store>,
+    writers: Mutex<HashMap<Target, mpsc::Sender<String>>>,
+}
+
+impl Sinks {
+    pub fn new(runtime: tokio::runtime::Handle, store: Arc<Store>) -> Self {
+        Sinks {
+            runtime,
+            store,
+            writers: Mutex::default(),
+        }
+    }
+
+    /// Binds a configured log to its target's writer, starting the writer if needed.
+    pub fn open(&self, cfg: &AccessLogConfig) -> Result<AccessLog, String> {
+        let mut writers = self.writers.lock().unwrap();
+        let tx = match writers.get(&cfg.target) {
+            Some(tx) => tx.clone(),
+            None => {
+                let out: Box<dyn std::io::Write + Send> = match &cfg.target {
+                    Target::Stdout => Box::new(std::io::stdout()),
+                    Target::Stderr => Box::new(std::io::stderr()),
+                    Target::File(p) => Box::new(
+                        std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(p)
+                            .map_err(|e| format!("access log {p}: {e}"))?,
+                    ),
+                };
+                let (tx, rx) = mpsc::channel(16 * 1024);
+                self.runtime.spawn(write_lines(rx, out));
+                writers.insert(cfg.target.clone(), tx.clone());
+                tx
+            }
+        };
+        let dropped = self.store.counter(
+            "pilotfish.access_log.dropped".into(),
+            "pilotfish_access_log_dropped",
+            &[],
+        );
+        Ok(AccessLog {
+            format: cfg.format.clone(),
+            tx,
+            dropped,
+        })
+    }
+}
+
+/// Appends lines, flushing when idle for a moment or when 64 KiB are buffered.
+async fn write_lines(mut rx: mpsc::Receiver<String>, out: Box<dyn std::io::Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Some(line) = rx.recv().await {
+        let _ = out.write_all(line.as_bytes());
+        while let Ok(more) = rx.try_recv() {
+            let _ = out.write_all(more.as_bytes());
+        }
+        let _ = out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_envoy_default_format() {
+        let p = parse(DEFAULT_FORMAT).unwrap();
+        assert!(p.contains(&Piece::Op(Op::ResponseFlags)));
+        assert!(p.contains(&Piece::Op(Op::Req(HeaderSel {
+            names: vec!["x-envoy-original-path".into(), ":path".into()],
+            max_len: None
+        }))));
+    }
+
+    #[test]
+    fn unknown_operators_are_errors() {
+        assert_eq!(
+            parse("%NOPE%").unwrap_err(),
+            "command operator %NOPE% is not supported"
+        );
+        assert!(parse("%REQ(x").is_err());
+        assert!(parse("%START_TIME").is_err());
+    }
+
+    #[test]
+    fn renders_text_with_dashes_for_missing_values() {
+        let mut h = HeaderMap::new();
+        h.insert("user-agent", "curl/8.0 long agent".parse().unwrap());
+        let r = Record {
+            start: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_420_483_123)),
+            method: Some("GET".into()),
+            path: Some("/x".into()),
+            protocol: Some("HTTP/1.1"),
+            request_headers: Some(h),
+            response_code: 503,
+            response_flags: Some("UH"),
+            bytes_sent: 19,
+            ..Default::default()
+        };
+        let f = Format::Text(parse("[%START_TIME%] %REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_SENT% %REQ(USER-AGENT):8% %UPSTREAM_HOST% 100%%").unwrap());
+        assert_eq!(
+            r.render(&f),
+            "[2026-11-23T07:54:43.123Z] GET /x HTTP/1.1 503 UH 19 curl/8.0 - 100%\n"
+        );
+    }
+
+    #[test]
+    fn renders_json_keeping_numbers() {
+        let r = Record {
+            response_code: 200,
+            response_flags: None,
+            ..Default::default()
+        };
+        let f = Format::Json(
+            vec![
+                ("code".into(), parse("%RESPONSE_CODE%").unwrap()),
+                ("flags".into(), parse("%RESPONSE_FLAGS%").unwrap()),
+                ("host".into(), parse("%UPSTREAM_HOST%").unwrap()),
+            ],
+            true,
+        );
+        assert_eq!(r.render(&f), "{\"code\":200,\"flags\":\"-\"}\n");
+    }
+}
