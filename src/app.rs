@@ -2,7 +2,7 @@
 //! stats and health servers, readiness, and the drain on SIGTERM/SIGINT.
 use std::{
     net::SocketAddr,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -78,8 +78,40 @@ pub fn run(loaded: Loaded, opts: Options) -> Result<()> {
     let config = &loaded.config;
     let clusters = Arc::new(ClusterManager::new(&config.clusters, &store));
     server.active_clusters.set(clusters.len() as i64);
-    control.block_on(clusters.start_background());
 
+    // Admin, stats and health come up first, so readiness reads 503 (PRE_INITIALIZING)
+    // while clusters resolve and listeners bind.
+    let (commands_tx, mut commands) = mpsc::unbounded_channel();
+    let state = Arc::new(admin::State {
+        store: store.clone(),
+        readiness: readiness.clone(),
+        clusters: clusters.clone(),
+        config_dump: admin::config_dump::render(&loaded.proto, SystemTime::now()),
+        commands: commands_tx,
+        listeners: OnceLock::new(),
+    });
+    let servers = [
+        (config.admin, Role::Admin),
+        (opts.stats_addr, Role::Stats),
+        (opts.health_addr, Role::Health),
+    ];
+    {
+        let _enter = control.enter();
+        for (addr, role) in servers {
+            let Some(addr) = addr else { continue };
+            let socket = admin::bind(addr)
+                .with_context(|| format!("{role:?} server: cannot bind {addr}"))?;
+            let local = socket.local_addr()?;
+            tracing::info!("{} on {local}", role_name(role));
+            if let (Role::Admin, Some(path)) = (role, &opts.admin_address_path) {
+                std::fs::write(path, local.to_string())
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            control.spawn(admin::serve(socket, role, state.clone()));
+        }
+    }
+
+    control.block_on(clusters.start_background());
     // Bind every listener before taking traffic on any, so a bad address fails startup.
     let own: Arc<Vec<SocketAddr>> = Arc::new(
         config
@@ -103,39 +135,11 @@ pub fn run(loaded: Loaded, opts: Options) -> Result<()> {
         }
     }
 
-    let listeners: String = bound
+    let listeners = bound
         .iter()
         .map(|(l, _, local)| format!("{}::{local}\n", l.config.name))
         .collect();
-    let (commands_tx, mut commands) = mpsc::unbounded_channel();
-    let state = Arc::new(admin::State {
-        store: store.clone(),
-        readiness: readiness.clone(),
-        clusters: clusters.clone(),
-        config_dump: admin::config_dump::render(&loaded.proto, SystemTime::now()),
-        commands: commands_tx,
-        listeners,
-    });
-    let servers = [
-        (config.admin, Role::Admin),
-        (opts.stats_addr, Role::Stats),
-        (opts.health_addr, Role::Health),
-    ];
-    {
-        let _enter = control.enter();
-        for (addr, role) in servers {
-            let Some(addr) = addr else { continue };
-            let socket = admin::bind(addr)
-                .with_context(|| format!("{role:?} server: cannot bind {addr}"))?;
-            let local = socket.local_addr()?;
-            tracing::info!("{} on {local}", role_name(role));
-            if let (Role::Admin, Some(path)) = (role, &opts.admin_address_path) {
-                std::fs::write(path, local.to_string())
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            control.spawn(admin::serve(socket, role, state.clone()));
-        }
-    }
+    let _ = state.listeners.set(listeners);
 
     for (l, socket, local) in bound {
         let what = match &l.config.filter {

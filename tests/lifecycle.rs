@@ -290,3 +290,21 @@ async fn embedded_default_serves_sidecar_ports_and_refuses_loops() {
     .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test]
+async fn a_listener_that_cannot_bind_fails_startup_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let up = Upstream::start("x").await;
+    let routes = r#"              - match: { prefix: "/" }
+                route: { cluster: backend }"#;
+    let yaml = http_bootstrap(routes, &static_cluster("backend", &[up.addr], false))
+        .replace("address: 127.0.0.1, port_value: 0 } }\n    filter_chains", &format!("address: 127.0.0.1, port_value: {port} }} }}\n    filter_chains"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("b.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let out = std::process::Command::new(BIN).arg("-c").arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("listener 'http': cannot bind 127.0.0.1:{port}")), "{err}");
+}

@@ -38,7 +38,8 @@ pub struct State {
     /// `/config_dump` body, rendered once per applied config.
     pub config_dump: String,
     /// `name::address` of every listener, as Envoy's `/listeners` prints them.
-    pub listeners: String,
+    /// Set once the listeners are bound.
+    pub listeners: std::sync::OnceLock<String>,
     pub commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -88,7 +89,10 @@ fn handle(role: Role, state: &State, req: Request<Incoming>) -> Response<Full<By
             "application/json",
             state.config_dump.clone(),
         ),
-        (Role::Admin, "/listeners") => text(StatusCode::OK, state.listeners.clone()),
+        (Role::Admin, "/listeners") => text(
+            StatusCode::OK,
+            state.listeners.get().cloned().unwrap_or_default(),
+        ),
         (Role::Admin, "/clusters") => text(StatusCode::OK, clusters(&state.clusters)),
         (
             Role::Admin,
