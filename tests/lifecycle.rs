@@ -298,13 +298,22 @@ async fn a_listener_that_cannot_bind_fails_startup_naming_it() {
     let up = Upstream::start("x").await;
     let routes = r#"              - match: { prefix: "/" }
                 route: { cluster: backend }"#;
-    let yaml = http_bootstrap(routes, &static_cluster("backend", &[up.addr], false))
-        .replace("address: 127.0.0.1, port_value: 0 } }\n    filter_chains", &format!("address: 127.0.0.1, port_value: {port} }} }}\n    filter_chains"));
+    let yaml = http_bootstrap(routes, &static_cluster("backend", &[up.addr], false)).replace(
+        "address: 127.0.0.1, port_value: 0 } }\n    filter_chains",
+        &format!("address: 127.0.0.1, port_value: {port} }} }}\n    filter_chains"),
+    );
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("b.yaml");
     std::fs::write(&cfg, yaml).unwrap();
-    let out = std::process::Command::new(BIN).arg("-c").arg(&cfg).output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("listener 'http': cannot bind 127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.contains(&format!("listener 'http': cannot bind 127.0.0.1:{port}")),
+        "{err}"
+    );
 }
