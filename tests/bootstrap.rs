@@ -196,6 +196,11 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             "static_resources.listeners[0].filter_chains[0].filter_chain_match: not supported",
         ),
         (
+            "circuit breaker that would limit",
+            with_cluster("  - name: c\n    circuit_breakers: { thresholds: [{ max_connections: 100 }] }\n"),
+            "static_resources.clusters[0].circuit_breakers.thresholds[0].max_connections: 100 would limit traffic",
+        ),
+        (
             "UDP listener",
             hcm("", ROUTER).replace("address: 127.0.0.1, port_value: 10000", "address: 127.0.0.1, port_value: 10000, protocol: UDP"),
             "static_resources.listeners[0].address.socket_address.protocol: not supported",
@@ -221,6 +226,12 @@ fn valid_bootstraps_are_accepted_in_yaml_and_json() {
     let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
     let json = serde_json::to_string(&v).unwrap();
     let (ok, out) = validate(&json, "json");
+    assert!(ok, "{out}");
+    // Circuit breakers opened wide (Envoy's benchmarking advice) are accepted.
+    let open = with_cluster(
+        "  - name: c\n    circuit_breakers: { thresholds: [{ max_connections: 1000000000, max_pending_requests: 1000000000, max_requests: 1000000000, max_retries: 1000000000 }] }\n",
+    );
+    let (ok, out) = validate(&open, "yaml");
     assert!(ok, "{out}");
     for example in
         std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples")).unwrap()

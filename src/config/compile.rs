@@ -34,6 +34,9 @@ const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptio
 
 type Result<T> = std::result::Result<T, String>;
 
+/// Circuit-breaker thresholds at or above this never bind in practice.
+const OPEN_CIRCUIT: u32 = 1_000_000;
+
 pub fn compile(bootstrap: &Bootstrap) -> Result<Config> {
     let node = bootstrap
         .node
@@ -393,6 +396,31 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
                 "{path}.lb_policy: {} is not supported yet",
                 other.as_str_name()
             ));
+        }
+    }
+
+    // Limits are not enforced yet, so only thresholds that can never bind (the
+    // "open wide" values benchmarks use) are accepted.
+    if let Some(cb) = &c.circuit_breakers {
+        for (i, t) in cb.thresholds.iter().enumerate() {
+            let values = [
+                ("max_connections", &t.max_connections),
+                ("max_pending_requests", &t.max_pending_requests),
+                ("max_requests", &t.max_requests),
+                ("max_retries", &t.max_retries),
+            ];
+            for (name, v) in values {
+                if let Some(v) = v
+                    && v.value < OPEN_CIRCUIT
+                {
+                    return Err(format!(
+                        "{path}.circuit_breakers.thresholds[{i}].{name}: {} would limit traffic; \
+                         pilotfish does not enforce circuit breakers yet and accepts only \
+                         values of at least {OPEN_CIRCUIT}",
+                        v.value
+                    ));
+                }
+            }
         }
     }
 

@@ -164,6 +164,19 @@ const FIELDS: &[(&str, &[&str])] = &[
             "dns_lookup_family",
             "per_connection_buffer_limit_bytes",
             "metadata",
+            "circuit_breakers",
+        ],
+    ),
+    ("envoy.config.cluster.v3.CircuitBreakers", &["thresholds"]),
+    (
+        "envoy.config.cluster.v3.CircuitBreakers.Thresholds",
+        &[
+            "priority",
+            "max_connections",
+            "max_pending_requests",
+            "max_requests",
+            "max_retries",
+            "track_remaining",
         ],
     ),
     (
