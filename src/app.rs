@@ -152,6 +152,7 @@ pub fn run(loaded: Loaded, opts: Options) -> Result<()> {
     server
         .total_listeners_active
         .set(config.listeners.len() as i64);
+    crate::config::proto::release_pool();
     readiness.set_initialized();
     server.state.set(0);
     server.live.set(1);

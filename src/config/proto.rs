@@ -1,24 +1,34 @@
 //! The Envoy API descriptor pool and the conversions between proto3 JSON/YAML,
 //! reflective messages (for strict field checks and `/config_dump`) and the typed
 //! `envoy-types` structs the compiler reads.
-use std::sync::LazyLock;
+use std::sync::Mutex;
 
 use prost::{Message, Name};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 
-static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-    let bytes: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
-    DescriptorPool::decode(bytes).expect("the embedded Envoy descriptor set decodes")
-});
+/// The decoded pool is large (tens of MB) and only needed while config is decoded,
+/// checked or dumped, so it is decoded on first use and can be released after.
+static POOL: Mutex<Option<DescriptorPool>> = Mutex::new(None);
 
 /// The pool holding every Envoy v3 message (and the well-known types they use).
-pub fn pool() -> &'static DescriptorPool {
-    &POOL
+pub fn pool() -> DescriptorPool {
+    let mut pool = POOL.lock().unwrap();
+    pool.get_or_insert_with(|| {
+        let bytes: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
+        DescriptorPool::decode(bytes).expect("the embedded Envoy descriptor set decodes")
+    })
+    .clone()
+}
+
+/// Drops the decoded pool (it is decoded again if needed). Called once startup has
+/// compiled and dumped the config, to keep the steady-state footprint small.
+pub fn release_pool() {
+    POOL.lock().unwrap().take();
 }
 
 /// Descriptor of a message by its full name, e.g. `envoy.config.bootstrap.v3.Bootstrap`.
 pub fn descriptor(full_name: &str) -> Option<MessageDescriptor> {
-    POOL.get_message_by_name(full_name)
+    pool().get_message_by_name(full_name)
 }
 
 /// Parses a proto3-JSON value (from JSON or YAML) as the named message. Errors name the
