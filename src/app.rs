@@ -3,7 +3,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, OnceLock},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, anyhow};
@@ -11,8 +11,7 @@ use tokio::{runtime::Runtime, sync::mpsc};
 
 use crate::{
     admin::{self, Command, Role},
-    bootstrap::Loaded,
-    config::NetworkFilter,
+    config::{Config, NetworkFilter},
     drain,
     listener::{self, Listener},
     readiness::Readiness,
@@ -55,7 +54,9 @@ fn cgroup_cpu_quota() -> Option<usize> {
 }
 
 /// Runs the proxy until a signal or `/quitquitquit`. Returns once everything stopped.
-pub fn run(loaded: Loaded, opts: Options) -> Result<()> {
+/// `config_dump` is the bootstrap's `/config_dump` JSON, rendered where the bootstrap was
+/// decoded (see [`crate::bootstrap::on_decode_thread`]).
+pub fn run(config: Config, config_dump: String, opts: Options) -> Result<()> {
     let started = Instant::now();
     let store = Store::new();
     let server = Arc::new(ServerStats::new(&store));
@@ -75,7 +76,7 @@ pub fn run(loaded: Loaded, opts: Options) -> Result<()> {
         .enable_all()
         .build()?;
 
-    let config = &loaded.config;
+    let config = &config;
     let clusters = Arc::new(ClusterManager::new(&config.clusters, &store));
     server.active_clusters.set(clusters.len() as i64);
 
@@ -86,7 +87,7 @@ pub fn run(loaded: Loaded, opts: Options) -> Result<()> {
         store: store.clone(),
         readiness: readiness.clone(),
         clusters: clusters.clone(),
-        config_dump: admin::config_dump::render(&loaded.proto, SystemTime::now()),
+        config_dump,
         commands: commands_tx,
         listeners: OnceLock::new(),
     });
@@ -152,7 +153,6 @@ pub fn run(loaded: Loaded, opts: Options) -> Result<()> {
     server
         .total_listeners_active
         .set(config.listeners.len() as i64);
-    crate::config::proto::release_pool();
     readiness.set_initialized();
     server.state.set(0);
     server.live.set(1);

@@ -24,6 +24,28 @@ pub struct Loaded {
     pub is_default: bool,
 }
 
+/// Runs `f` (bootstrap decoding, checks, the config dump: all the work that needs the
+/// descriptor pool) on a short-lived thread, and drops the pool there before it exits.
+/// The result is copied onto the caller's heap: the pool's tens of MB then live and die
+/// in the decode thread's heap alone, which the allocator can give back whole rather
+/// than keep pinned under the few objects that outlive it.
+pub fn on_decode_thread<T: Clone + Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        let decode = std::thread::Builder::new()
+            .name("pilotfish-config".into())
+            .spawn_scoped(s, || {
+                let out = f();
+                crate::config::proto::release_pool();
+                out
+            })
+            .expect("spawn the config thread");
+        decode
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            .clone()
+    })
+}
+
 /// Loads the bootstrap the way Envoy's `-c` and `--config-yaml` do.
 pub fn load(path: Option<&Path>, overlay_yaml: Option<&str>) -> Result<Loaded, String> {
     let is_default = path.is_none() && overlay_yaml.is_none();

@@ -1,14 +1,14 @@
 //! pilotfish's command line, shaped like Envoy's where they overlap so pilotfish can be
 //! started where Envoy is started.
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use pilotfish::{app, bootstrap};
-
-/// mimalloc: faster than glibc malloc for many small, short-lived allocations across
-/// worker threads, and it gives freed memory back to the OS (smaller steady RSS).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use pilotfish::{admin::config_dump, app, bootstrap};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -96,28 +96,33 @@ fn main() -> ExitCode {
         Some(Sub::Validate { file }) => (Some(file.clone()), true),
         None => (cli.config_path.clone(), cli.mode == Mode::Validate),
     };
-    let mut loaded = match bootstrap::load(path.as_deref(), cli.config_yaml.as_deref()) {
+    let loaded = bootstrap::on_decode_thread(|| {
+        let mut loaded = bootstrap::load(path.as_deref(), cli.config_yaml.as_deref())?;
+        if let Some(id) = &cli.service_node {
+            loaded.config.node.id = id.clone();
+            loaded.proto.node.get_or_insert_default().id = id.clone();
+        }
+        if let Some(c) = &cli.service_cluster {
+            loaded.config.node.cluster = c.clone();
+            loaded.proto.node.get_or_insert_default().cluster = c.clone();
+        }
+        let dump = (!validate).then(|| config_dump::render(&loaded.proto, SystemTime::now()));
+        Ok::<_, String>((loaded.config, loaded.is_default, dump))
+    });
+    let (config, is_default, config_dump) = match loaded {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error initializing configuration '{}': {e}", shown(&path));
             return ExitCode::FAILURE;
         }
     };
-    if let Some(id) = &cli.service_node {
-        loaded.config.node.id = id.clone();
-        loaded.proto.node.get_or_insert_default().id = id.clone();
-    }
-    if let Some(c) = &cli.service_cluster {
-        loaded.config.node.cluster = c.clone();
-        loaded.proto.node.get_or_insert_default().cluster = c.clone();
-    }
-    if validate {
+    let Some(config_dump) = config_dump else {
         println!("configuration '{}' OK", shown(&path));
         return ExitCode::SUCCESS;
-    }
+    };
 
     let port = |flag: Option<u16>, default: u16| -> Option<SocketAddr> {
-        match flag.or(loaded.is_default.then_some(default)) {
+        match flag.or(is_default.then_some(default)) {
             Some(0) | None => None,
             Some(p) => Some(SocketAddr::from(([0, 0, 0, 0], p))),
         }
@@ -129,7 +134,7 @@ fn main() -> ExitCode {
         health_addr: port(cli.health_port, 15021),
         admin_address_path: cli.admin_address_path.clone(),
     };
-    match app::run(loaded, opts) {
+    match app::run(config, config_dump, opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pilotfish: {e:#}");
