@@ -8,6 +8,7 @@ use std::{
 
 use tokio::net::TcpStream;
 
+use super::copy;
 use crate::{
     config::TcpProxyConfig,
     telemetry::{
@@ -63,7 +64,7 @@ impl TcpProxy {
         }
     }
 
-    async fn proxy(&self, mut down: TcpStream, dst: SocketAddr, record: &mut Record) {
+    async fn proxy(&self, down: TcpStream, dst: SocketAddr, record: &mut Record) {
         let Some(cluster) = &self.cluster else {
             self.stats.downstream_cx_no_route.inc();
             record.response_flags = Some("NC");
@@ -77,14 +78,14 @@ impl TcpProxy {
         };
         record.upstream_host = Some(host.addr);
         let cs = &cluster.stats;
-        let Ok(mut up) = connect(host.addr, cluster.config.connect_timeout, cs).await else {
+        let Ok(up) = connect(host.addr, cluster.config.connect_timeout, cs).await else {
             record.response_flags = Some("UF");
             return;
         };
         record.upstream_local = up.local_addr().ok();
         let _active = GaugeGuard::new(&cs.upstream_cx_active);
         let _ = down.set_nodelay(true);
-        if let Ok((sent, received)) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        if let Ok((sent, received)) = copy::bidirectional(&down, &up).await {
             self.stats.downstream_cx_rx_bytes_total.add(sent);
             self.stats.downstream_cx_tx_bytes_total.add(received);
             cs.upstream_cx_tx_bytes_total.add(sent);
