@@ -1,49 +1,40 @@
-//! Hot-path micro-benchmarks: route matching over 1,000 routes and the cluster pick.
-//! `cargo bench --bench hot_path` prints nanoseconds per operation. (The comparison
-//! harness against Envoy lives with the benchmark work; see docs/benchmarks.md.)
-use std::{hint::black_box, time::Instant};
+//! Hot-path micro-benchmarks (criterion): route match over 1,000 routes, the cluster's
+//! load-balancer pick, request-header preparation and stats recording. They grow with the
+//! hot path (weighted-cluster pick and header rewrites join once routing has them). Run
+//! with `cargo bench --bench hot_path`; the comparison against Envoy is `./scripts/bench`.
+use std::{hint::black_box, time::Duration};
 
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue};
 use pilotfish::{
     config::{
         ClusterConfig, Discovery, DnsFamily, EndpointConfig, PathMatch, Route, RouteTable,
         UpstreamProtocol, VirtualHost,
     },
-    http::route_match::Routes,
-    telemetry::stats::Store,
+    http::{headers, route_match::Routes},
+    telemetry::{scopes::ClusterStats, stats::Store},
     upstream::ClusterManager,
 };
 
-fn measure(name: &str, iters: u64, mut f: impl FnMut(u64)) {
-    for i in 0..iters / 10 {
-        f(i);
-    }
-    let start = Instant::now();
-    for i in 0..iters {
-        f(i);
-    }
-    let ns = start.elapsed().as_nanos() as f64 / iters as f64;
-    println!("{name:<40} {ns:>10.1} ns/op");
-}
-
-fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        return; // built by `cargo test --all-targets`: nothing to check here
-    }
-    let cluster = ClusterConfig {
-        name: "c".into(),
+fn cluster(name: &str, hosts: usize) -> ClusterConfig {
+    ClusterConfig {
+        name: name.into(),
         discovery: Discovery::Static,
-        connect_timeout: std::time::Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(1),
         protocol: UpstreamProtocol::Http1,
-        dns_refresh_rate: std::time::Duration::from_secs(5),
+        dns_refresh_rate: Duration::from_secs(5),
         dns_family: DnsFamily::Auto,
-        endpoints: (0..8)
+        endpoints: (0..hosts)
             .map(|i| EndpointConfig {
-                host: format!("10.0.0.{i}"),
+                host: format!("10.0.{}.{}", i / 250, i % 250),
                 port: 80,
             })
             .collect(),
-    };
-    let clusters = ClusterManager::new(&[cluster], &Store::new());
+    }
+}
+
+fn route_match(c: &mut Criterion) {
+    let clusters = ClusterManager::new(&[cluster("c", 1)], &Store::new());
     let routes = (0..1000)
         .map(|i| Route {
             name: String::new(),
@@ -62,20 +53,84 @@ fn main() {
         }],
     };
     let routes = Routes::new(&table, &clusters).unwrap();
-    measure("route match, first of 1000", 1_000_000, |_| {
-        black_box(routes.route(black_box("x"), black_box("/service-0/x")));
+    let mut g = c.benchmark_group("route match over 1,000 prefix routes");
+    g.bench_function("first route matches", |b| {
+        b.iter(|| {
+            routes
+                .route(black_box("x"), black_box("/service-0/x"))
+                .is_some()
+        })
     });
-    measure("route match, last of 1000", 100_000, |_| {
-        black_box(routes.route(black_box("x"), black_box("/service-999/x")));
+    g.bench_function("last route matches", |b| {
+        b.iter(|| {
+            routes
+                .route(black_box("x"), black_box("/service-999/x"))
+                .is_some()
+        })
     });
-    let c = clusters.get("c").unwrap();
-    measure("round-robin pick over 8 hosts", 10_000_000, |_| {
-        black_box(c.pick(None));
+    g.bench_function("no route matches", |b| {
+        b.iter(|| {
+            routes
+                .route(black_box("x"), black_box("/nothing"))
+                .is_some()
+        })
     });
-    let counter = pilotfish::telemetry::scopes::ClusterStats::new(&Store::new(), "c");
-    measure("stats: record a response code", 10_000_000, |i| {
-        counter
-            .upstream_rq
-            .record(if i % 10 == 0 { 503 } else { 200 });
+    g.finish();
+}
+
+fn lb_pick(c: &mut Criterion) {
+    let mut g = c.benchmark_group("load balancer pick");
+    for hosts in [1, 8, 100] {
+        let clusters = ClusterManager::new(&[cluster("c", hosts)], &Store::new());
+        let cluster = clusters.get("c").unwrap();
+        g.bench_function(format!("round robin over {hosts} hosts"), |b| {
+            b.iter(|| cluster.pick(None))
+        });
+    }
+    g.finish();
+}
+
+fn request_headers(c: &mut Criterion) {
+    let mut template = HeaderMap::new();
+    for (k, v) in [
+        ("host", "reviews.default.svc.cluster.local:9080"),
+        ("user-agent", "curl/8.0"),
+        ("accept", "*/*"),
+        ("connection", "keep-alive, x-hop"),
+        ("x-hop", "1"),
+        ("te", "trailers, deflate"),
+        ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+    ] {
+        template.insert(k, HeaderValue::from_static(v));
+    }
+    c.bench_function("request headers: strip hop-by-hop, add x-request-id", |b| {
+        b.iter_batched_ref(
+            || template.clone(),
+            |h| {
+                headers::strip_hop_by_hop(h);
+                h.insert("x-request-id", headers::request_id());
+            },
+            criterion::BatchSize::SmallInput,
+        )
     });
 }
+
+fn stats_record(c: &mut Criterion) {
+    let stats = ClusterStats::new(&Store::new(), "c");
+    let mut i = 0u32;
+    c.bench_function("stats: record a response code", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            stats
+                .upstream_rq
+                .record(if i.is_multiple_of(10) { 503 } else { 200 });
+        })
+    });
+}
+
+criterion_group!(
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    targets = route_match, lb_pick, request_headers, stats_record
+);
+criterion_main!(benches);

@@ -261,6 +261,14 @@ impl CodeCounters {
     /// Counts one response: `<stem>_<code>` and `<stem>_<class>xx`. Classes are keyed
     /// as codes 1..=5 in the same list.
     pub fn record(&self, code: u16) {
+        let seen = self.seen.load();
+        let find = |key: u16| seen.iter().find(|(k, _)| *k == key).map(|(_, c)| c);
+        if let (Some(exact), Some(class)) = (find(code), find(code / 100)) {
+            exact.inc();
+            class.inc();
+            return;
+        }
+        drop(seen);
         self.get(code).inc();
         self.get(code / 100).inc();
     }
