@@ -1,6 +1,6 @@
-//! Hot-path micro-benchmarks (criterion): route match over 1,000 routes, the cluster's
-//! load-balancer pick, request-header preparation and stats recording. They grow with the
-//! hot path (weighted-cluster pick and header rewrites join once routing has them). Run
+//! Hot-path micro-benchmarks (criterion): route match over 1,000 routes, the weighted
+//! cluster pick, the load-balancer pick, request-header preparation and stats recording.
+//! They grow with the hot path (header rewrites join once routing has them). Run
 //! with `cargo bench --bench hot_path`; the comparison against Envoy is `./scripts/bench`.
 use std::{hint::black_box, time::Duration};
 
@@ -8,10 +8,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use pilotfish::{
     config::{
-        ClusterConfig, Discovery, DnsFamily, EndpointConfig, PathMatch, Route, RouteTable,
-        UpstreamProtocol, VirtualHost,
+        ClusterConfig, ClusterSpec, Discovery, DnsFamily, EndpointConfig, PathMatch, Rewrite,
+        Route, RouteMatch, RouteTable, UpstreamProtocol, VirtualHost,
     },
-    http::{headers, route_match::Routes},
+    http::{headers, matchers::RequestHead, route_match::Routes},
     telemetry::{scopes::ClusterStats, stats::Store},
     upstream::ClusterManager,
 };
@@ -33,49 +33,75 @@ fn cluster(name: &str, hosts: usize) -> ClusterConfig {
     }
 }
 
-fn route_match(c: &mut Criterion) {
-    let clusters = ClusterManager::new(&[cluster("c", 1)], &Store::new());
-    let routes = (0..1000)
-        .map(|i| Route {
-            name: String::new(),
-            path: PathMatch::Prefix(format!("/service-{i}/")),
-            case_sensitive: true,
-            cluster: "c".into(),
-            timeout: None,
-        })
-        .collect();
-    let table = RouteTable {
+fn table(routes: Vec<Route>) -> RouteTable {
+    RouteTable {
         name: "bench".into(),
         virtual_hosts: vec![VirtualHost {
             name: "all".into(),
             domains: vec!["*".into()],
             routes,
         }],
-    };
-    let routes = Routes::new(&table, &clusters).unwrap();
+    }
+}
+
+fn route(path: PathMatch, cluster: ClusterSpec) -> Route {
+    Route {
+        name: String::new(),
+        matcher: RouteMatch::path(path),
+        cluster,
+        rewrite: Rewrite::default(),
+        timeout: None,
+    }
+}
+
+fn head<'a>(path: &'a str, headers: &'a HeaderMap) -> RequestHead<'a> {
+    RequestHead {
+        method: "GET",
+        scheme: "http",
+        authority: "reviews:9080",
+        path_and_query: path,
+        headers,
+    }
+}
+
+fn route_match(c: &mut Criterion) {
+    let clusters = ClusterManager::new(&[cluster("c", 1)], &Store::new());
+    let routes = (0..1000)
+        .map(|i| {
+            route(
+                PathMatch::Prefix(format!("/service-{i}/")),
+                ClusterSpec::Single("c".into()),
+            )
+        })
+        .collect();
+    let routes = Routes::new(&table(routes), &clusters).unwrap();
+    let none = HeaderMap::new();
     let mut g = c.benchmark_group("route match over 1,000 prefix routes");
-    g.bench_function("first route matches", |b| {
-        b.iter(|| {
-            routes
-                .route(black_box("x"), black_box("/service-0/x"))
-                .is_some()
-        })
-    });
-    g.bench_function("last route matches", |b| {
-        b.iter(|| {
-            routes
-                .route(black_box("x"), black_box("/service-999/x"))
-                .is_some()
-        })
-    });
-    g.bench_function("no route matches", |b| {
-        b.iter(|| {
-            routes
-                .route(black_box("x"), black_box("/nothing"))
-                .is_some()
-        })
-    });
+    for (name, path) in [
+        ("first route matches", "/service-0/x"),
+        ("last route matches", "/service-999/x"),
+        ("no route matches", "/nothing"),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| routes.route(black_box(&head(path, &none))).is_some())
+        });
+    }
     g.finish();
+}
+
+fn weighted_pick(c: &mut Criterion) {
+    let clusters = ClusterManager::new(&[cluster("v1", 1), cluster("v2", 1)], &Store::new());
+    let split = ClusterSpec::Weighted(vec![("v1".into(), 75), ("v2".into(), 25)]);
+    let routes = Routes::new(
+        &table(vec![route(PathMatch::Prefix("/".into()), split)]),
+        &clusters,
+    )
+    .unwrap();
+    let none = HeaderMap::new();
+    let r = routes.route(&head("/", &none)).unwrap();
+    c.bench_function("weighted cluster pick (75/25)", |b| {
+        b.iter(|| r.cluster().name().len())
+    });
 }
 
 fn lb_pick(c: &mut Criterion) {
@@ -131,6 +157,6 @@ fn stats_record(c: &mut Criterion) {
 criterion_group!(
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    targets = route_match, lb_pick, request_headers, stats_record
+    targets = route_match, weighted_pick, lb_pick, request_headers, stats_record
 );
 criterion_main!(benches);

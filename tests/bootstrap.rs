@@ -124,9 +124,48 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             "'example.com' is not an IP address (a STATIC cluster needs IPs",
         ),
         (
-            "regex route match",
-            hcm("", ROUTER).replace("match: { prefix: \"/\" }", "match: { safe_regex: { regex: \"/.*\" } }"),
-            "route_config.virtual_hosts[0].routes[0].match.safe_regex: not supported",
+            "invalid route regex",
+            hcm("", ROUTER).replace("match: { prefix: \"/\" }", "match: { safe_regex: { regex: \"/(\" } }"),
+            "route_config.virtual_hosts[0].routes[0].match.safe_regex.regex: invalid regex '/('",
+        ),
+        (
+            "prefix_rewrite and regex_rewrite together",
+            hcm("", ROUTER).replace(
+                "{ cluster: c }",
+                "{ cluster: c, prefix_rewrite: \"/x\", regex_rewrite: { pattern: { regex: a }, substitution: b } }",
+            ),
+            "routes[0].route: specify only one of prefix_rewrite or regex_rewrite",
+        ),
+        (
+            "path_separated_prefix ending in a slash",
+            hcm("", ROUTER).replace("match: { prefix: \"/\" }", "match: { path_separated_prefix: \"/api/\" }"),
+            "routes[0].match.path_separated_prefix: '/api/' must not end with '/'",
+        ),
+        (
+            "weighted cluster that does not exist",
+            hcm("", ROUTER).replace(
+                "{ cluster: c }",
+                "{ weighted_clusters: { clusters: [{ name: c, weight: 50 }, { name: canary, weight: 50 }] } }",
+            ),
+            "routes[0].route.weighted_clusters.clusters[1].name: unknown cluster 'canary'",
+        ),
+        (
+            "weights that sum to zero",
+            hcm("", ROUTER).replace("{ cluster: c }", "{ weighted_clusters: { clusters: [{ name: c, weight: 0 }] } }"),
+            "routes[0].route.weighted_clusters: the sum of the weights must be greater than 0",
+        ),
+        (
+            "per-cluster header mutation in a weighted split",
+            hcm("", ROUTER).replace(
+                "{ cluster: c }",
+                "{ weighted_clusters: { clusters: [{ name: c, weight: 1, request_headers_to_add: [{ header: { key: a, value: b } }] }] } }",
+            ),
+            "weighted_clusters.clusters[0].request_headers_to_add: not supported",
+        ),
+        (
+            "redirect action",
+            hcm("", ROUTER).replace("route: { cluster: c }", "redirect: { path_redirect: \"/x\" }"),
+            "routes[0].redirect: not supported",
         ),
         (
             "RDS",

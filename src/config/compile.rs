@@ -9,7 +9,6 @@ use envoy_types::pb::envoy::{
         core::v3::{Address, address, socket_address},
         endpoint::v3::lb_endpoint,
         listener::v3::{Listener, filter, listener_filter},
-        route::v3::{RouteConfiguration, route, route_action, route_match},
     },
     extensions::{
         filters::network::{
@@ -113,7 +112,7 @@ fn socket_addr(a: &Address, path: &str) -> Result<SocketAddr> {
     Ok(SocketAddr::new(ip, port))
 }
 
-fn duration(d: &protobuf::Duration) -> Duration {
+pub(super) fn duration(d: &protobuf::Duration) -> Duration {
     Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
 }
 
@@ -253,7 +252,7 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
     let access_logs = access_logs(&hcm.access_log, &format!("{path}.access_log"))?;
     let routes = match hcm.route_specifier {
         Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) => {
-            route_table(&rc, &format!("{path}.route_config"), clusters)?
+            super::route_config::route_table(&rc, &format!("{path}.route_config"), clusters)?
         }
         _ => {
             return Err(format!(
@@ -272,83 +271,6 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
             hcm.server_name
         },
         routes,
-    })
-}
-
-pub fn route_table(
-    rc: &RouteConfiguration,
-    path: &str,
-    clusters: &HashSet<String>,
-) -> Result<RouteTable> {
-    let mut seen = HashSet::new();
-    let mut virtual_hosts = Vec::new();
-    for (v, vh) in rc.virtual_hosts.iter().enumerate() {
-        let vpath = format!("{path}.virtual_hosts[{v}]");
-        if vh.domains.is_empty() {
-            return Err(format!("{vpath}.domains: at least one domain is required"));
-        }
-        let mut domains = Vec::new();
-        for d in &vh.domains {
-            let d = d.to_ascii_lowercase();
-            if !seen.insert(d.clone()) {
-                return Err(format!(
-                    "{vpath}.domains: only unique values for domains are permitted; \
-                     '{d}' appears more than once"
-                ));
-            }
-            domains.push(d);
-        }
-        let mut routes = Vec::new();
-        for (r, rt) in vh.routes.iter().enumerate() {
-            routes.push(route(rt, &format!("{vpath}.routes[{r}]"), clusters)?);
-        }
-        virtual_hosts.push(VirtualHost {
-            name: vh.name.clone(),
-            domains,
-            routes,
-        });
-    }
-    Ok(RouteTable {
-        name: rc.name.clone(),
-        virtual_hosts,
-    })
-}
-
-fn route(
-    rt: &envoy_types::pb::envoy::config::route::v3::Route,
-    path: &str,
-    clusters: &HashSet<String>,
-) -> Result<Route> {
-    let m = rt
-        .r#match
-        .as_ref()
-        .ok_or_else(|| format!("{path}.match: required"))?;
-    let path_match = match &m.path_specifier {
-        Some(route_match::PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
-        Some(route_match::PathSpecifier::Path(p)) => PathMatch::Path(p.clone()),
-        _ => return Err(format!("{path}.match: a prefix or path is required")),
-    };
-    let Some(route::Action::Route(action)) = &rt.action else {
-        return Err(format!("{path}: a route action is required"));
-    };
-    let cluster = match &action.cluster_specifier {
-        Some(route_action::ClusterSpecifier::Cluster(c)) => c.clone(),
-        _ => return Err(format!("{path}.route.cluster: required")),
-    };
-    if !clusters.contains(&cluster) {
-        return Err(format!("{path}.route.cluster: unknown cluster '{cluster}'"));
-    }
-    let timeout = match &action.timeout {
-        None => Some(Duration::from_secs(15)),
-        Some(d) if d.seconds == 0 && d.nanos == 0 => None,
-        Some(d) => Some(duration(d)),
-    };
-    Ok(Route {
-        name: rt.name.clone(),
-        path: path_match,
-        case_sensitive: m.case_sensitive.as_ref().is_none_or(|b| b.value),
-        cluster,
-        timeout,
     })
 }
 

@@ -2,6 +2,7 @@
 pub mod compile;
 pub mod model;
 pub mod proto;
+pub mod route_config;
 pub mod support;
 
 pub use model::*;

@@ -2,7 +2,11 @@
 //! downstream of `config/` sees a proto.
 use std::{net::SocketAddr, time::Duration};
 
-pub use crate::telemetry::access_log::AccessLogConfig;
+pub use crate::{
+    http::matchers::{HeaderMatcher, QueryParameterMatcher},
+    telemetry::access_log::AccessLogConfig,
+};
+use regex::Regex;
 
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -77,17 +81,86 @@ pub struct VirtualHost {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
-    pub path: PathMatch,
-    pub case_sensitive: bool,
-    pub cluster: String,
+    pub matcher: RouteMatch,
+    pub cluster: ClusterSpec,
+    pub rewrite: Rewrite,
     /// Whole-request timeout; `None` when disabled with `0s`. Envoy's default is 15 s.
     pub timeout: Option<Duration>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A route's `match`: the path, then every header and query matcher, then gRPC and the
+/// runtime fraction must all agree.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    /// Applies to prefix, path and path-separated-prefix matches, not to regexes.
+    pub case_sensitive: bool,
+    pub headers: Vec<HeaderMatcher>,
+    pub query_parameters: Vec<QueryParameterMatcher>,
+    /// `grpc: {}`: only requests with a `content-type` of `application/grpc…`.
+    pub grpc: bool,
+    /// `runtime_fraction` (its default value; there is no runtime): matches this many
+    /// of every million requests.
+    pub per_million: Option<u32>,
+}
+
+impl RouteMatch {
+    pub fn path(path: PathMatch) -> Self {
+        RouteMatch {
+            path,
+            case_sensitive: true,
+            headers: Vec::new(),
+            query_parameters: Vec::new(),
+            grpc: false,
+            per_million: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 pub enum PathMatch {
     Prefix(String),
     Path(String),
+    /// `safe_regex`: the whole path (query string removed) must match.
+    Regex(Regex),
+    /// `path_separated_prefix`: the path is the prefix or continues with `/`.
+    SeparatedPrefix(String),
+}
+
+/// Where a route sends requests.
+#[derive(Debug, Clone)]
+pub enum ClusterSpec {
+    Single(String),
+    /// `weighted_clusters`: picked at random in proportion to the weights.
+    Weighted(Vec<(String, u32)>),
+}
+
+impl ClusterSpec {
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            ClusterSpec::Single(c) => vec![c],
+            ClusterSpec::Weighted(w) => w.iter().map(|(c, _)| c.as_str()).collect(),
+        }
+    }
+}
+
+/// What the route rewrites before forwarding.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    pub path: Option<PathRewrite>,
+    /// `host_rewrite_literal`.
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathRewrite {
+    /// `prefix_rewrite`: replaces what the prefix (or path) match matched.
+    Prefix(String),
+    /// `regex_rewrite`: every match of the pattern in the path (query string kept).
+    Regex {
+        pattern: Regex,
+        substitution: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

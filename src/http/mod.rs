@@ -2,6 +2,8 @@
 pub mod body;
 pub mod headers;
 pub mod local_reply;
+pub mod matchers;
+pub mod rewrite;
 pub mod route_match;
 pub mod router;
 pub mod server;

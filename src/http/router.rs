@@ -20,6 +20,8 @@ use super::{
     body::{self, Body, Guarded, Observer},
     headers,
     local_reply::{self, ResponseFlag},
+    matchers::RequestHead,
+    rewrite,
     route_match::{Route, Routes},
 };
 use crate::{
@@ -50,6 +52,7 @@ pub struct HttpConnectionManager {
 #[derive(Debug, Default)]
 struct Picked<'a> {
     route: Option<&'a Route>,
+    cluster: Option<&'a str>,
     host: Option<SocketAddr>,
 }
 
@@ -136,8 +139,8 @@ impl HttpConnectionManager {
         record.response_flags = resp.extensions().get::<ResponseFlag>().map(|f| f.as_str());
         record.response_headers = Some(resp.headers().clone());
         record.upstream_host = picked.host;
+        record.upstream_cluster = picked.cluster.map(str::to_owned);
         if let Some(r) = picked.route {
-            record.upstream_cluster = Some(r.cluster.name().to_owned());
             record.route_name = Some(r.name.clone());
         }
         let end = RequestEnd {
@@ -170,12 +173,21 @@ impl HttpConnectionManager {
             .path_and_query()
             .map(PathAndQuery::as_str)
             .unwrap_or("/");
-        let Some(route) = self.routes.route(authority.as_deref().unwrap_or(""), path) else {
+        let head = RequestHead {
+            method: req.method().as_str(),
+            scheme: "http",
+            authority: authority.as_deref().unwrap_or(""),
+            path_and_query: path,
+            headers: req.headers(),
+        };
+        let Some(route) = self.routes.route(&head) else {
             self.stats.no_route.inc();
             return local_reply::reply(ResponseFlag::NoRouteFound);
         };
         picked.route = Some(route);
-        let cluster = route.cluster.clone();
+        let cluster = route.cluster();
+        picked.cluster = Some(cluster.name());
+        let cluster = cluster.clone();
         let timeout = route.timeout;
         let Some(host) = cluster.pick(Some(down.local)) else {
             cluster.stats.upstream_cx_none_healthy.inc();
@@ -188,7 +200,7 @@ impl HttpConnectionManager {
             UpstreamProtocol::Http2 => true,
             UpstreamProtocol::Downstream => req.version() == Version::HTTP_2,
         };
-        let upstream_req = match self.upstream_request(req, authority, timeout, h2) {
+        let upstream_req = match self.upstream_request(req, route, authority, timeout, h2) {
             Ok(r) => r,
             Err(resp) => return resp,
         };
@@ -249,11 +261,25 @@ impl HttpConnectionManager {
     fn upstream_request(
         &self,
         req: Request<Body>,
-        authority: Option<String>,
+        route: &Route,
+        mut authority: Option<String>,
         timeout: Option<std::time::Duration>,
         h2: bool,
     ) -> Result<Request<Body>, Response<Body>> {
         let (mut parts, body) = req.into_parts();
+        if let Some(rw) = &route.rewrite.path {
+            let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+            let new = rewrite::path(rw, &route.matcher.path, original);
+            let new = PathAndQuery::try_from(new).map_err(|_| bad_request())?;
+            parts.headers.insert(
+                "x-envoy-original-path",
+                HeaderValue::from_str(original).map_err(|_| bad_request())?,
+            );
+            parts.uri = Uri::from(new);
+        }
+        if let Some(host) = &route.rewrite.host {
+            authority = Some(host.clone());
+        }
         headers::strip_hop_by_hop(&mut parts.headers);
         let h = &mut parts.headers;
         if !h.contains_key("x-forwarded-proto") {

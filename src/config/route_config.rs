@@ -1,0 +1,353 @@
+//! Compiles an Envoy `RouteConfiguration` into the runtime [`RouteTable`]: virtual hosts,
+//! route matches (path, headers, query parameters, gRPC, runtime fraction) and route
+//! actions (cluster or weighted clusters, path and host rewrites, timeout). Errors name
+//! the field path and, for values Envoy would also refuse, say why.
+use std::{collections::HashSet, time::Duration};
+
+use envoy_types::pb::envoy::{
+    config::core::v3::RuntimeFractionalPercent,
+    config::route::v3::{
+        HeaderMatcher as HeaderMatcherPb, QueryParameterMatcher as QueryParameterMatcherPb,
+        RouteConfiguration, WeightedCluster, header_matcher, query_parameter_matcher, route,
+        route_action, route_match,
+    },
+    r#type::{
+        matcher::v3::{StringMatcher as StringMatcherPb, string_matcher},
+        v3::fractional_percent::DenominatorType,
+    },
+};
+
+use super::model::*;
+use crate::http::matchers::{self, HeaderMatch, QueryMatch, StringMatch, StringMatcher};
+
+type Result<T> = std::result::Result<T, String>;
+
+pub fn route_table(
+    rc: &RouteConfiguration,
+    path: &str,
+    clusters: &HashSet<String>,
+) -> Result<RouteTable> {
+    let mut seen = HashSet::new();
+    let mut virtual_hosts = Vec::new();
+    for (v, vh) in rc.virtual_hosts.iter().enumerate() {
+        let vpath = format!("{path}.virtual_hosts[{v}]");
+        if vh.domains.is_empty() {
+            return Err(format!("{vpath}.domains: at least one domain is required"));
+        }
+        let mut domains = Vec::new();
+        for d in &vh.domains {
+            let d = d.to_ascii_lowercase();
+            if !seen.insert(d.clone()) {
+                return Err(format!(
+                    "{vpath}.domains: only unique values for domains are permitted; \
+                     '{d}' appears more than once"
+                ));
+            }
+            domains.push(d);
+        }
+        let mut routes = Vec::new();
+        for (r, rt) in vh.routes.iter().enumerate() {
+            routes.push(route(rt, &format!("{vpath}.routes[{r}]"), clusters)?);
+        }
+        virtual_hosts.push(VirtualHost {
+            name: vh.name.clone(),
+            domains,
+            routes,
+        });
+    }
+    Ok(RouteTable {
+        name: rc.name.clone(),
+        virtual_hosts,
+    })
+}
+
+fn route(
+    rt: &envoy_types::pb::envoy::config::route::v3::Route,
+    path: &str,
+    clusters: &HashSet<String>,
+) -> Result<Route> {
+    let m = rt
+        .r#match
+        .as_ref()
+        .ok_or_else(|| format!("{path}.match: required"))?;
+    let matcher = route_match(m, &format!("{path}.match"))?;
+    let Some(route::Action::Route(action)) = &rt.action else {
+        return Err(format!("{path}: a route action is required"));
+    };
+    let apath = format!("{path}.route");
+    let cluster = match &action.cluster_specifier {
+        Some(route_action::ClusterSpecifier::Cluster(c)) => ClusterSpec::Single(c.clone()),
+        Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
+            weighted(w, &format!("{apath}.weighted_clusters"))?
+        }
+        _ => return Err(format!("{apath}.cluster: required")),
+    };
+    for (i, name) in cluster.names().into_iter().enumerate() {
+        if !clusters.contains(name) {
+            let field = match cluster {
+                ClusterSpec::Single(_) => "cluster".to_owned(),
+                ClusterSpec::Weighted(_) => format!("weighted_clusters.clusters[{i}].name"),
+            };
+            return Err(format!("{apath}.{field}: unknown cluster '{name}'"));
+        }
+    }
+    let timeout = match &action.timeout {
+        None => Some(Duration::from_secs(15)),
+        Some(d) if d.seconds == 0 && d.nanos == 0 => None,
+        Some(d) => Some(super::compile::duration(d)),
+    };
+    let mut rewrite = Rewrite::default();
+    if !action.prefix_rewrite.is_empty() {
+        rewrite.path = Some(PathRewrite::Prefix(action.prefix_rewrite.clone()));
+    }
+    if let Some(rr) = &action.regex_rewrite {
+        let rpath = format!("{apath}.regex_rewrite");
+        if rewrite.path.is_some() {
+            return Err(format!(
+                "{apath}: specify only one of prefix_rewrite or regex_rewrite"
+            ));
+        }
+        let pattern = rr
+            .pattern
+            .as_ref()
+            .ok_or_else(|| format!("{rpath}.pattern: required"))?;
+        let pattern = regex::Regex::new(&pattern.regex)
+            .map_err(|e| format!("{rpath}.pattern.regex: invalid regex: {e}"))?;
+        rewrite.path = Some(PathRewrite::Regex {
+            pattern,
+            substitution: re2_substitution(&rr.substitution),
+        });
+    }
+    if let Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) =
+        &action.host_rewrite_specifier
+    {
+        rewrite.host = Some(h.clone());
+    }
+    Ok(Route {
+        name: rt.name.clone(),
+        matcher,
+        cluster,
+        rewrite,
+        timeout,
+    })
+}
+
+fn route_match(
+    m: &envoy_types::pb::envoy::config::route::v3::RouteMatch,
+    path: &str,
+) -> Result<RouteMatch> {
+    let path_match = match &m.path_specifier {
+        Some(route_match::PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
+        Some(route_match::PathSpecifier::Path(p)) => PathMatch::Path(p.clone()),
+        Some(route_match::PathSpecifier::SafeRegex(r)) => PathMatch::Regex(
+            matchers::full_match_regex(&r.regex)
+                .map_err(|e| format!("{path}.safe_regex.regex: {e}"))?,
+        ),
+        Some(route_match::PathSpecifier::PathSeparatedPrefix(p)) => {
+            if p.ends_with('/') || p.contains(['?', '#']) {
+                return Err(format!(
+                    "{path}.path_separated_prefix: '{p}' must not end with '/' or contain '?' or '#'"
+                ));
+            }
+            PathMatch::SeparatedPrefix(p.clone())
+        }
+        _ => {
+            return Err(format!(
+                "{path}: one of prefix, path, safe_regex or path_separated_prefix is required"
+            ));
+        }
+    };
+    let headers = m
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| header_matcher(h, &format!("{path}.headers[{i}]")))
+        .collect::<Result<_>>()?;
+    let query_parameters = m
+        .query_parameters
+        .iter()
+        .enumerate()
+        .map(|(i, q)| query_matcher(q, &format!("{path}.query_parameters[{i}]")))
+        .collect::<Result<_>>()?;
+    Ok(RouteMatch {
+        path: path_match,
+        case_sensitive: m.case_sensitive.as_ref().is_none_or(|b| b.value),
+        headers,
+        query_parameters,
+        grpc: m.grpc.is_some(),
+        per_million: m
+            .runtime_fraction
+            .as_ref()
+            .map(|f| per_million(f, &format!("{path}.runtime_fraction")))
+            .transpose()?,
+    })
+}
+
+fn per_million(f: &RuntimeFractionalPercent, path: &str) -> Result<u32> {
+    let p = f
+        .default_value
+        .as_ref()
+        .ok_or_else(|| format!("{path}.default_value: required"))?;
+    let scale = match DenominatorType::try_from(p.denominator) {
+        Ok(DenominatorType::Hundred) => 10_000,
+        Ok(DenominatorType::TenThousand) => 100,
+        Ok(DenominatorType::Million) => 1,
+        Err(_) => return Err(format!("{path}.default_value.denominator: unknown value")),
+    };
+    Ok(p.numerator.saturating_mul(scale).min(1_000_000))
+}
+
+#[allow(deprecated)]
+fn header_matcher(h: &HeaderMatcherPb, path: &str) -> Result<matchers::HeaderMatcher> {
+    use header_matcher::HeaderMatchSpecifier as S;
+    if h.name.is_empty() {
+        return Err(format!("{path}.name: required"));
+    }
+    let string = |kind: StringMatch| {
+        HeaderMatch::String(StringMatcher {
+            kind,
+            ignore_case: false,
+        })
+    };
+    let kind = match &h.header_match_specifier {
+        None => HeaderMatch::Any,
+        Some(S::ExactMatch(v)) => string(StringMatch::Exact(v.clone())),
+        Some(S::PrefixMatch(v)) => string(StringMatch::Prefix(v.clone())),
+        Some(S::SuffixMatch(v)) => string(StringMatch::Suffix(v.clone())),
+        Some(S::ContainsMatch(v)) => string(StringMatch::Contains(v.clone())),
+        Some(S::SafeRegexMatch(r)) => string(StringMatch::Regex(
+            matchers::full_match_regex(&r.regex)
+                .map_err(|e| format!("{path}.safe_regex_match.regex: {e}"))?,
+        )),
+        Some(S::RangeMatch(r)) => HeaderMatch::Range {
+            start: r.start,
+            end: r.end,
+        },
+        Some(S::PresentMatch(p)) => HeaderMatch::Present(*p),
+        Some(S::StringMatch(s)) => {
+            HeaderMatch::String(string_matcher(s, &format!("{path}.string_match"))?)
+        }
+    };
+    Ok(matchers::HeaderMatcher {
+        name: h.name.to_ascii_lowercase(),
+        kind,
+        invert: h.invert_match,
+        treat_missing_as_empty: h.treat_missing_header_as_empty,
+    })
+}
+
+fn query_matcher(
+    q: &QueryParameterMatcherPb,
+    path: &str,
+) -> Result<matchers::QueryParameterMatcher> {
+    use query_parameter_matcher::QueryParameterMatchSpecifier as S;
+    if q.name.is_empty() {
+        return Err(format!("{path}.name: required"));
+    }
+    let kind = match &q.query_parameter_match_specifier {
+        Some(S::StringMatch(s)) => {
+            QueryMatch::Value(string_matcher(s, &format!("{path}.string_match"))?)
+        }
+        Some(S::PresentMatch(true)) | None => QueryMatch::Present,
+        Some(S::PresentMatch(false)) => QueryMatch::Absent,
+    };
+    Ok(matchers::QueryParameterMatcher {
+        name: q.name.clone(),
+        kind,
+    })
+}
+
+/// Compiles a `StringMatcher`; patterns are lowered here when `ignore_case` is set.
+pub fn string_matcher(s: &StringMatcherPb, path: &str) -> Result<StringMatcher> {
+    use string_matcher::MatchPattern as P;
+    let ic = s.ignore_case;
+    let lower = |v: &str| {
+        if ic {
+            v.to_ascii_lowercase()
+        } else {
+            v.to_owned()
+        }
+    };
+    let kind = match &s.match_pattern {
+        Some(P::Exact(v)) => StringMatch::Exact(lower(v)),
+        Some(P::Prefix(v)) => StringMatch::Prefix(lower(v)),
+        Some(P::Suffix(v)) => StringMatch::Suffix(lower(v)),
+        Some(P::Contains(v)) => StringMatch::Contains(lower(v)),
+        Some(P::SafeRegex(r)) => StringMatch::Regex(
+            matchers::full_match_regex(&r.regex)
+                .map_err(|e| format!("{path}.safe_regex.regex: {e}"))?,
+        ),
+        Some(P::Custom(_)) => return Err(format!("{path}.custom: not supported")),
+        None => return Err(format!("{path}: a match pattern is required")),
+    };
+    Ok(StringMatcher {
+        kind,
+        ignore_case: ic,
+    })
+}
+
+/// Weighted clusters. The deprecated `total_weight` is accepted and, as in Envoy 1.40,
+/// plays no part: the split is over the sum of the weights.
+fn weighted(w: &WeightedCluster, path: &str) -> Result<ClusterSpec> {
+    if w.clusters.is_empty() {
+        return Err(format!("{path}.clusters: at least one cluster is required"));
+    }
+    let mut out = Vec::new();
+    let mut sum: u64 = 0;
+    for (i, c) in w.clusters.iter().enumerate() {
+        if c.name.is_empty() {
+            return Err(format!("{path}.clusters[{i}].name: required"));
+        }
+        let weight = c.weight.as_ref().map_or(0, |v| v.value);
+        sum += u64::from(weight);
+        out.push((c.name.clone(), weight));
+    }
+    if sum == 0 {
+        return Err(format!(
+            "{path}: the sum of the weights must be greater than 0"
+        ));
+    }
+    if sum > u64::from(u32::MAX) {
+        return Err(format!(
+            "{path}: the sum of the weights must fit in 32 bits"
+        ));
+    }
+    Ok(ClusterSpec::Weighted(out))
+}
+
+/// RE2 substitutions name groups `\1`; the regex crate's replacement syntax is `${1}`
+/// (and `$` is literal in RE2).
+fn re2_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.peek() {
+                Some(d) if d.is_ascii_digit() => {
+                    out.push_str(&format!("${{{d}}}"));
+                    chars.next();
+                }
+                Some('\\') => {
+                    out.push('\\');
+                    chars.next();
+                }
+                _ => out.push('\\'),
+            },
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn re2_substitutions_become_regex_replacements() {
+        assert_eq!(re2_substitution(r"/\1/x/\2"), "/${1}/x/${2}");
+        assert_eq!(re2_substitution("/a$b"), "/a$$b");
+        assert_eq!(re2_substitution(r"\\1"), r"\1");
+    }
+}
