@@ -155,12 +155,20 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             "routes[0].route.weighted_clusters: the sum of the weights must be greater than 0",
         ),
         (
-            "per-cluster header mutation in a weighted split",
+            "a host header added by a route",
             hcm("", ROUTER).replace(
-                "{ cluster: c }",
-                "{ weighted_clusters: { clusters: [{ name: c, weight: 1, request_headers_to_add: [{ header: { key: a, value: b } }] }] } }",
+                "route: { cluster: c }",
+                "request_headers_to_add: [{ header: { key: Host, value: x } }]\n                route: { cluster: c }",
             ),
-            "weighted_clusters.clusters[0].request_headers_to_add: not supported",
+            "routes[0].request_headers_to_add[0].header.key: 'Host': :-prefixed or host headers may not be modified",
+        ),
+        (
+            "an unknown operator in a header value",
+            hcm("", ROUTER).replace(
+                "route: { cluster: c }",
+                "response_headers_to_add: [{ header: { key: x, value: \"%NOPE%\" } }]\n                route: { cluster: c }",
+            ),
+            "routes[0].response_headers_to_add[0].header.value: command operator %NOPE% is not supported",
         ),
         (
             "redirect action",

@@ -293,3 +293,158 @@ async fn routing_matches_envoy() {
         );
     }
 }
+
+/// Header mutations at all four levels, every append action, removal order, formatted
+/// values, and response mutations on upstream responses and on local replies.
+fn mutations_bootstrap(a: SocketAddr, dead: SocketAddr) -> String {
+    let routes = r#"              - match: { prefix: "/h" }
+                request_headers_to_add:
+                - header: { key: x-level, value: route }
+                  append_action: OVERWRITE_IF_EXISTS_OR_ADD
+                - header: { key: x-multi, value: route }
+                - header: { key: x-empty, value: "" }
+                - header: { key: x-kept-empty, value: "" }
+                  keep_empty_value: true
+                - header: { key: x-absent, value: route }
+                  append_action: ADD_IF_ABSENT
+                - header: { key: x-ow, value: route }
+                  append_action: OVERWRITE_IF_EXISTS
+                - header: { key: x-ow2, value: route }
+                  append_action: OVERWRITE_IF_EXISTS
+                - header: { key: x-old-append, value: route }
+                  append: false
+                - header: { key: X-Upper, value: route }
+                - header: { key: x-addr, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" }
+                - header: { key: x-copy, value: "from %REQ(x-src)%" }
+                - header: { key: x-missing, value: "%REQ(x-none)%" }
+                - header: { key: x-pct, value: "100%%" }
+                request_headers_to_remove: [x-removed-by-route, x-client-remove]
+                response_headers_to_add:
+                - header: { key: x-r, value: route }
+                - header: { key: x-code, value: "%RESPONSE_CODE%" }
+                response_headers_to_remove: [x-upstream]
+                route:
+                  weighted_clusters:
+                    clusters:
+                    - name: a
+                      weight: 1
+                      request_headers_to_add:
+                      - header: { key: x-level, value: wc }
+                        append_action: OVERWRITE_IF_EXISTS_OR_ADD
+                      - header: { key: x-multi, value: wc }
+                      response_headers_to_add:
+                      - header: { key: x-r, value: wc }
+              - match: { prefix: "/dead" }
+                response_headers_to_add:
+                - header: { key: x-r, value: dead }
+                route: { cluster: dead }"#;
+    let clusters = format!(
+        "{}{}",
+        static_cluster("a", &[a], false),
+        static_cluster("dead", &[dead], false)
+    );
+    http_bootstrap(routes, &clusters)
+        .replace(
+            "            virtual_hosts:\n",
+            r#"            request_headers_to_add:
+            - header: { key: x-level, value: global }
+              append_action: OVERWRITE_IF_EXISTS_OR_ADD
+            - header: { key: x-multi, value: global }
+            response_headers_to_add:
+            - header: { key: x-r, value: global }
+            virtual_hosts:
+"#,
+        )
+        .replace(
+            "              domains: [\"*\"]\n",
+            r#"              domains: ["*"]
+              request_headers_to_add:
+              - header: { key: x-level, value: vhost }
+                append_action: OVERWRITE_IF_EXISTS_OR_ADD
+              - header: { key: x-multi, value: vhost }
+              - header: { key: x-removed-by-route, value: vhost }
+              response_headers_to_add:
+              - header: { key: x-r, value: vhost }
+"#,
+        )
+}
+
+#[tokio::test]
+async fn header_mutations_match_envoy() {
+    let Some(envoy) = envoy_bin() else {
+        require(
+            "the envoy binary (scripts/test installs it into .venv)",
+            false,
+        );
+        return;
+    };
+    let a = Upstream::start("a").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let yaml = mutations_bootstrap(a.addr, dead);
+    let ours = Proxy::start(&yaml).await;
+    let theirs = Proxy::start_bin(&envoy, &yaml, &["--disable-hot-restart"]).await;
+    const SEEN: &[&str] = &[
+        "x-level",
+        "x-multi",
+        "x-empty",
+        "x-kept-empty",
+        "x-absent",
+        "x-ow",
+        "x-ow2",
+        "x-old-append",
+        "x-upper",
+        "x-addr",
+        "x-copy",
+        "x-missing",
+        "x-pct",
+        "x-removed-by-route",
+        "x-client-remove",
+    ];
+    const RETURNED: &[&str] = &["x-r", "x-code", "x-upstream"];
+    let values = |h: &http::HeaderMap, names: &[&str]| -> Vec<(String, Vec<String>)> {
+        names
+            .iter()
+            .map(|n| {
+                let vs = h
+                    .get_all(*n)
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .collect();
+                (n.to_string(), vs)
+            })
+            .collect()
+    };
+    let mut outcomes = Vec::new();
+    for proxy in [&theirs, &ours] {
+        let mut got = Vec::new();
+        for path in ["/h", "/dead", "/none"] {
+            let req = Request::get(path)
+                .header("host", "reviews")
+                .header("x-ow2", "client")
+                .header("x-absent", "client")
+                .header("x-client-remove", "1")
+                .header("x-multi", "client")
+                .header("x-old-append", "client")
+                .header("x-src", "client")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let before = a.requests().len();
+            let (status, headers, _) = send(proxy.listener("http"), false, req).await.unwrap();
+            let seen = a.requests();
+            let seen = (seen.len() > before).then(|| values(&seen.last().unwrap().headers, SEEN));
+            got.push((path, status.as_u16(), seen, values(&headers, RETURNED)));
+        }
+        outcomes.push(got);
+    }
+    let (want, got) = (&outcomes[0], &outcomes[1]);
+    for (w, g) in want.iter().zip(got) {
+        assert_eq!(
+            g, w,
+            "pilotfish (left) and Envoy (right) differ for {}",
+            w.0
+        );
+    }
+}

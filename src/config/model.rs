@@ -3,7 +3,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 pub use crate::{
-    http::matchers::{HeaderMatcher, QueryParameterMatcher},
+    http::{
+        header_mutation::HeaderMutations,
+        matchers::{HeaderMatcher, QueryParameterMatcher},
+    },
     telemetry::access_log::AccessLogConfig,
 };
 use regex::Regex;
@@ -69,6 +72,16 @@ pub struct HttpConfig {
 pub struct RouteTable {
     pub name: String,
     pub virtual_hosts: Vec<VirtualHost>,
+    pub headers: Headers,
+    /// `most_specific_header_mutations_wins`: apply the levels least specific first.
+    pub most_specific_wins: bool,
+}
+
+/// Header mutations of one level, both directions.
+#[derive(Debug, Clone, Default)]
+pub struct Headers {
+    pub request: HeaderMutations,
+    pub response: HeaderMutations,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +89,7 @@ pub struct VirtualHost {
     pub name: String,
     pub domains: Vec<String>,
     pub routes: Vec<Route>,
+    pub headers: Headers,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +98,7 @@ pub struct Route {
     pub matcher: RouteMatch,
     pub cluster: ClusterSpec,
     pub rewrite: Rewrite,
+    pub headers: Headers,
     /// Whole-request timeout; `None` when disabled with `0s`. Envoy's default is 15 s.
     pub timeout: Option<Duration>,
 }
@@ -132,14 +147,31 @@ pub enum PathMatch {
 pub enum ClusterSpec {
     Single(String),
     /// `weighted_clusters`: picked at random in proportion to the weights.
-    Weighted(Vec<(String, u32)>),
+    Weighted(Vec<WeightedTarget>),
+}
+
+#[derive(Debug, Clone)]
+pub struct WeightedTarget {
+    pub name: String,
+    pub weight: u32,
+    pub headers: Headers,
+}
+
+impl WeightedTarget {
+    pub fn new(name: &str, weight: u32) -> Self {
+        WeightedTarget {
+            name: name.into(),
+            weight,
+            headers: Headers::default(),
+        }
+    }
 }
 
 impl ClusterSpec {
     pub fn names(&self) -> Vec<&str> {
         match self {
             ClusterSpec::Single(c) => vec![c],
-            ClusterSpec::Weighted(w) => w.iter().map(|(c, _)| c.as_str()).collect(),
+            ClusterSpec::Weighted(w) => w.iter().map(|t| t.name.as_str()).collect(),
         }
     }
 }

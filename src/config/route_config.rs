@@ -1,11 +1,12 @@
 //! Compiles an Envoy `RouteConfiguration` into the runtime [`RouteTable`]: virtual hosts,
 //! route matches (path, headers, query parameters, gRPC, runtime fraction) and route
-//! actions (cluster or weighted clusters, path and host rewrites, timeout). Errors name
-//! the field path and, for values Envoy would also refuse, say why.
+//! actions (cluster or weighted clusters, path and host rewrites, timeout), and header
+//! mutations at every level. Errors name the field path and, for values Envoy would
+//! also refuse, say why.
 use std::{collections::HashSet, time::Duration};
 
 use envoy_types::pb::envoy::{
-    config::core::v3::RuntimeFractionalPercent,
+    config::core::v3::{HeaderValueOption, RuntimeFractionalPercent, header_value_option},
     config::route::v3::{
         HeaderMatcher as HeaderMatcherPb, QueryParameterMatcher as QueryParameterMatcherPb,
         RouteConfiguration, WeightedCluster, header_matcher, query_parameter_matcher, route,
@@ -18,7 +19,13 @@ use envoy_types::pb::envoy::{
 };
 
 use super::model::*;
-use crate::http::matchers::{self, HeaderMatch, QueryMatch, StringMatch, StringMatcher};
+use crate::{
+    http::{
+        header_mutation,
+        matchers::{self, HeaderMatch, QueryMatch, StringMatch, StringMatcher},
+    },
+    telemetry::access_log::{self, Piece},
+};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -53,11 +60,22 @@ pub fn route_table(
             name: vh.name.clone(),
             domains,
             routes,
+            headers: headers(
+                &vpath,
+                (&vh.request_headers_to_add, &vh.request_headers_to_remove),
+                (&vh.response_headers_to_add, &vh.response_headers_to_remove),
+            )?,
         });
     }
     Ok(RouteTable {
         name: rc.name.clone(),
         virtual_hosts,
+        headers: headers(
+            path,
+            (&rc.request_headers_to_add, &rc.request_headers_to_remove),
+            (&rc.response_headers_to_add, &rc.response_headers_to_remove),
+        )?,
+        most_specific_wins: rc.most_specific_header_mutations_wins,
     })
 }
 
@@ -128,6 +146,11 @@ fn route(
         matcher,
         cluster,
         rewrite,
+        headers: headers(
+            path,
+            (&rt.request_headers_to_add, &rt.request_headers_to_remove),
+            (&rt.response_headers_to_add, &rt.response_headers_to_remove),
+        )?,
         timeout,
     })
 }
@@ -295,12 +318,21 @@ fn weighted(w: &WeightedCluster, path: &str) -> Result<ClusterSpec> {
     let mut out = Vec::new();
     let mut sum: u64 = 0;
     for (i, c) in w.clusters.iter().enumerate() {
+        let cpath = format!("{path}.clusters[{i}]");
         if c.name.is_empty() {
-            return Err(format!("{path}.clusters[{i}].name: required"));
+            return Err(format!("{cpath}.name: required"));
         }
         let weight = c.weight.as_ref().map_or(0, |v| v.value);
         sum += u64::from(weight);
-        out.push((c.name.clone(), weight));
+        out.push(WeightedTarget {
+            name: c.name.clone(),
+            weight,
+            headers: headers(
+                &cpath,
+                (&c.request_headers_to_add, &c.request_headers_to_remove),
+                (&c.response_headers_to_add, &c.response_headers_to_remove),
+            )?,
+        });
     }
     if sum == 0 {
         return Err(format!(
@@ -313,6 +345,83 @@ fn weighted(w: &WeightedCluster, path: &str) -> Result<ClusterSpec> {
         ));
     }
     Ok(ClusterSpec::Weighted(out))
+}
+
+type HeaderFields<'a> = (&'a [HeaderValueOption], &'a [String]);
+
+/// One level's `request_headers_to_add`/`_remove` and `response_headers_to_add`/`_remove`.
+fn headers(path: &str, request: HeaderFields<'_>, response: HeaderFields<'_>) -> Result<Headers> {
+    Ok(Headers {
+        request: mutations(path, "request", request)?,
+        response: mutations(path, "response", response)?,
+    })
+}
+
+fn mutations(
+    path: &str,
+    direction: &str,
+    (to_add, to_remove): HeaderFields<'_>,
+) -> Result<HeaderMutations> {
+    use header_mutation::{AppendAction, HeaderAdd, Value};
+    use header_value_option::HeaderAppendAction as A;
+    let name = |raw: &str, field: &str, verb: &str| -> Result<http::HeaderName> {
+        let lower = raw.to_ascii_lowercase();
+        if lower.starts_with(':') || lower == "host" {
+            return Err(format!(
+                "{field}: '{raw}': :-prefixed or host headers may not be {verb}"
+            ));
+        }
+        http::HeaderName::from_bytes(lower.as_bytes())
+            .map_err(|_| format!("{field}: '{raw}' is not a valid header name"))
+    };
+    let mut out = HeaderMutations::default();
+    for (i, r) in to_remove.iter().enumerate() {
+        let field = format!("{path}.{direction}_headers_to_remove[{i}]");
+        out.remove.push(name(r, &field, "removed")?);
+    }
+    for (i, opt) in to_add.iter().enumerate() {
+        let field = format!("{path}.{direction}_headers_to_add[{i}]");
+        let h = opt
+            .header
+            .as_ref()
+            .ok_or_else(|| format!("{field}.header: required"))?;
+        let header_name = name(&h.key, &format!("{field}.header.key"), "modified")?;
+        let raw = if h.value.is_empty() && !h.raw_value.is_empty() {
+            String::from_utf8(h.raw_value.clone())
+                .map_err(|_| format!("{field}.header.raw_value: not UTF-8"))?
+        } else {
+            h.value.clone()
+        };
+        let pieces = access_log::parse(&raw).map_err(|e| format!("{field}.header.value: {e}"))?;
+        let value = match pieces.as_slice() {
+            [] => Value::Static(http::HeaderValue::from_static("")),
+            [Piece::Literal(s)] => Value::Static(
+                http::HeaderValue::from_str(s)
+                    .map_err(|_| format!("{field}.header.value: not a valid header value"))?,
+            ),
+            _ => Value::Formatted(pieces),
+        };
+        #[allow(deprecated)]
+        let action = match (
+            opt.append.as_ref().map(|b| b.value),
+            A::try_from(opt.append_action),
+        ) {
+            (Some(true), _) => AppendAction::Append,
+            (Some(false), _) => AppendAction::Overwrite,
+            (None, Ok(A::AppendIfExistsOrAdd)) => AppendAction::Append,
+            (None, Ok(A::AddIfAbsent)) => AppendAction::AddIfAbsent,
+            (None, Ok(A::OverwriteIfExistsOrAdd)) => AppendAction::Overwrite,
+            (None, Ok(A::OverwriteIfExists)) => AppendAction::OverwriteIfExists,
+            (None, Err(_)) => return Err(format!("{field}.append_action: unknown value")),
+        };
+        out.add.push(HeaderAdd {
+            name: header_name,
+            value,
+            action,
+            keep_empty: opt.keep_empty_value,
+        });
+    }
+    Ok(out)
 }
 
 /// RE2 substitutions name groups `\1`; the regex crate's replacement syntax is `${1}`

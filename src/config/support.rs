@@ -135,15 +135,48 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.DataSource", &["inline_string"]),
     (
         "envoy.config.route.v3.RouteConfiguration",
-        &["name", "virtual_hosts"],
+        &[
+            "name",
+            "virtual_hosts",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+            "most_specific_header_mutations_wins",
+        ],
     ),
     (
         "envoy.config.route.v3.VirtualHost",
-        &["name", "domains", "routes"],
+        &[
+            "name",
+            "domains",
+            "routes",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+        ],
     ),
     (
         "envoy.config.route.v3.Route",
-        &["name", "match", "route", "metadata"],
+        &[
+            "name",
+            "match",
+            "route",
+            "metadata",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.HeaderValueOption",
+        &["header", "append", "append_action", "keep_empty_value"],
+    ),
+    (
+        "envoy.config.core.v3.HeaderValue",
+        &["key", "value", "raw_value"],
     ),
     (
         "envoy.config.route.v3.RouteMatch",
@@ -229,7 +262,14 @@ const FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.route.v3.WeightedCluster.ClusterWeight",
-        &["name", "weight"],
+        &[
+            "name",
+            "weight",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+        ],
     ),
     (
         "envoy.config.cluster.v3.Cluster",

@@ -4,9 +4,9 @@
 //! fraction all match wins.
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use super::matchers::RequestHead;
+use super::{header_mutation::HeaderMutations, matchers::RequestHead};
 use crate::{
-    config::{ClusterSpec, PathMatch, Rewrite, RouteMatch, RouteTable},
+    config::{ClusterSpec, Headers, PathMatch, Rewrite, RouteMatch, RouteTable},
     upstream::{Cluster, ClusterManager},
 };
 
@@ -16,6 +16,7 @@ pub struct Route {
     pub matcher: RouteMatch,
     clusters: Clusters,
     pub rewrite: Rewrite,
+    pub headers: Headers,
     pub timeout: Option<Duration>,
 }
 
@@ -24,8 +25,9 @@ pub struct Route {
 enum Clusters {
     Single(Arc<Cluster>),
     Weighted {
-        /// Each cluster with the cumulative weight up to and including it.
-        clusters: Vec<(Arc<Cluster>, u64)>,
+        /// Each cluster with the cumulative weight up to and including it, and its
+        /// header mutations.
+        clusters: Vec<(Arc<Cluster>, u64, Headers)>,
         total: u64,
     },
 }
@@ -34,12 +36,45 @@ enum Clusters {
 pub struct VirtualHost {
     pub name: String,
     routes: Vec<Route>,
+    headers: Headers,
+}
+
+/// A routing decision: the virtual host and route, and the cluster picked for this
+/// request (with its weighted-cluster header mutations, if any).
+#[derive(Debug, Clone, Copy)]
+pub struct Matched<'a> {
+    table: &'a Routes,
+    vhost: &'a VirtualHost,
+    pub route: &'a Route,
+    pub cluster: &'a Arc<Cluster>,
+    weighted: Option<&'a Headers>,
+}
+
+impl<'a> Matched<'a> {
+    /// The header mutation levels for the request (or response), in the order they
+    /// apply: weighted cluster, route, virtual host, route configuration; reversed with
+    /// `most_specific_header_mutations_wins`.
+    pub fn header_levels(&self, request: bool) -> impl Iterator<Item = &'a HeaderMutations> {
+        let pick = move |h: &'a Headers| if request { &h.request } else { &h.response };
+        let mut levels = [
+            self.weighted.map(pick),
+            Some(pick(&self.route.headers)),
+            Some(pick(&self.vhost.headers)),
+            Some(pick(&self.table.headers)),
+        ];
+        if self.table.most_specific_wins {
+            levels.reverse();
+        }
+        levels.into_iter().flatten().filter(|m| !m.is_empty())
+    }
 }
 
 /// A compiled route table with clusters resolved.
 #[derive(Debug, Default)]
 pub struct Routes {
     hosts: Vec<VirtualHost>,
+    headers: Headers,
+    most_specific_wins: bool,
     exact: HashMap<String, usize>,
     /// `*suffix` domains (stored without the `*`), longest first.
     suffixes: Vec<(String, usize)>,
@@ -51,7 +86,11 @@ pub struct Routes {
 impl Routes {
     /// Builds the table; every route's cluster must exist in `clusters`.
     pub fn new(table: &RouteTable, clusters: &ClusterManager) -> Result<Self, String> {
-        let mut out = Routes::default();
+        let mut out = Routes {
+            headers: table.headers.clone(),
+            most_specific_wins: table.most_specific_wins,
+            ..Routes::default()
+        };
         for (i, vh) in table.virtual_hosts.iter().enumerate() {
             let mut routes = Vec::with_capacity(vh.routes.len());
             for r in &vh.routes {
@@ -66,9 +105,9 @@ impl Routes {
                     ClusterSpec::Weighted(w) => {
                         let mut total = 0;
                         let mut list = Vec::with_capacity(w.len());
-                        for (name, weight) in w {
-                            total += u64::from(*weight);
-                            list.push((get(name)?, total));
+                        for t in w {
+                            total += u64::from(t.weight);
+                            list.push((get(&t.name)?, total, t.headers.clone()));
                         }
                         Clusters::Weighted {
                             clusters: list,
@@ -81,12 +120,14 @@ impl Routes {
                     matcher: r.matcher.clone(),
                     clusters: picked,
                     rewrite: r.rewrite.clone(),
+                    headers: r.headers.clone(),
                     timeout: r.timeout,
                 });
             }
             out.hosts.push(VirtualHost {
                 name: vh.name.clone(),
                 routes,
+                headers: vh.headers.clone(),
             });
             for d in &vh.domains {
                 if d == "*" {
@@ -134,12 +175,18 @@ impl Routes {
         Some(&self.hosts[i])
     }
 
-    /// The route for a request, or `None` (Envoy's NR).
-    pub fn route(&self, req: &RequestHead<'_>) -> Option<&Route> {
-        self.virtual_host(req.authority)?
-            .routes
-            .iter()
-            .find(|r| r.matches(req))
+    /// The route for a request and the cluster it picks, or `None` (Envoy's NR).
+    pub fn route(&self, req: &RequestHead<'_>) -> Option<Matched<'_>> {
+        let vhost = self.virtual_host(req.authority)?;
+        let route = vhost.routes.iter().find(|r| r.matches(req))?;
+        let (cluster, weighted) = route.pick();
+        Some(Matched {
+            table: self,
+            vhost,
+            route,
+            cluster,
+            weighted,
+        })
     }
 }
 
@@ -168,17 +215,17 @@ impl Route {
 
     /// The cluster for one request: the route's cluster, or a weighted pick as Envoy
     /// makes it (a random value below the total weight, then the first cluster whose
-    /// cumulative weight exceeds it).
-    pub fn cluster(&self) -> &Arc<Cluster> {
+    /// cumulative weight exceeds it), with that weighted cluster's header mutations.
+    fn pick(&self) -> (&Arc<Cluster>, Option<&Headers>) {
         match &self.clusters {
-            Clusters::Single(c) => c,
+            Clusters::Single(c) => (c, None),
             Clusters::Weighted { clusters, total } => {
                 let v = fastrand::u64(..*total);
-                &clusters
+                let (c, _, h) = clusters
                     .iter()
-                    .find(|(_, end)| v < *end)
-                    .unwrap_or(&clusters[clusters.len() - 1])
-                    .0
+                    .find(|(_, end, _)| v < *end)
+                    .unwrap_or(&clusters[clusters.len() - 1]);
+                (c, Some(h))
             }
         }
     }
@@ -229,6 +276,7 @@ mod tests {
             },
             cluster: ClusterSpec::Single(cluster.into()),
             rewrite: Rewrite::default(),
+            headers: Headers::default(),
             timeout: None,
         }
     }
@@ -249,7 +297,7 @@ mod tests {
             path_and_query: path,
             headers: &map,
         };
-        t.route(&req).map(|r| r.cluster().name().to_owned())
+        t.route(&req).map(|m| m.cluster.name().to_owned())
     }
 
     fn vh(name: &str, domains: &[&str], routes: Vec<config::Route>) -> config::VirtualHost {
@@ -257,6 +305,7 @@ mod tests {
             name: name.into(),
             domains: domains.iter().map(|d| d.to_string()).collect(),
             routes,
+            headers: Headers::default(),
         }
     }
 
@@ -297,6 +346,7 @@ mod tests {
                     ],
                 ),
             ],
+            ..Default::default()
         };
         Routes::new(&t, &manager()).unwrap()
     }
@@ -340,6 +390,7 @@ mod tests {
                 &["*"],
                 vec![route(PathMatch::Prefix("/".into()), "zz", true)],
             )],
+            ..Default::default()
         };
         assert_eq!(
             Routes::new(&t, &manager()).unwrap_err(),
@@ -439,6 +490,7 @@ mod tests {
             &RouteTable {
                 name: "m".into(),
                 virtual_hosts: vec![vh("m", &["*"], routes)],
+                ..Default::default()
             },
             &manager(),
         )
@@ -507,7 +559,7 @@ mod tests {
             path_and_query: "/",
             headers: &map,
         };
-        assert_eq!(t.route(&req).unwrap().cluster().name(), "c");
+        assert_eq!(t.route(&req).unwrap().cluster.name(), "c");
     }
 
     /// 75/25 over 100,000 picks: the standard deviation is about 137 picks, so the
@@ -521,10 +573,14 @@ mod tests {
                     "w",
                     &["*"],
                     vec![config::Route {
-                        cluster: ClusterSpec::Weighted(vec![("a".into(), 75), ("b".into(), 25)]),
+                        cluster: ClusterSpec::Weighted(vec![
+                            config::WeightedTarget::new("a", 75),
+                            config::WeightedTarget::new("b", 25),
+                        ]),
                         ..route(PathMatch::Prefix("/".into()), "a", true)
                     }],
                 )],
+                ..Default::default()
             },
             &manager(),
         )

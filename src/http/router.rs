@@ -18,11 +18,11 @@ use hyper::body::Incoming;
 
 use super::{
     body::{self, Body, Guarded, Observer},
-    headers,
+    header_mutation, headers,
     local_reply::{self, ResponseFlag},
     matchers::RequestHead,
     rewrite,
-    route_match::{Route, Routes},
+    route_match::{Matched, Routes},
 };
 use crate::{
     config::{HttpConfig, UpstreamProtocol},
@@ -51,8 +51,7 @@ pub struct HttpConnectionManager {
 /// What routing chose for a request, for the access log.
 #[derive(Debug, Default)]
 struct Picked<'a> {
-    route: Option<&'a Route>,
-    cluster: Option<&'a str>,
+    matched: Option<Matched<'a>>,
     host: Option<SocketAddr>,
 }
 
@@ -108,10 +107,9 @@ impl HttpConnectionManager {
         }
         let active = GaugeGuard::new(&stats.downstream_rq_active);
         if self.access_logs.is_empty() {
-            let mut resp = self
-                .forward(down, req.map(body::boxed), &mut Picked::default())
-                .await;
-            self.finish(&mut resp);
+            let mut picked = Picked::default();
+            let mut resp = self.forward(down, req.map(body::boxed), &mut picked).await;
+            self.finish(&picked, down, &mut resp);
             let (parts, b) = resp.into_parts();
             return Response::from_parts(parts, body::boxed(Guarded::new(b, active, None)));
         }
@@ -134,14 +132,14 @@ impl HttpConnectionManager {
         let req = req.map(|b| body::boxed(Guarded::new(b, ByteCount(received.clone()), None)));
         let mut picked = Picked::default();
         let mut resp = self.forward(down, req, &mut picked).await;
-        self.finish(&mut resp);
+        self.finish(&picked, down, &mut resp);
         record.response_code = resp.status().as_u16();
         record.response_flags = resp.extensions().get::<ResponseFlag>().map(|f| f.as_str());
         record.response_headers = Some(resp.headers().clone());
         record.upstream_host = picked.host;
-        record.upstream_cluster = picked.cluster.map(str::to_owned);
-        if let Some(r) = picked.route {
-            record.route_name = Some(r.name.clone());
+        if let Some(m) = &picked.matched {
+            record.upstream_cluster = Some(m.cluster.name().to_owned());
+            record.route_name = Some(m.route.name.clone());
         }
         let end = RequestEnd {
             _active: active,
@@ -155,7 +153,27 @@ impl HttpConnectionManager {
         Response::from_parts(parts, body::boxed(Guarded::new(b, end, None)))
     }
 
-    fn finish(&self, resp: &mut Response<Body>) {
+    /// Everything a response gets once routing is done: the route's response header
+    /// mutations (upstream responses and local replies after routing alike, as Envoy),
+    /// the response-code stats and the `server` header.
+    fn finish(&self, picked: &Picked<'_>, down: Downstream, resp: &mut Response<Body>) {
+        if let Some(m) = &picked.matched {
+            let levels = || m.header_levels(false);
+            if levels().next().is_some() {
+                let ctx = levels().any(|l| l.is_formatted()).then(|| Record {
+                    response_code: resp.status().as_u16(),
+                    response_headers: Some(resp.headers().clone()),
+                    upstream_host: picked.host,
+                    upstream_cluster: Some(m.cluster.name().to_owned()),
+                    route_name: Some(m.route.name.clone()),
+                    downstream_remote: Some(down.peer),
+                    downstream_local: Some(down.local),
+                    start: Some(SystemTime::now()),
+                    ..Default::default()
+                });
+                header_mutation::apply_all(levels(), resp.headers_mut(), ctx.as_ref());
+            }
+        }
         self.stats.downstream_rq.record(resp.status().as_u16());
         resp.headers_mut()
             .insert(header::SERVER, self.server_name.clone());
@@ -180,15 +198,13 @@ impl HttpConnectionManager {
             path_and_query: path,
             headers: req.headers(),
         };
-        let Some(route) = self.routes.route(&head) else {
+        let Some(matched) = self.routes.route(&head) else {
             self.stats.no_route.inc();
             return local_reply::reply(ResponseFlag::NoRouteFound);
         };
-        picked.route = Some(route);
-        let cluster = route.cluster();
-        picked.cluster = Some(cluster.name());
-        let cluster = cluster.clone();
-        let timeout = route.timeout;
+        picked.matched = Some(matched);
+        let cluster = matched.cluster.clone();
+        let timeout = matched.route.timeout;
         let Some(host) = cluster.pick(Some(down.local)) else {
             cluster.stats.upstream_cx_none_healthy.inc();
             cluster.stats.upstream_rq.record(503);
@@ -200,7 +216,8 @@ impl HttpConnectionManager {
             UpstreamProtocol::Http2 => true,
             UpstreamProtocol::Downstream => req.version() == Version::HTTP_2,
         };
-        let upstream_req = match self.upstream_request(req, route, authority, timeout, h2) {
+        let upstream_req = match self.upstream_request(req, &matched, down, authority, timeout, h2)
+        {
             Ok(r) => r,
             Err(resp) => return resp,
         };
@@ -261,12 +278,14 @@ impl HttpConnectionManager {
     fn upstream_request(
         &self,
         req: Request<Body>,
-        route: &Route,
+        matched: &Matched<'_>,
+        down: Downstream,
         mut authority: Option<String>,
         timeout: Option<std::time::Duration>,
         h2: bool,
     ) -> Result<Request<Body>, Response<Body>> {
         let (mut parts, body) = req.into_parts();
+        let route = matched.route;
         if let Some(rw) = &route.rewrite.path {
             let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
             let new = rewrite::path(rw, &route.matcher.path, original);
@@ -293,6 +312,24 @@ impl HttpConnectionManager {
                 "x-envoy-expected-rq-timeout-ms",
                 HeaderValue::from(t.as_millis() as u64),
             );
+        }
+        let levels = || matched.header_levels(true);
+        if levels().next().is_some() {
+            let ctx = levels().any(|l| l.is_formatted()).then(|| Record {
+                start: Some(SystemTime::now()),
+                method: Some(parts.method.to_string()),
+                path: parts.uri.path_and_query().map(|p| p.to_string()),
+                authority: authority.clone(),
+                scheme: Some("http"),
+                protocol: Some(protocol_name(parts.version)),
+                request_headers: Some(h.clone()),
+                upstream_cluster: Some(matched.cluster.name().to_owned()),
+                route_name: Some(route.name.clone()),
+                downstream_remote: Some(down.peer),
+                downstream_local: Some(down.local),
+                ..Default::default()
+            });
+            header_mutation::apply_all(levels(), h, ctx.as_ref());
         }
         let path = parts
             .uri

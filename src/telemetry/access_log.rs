@@ -247,12 +247,24 @@ impl Record {
     }
 
     fn render_pieces(&self, pieces: &[Piece], out: &mut String) {
+        self.render_with(pieces, "-", out);
+    }
+
+    fn render_with(&self, pieces: &[Piece], missing: &str, out: &mut String) {
         for p in pieces {
             match p {
                 Piece::Literal(s) => out.push_str(s),
-                Piece::Op(op) => out.push_str(self.value(op).as_deref().unwrap_or("-")),
+                Piece::Op(op) => out.push_str(self.value(op).as_deref().unwrap_or(missing)),
             }
         }
+    }
+
+    /// A header value from format pieces: as a log line, but a missing value renders
+    /// empty (as Envoy's header formatter does) instead of `-`.
+    pub fn render_value(&self, pieces: &[Piece]) -> String {
+        let mut out = String::new();
+        self.render_with(pieces, "", &mut out);
+        out
     }
 
     /// The line for `format`, newline-terminated.
