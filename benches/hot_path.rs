@@ -8,8 +8,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use pilotfish::{
     config::{
-        ClusterConfig, ClusterSpec, Discovery, DnsFamily, EndpointConfig, PathMatch, Rewrite,
-        Route, RouteMatch, RouteTable, UpstreamProtocol, VirtualHost, WeightedTarget,
+        ClusterConfig, ClusterSpec, Discovery, DnsFamily, EndpointConfig, Forward, PathMatch,
+        Route, RouteAction, RouteMatch, RouteTable, UpstreamProtocol, VirtualHost, WeightedTarget,
     },
     http::{headers, matchers::RequestHead, route_match::Routes},
     telemetry::{scopes::ClusterStats, stats::Store},
@@ -50,10 +50,8 @@ fn route(path: PathMatch, cluster: ClusterSpec) -> Route {
     Route {
         name: String::new(),
         matcher: RouteMatch::path(path),
-        cluster,
-        rewrite: Rewrite::default(),
+        action: RouteAction::Forward(Forward::to(cluster)),
         headers: Default::default(),
-        timeout: None,
     }
 }
 
@@ -109,7 +107,8 @@ fn weighted_pick(c: &mut Criterion) {
             routes
                 .route(black_box(&head("/", &none)))
                 .unwrap()
-                .cluster
+                .cluster()
+                .unwrap()
                 .name()
                 .len()
         })

@@ -171,9 +171,14 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             "routes[0].response_headers_to_add[0].header.value: command operator %NOPE% is not supported",
         ),
         (
-            "redirect action",
-            hcm("", ROUTER).replace("route: { cluster: c }", "redirect: { path_redirect: \"/x\" }"),
-            "routes[0].redirect: not supported",
+            "redirect with a path template rewrite",
+            hcm("", ROUTER).replace("route: { cluster: c }", "redirect: { path_rewrite: \"/x\" }"),
+            "routes[0].redirect.path_rewrite: not supported",
+        ),
+        (
+            "direct response with an impossible status",
+            hcm("", ROUTER).replace("route: { cluster: c }", "direct_response: { status: 99 }"),
+            "routes[0].direct_response.status: 99 is not in [200, 600)",
         ),
         (
             "RDS",

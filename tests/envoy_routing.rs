@@ -81,6 +81,20 @@ fn bootstrap(a: SocketAddr, b: SocketAddr) -> String {
                   regex_rewrite: { pattern: { regex: "^/svc/([^/]+)/(.*)$" }, substitution: "/\\2/of/\\1" }
               - match: { prefix: "/host" }
                 route: { cluster: b, host_rewrite_literal: "reviews.prod.svc.cluster.local" }
+              - match: { prefix: "/to-https" }
+                redirect: { https_redirect: true }
+              - match: { prefix: "/moved" }
+                redirect: { host_redirect: "new.example.com", path_redirect: "/landing", response_code: FOUND }
+              - match: { prefix: "/port" }
+                redirect: { port_redirect: 8443, scheme_redirect: https, strip_query: true }
+              - match: { prefix: "/old/" }
+                redirect: { prefix_rewrite: "/new/", response_code: PERMANENT_REDIRECT }
+              - match: { prefix: "/rx/" }
+                redirect: { regex_rewrite: { pattern: { regex: "^/rx/(.*)$" }, substitution: "/y/\\1" }, response_code: SEE_OTHER }
+              - match: { prefix: "/direct" }
+                direct_response: { status: 200, body: { inline_string: "hello from the route\n" } }
+              - match: { prefix: "/unavailable" }
+                direct_response: { status: 503 }
               - match: { prefix: "/all-b" }
                 route:
                   weighted_clusters:
@@ -184,6 +198,13 @@ const CASES: &[Case] = &[
     get("/svc/noslash", &[]),
     get("/host/x", &[]),
     get("/all-b/x", &[]),
+    get("/to-https/x?q=1", &[]),
+    get("/moved/x?q=1", &[]),
+    get("/port/x?q=1", &[]),
+    get("/old/a/b?z", &[]),
+    get("/rx/abc?k", &[]),
+    get("/direct", &[]),
+    get("/unavailable", &[]),
 ];
 
 #[derive(Debug, PartialEq)]
@@ -193,6 +214,10 @@ struct Outcome {
     seen_path: Option<String>,
     seen_authority: Option<String>,
     seen_original_path: Option<String>,
+    location: Option<String>,
+    content_type: Option<String>,
+    /// Only for local answers (an upstream's echo carries per-request ids).
+    local_body: Option<String>,
 }
 
 async fn run(proxy: &Proxy, a: &Upstream, b: &Upstream, case: &Case) -> Outcome {
@@ -205,7 +230,7 @@ async fn run(proxy: &Proxy, a: &Upstream, b: &Upstream, case: &Case) -> Outcome 
         req = req.header(*k, *v);
     }
     let req = req.body(Full::new(Bytes::new())).unwrap();
-    let (status, headers, _) = send(proxy.listener("http"), false, req).await.unwrap();
+    let (status, headers, body) = send(proxy.listener("http"), false, req).await.unwrap();
     let after = (a.requests(), b.requests());
     let seen = if after.0.len() > before.0 {
         after.0.last().cloned()
@@ -214,6 +239,7 @@ async fn run(proxy: &Proxy, a: &Upstream, b: &Upstream, case: &Case) -> Outcome 
     } else {
         None
     };
+    let header = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_owned());
     Outcome {
         status: status.as_u16(),
         upstream: headers
@@ -226,6 +252,11 @@ async fn run(proxy: &Proxy, a: &Upstream, b: &Upstream, case: &Case) -> Outcome 
                 .get("x-envoy-original-path")
                 .map(|v| v.to_str().unwrap().to_owned())
         }),
+        location: header("location"),
+        content_type: header("content-type").filter(|_| seen.is_none()),
+        local_body: seen
+            .is_none()
+            .then(|| String::from_utf8_lossy(&body).into_owned()),
     }
 }
 

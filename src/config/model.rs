@@ -96,11 +96,61 @@ pub struct VirtualHost {
 pub struct Route {
     pub name: String,
     pub matcher: RouteMatch,
+    pub action: RouteAction,
+    pub headers: Headers,
+}
+
+/// What a matched route does: forward (`route`), `redirect` or `direct_response`.
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    Forward(Forward),
+    Redirect(Redirect),
+    Direct(DirectResponse),
+}
+
+#[derive(Debug, Clone)]
+pub struct Forward {
     pub cluster: ClusterSpec,
     pub rewrite: Rewrite,
-    pub headers: Headers,
     /// Whole-request timeout; `None` when disabled with `0s`. Envoy's default is 15 s.
     pub timeout: Option<Duration>,
+}
+
+impl Forward {
+    pub fn to(cluster: ClusterSpec) -> Self {
+        Forward {
+            cluster,
+            rewrite: Rewrite::default(),
+            timeout: None,
+        }
+    }
+}
+
+/// A `RedirectAction`: the `location` is built from the request with these parts
+/// replaced.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    /// `https_redirect` / `scheme_redirect`.
+    pub scheme: Option<String>,
+    /// `host_redirect`: replaces the whole authority.
+    pub host: Option<String>,
+    pub port: Option<u32>,
+    /// `path_redirect`, or `prefix_rewrite` / `regex_rewrite` of the path.
+    pub path: Option<RedirectPath>,
+    pub strip_query: bool,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone)]
+pub enum RedirectPath {
+    Replace(String),
+    Rewrite(PathRewrite),
+}
+
+#[derive(Debug, Clone)]
+pub struct DirectResponse {
+    pub status: u16,
+    pub body: Option<String>,
 }
 
 /// A route's `match`: the path, then every header and query matcher, then gRPC and the

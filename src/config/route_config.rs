@@ -8,12 +8,13 @@ use std::{collections::HashSet, time::Duration};
 use envoy_types::pb::envoy::{
     config::core::v3::{HeaderValueOption, RuntimeFractionalPercent, header_value_option},
     config::route::v3::{
-        HeaderMatcher as HeaderMatcherPb, QueryParameterMatcher as QueryParameterMatcherPb,
-        RouteConfiguration, WeightedCluster, header_matcher, query_parameter_matcher, route,
+        DirectResponseAction, HeaderMatcher as HeaderMatcherPb,
+        QueryParameterMatcher as QueryParameterMatcherPb, RedirectAction, RouteConfiguration,
+        WeightedCluster, header_matcher, query_parameter_matcher, redirect_action, route,
         route_action, route_match,
     },
     r#type::{
-        matcher::v3::{StringMatcher as StringMatcherPb, string_matcher},
+        matcher::v3::{RegexMatchAndSubstitute, StringMatcher as StringMatcherPb, string_matcher},
         v3::fractional_percent::DenominatorType,
     },
 };
@@ -89,10 +90,39 @@ fn route(
         .as_ref()
         .ok_or_else(|| format!("{path}.match: required"))?;
     let matcher = route_match(m, &format!("{path}.match"))?;
-    let Some(route::Action::Route(action)) = &rt.action else {
-        return Err(format!("{path}: a route action is required"));
+    let action = match &rt.action {
+        Some(route::Action::Route(a)) => {
+            RouteAction::Forward(forward(a, &format!("{path}.route"), clusters)?)
+        }
+        Some(route::Action::Redirect(r)) => {
+            RouteAction::Redirect(redirect(r, &format!("{path}.redirect"))?)
+        }
+        Some(route::Action::DirectResponse(d)) => {
+            RouteAction::Direct(direct(d, &format!("{path}.direct_response"))?)
+        }
+        _ => {
+            return Err(format!(
+                "{path}: one of route, redirect or direct_response is required"
+            ));
+        }
     };
-    let apath = format!("{path}.route");
+    Ok(Route {
+        name: rt.name.clone(),
+        matcher,
+        action,
+        headers: headers(
+            path,
+            (&rt.request_headers_to_add, &rt.request_headers_to_remove),
+            (&rt.response_headers_to_add, &rt.response_headers_to_remove),
+        )?,
+    })
+}
+
+fn forward(
+    action: &envoy_types::pb::envoy::config::route::v3::RouteAction,
+    apath: &str,
+    clusters: &HashSet<String>,
+) -> Result<Forward> {
     let cluster = match &action.cluster_specifier {
         Some(route_action::ClusterSpecifier::Cluster(c)) => ClusterSpec::Single(c.clone()),
         Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
@@ -114,44 +144,108 @@ fn route(
         Some(d) if d.seconds == 0 && d.nanos == 0 => None,
         Some(d) => Some(super::compile::duration(d)),
     };
-    let mut rewrite = Rewrite::default();
-    if !action.prefix_rewrite.is_empty() {
-        rewrite.path = Some(PathRewrite::Prefix(action.prefix_rewrite.clone()));
-    }
-    if let Some(rr) = &action.regex_rewrite {
-        let rpath = format!("{apath}.regex_rewrite");
-        if rewrite.path.is_some() {
-            return Err(format!(
-                "{apath}: specify only one of prefix_rewrite or regex_rewrite"
-            ));
-        }
-        let pattern = rr
-            .pattern
-            .as_ref()
-            .ok_or_else(|| format!("{rpath}.pattern: required"))?;
-        let pattern = regex::Regex::new(&pattern.regex)
-            .map_err(|e| format!("{rpath}.pattern.regex: invalid regex: {e}"))?;
-        rewrite.path = Some(PathRewrite::Regex {
-            pattern,
-            substitution: re2_substitution(&rr.substitution),
-        });
-    }
+    let mut rewrite = Rewrite {
+        path: path_rewrite(&action.prefix_rewrite, action.regex_rewrite.as_ref(), apath)?,
+        host: None,
+    };
     if let Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) =
         &action.host_rewrite_specifier
     {
         rewrite.host = Some(h.clone());
     }
-    Ok(Route {
-        name: rt.name.clone(),
-        matcher,
+    Ok(Forward {
         cluster,
         rewrite,
-        headers: headers(
-            path,
-            (&rt.request_headers_to_add, &rt.request_headers_to_remove),
-            (&rt.response_headers_to_add, &rt.response_headers_to_remove),
-        )?,
         timeout,
+    })
+}
+
+/// `prefix_rewrite` or `regex_rewrite` (not both), as routes and redirects have them.
+fn path_rewrite(
+    prefix: &str,
+    regex: Option<&RegexMatchAndSubstitute>,
+    apath: &str,
+) -> Result<Option<PathRewrite>> {
+    match (prefix.is_empty(), regex) {
+        (true, None) => Ok(None),
+        (false, None) => Ok(Some(PathRewrite::Prefix(prefix.to_owned()))),
+        (false, Some(_)) => Err(format!(
+            "{apath}: specify only one of prefix_rewrite or regex_rewrite"
+        )),
+        (true, Some(rr)) => {
+            let rpath = format!("{apath}.regex_rewrite");
+            let pattern = rr
+                .pattern
+                .as_ref()
+                .ok_or_else(|| format!("{rpath}.pattern: required"))?;
+            let pattern = regex::Regex::new(&pattern.regex)
+                .map_err(|e| format!("{rpath}.pattern.regex: invalid regex: {e}"))?;
+            Ok(Some(PathRewrite::Regex {
+                pattern,
+                substitution: re2_substitution(&rr.substitution),
+            }))
+        }
+    }
+}
+
+fn redirect(r: &RedirectAction, path: &str) -> Result<Redirect> {
+    use redirect_action::{
+        PathRewriteSpecifier as P, RedirectResponseCode as C, SchemeRewriteSpecifier as S,
+    };
+    let scheme = match &r.scheme_rewrite_specifier {
+        Some(S::HttpsRedirect(true)) => Some("https".to_owned()),
+        Some(S::SchemeRedirect(s)) if !s.is_empty() => Some(s.to_ascii_lowercase()),
+        _ => None,
+    };
+    let rewrite = |prefix: &str, regex| path_rewrite(prefix, regex, path);
+    let redirect_path = match &r.path_rewrite_specifier {
+        None => None,
+        Some(P::PathRedirect(p)) => Some(RedirectPath::Replace(p.clone())),
+        Some(P::PrefixRewrite(p)) => rewrite(p, None)?.map(RedirectPath::Rewrite),
+        Some(P::RegexRewrite(rr)) => rewrite("", Some(rr))?.map(RedirectPath::Rewrite),
+        Some(P::PathRewrite(_)) => return Err(format!("{path}.path_rewrite: not supported")),
+    };
+    let status = match C::try_from(r.response_code) {
+        Ok(C::MovedPermanently) => 301,
+        Ok(C::Found) => 302,
+        Ok(C::SeeOther) => 303,
+        Ok(C::TemporaryRedirect) => 307,
+        Ok(C::PermanentRedirect) => 308,
+        Err(_) => return Err(format!("{path}.response_code: unknown value")),
+    };
+    Ok(Redirect {
+        scheme,
+        host: (!r.host_redirect.is_empty()).then(|| r.host_redirect.clone()),
+        port: (r.port_redirect != 0).then_some(r.port_redirect),
+        path: redirect_path,
+        strip_query: r.strip_query,
+        status,
+    })
+}
+
+fn direct(d: &DirectResponseAction, path: &str) -> Result<DirectResponse> {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    if !(200..600).contains(&d.status) {
+        return Err(format!("{path}.status: {} is not in [200, 600)", d.status));
+    }
+    let body = match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
+        None => None,
+        Some(Specifier::InlineString(s)) => Some(s.clone()),
+        Some(Specifier::InlineBytes(b)) => Some(
+            String::from_utf8(b.clone())
+                .map_err(|_| format!("{path}.body.inline_bytes: not UTF-8"))?,
+        ),
+        Some(Specifier::Filename(f)) => Some(
+            std::fs::read_to_string(f).map_err(|e| format!("{path}.body.filename: {f}: {e}"))?,
+        ),
+        Some(Specifier::EnvironmentVariable(v)) => Some(
+            std::env::var(v)
+                .map_err(|_| format!("{path}.body.environment_variable: {v} is not set"))?,
+        ),
+    };
+    Ok(DirectResponse {
+        status: d.status as u16,
+        body: body.filter(|b| !b.is_empty()),
     })
 }
 

@@ -163,6 +163,8 @@ const FIELDS: &[(&str, &[&str])] = &[
             "name",
             "match",
             "route",
+            "redirect",
+            "direct_response",
             "metadata",
             "request_headers_to_add",
             "request_headers_to_remove",
@@ -255,6 +257,24 @@ const FIELDS: &[(&str, &[&str])] = &[
             "host_rewrite_literal",
             "timeout",
         ],
+    ),
+    (
+        "envoy.config.route.v3.RedirectAction",
+        &[
+            "https_redirect",
+            "scheme_redirect",
+            "host_redirect",
+            "port_redirect",
+            "path_redirect",
+            "prefix_rewrite",
+            "regex_rewrite",
+            "response_code",
+            "strip_query",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.DirectResponseAction",
+        &["status", "body"],
     ),
     (
         "envoy.config.route.v3.WeightedCluster",

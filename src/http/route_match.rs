@@ -6,7 +6,10 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use super::{header_mutation::HeaderMutations, matchers::RequestHead};
 use crate::{
-    config::{ClusterSpec, Headers, PathMatch, Rewrite, RouteMatch, RouteTable},
+    config::{
+        ClusterSpec, DirectResponse, Headers, PathMatch, Redirect, Rewrite, RouteAction,
+        RouteMatch, RouteTable,
+    },
     upstream::{Cluster, ClusterManager},
 };
 
@@ -14,15 +17,25 @@ use crate::{
 pub struct Route {
     pub name: String,
     pub matcher: RouteMatch,
-    clusters: Clusters,
-    pub rewrite: Rewrite,
+    pub action: Action,
     pub headers: Headers,
-    pub timeout: Option<Duration>,
+}
+
+/// The route's action with clusters resolved.
+#[derive(Debug)]
+pub enum Action {
+    Forward {
+        clusters: Clusters,
+        rewrite: Rewrite,
+        timeout: Option<Duration>,
+    },
+    Redirect(Redirect),
+    Direct(DirectResponse),
 }
 
 /// The route's cluster, or its weighted clusters with the running total of weights.
 #[derive(Debug)]
-enum Clusters {
+pub enum Clusters {
     Single(Arc<Cluster>),
     Weighted {
         /// Each cluster with the cumulative weight up to and including it, and its
@@ -46,8 +59,30 @@ pub struct Matched<'a> {
     table: &'a Routes,
     vhost: &'a VirtualHost,
     pub route: &'a Route,
-    pub cluster: &'a Arc<Cluster>,
+    pub target: Target<'a>,
     weighted: Option<&'a Headers>,
+}
+
+/// What to do with the request: forward to the picked cluster, or answer locally.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    Forward {
+        cluster: &'a Arc<Cluster>,
+        rewrite: &'a Rewrite,
+        timeout: Option<Duration>,
+    },
+    Redirect(&'a Redirect),
+    Direct(&'a DirectResponse),
+}
+
+impl<'a> Matched<'a> {
+    /// The cluster picked for this request; `None` for redirects and direct responses.
+    pub fn cluster(&self) -> Option<&'a Arc<Cluster>> {
+        match self.target {
+            Target::Forward { cluster, .. } => Some(cluster),
+            _ => None,
+        }
+    }
 }
 
 impl<'a> Matched<'a> {
@@ -100,28 +135,34 @@ impl Routes {
                         .cloned()
                         .ok_or_else(|| format!("unknown cluster '{name}'"))
                 };
-                let picked = match &r.cluster {
-                    ClusterSpec::Single(c) => Clusters::Single(get(c)?),
-                    ClusterSpec::Weighted(w) => {
-                        let mut total = 0;
-                        let mut list = Vec::with_capacity(w.len());
-                        for t in w {
-                            total += u64::from(t.weight);
-                            list.push((get(&t.name)?, total, t.headers.clone()));
-                        }
-                        Clusters::Weighted {
-                            clusters: list,
-                            total,
-                        }
-                    }
+                let action = match &r.action {
+                    RouteAction::Forward(f) => Action::Forward {
+                        clusters: match &f.cluster {
+                            ClusterSpec::Single(c) => Clusters::Single(get(c)?),
+                            ClusterSpec::Weighted(w) => {
+                                let mut total = 0;
+                                let mut list = Vec::with_capacity(w.len());
+                                for t in w {
+                                    total += u64::from(t.weight);
+                                    list.push((get(&t.name)?, total, t.headers.clone()));
+                                }
+                                Clusters::Weighted {
+                                    clusters: list,
+                                    total,
+                                }
+                            }
+                        },
+                        rewrite: f.rewrite.clone(),
+                        timeout: f.timeout,
+                    },
+                    RouteAction::Redirect(r) => Action::Redirect(r.clone()),
+                    RouteAction::Direct(d) => Action::Direct(d.clone()),
                 };
                 routes.push(Route {
                     name: r.name.clone(),
                     matcher: r.matcher.clone(),
-                    clusters: picked,
-                    rewrite: r.rewrite.clone(),
+                    action,
                     headers: r.headers.clone(),
-                    timeout: r.timeout,
                 });
             }
             out.hosts.push(VirtualHost {
@@ -179,12 +220,28 @@ impl Routes {
     pub fn route(&self, req: &RequestHead<'_>) -> Option<Matched<'_>> {
         let vhost = self.virtual_host(req.authority)?;
         let route = vhost.routes.iter().find(|r| r.matches(req))?;
-        let (cluster, weighted) = route.pick();
+        let (target, weighted) = match &route.action {
+            Action::Forward {
+                clusters,
+                rewrite,
+                timeout,
+            } => {
+                let (cluster, w) = clusters.pick();
+                let target = Target::Forward {
+                    cluster,
+                    rewrite,
+                    timeout: *timeout,
+                };
+                (target, w)
+            }
+            Action::Redirect(r) => (Target::Redirect(r), None),
+            Action::Direct(d) => (Target::Direct(d), None),
+        };
         Some(Matched {
             table: self,
             vhost,
             route,
-            cluster,
+            target,
             weighted,
         })
     }
@@ -212,12 +269,14 @@ impl Route {
             && (!m.grpc || is_grpc(req))
             && m.per_million.is_none_or(|n| fastrand::u32(..1_000_000) < n)
     }
+}
 
+impl Clusters {
     /// The cluster for one request: the route's cluster, or a weighted pick as Envoy
     /// makes it (a random value below the total weight, then the first cluster whose
     /// cumulative weight exceeds it), with that weighted cluster's header mutations.
     fn pick(&self) -> (&Arc<Cluster>, Option<&Headers>) {
-        match &self.clusters {
+        match self {
             Clusters::Single(c) => (c, None),
             Clusters::Weighted { clusters, total } => {
                 let v = fastrand::u64(..*total);
@@ -274,10 +333,8 @@ mod tests {
                 case_sensitive,
                 ..RouteMatch::path(path)
             },
-            cluster: ClusterSpec::Single(cluster.into()),
-            rewrite: Rewrite::default(),
+            action: RouteAction::Forward(config::Forward::to(ClusterSpec::Single(cluster.into()))),
             headers: Headers::default(),
-            timeout: None,
         }
     }
 
@@ -297,7 +354,9 @@ mod tests {
             path_and_query: path,
             headers: &map,
         };
-        t.route(&req).map(|m| m.cluster.name().to_owned())
+        t.route(&req)
+            .and_then(|m| m.cluster())
+            .map(|c| c.name().to_owned())
     }
 
     fn vh(name: &str, domains: &[&str], routes: Vec<config::Route>) -> config::VirtualHost {
@@ -559,7 +618,7 @@ mod tests {
             path_and_query: "/",
             headers: &map,
         };
-        assert_eq!(t.route(&req).unwrap().cluster.name(), "c");
+        assert_eq!(t.route(&req).unwrap().cluster().unwrap().name(), "c");
     }
 
     /// 75/25 over 100,000 picks: the standard deviation is about 137 picks, so the
@@ -573,10 +632,12 @@ mod tests {
                     "w",
                     &["*"],
                     vec![config::Route {
-                        cluster: ClusterSpec::Weighted(vec![
-                            config::WeightedTarget::new("a", 75),
-                            config::WeightedTarget::new("b", 25),
-                        ]),
+                        action: RouteAction::Forward(config::Forward::to(ClusterSpec::Weighted(
+                            vec![
+                                config::WeightedTarget::new("a", 75),
+                                config::WeightedTarget::new("b", 25),
+                            ],
+                        ))),
                         ..route(PathMatch::Prefix("/".into()), "a", true)
                     }],
                 )],

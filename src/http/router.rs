@@ -21,8 +21,8 @@ use super::{
     header_mutation, headers,
     local_reply::{self, ResponseFlag},
     matchers::RequestHead,
-    rewrite,
-    route_match::{Matched, Routes},
+    redirect, rewrite,
+    route_match::{Matched, Routes, Target},
 };
 use crate::{
     config::{HttpConfig, UpstreamProtocol},
@@ -138,7 +138,7 @@ impl HttpConnectionManager {
         record.response_headers = Some(resp.headers().clone());
         record.upstream_host = picked.host;
         if let Some(m) = &picked.matched {
-            record.upstream_cluster = Some(m.cluster.name().to_owned());
+            record.upstream_cluster = m.cluster().map(|c| c.name().to_owned());
             record.route_name = Some(m.route.name.clone());
         }
         let end = RequestEnd {
@@ -164,7 +164,7 @@ impl HttpConnectionManager {
                     response_code: resp.status().as_u16(),
                     response_headers: Some(resp.headers().clone()),
                     upstream_host: picked.host,
-                    upstream_cluster: Some(m.cluster.name().to_owned()),
+                    upstream_cluster: m.cluster().map(|c| c.name().to_owned()),
                     route_name: Some(m.route.name.clone()),
                     downstream_remote: Some(down.peer),
                     downstream_local: Some(down.local),
@@ -203,8 +203,17 @@ impl HttpConnectionManager {
             return local_reply::reply(ResponseFlag::NoRouteFound);
         };
         picked.matched = Some(matched);
-        let cluster = matched.cluster.clone();
-        let timeout = matched.route.timeout;
+        let (cluster, timeout) = match matched.target {
+            Target::Forward {
+                cluster, timeout, ..
+            } => (cluster.clone(), timeout),
+            Target::Redirect(r) => {
+                let location =
+                    redirect::location(r, &matched.route.matcher.path, head.authority, path);
+                return redirect::redirect_response(r, &location);
+            }
+            Target::Direct(d) => return redirect::direct_response(d),
+        };
         let Some(host) = cluster.pick(Some(down.local)) else {
             cluster.stats.upstream_cx_none_healthy.inc();
             cluster.stats.upstream_rq.record(503);
@@ -216,8 +225,7 @@ impl HttpConnectionManager {
             UpstreamProtocol::Http2 => true,
             UpstreamProtocol::Downstream => req.version() == Version::HTTP_2,
         };
-        let upstream_req = match self.upstream_request(req, &matched, down, authority, timeout, h2)
-        {
+        let upstream_req = match self.upstream_request(req, &matched, down, authority, h2) {
             Ok(r) => r,
             Err(resp) => return resp,
         };
@@ -281,12 +289,17 @@ impl HttpConnectionManager {
         matched: &Matched<'_>,
         down: Downstream,
         mut authority: Option<String>,
-        timeout: Option<std::time::Duration>,
         h2: bool,
     ) -> Result<Request<Body>, Response<Body>> {
+        let (rewrite, timeout) = match matched.target {
+            Target::Forward {
+                rewrite, timeout, ..
+            } => (Some(rewrite), timeout),
+            _ => (None, None),
+        };
         let (mut parts, body) = req.into_parts();
         let route = matched.route;
-        if let Some(rw) = &route.rewrite.path {
+        if let Some(rw) = rewrite.and_then(|r| r.path.as_ref()) {
             let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
             let new = rewrite::path(rw, &route.matcher.path, original);
             let new = PathAndQuery::try_from(new).map_err(|_| bad_request())?;
@@ -296,7 +309,7 @@ impl HttpConnectionManager {
             );
             parts.uri = Uri::from(new);
         }
-        if let Some(host) = &route.rewrite.host {
+        if let Some(host) = rewrite.and_then(|r| r.host.as_ref()) {
             authority = Some(host.clone());
         }
         headers::strip_hop_by_hop(&mut parts.headers);
@@ -323,7 +336,7 @@ impl HttpConnectionManager {
                 scheme: Some("http"),
                 protocol: Some(protocol_name(parts.version)),
                 request_headers: Some(h.clone()),
-                upstream_cluster: Some(matched.cluster.name().to_owned()),
+                upstream_cluster: matched.cluster().map(|c| c.name().to_owned()),
                 route_name: Some(route.name.clone()),
                 downstream_remote: Some(down.peer),
                 downstream_local: Some(down.local),
