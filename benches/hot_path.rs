@@ -41,6 +41,7 @@ fn table(routes: Vec<Route>) -> RouteTable {
             domains: vec!["*".into()],
             routes,
             headers: Default::default(),
+            per_filter: Vec::new(),
         }],
         ..Default::default()
     }
@@ -52,6 +53,7 @@ fn route(path: PathMatch, cluster: ClusterSpec) -> Route {
         matcher: RouteMatch::path(path),
         action: RouteAction::Forward(Forward::to(cluster)),
         headers: Default::default(),
+        per_filter: Vec::new(),
     }
 }
 

@@ -202,10 +202,28 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             hcm(
                 "",
                 &format!(
-                    "          - name: envoy.filters.http.fault\n            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault }}\n{ROUTER}"
+                    "          - name: envoy.filters.http.cors\n            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors }}\n{ROUTER}"
                 ),
             ),
-            "http_filters[0] (envoy.filters.http.fault): not supported",
+            "http_filters[0] (envoy.filters.http.cors): not supported",
+        ),
+        (
+            "fault abort with an impossible status",
+            hcm(
+                "",
+                &format!(
+                    "          - name: envoy.filters.http.fault\n            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault, abort: {{ http_status: 99 }} }}\n{ROUTER}"
+                ),
+            ),
+            "http_filters[0].typed_config.abort.http_status: 99 is not in [200, 600)",
+        ),
+        (
+            "per-route config of an unsupported filter",
+            hcm("", ROUTER).replace(
+                "route: { cluster: c }",
+                "route: { cluster: c }\n                typed_per_filter_config: { envoy.filters.http.cors: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy } }",
+            ),
+            "routes[0].typed_per_filter_config[\"envoy.filters.http.cors\"] (envoy.filters.http.cors): not supported",
         ),
         (
             "TLS upstream",

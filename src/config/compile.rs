@@ -210,7 +210,8 @@ fn network_filter(
         HCM => {
             let hcm: HttpConnectionManager =
                 proto::unpack(any).map_err(|e| format!("{path}: {e}"))?;
-            http(hcm, &format!("{path}.typed_config"), clusters).map(NetworkFilter::Http)
+            http(hcm, &format!("{path}.typed_config"), clusters)
+                .map(|h| NetworkFilter::Http(Box::new(h)))
         }
         _ => Err(format!("{path} ({}): not supported", f.name)),
     }
@@ -231,24 +232,7 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
             ));
         }
     };
-    match hcm.http_filters.last() {
-        Some(f) if matches!(&f.config_type, Some(http_filter::ConfigType::TypedConfig(a)) if proto::type_name(&a.type_url) == ROUTER) =>
-            {}
-        Some(_) => {
-            return Err(format!(
-                "{path}.http_filters: the last filter must be envoy.filters.http.router"
-            ));
-        }
-        None => {
-            return Err(format!(
-                "{path}.http_filters: envoy.filters.http.router is required"
-            ));
-        }
-    }
-    if hcm.http_filters.len() > 1 {
-        let name = &hcm.http_filters[0].name;
-        return Err(format!("{path}.http_filters[0] ({name}): not supported"));
-    }
+    let fault = http_filters(&hcm.http_filters, &format!("{path}.http_filters"))?;
     let access_logs = access_logs(&hcm.access_log, &format!("{path}.access_log"))?;
     let routes = match hcm.route_specifier {
         Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) => {
@@ -271,7 +255,49 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
             hcm.server_name
         },
         routes,
+        fault,
     })
+}
+
+/// The HTTP filter chain: any `envoy.filters.http.fault`, then the router, last. Returns
+/// the fault filter's name and config.
+fn http_filters(
+    filters: &[envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter],
+    path: &str,
+) -> Result<Option<(String, FaultConfig)>> {
+    let type_of = |f: &envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter| match &f.config_type {
+        Some(http_filter::ConfigType::TypedConfig(a)) => Some(proto::type_name(&a.type_url).to_owned()),
+        _ => None,
+    };
+    match filters.last().map(type_of) {
+        Some(Some(t)) if t == ROUTER => {}
+        Some(_) => {
+            return Err(format!(
+                "{path}: the last filter must be envoy.filters.http.router"
+            ));
+        }
+        None => return Err(format!("{path}: envoy.filters.http.router is required")),
+    }
+    let mut fault = None;
+    for (i, f) in filters[..filters.len() - 1].iter().enumerate() {
+        let fpath = format!("{path}[{i}]");
+        match (type_of(f).as_deref(), &f.config_type) {
+            (Some(super::http_filters::FAULT), Some(http_filter::ConfigType::TypedConfig(any))) => {
+                if fault.is_some() {
+                    return Err(format!(
+                        "{fpath} ({}): only one fault filter is supported",
+                        f.name
+                    ));
+                }
+                let cfg: envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault =
+                    proto::unpack(any).map_err(|e| format!("{fpath}: {e}"))?;
+                let compiled = super::http_filters::fault(&cfg, &format!("{fpath}.typed_config"))?;
+                fault = Some((f.name.clone(), compiled));
+            }
+            _ => return Err(format!("{fpath} ({}): not supported", f.name)),
+        }
+    }
+    Ok(fault)
 }
 
 // `http2_protocol_options` and `dns_refresh_rate` are deprecated in the API but Envoy

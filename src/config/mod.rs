@@ -1,5 +1,6 @@
 //! Envoy protos in, plain runtime structures out.
 pub mod compile;
+pub mod http_filters;
 pub mod model;
 pub mod proto;
 pub mod route_config;

@@ -1,9 +1,10 @@
 //! The runtime model: plain Rust structures compiled from Envoy protos. Nothing
 //! downstream of `config/` sees a proto.
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 pub use crate::{
     http::{
+        fault::FaultConfig,
         header_mutation::HeaderMutations,
         matchers::{HeaderMatcher, QueryParameterMatcher},
     },
@@ -40,7 +41,7 @@ pub struct ListenerConfig {
 #[derive(Debug, Clone)]
 pub enum NetworkFilter {
     TcpProxy(TcpProxyConfig),
-    Http(HttpConfig),
+    Http(Box<HttpConfig>),
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +67,8 @@ pub struct HttpConfig {
     pub server_name: String,
     pub access_logs: Vec<AccessLogConfig>,
     pub routes: RouteTable,
+    /// The fault filter, by its name in `http_filters`, when the chain has one.
+    pub fault: Option<(String, FaultConfig)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -75,6 +78,16 @@ pub struct RouteTable {
     pub headers: Headers,
     /// `most_specific_header_mutations_wins`: apply the levels least specific first.
     pub most_specific_wins: bool,
+    pub per_filter: PerFilter,
+}
+
+/// `typed_per_filter_config`: per-route replacements of HTTP filters' configs, by the
+/// filter's name. The most specific level that has one for a filter wins.
+pub type PerFilter = Vec<(String, FilterOverride)>;
+
+#[derive(Debug, Clone)]
+pub enum FilterOverride {
+    Fault(Arc<FaultConfig>),
 }
 
 /// Header mutations of one level, both directions.
@@ -90,6 +103,7 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     pub routes: Vec<Route>,
     pub headers: Headers,
+    pub per_filter: PerFilter,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +112,7 @@ pub struct Route {
     pub matcher: RouteMatch,
     pub action: RouteAction,
     pub headers: Headers,
+    pub per_filter: PerFilter,
 }
 
 /// What a matched route does: forward (`route`), `redirect` or `direct_response`.

@@ -13,13 +13,12 @@ use envoy_types::pb::envoy::{
         WeightedCluster, header_matcher, query_parameter_matcher, redirect_action, route,
         route_action, route_match,
     },
-    r#type::{
-        matcher::v3::{RegexMatchAndSubstitute, StringMatcher as StringMatcherPb, string_matcher},
-        v3::fractional_percent::DenominatorType,
+    r#type::matcher::v3::{
+        RegexMatchAndSubstitute, StringMatcher as StringMatcherPb, string_matcher,
     },
 };
 
-use super::model::*;
+use super::{http_filters::per_filter, model::*};
 use crate::{
     http::{
         header_mutation,
@@ -66,6 +65,7 @@ pub fn route_table(
                 (&vh.request_headers_to_add, &vh.request_headers_to_remove),
                 (&vh.response_headers_to_add, &vh.response_headers_to_remove),
             )?,
+            per_filter: per_filter(&vh.typed_per_filter_config, &vpath)?,
         });
     }
     Ok(RouteTable {
@@ -77,6 +77,7 @@ pub fn route_table(
             (&rc.response_headers_to_add, &rc.response_headers_to_remove),
         )?,
         most_specific_wins: rc.most_specific_header_mutations_wins,
+        per_filter: per_filter(&rc.typed_per_filter_config, path)?,
     })
 }
 
@@ -115,6 +116,7 @@ fn route(
             (&rt.request_headers_to_add, &rt.request_headers_to_remove),
             (&rt.response_headers_to_add, &rt.response_headers_to_remove),
         )?,
+        per_filter: per_filter(&rt.typed_per_filter_config, path)?,
     })
 }
 
@@ -305,17 +307,11 @@ fn per_million(f: &RuntimeFractionalPercent, path: &str) -> Result<u32> {
         .default_value
         .as_ref()
         .ok_or_else(|| format!("{path}.default_value: required"))?;
-    let scale = match DenominatorType::try_from(p.denominator) {
-        Ok(DenominatorType::Hundred) => 10_000,
-        Ok(DenominatorType::TenThousand) => 100,
-        Ok(DenominatorType::Million) => 1,
-        Err(_) => return Err(format!("{path}.default_value.denominator: unknown value")),
-    };
-    Ok(p.numerator.saturating_mul(scale).min(1_000_000))
+    super::http_filters::per_million(Some(p), &format!("{path}.default_value"))
 }
 
 #[allow(deprecated)]
-fn header_matcher(h: &HeaderMatcherPb, path: &str) -> Result<matchers::HeaderMatcher> {
+pub fn header_matcher(h: &HeaderMatcherPb, path: &str) -> Result<matchers::HeaderMatcher> {
     use header_matcher::HeaderMatchSpecifier as S;
     if h.name.is_empty() {
         return Err(format!("{path}.name: required"));

@@ -46,6 +46,13 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// Whether a request is gRPC (`content-type: application/grpc…`).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// A random (version 4) UUID, as Envoy generates for `x-request-id`.
 pub fn request_id() -> HeaderValue {
     let mut b = [0u8; 16];

@@ -20,6 +20,8 @@ pub enum ResponseFlag {
     UpstreamRequestTimeout,
     /// Upstream reset mid-response, or the downstream went away.
     UpstreamRemoteReset,
+    /// Aborted by the fault filter.
+    FaultInjected,
 }
 
 impl ResponseFlag {
@@ -31,6 +33,7 @@ impl ResponseFlag {
             ResponseFlag::UpstreamConnectionTermination => "UC",
             ResponseFlag::UpstreamRequestTimeout => "UT",
             ResponseFlag::UpstreamRemoteReset => "UR",
+            ResponseFlag::FaultInjected => "FI",
         }
     }
 }
@@ -39,6 +42,17 @@ pub const CONNECT_FAILURE: &str = "upstream connect error or disconnect/reset be
 pub const CONNECT_TIMEOUT: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection timeout";
 pub const CONNECTION_TERMINATION: &str = "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+
+pub const FAULT_ABORT: &str = "fault filter abort";
+
+/// The text of a local reply, kept for its gRPC form (`grpc-message`).
+#[derive(Debug, Clone, Copy)]
+pub struct Text(pub &'static str);
+
+/// A `grpc-status` a local reply carries when the request is gRPC (the fault filter's
+/// `grpc_status` abort); otherwise it is derived from the HTTP status.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcStatus(pub u32);
 
 /// A reply pilotfish sends itself, with the flag that explains it.
 pub fn reply(flag: ResponseFlag) -> Response<Body> {
@@ -57,6 +71,7 @@ pub fn reply(flag: ResponseFlag) -> Response<Body> {
         ResponseFlag::UpstreamRemoteReset => {
             (StatusCode::SERVICE_UNAVAILABLE, CONNECTION_TERMINATION)
         }
+        ResponseFlag::FaultInjected => (StatusCode::SERVICE_UNAVAILABLE, FAULT_ABORT),
     };
     with_body(status, text, flag)
 }
@@ -75,5 +90,44 @@ pub fn with_body(status: StatusCode, text: &'static str, flag: ResponseFlag) -> 
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
     resp.extensions_mut().insert(flag);
+    resp.extensions_mut().insert(Text(text));
     resp
+}
+
+/// Turns a local reply to a gRPC request into gRPC's trailers-only form, as Envoy does:
+/// `:status 200`, `content-type: application/grpc`, `grpc-status` (the explicit one, or
+/// Envoy's mapping of the HTTP status) and `grpc-message` (the reply's text), no body.
+/// Replies that are not local (no [`Text`]) are left alone.
+pub fn to_grpc(resp: &mut Response<Body>) {
+    let Some(Text(text)) = resp.extensions().get::<Text>().copied() else {
+        return;
+    };
+    let status = match resp.extensions().get::<GrpcStatus>() {
+        Some(GrpcStatus(s)) => *s,
+        None => http_to_grpc_status(resp.status().as_u16()),
+    };
+    *resp.status_mut() = StatusCode::OK;
+    *resp.body_mut() = body::empty();
+    let h = resp.headers_mut();
+    h.remove(header::CONTENT_LENGTH);
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(status));
+    if !text.is_empty() {
+        h.insert("grpc-message", HeaderValue::from_static(text));
+    }
+}
+
+/// Envoy's `Grpc::Utility::httpToGrpcStatus`.
+fn http_to_grpc_status(status: u16) -> u32 {
+    match status {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
 }

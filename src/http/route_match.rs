@@ -7,8 +7,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use super::{header_mutation::HeaderMutations, matchers::RequestHead};
 use crate::{
     config::{
-        ClusterSpec, DirectResponse, Headers, PathMatch, Redirect, Rewrite, RouteAction,
-        RouteMatch, RouteTable,
+        ClusterSpec, DirectResponse, FilterOverride, Headers, PathMatch, PerFilter, Redirect,
+        Rewrite, RouteAction, RouteMatch, RouteTable,
     },
     upstream::{Cluster, ClusterManager},
 };
@@ -19,6 +19,7 @@ pub struct Route {
     pub matcher: RouteMatch,
     pub action: Action,
     pub headers: Headers,
+    per_filter: PerFilter,
 }
 
 /// The route's action with clusters resolved.
@@ -50,6 +51,7 @@ pub struct VirtualHost {
     pub name: String,
     routes: Vec<Route>,
     headers: Headers,
+    per_filter: PerFilter,
 }
 
 /// A routing decision: the virtual host and route, and the cluster picked for this
@@ -76,6 +78,18 @@ pub enum Target<'a> {
 }
 
 impl<'a> Matched<'a> {
+    /// The per-route config of the HTTP filter named `filter`: the route's, else the
+    /// virtual host's, else the route configuration's.
+    pub fn filter_override(&self, filter: &str) -> Option<&'a FilterOverride> {
+        [
+            &self.route.per_filter,
+            &self.vhost.per_filter,
+            &self.table.per_filter,
+        ]
+        .into_iter()
+        .find_map(|p| p.iter().find(|(n, _)| n == filter).map(|(_, o)| o))
+    }
+
     /// The cluster picked for this request; `None` for redirects and direct responses.
     pub fn cluster(&self) -> Option<&'a Arc<Cluster>> {
         match self.target {
@@ -110,6 +124,7 @@ pub struct Routes {
     hosts: Vec<VirtualHost>,
     headers: Headers,
     most_specific_wins: bool,
+    per_filter: PerFilter,
     exact: HashMap<String, usize>,
     /// `*suffix` domains (stored without the `*`), longest first.
     suffixes: Vec<(String, usize)>,
@@ -124,6 +139,7 @@ impl Routes {
         let mut out = Routes {
             headers: table.headers.clone(),
             most_specific_wins: table.most_specific_wins,
+            per_filter: table.per_filter.clone(),
             ..Routes::default()
         };
         for (i, vh) in table.virtual_hosts.iter().enumerate() {
@@ -163,12 +179,14 @@ impl Routes {
                     matcher: r.matcher.clone(),
                     action,
                     headers: r.headers.clone(),
+                    per_filter: r.per_filter.clone(),
                 });
             }
             out.hosts.push(VirtualHost {
                 name: vh.name.clone(),
                 routes,
                 headers: vh.headers.clone(),
+                per_filter: vh.per_filter.clone(),
             });
             for d in &vh.domains {
                 if d == "*" {
@@ -266,7 +284,7 @@ impl Route {
         path_ok
             && m.headers.iter().all(|h| h.matches(req))
             && m.query_parameters.iter().all(|q| q.matches(query))
-            && (!m.grpc || is_grpc(req))
+            && (!m.grpc || super::headers::is_grpc(req.headers))
             && m.per_million.is_none_or(|n| fastrand::u32(..1_000_000) < n)
     }
 }
@@ -299,12 +317,6 @@ fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
         }
 }
 
-fn is_grpc(req: &RequestHead<'_>) -> bool {
-    req.headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +347,7 @@ mod tests {
             },
             action: RouteAction::Forward(config::Forward::to(ClusterSpec::Single(cluster.into()))),
             headers: Headers::default(),
+            per_filter: Vec::new(),
         }
     }
 
@@ -365,6 +378,7 @@ mod tests {
             domains: domains.iter().map(|d| d.to_string()).collect(),
             routes,
             headers: Headers::default(),
+            per_filter: Vec::new(),
         }
     }
 

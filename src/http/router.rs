@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 
 use super::{
     body::{self, Body, Guarded, Observer},
+    fault::FaultStats,
     header_mutation, headers,
     local_reply::{self, ResponseFlag},
     matchers::RequestHead,
@@ -25,7 +26,7 @@ use super::{
     route_match::{Matched, Routes, Target},
 };
 use crate::{
-    config::{HttpConfig, UpstreamProtocol},
+    config::{FilterOverride, HttpConfig, UpstreamProtocol},
     telemetry::{
         access_log::{AccessLog, Record, Sinks},
         scopes::HttpStats,
@@ -46,6 +47,8 @@ pub struct HttpConnectionManager {
     pub stats: HttpStats,
     server_name: HeaderValue,
     access_logs: Arc<[AccessLog]>,
+    /// The fault filter's stats, when the chain has one.
+    fault_stats: Option<FaultStats>,
 }
 
 /// What routing chose for a request, for the access log.
@@ -53,6 +56,8 @@ pub struct HttpConnectionManager {
 struct Picked<'a> {
     matched: Option<Matched<'a>>,
     host: Option<SocketAddr>,
+    /// The fault filter delayed the request (`DI`).
+    delayed: bool,
 }
 
 /// What the listener knows about the downstream connection.
@@ -77,6 +82,10 @@ impl HttpConnectionManager {
             .map(|l| sinks.open(l))
             .collect::<Result<_, _>>()?;
         let stats = HttpStats::new(store, &config.stat_prefix);
+        let fault_stats = config
+            .fault
+            .is_some()
+            .then(|| FaultStats::new(store, &config.stat_prefix));
         let server_name = HeaderValue::from_str(&config.server_name).map_err(|_| {
             format!(
                 "server_name '{}' is not a valid header value",
@@ -89,6 +98,7 @@ impl HttpConnectionManager {
             stats,
             server_name,
             access_logs,
+            fault_stats,
         })
     }
 
@@ -106,10 +116,11 @@ impl HttpConnectionManager {
             stats.downstream_rq_http1_total.inc();
         }
         let active = GaugeGuard::new(&stats.downstream_rq_active);
+        let grpc = headers::is_grpc(req.headers());
         if self.access_logs.is_empty() {
             let mut picked = Picked::default();
             let mut resp = self.forward(down, req.map(body::boxed), &mut picked).await;
-            self.finish(&picked, down, &mut resp);
+            self.finish(&picked, down, grpc, &mut resp);
             let (parts, b) = resp.into_parts();
             return Response::from_parts(parts, body::boxed(Guarded::new(b, active, None)));
         }
@@ -132,9 +143,12 @@ impl HttpConnectionManager {
         let req = req.map(|b| body::boxed(Guarded::new(b, ByteCount(received.clone()), None)));
         let mut picked = Picked::default();
         let mut resp = self.forward(down, req, &mut picked).await;
-        self.finish(&picked, down, &mut resp);
+        self.finish(&picked, down, grpc, &mut resp);
         record.response_code = resp.status().as_u16();
-        record.response_flags = resp.extensions().get::<ResponseFlag>().map(|f| f.as_str());
+        record.response_flags = flags(
+            resp.extensions().get::<ResponseFlag>().copied(),
+            picked.delayed,
+        );
         record.response_headers = Some(resp.headers().clone());
         record.upstream_host = picked.host;
         if let Some(m) = &picked.matched {
@@ -156,7 +170,10 @@ impl HttpConnectionManager {
     /// Everything a response gets once routing is done: the route's response header
     /// mutations (upstream responses and local replies after routing alike, as Envoy),
     /// the response-code stats and the `server` header.
-    fn finish(&self, picked: &Picked<'_>, down: Downstream, resp: &mut Response<Body>) {
+    fn finish(&self, picked: &Picked<'_>, down: Downstream, grpc: bool, resp: &mut Response<Body>) {
+        if grpc {
+            local_reply::to_grpc(resp);
+        }
         if let Some(m) = &picked.matched {
             let levels = || m.header_levels(false);
             if levels().next().is_some() {
@@ -203,6 +220,24 @@ impl HttpConnectionManager {
             return local_reply::reply(ResponseFlag::NoRouteFound);
         };
         picked.matched = Some(matched);
+        let mut _fault = None;
+        if let (Some((name, base)), Some(stats)) = (&self.config.fault, &self.fault_stats) {
+            let cfg = match matched.filter_override(name) {
+                Some(FilterOverride::Fault(f)) => f.as_ref(),
+                None => base,
+            };
+            let cluster = matched.cluster().map(|c| c.name());
+            let outcome = cfg.decide(&head, cluster, stats);
+            _fault = outcome.active;
+            if let Some(d) = outcome.delay {
+                picked.delayed = true;
+                tokio::time::sleep(d).await;
+            }
+            if let Some(abort) = outcome.abort {
+                stats.aborts_injected.inc();
+                return abort;
+            }
+        }
         let (cluster, timeout) = match matched.target {
             Target::Forward {
                 cluster, timeout, ..
@@ -370,6 +405,23 @@ impl HttpConnectionManager {
             parts.version = Version::HTTP_11;
         }
         Ok(Request::from_parts(parts, body))
+    }
+}
+
+/// `%RESPONSE_FLAGS%`: the local reply's flag and `DI` for an injected delay, in
+/// Envoy's order (the upstream flags, then `DI`, then `FI`).
+fn flags(flag: Option<ResponseFlag>, delayed: bool) -> Option<&'static str> {
+    match (flag, delayed) {
+        (None, false) => None,
+        (None, true) => Some("DI"),
+        (Some(f), false) => Some(f.as_str()),
+        (Some(ResponseFlag::FaultInjected), true) => Some("DI,FI"),
+        (Some(ResponseFlag::NoHealthyUpstream), true) => Some("UH,DI"),
+        (Some(ResponseFlag::UpstreamRequestTimeout), true) => Some("UT,DI"),
+        (Some(ResponseFlag::UpstreamConnectionFailure), true) => Some("UF,DI"),
+        (Some(ResponseFlag::UpstreamConnectionTermination), true) => Some("UC,DI"),
+        (Some(ResponseFlag::UpstreamRemoteReset), true) => Some("UR,DI"),
+        (Some(ResponseFlag::NoRouteFound), true) => Some("NR,DI"),
     }
 }
 

@@ -52,7 +52,7 @@ impl Listener {
                 Filter::Tcp(TcpProxy::new(t, clusters, store, sinks).map_err(in_listener)?)
             }
             NetworkFilter::Http(h) => Filter::Http(Arc::new(
-                HttpConnectionManager::new(h.clone(), clusters, store, sinks)
+                HttpConnectionManager::new((**h).clone(), clusters, store, sinks)
                     .map_err(in_listener)?,
             )),
         };

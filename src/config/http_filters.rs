@@ -1,0 +1,125 @@
+//! Compiles the connection manager's HTTP filters and their per-route configs
+//! (`typed_per_filter_config`): `envoy.filters.http.fault` so far, then the router.
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use envoy_types::pb::{
+    envoy::{
+        extensions::filters::{
+            common::fault::v3::{FaultDelay, fault_delay},
+            http::fault::v3::{FaultAbort, HttpFault, fault_abort},
+        },
+        r#type::v3::FractionalPercent,
+    },
+    google::protobuf::Any,
+};
+
+use super::{model::*, proto, route_config::header_matcher};
+use crate::http::fault::{Abort, AbortKind, Delay, DelayKind};
+
+type Result<T> = std::result::Result<T, String>;
+
+pub const FAULT: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
+
+/// `typed_per_filter_config` of one level.
+pub fn per_filter(map: &HashMap<String, Any>, path: &str) -> Result<PerFilter> {
+    let mut names: Vec<&String> = map.keys().collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let any = &map[name];
+        let fpath = format!("{path}.typed_per_filter_config[{name}]");
+        match proto::type_name(&any.type_url) {
+            FAULT => {
+                let f: HttpFault = proto::unpack(any).map_err(|e| format!("{fpath}: {e}"))?;
+                out.push((
+                    name.clone(),
+                    FilterOverride::Fault(Arc::new(fault(&f, &fpath)?)),
+                ));
+            }
+            other => return Err(format!("{fpath} ({other}): not supported")),
+        }
+    }
+    Ok(out)
+}
+
+/// A compiled `HTTPFault`. Runtime keys are accepted and never consulted (there is no
+/// runtime), as with a stock Envoy whose runtime holds none of them.
+pub fn fault(f: &HttpFault, path: &str) -> Result<FaultConfig> {
+    if f.response_rate_limit.is_some() {
+        return Err(format!("{path}.response_rate_limit: not supported"));
+    }
+    Ok(FaultConfig {
+        delay: f
+            .delay
+            .as_ref()
+            .map(|d| delay(d, &format!("{path}.delay")))
+            .transpose()?,
+        abort: f
+            .abort
+            .as_ref()
+            .map(|a| abort(a, &format!("{path}.abort")))
+            .transpose()?,
+        upstream_cluster: (!f.upstream_cluster.is_empty()).then(|| f.upstream_cluster.clone()),
+        headers: f
+            .headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| header_matcher(h, &format!("{path}.headers[{i}]")))
+            .collect::<Result<_>>()?,
+        downstream_nodes: f.downstream_nodes.clone(),
+        max_active: f.max_active_faults.as_ref().map(|m| u64::from(m.value)),
+    })
+}
+
+fn delay(d: &FaultDelay, path: &str) -> Result<Delay> {
+    let kind = match &d.fault_delay_secifier {
+        Some(fault_delay::FaultDelaySecifier::FixedDelay(t)) => DelayKind::Fixed(Duration::new(
+            t.seconds.max(0) as u64,
+            t.nanos.max(0) as u32,
+        )),
+        Some(fault_delay::FaultDelaySecifier::HeaderDelay(_)) => DelayKind::Header,
+        None => return Err(format!("{path}: fixed_delay or header_delay is required")),
+    };
+    Ok(Delay {
+        kind,
+        per_million: per_million(d.percentage.as_ref(), &format!("{path}.percentage"))?,
+    })
+}
+
+fn abort(a: &FaultAbort, path: &str) -> Result<Abort> {
+    if !a.response_body.is_empty() {
+        return Err(format!("{path}.response_body: not supported"));
+    }
+    let kind = match &a.error_type {
+        Some(fault_abort::ErrorType::HttpStatus(c)) if (200..600).contains(c) => {
+            AbortKind::Http(*c as u16)
+        }
+        Some(fault_abort::ErrorType::HttpStatus(c)) => {
+            return Err(format!("{path}.http_status: {c} is not in [200, 600)"));
+        }
+        Some(fault_abort::ErrorType::GrpcStatus(g)) => AbortKind::Grpc(*g),
+        Some(fault_abort::ErrorType::HeaderAbort(_)) => AbortKind::Header,
+        None => {
+            return Err(format!(
+                "{path}: http_status, grpc_status or header_abort is required"
+            ));
+        }
+    };
+    Ok(Abort {
+        kind,
+        per_million: per_million(a.percentage.as_ref(), &format!("{path}.percentage"))?,
+    })
+}
+
+/// A `FractionalPercent` as parts per million; absent means 0, as in Envoy.
+pub fn per_million(p: Option<&FractionalPercent>, path: &str) -> Result<u32> {
+    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
+    let Some(p) = p else { return Ok(0) };
+    let scale = match DenominatorType::try_from(p.denominator) {
+        Ok(DenominatorType::Hundred) => 10_000,
+        Ok(DenominatorType::TenThousand) => 100,
+        Ok(DenominatorType::Million) => 1,
+        Err(_) => return Err(format!("{path}.denominator: unknown value")),
+    };
+    Ok(p.numerator.saturating_mul(scale).min(1_000_000))
+}
