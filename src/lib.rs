@@ -3,6 +3,7 @@ pub mod admin;
 pub mod app;
 pub mod bootstrap;
 pub mod config;
+pub mod demo;
 pub mod drain;
 pub mod http;
 pub mod listener;

@@ -8,7 +8,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand, ValueEnum};
-use pilotfish::{admin::config_dump, app, bootstrap};
+use pilotfish::{admin::config_dump, app, bootstrap, demo};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -80,6 +80,13 @@ struct Cli {
 enum Sub {
     /// Check a bootstrap and exit: 0 if pilotfish would run it.
     Validate { file: PathBuf },
+    /// Run pilotfish in front of two local versions of a service and show a canary
+    /// split, a header match, a prefix rewrite and injected faults.
+    Demo {
+        /// Keep everything running after the traffic, until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,9 +97,22 @@ enum Mode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
+    // The demo's story is on stdout; only problems go to its log.
+    let demo = matches!(cli.command, Some(Sub::Demo { .. }));
+    init_logging(if demo { "warning" } else { &cli.log_level });
 
     let (path, validate) = match &cli.command {
+        Some(Sub::Demo { keep_running }) => {
+            return match demo::run(demo::Options {
+                keep_running: *keep_running,
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pilotfish demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(Sub::Validate { file }) => (Some(file.clone()), true),
         None => (cli.config_path.clone(), cli.mode == Mode::Validate),
     };
