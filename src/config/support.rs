@@ -521,6 +521,51 @@ mod tests {
         }
     }
 
+    /// The RouteConfiguration messages, every field marked supported or rejected, as
+    /// docs/compatibility.md must show them (generated from the Envoy API itself).
+    fn route_field_table() -> String {
+        const ROUTE_MESSAGES: &[&str] = &[
+            "envoy.config.route.v3.RouteConfiguration",
+            "envoy.config.route.v3.VirtualHost",
+            "envoy.config.route.v3.Route",
+            "envoy.config.route.v3.RouteMatch",
+            "envoy.config.route.v3.HeaderMatcher",
+            "envoy.config.route.v3.QueryParameterMatcher",
+            "envoy.config.route.v3.RouteAction",
+            "envoy.config.route.v3.WeightedCluster",
+            "envoy.config.route.v3.WeightedCluster.ClusterWeight",
+            "envoy.config.route.v3.RedirectAction",
+            "envoy.config.route.v3.DirectResponseAction",
+        ];
+        let mut out = String::from("| message | supported | rejected |\n|---|---|---|\n");
+        for ty in ROUTE_MESSAGES {
+            let desc = proto::descriptor(ty).unwrap();
+            let ok = allowed(ty).unwrap_or(&[]);
+            let (yes, no): (Vec<String>, Vec<String>) = desc
+                .fields()
+                .map(|f| f.name().to_owned())
+                .partition(|f| ok.contains(&f.as_str()));
+            let list = |v: &[String]| {
+                v.iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            out.push_str(&format!("| `{ty}` | {} | {} |\n", list(&yes), list(&no)));
+        }
+        out
+    }
+
+    #[test]
+    fn docs_mark_every_route_configuration_field() {
+        let doc = include_str!("../../docs/compatibility.md");
+        let table = route_field_table();
+        assert!(
+            doc.contains(&table),
+            "docs/compatibility.md must contain this table (regenerate it):\n{table}"
+        );
+    }
+
     #[test]
     fn every_listed_type_exists_in_the_envoy_api() {
         for (ty, fields) in FIELDS {
