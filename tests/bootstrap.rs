@@ -202,10 +202,10 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             hcm(
                 "",
                 &format!(
-                    "          - name: envoy.filters.http.cors\n            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors }}\n{ROUTER}"
+                    "          - name: envoy.filters.http.lua\n            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua }}\n{ROUTER}"
                 ),
             ),
-            "http_filters[0] (envoy.filters.http.cors): not supported",
+            "http_filters[0] (envoy.filters.http.lua): not supported",
         ),
         (
             "fault abort with an impossible status",
@@ -221,9 +221,9 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             "per-route config of an unsupported filter",
             hcm("", ROUTER).replace(
                 "route: { cluster: c }",
-                "route: { cluster: c }\n                typed_per_filter_config: { envoy.filters.http.cors: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy } }",
+                "route: { cluster: c }\n                typed_per_filter_config: { envoy.filters.http.lua: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute, disabled: true } }",
             ),
-            "routes[0].typed_per_filter_config[\"envoy.filters.http.cors\"] (envoy.filters.http.cors): not supported",
+            "routes[0].typed_per_filter_config[\"envoy.filters.http.lua\"] (envoy.filters.http.lua): not supported",
         ),
         (
             "TLS upstream",

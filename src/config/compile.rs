@@ -232,7 +232,7 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
             ));
         }
     };
-    let fault = http_filters(&hcm.http_filters, &format!("{path}.http_filters"))?;
+    let filters = http_filters(&hcm.http_filters, &format!("{path}.http_filters"))?;
     let access_logs = access_logs(&hcm.access_log, &format!("{path}.access_log"))?;
     let routes = match hcm.route_specifier {
         Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) => {
@@ -255,16 +255,16 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
             hcm.server_name
         },
         routes,
-        fault,
+        filters,
     })
 }
 
-/// The HTTP filter chain: any `envoy.filters.http.fault`, then the router, last. Returns
-/// the fault filter's name and config.
+/// The HTTP filter chain: `envoy.filters.http.cors` and `envoy.filters.http.fault` (at
+/// most one each, in any order), then the router, last.
 fn http_filters(
     filters: &[envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter],
     path: &str,
-) -> Result<Option<(String, FaultConfig)>> {
+) -> Result<Vec<HttpFilter>> {
     let type_of = |f: &envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter| match &f.config_type {
         Some(http_filter::ConfigType::TypedConfig(a)) => Some(proto::type_name(&a.type_url).to_owned()),
         _ => None,
@@ -278,26 +278,35 @@ fn http_filters(
         }
         None => return Err(format!("{path}: envoy.filters.http.router is required")),
     }
-    let mut fault = None;
+    let mut out: Vec<HttpFilter> = Vec::new();
     for (i, f) in filters[..filters.len() - 1].iter().enumerate() {
         let fpath = format!("{path}[{i}]");
-        match (type_of(f).as_deref(), &f.config_type) {
+        let filter = match (type_of(f).as_deref(), &f.config_type) {
             (Some(super::http_filters::FAULT), Some(http_filter::ConfigType::TypedConfig(any))) => {
-                if fault.is_some() {
-                    return Err(format!(
-                        "{fpath} ({}): only one fault filter is supported",
-                        f.name
-                    ));
-                }
                 let cfg: envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault =
                     proto::unpack(any).map_err(|e| format!("{fpath}: {e}"))?;
-                let compiled = super::http_filters::fault(&cfg, &format!("{fpath}.typed_config"))?;
-                fault = Some((f.name.clone(), compiled));
+                HttpFilter::Fault {
+                    name: f.name.clone(),
+                    config: super::http_filters::fault(&cfg, &format!("{fpath}.typed_config"))?,
+                }
             }
+            (Some(super::http_filters::CORS), _) => HttpFilter::Cors {
+                name: f.name.clone(),
+            },
             _ => return Err(format!("{fpath} ({}): not supported", f.name)),
+        };
+        if out
+            .iter()
+            .any(|o| std::mem::discriminant(o) == std::mem::discriminant(&filter))
+        {
+            return Err(format!(
+                "{fpath} ({}): only one filter of this kind is supported",
+                f.name
+            ));
         }
+        out.push(filter);
     }
-    Ok(fault)
+    Ok(out)
 }
 
 // `http2_protocol_options` and `dns_refresh_rate` are deprecated in the API but Envoy

@@ -1,24 +1,33 @@
 //! Compiles the connection manager's HTTP filters and their per-route configs
-//! (`typed_per_filter_config`): `envoy.filters.http.fault` so far, then the router.
+//! (`typed_per_filter_config`): `envoy.filters.http.fault` and `envoy.filters.http.cors`.
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use envoy_types::pb::{
     envoy::{
         extensions::filters::{
             common::fault::v3::{FaultDelay, fault_delay},
-            http::fault::v3::{FaultAbort, HttpFault, fault_abort},
+            http::{
+                cors::v3::CorsPolicy as CorsPolicyPb,
+                fault::v3::{FaultAbort, HttpFault, fault_abort},
+            },
         },
         r#type::v3::FractionalPercent,
     },
     google::protobuf::Any,
 };
 
-use super::{model::*, proto, route_config::header_matcher};
+use super::{
+    model::*,
+    proto,
+    route_config::{header_matcher, string_matcher},
+};
 use crate::http::fault::{Abort, AbortKind, Delay, DelayKind};
 
 type Result<T> = std::result::Result<T, String>;
 
 pub const FAULT: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
+pub const CORS: &str = "envoy.extensions.filters.http.cors.v3.Cors";
+const CORS_POLICY: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy";
 
 /// `typed_per_filter_config` of one level.
 pub fn per_filter(map: &HashMap<String, Any>, path: &str) -> Result<PerFilter> {
@@ -36,10 +45,54 @@ pub fn per_filter(map: &HashMap<String, Any>, path: &str) -> Result<PerFilter> {
                     FilterOverride::Fault(Arc::new(fault(&f, &fpath)?)),
                 ));
             }
+            CORS_POLICY => {
+                let c: CorsPolicyPb = proto::unpack(any).map_err(|e| format!("{fpath}: {e}"))?;
+                out.push((
+                    name.clone(),
+                    FilterOverride::Cors(Arc::new(cors(&c, &fpath)?)),
+                ));
+            }
             other => return Err(format!("{fpath} ({other}): not supported")),
         }
     }
     Ok(out)
+}
+
+/// A compiled `CorsPolicy`.
+fn cors(c: &CorsPolicyPb, path: &str) -> Result<CorsPolicy> {
+    let value = |v: &str, field: &str| -> Result<Option<http::HeaderValue>> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        http::HeaderValue::from_str(v)
+            .map(Some)
+            .map_err(|_| format!("{path}.{field}: not a valid header value"))
+    };
+    let enabled_per_million = match &c.filter_enabled {
+        None => 1_000_000,
+        Some(f) => per_million(
+            f.default_value.as_ref(),
+            &format!("{path}.filter_enabled.default_value"),
+        )?,
+    };
+    Ok(CorsPolicy {
+        allow_origins: c
+            .allow_origin_string_match
+            .iter()
+            .enumerate()
+            .map(|(i, m)| string_matcher(m, &format!("{path}.allow_origin_string_match[{i}]")))
+            .collect::<Result<_>>()?,
+        allow_methods: value(&c.allow_methods, "allow_methods")?,
+        allow_headers: value(&c.allow_headers, "allow_headers")?,
+        expose_headers: value(&c.expose_headers, "expose_headers")?,
+        max_age: value(&c.max_age, "max_age")?,
+        allow_credentials: c.allow_credentials.as_ref().is_some_and(|b| b.value),
+        enabled_per_million,
+        forward_not_matching_preflights: c
+            .forward_not_matching_preflights
+            .as_ref()
+            .is_none_or(|b| b.value),
+    })
 }
 
 /// A compiled `HTTPFault`. Runtime keys are accepted and never consulted (there is no

@@ -4,6 +4,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 pub use crate::{
     http::{
+        cors::CorsPolicy,
         fault::FaultConfig,
         header_mutation::HeaderMutations,
         matchers::{HeaderMatcher, QueryParameterMatcher},
@@ -67,8 +68,16 @@ pub struct HttpConfig {
     pub server_name: String,
     pub access_logs: Vec<AccessLogConfig>,
     pub routes: RouteTable,
-    /// The fault filter, by its name in `http_filters`, when the chain has one.
-    pub fault: Option<(String, FaultConfig)>,
+    /// The HTTP filters before the router, in chain order.
+    pub filters: Vec<HttpFilter>,
+}
+
+#[derive(Debug, Clone)]
+pub enum HttpFilter {
+    /// `envoy.filters.http.fault` under its name in `http_filters`.
+    Fault { name: String, config: FaultConfig },
+    /// `envoy.filters.http.cors`: acts on per-route `CorsPolicy` configs only.
+    Cors { name: String },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -88,6 +97,7 @@ pub type PerFilter = Vec<(String, FilterOverride)>;
 #[derive(Debug, Clone)]
 pub enum FilterOverride {
     Fault(Arc<FaultConfig>),
+    Cors(Arc<CorsPolicy>),
 }
 
 /// Header mutations of one level, both directions.

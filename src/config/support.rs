@@ -107,6 +107,20 @@ const FIELDS: &[(&str, &[&str])] = &[
         &["name", "typed_config"],
     ),
     ("envoy.extensions.filters.http.router.v3.Router", &[]),
+    ("envoy.extensions.filters.http.cors.v3.Cors", &[]),
+    (
+        "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        &[
+            "allow_origin_string_match",
+            "allow_methods",
+            "allow_headers",
+            "expose_headers",
+            "max_age",
+            "allow_credentials",
+            "filter_enabled",
+            "forward_not_matching_preflights",
+        ],
+    ),
     (
         "envoy.extensions.filters.http.fault.v3.HTTPFault",
         &[

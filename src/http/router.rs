@@ -18,7 +18,8 @@ use hyper::body::Incoming;
 
 use super::{
     body::{self, Body, Guarded, Observer},
-    fault::FaultStats,
+    cors::{self, CorsStats},
+    fault::{FaultConfig, FaultStats},
     header_mutation, headers,
     local_reply::{self, ResponseFlag},
     matchers::RequestHead,
@@ -26,7 +27,7 @@ use super::{
     route_match::{Matched, Routes, Target},
 };
 use crate::{
-    config::{FilterOverride, HttpConfig, UpstreamProtocol},
+    config::{FilterOverride, HttpConfig, HttpFilter, UpstreamProtocol},
     telemetry::{
         access_log::{AccessLog, Record, Sinks},
         scopes::HttpStats,
@@ -47,17 +48,33 @@ pub struct HttpConnectionManager {
     pub stats: HttpStats,
     server_name: HeaderValue,
     access_logs: Arc<[AccessLog]>,
-    /// The fault filter's stats, when the chain has one.
-    fault_stats: Option<FaultStats>,
+    /// The HTTP filters before the router, in chain order, with their stats.
+    filters: Vec<Filter>,
+}
+
+/// An HTTP filter (by its name in `http_filters`, which per-route configs use).
+#[derive(Debug)]
+enum Filter {
+    Cors {
+        name: String,
+        stats: CorsStats,
+    },
+    Fault {
+        name: String,
+        config: FaultConfig,
+        stats: FaultStats,
+    },
 }
 
 /// What routing chose for a request, for the access log.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Picked<'a> {
     matched: Option<Matched<'a>>,
     host: Option<SocketAddr>,
     /// The fault filter delayed the request (`DI`).
     delayed: bool,
+    /// The CORS headers the response gets, if the CORS filter allowed the request.
+    cors: Option<cors::ResponseHeaders<'a>>,
 }
 
 /// What the listener knows about the downstream connection.
@@ -82,10 +99,21 @@ impl HttpConnectionManager {
             .map(|l| sinks.open(l))
             .collect::<Result<_, _>>()?;
         let stats = HttpStats::new(store, &config.stat_prefix);
-        let fault_stats = config
-            .fault
-            .is_some()
-            .then(|| FaultStats::new(store, &config.stat_prefix));
+        let filters = config
+            .filters
+            .iter()
+            .map(|f| match f {
+                HttpFilter::Fault { name, config: c } => Filter::Fault {
+                    name: name.clone(),
+                    config: c.clone(),
+                    stats: FaultStats::new(store, &config.stat_prefix),
+                },
+                HttpFilter::Cors { name } => Filter::Cors {
+                    name: name.clone(),
+                    stats: CorsStats::new(store, &config.stat_prefix),
+                },
+            })
+            .collect();
         let server_name = HeaderValue::from_str(&config.server_name).map_err(|_| {
             format!(
                 "server_name '{}' is not a valid header value",
@@ -98,7 +126,7 @@ impl HttpConnectionManager {
             stats,
             server_name,
             access_logs,
-            fault_stats,
+            filters,
         })
     }
 
@@ -174,6 +202,9 @@ impl HttpConnectionManager {
         if grpc {
             local_reply::to_grpc(resp);
         }
+        if let Some(cors) = &picked.cors {
+            cors.apply(resp.headers_mut());
+        }
         if let Some(m) = &picked.matched {
             let levels = || m.header_levels(false);
             if levels().next().is_some() {
@@ -221,21 +252,39 @@ impl HttpConnectionManager {
         };
         picked.matched = Some(matched);
         let mut _fault = None;
-        if let (Some((name, base)), Some(stats)) = (&self.config.fault, &self.fault_stats) {
-            let cfg = match matched.filter_override(name) {
-                Some(FilterOverride::Fault(f)) => f.as_ref(),
-                None => base,
-            };
-            let cluster = matched.cluster().map(|c| c.name());
-            let outcome = cfg.decide(&head, cluster, stats);
-            _fault = outcome.active;
-            if let Some(d) = outcome.delay {
-                picked.delayed = true;
-                tokio::time::sleep(d).await;
-            }
-            if let Some(abort) = outcome.abort {
-                stats.aborts_injected.inc();
-                return abort;
+        for filter in &self.filters {
+            match filter {
+                Filter::Cors { name, stats } => {
+                    let Some(FilterOverride::Cors(policy)) = matched.filter_override(name) else {
+                        continue;
+                    };
+                    match policy.decide(req.method(), req.headers(), stats) {
+                        cors::Decision::Pass => {}
+                        cors::Decision::Reply(resp) => return resp,
+                        cors::Decision::Decorate(d) => picked.cors = Some(d),
+                    }
+                }
+                Filter::Fault {
+                    name,
+                    config,
+                    stats,
+                } => {
+                    let cfg = match matched.filter_override(name) {
+                        Some(FilterOverride::Fault(f)) => f.as_ref(),
+                        _ => config,
+                    };
+                    let cluster = matched.cluster().map(|c| c.name());
+                    let outcome = cfg.decide(&head, cluster, stats);
+                    _fault = outcome.active;
+                    if let Some(d) = outcome.delay {
+                        picked.delayed = true;
+                        tokio::time::sleep(d).await;
+                    }
+                    if let Some(abort) = outcome.abort {
+                        stats.aborts_injected.inc();
+                        return abort;
+                    }
+                }
             }
         }
         let (cluster, timeout) = match matched.target {
