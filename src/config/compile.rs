@@ -256,6 +256,12 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
         },
         routes,
         filters,
+        upgrades: hcm
+            .upgrade_configs
+            .iter()
+            .filter(|u| u.enabled.as_ref().is_none_or(|b| b.value))
+            .map(|u| u.upgrade_type.to_ascii_lowercase())
+            .collect(),
     })
 }
 

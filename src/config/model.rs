@@ -70,6 +70,8 @@ pub struct HttpConfig {
     pub routes: RouteTable,
     /// The HTTP filters before the router, in chain order.
     pub filters: Vec<HttpFilter>,
+    /// `upgrade_configs`: the upgrade types (lowercase, e.g. `websocket`) allowed.
+    pub upgrades: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +141,9 @@ pub struct Forward {
     pub rewrite: Rewrite,
     /// Whole-request timeout; `None` when disabled with `0s`. Envoy's default is 15 s.
     pub timeout: Option<Duration>,
+    /// The route's `upgrade_configs`: per upgrade type, enabled or not, overriding the
+    /// connection manager's.
+    pub upgrades: Vec<(String, bool)>,
 }
 
 impl Forward {
@@ -147,6 +152,7 @@ impl Forward {
             cluster,
             rewrite: Rewrite::default(),
             timeout: None,
+            upgrades: Vec::new(),
         }
     }
 }

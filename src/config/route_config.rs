@@ -155,10 +155,21 @@ fn forward(
     {
         rewrite.host = Some(h.clone());
     }
+    let upgrades = action
+        .upgrade_configs
+        .iter()
+        .map(|u| {
+            (
+                u.upgrade_type.to_ascii_lowercase(),
+                u.enabled.as_ref().is_none_or(|b| b.value),
+            )
+        })
+        .collect();
     Ok(Forward {
         cluster,
         rewrite,
         timeout,
+        upgrades,
     })
 }
 

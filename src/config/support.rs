@@ -100,7 +100,12 @@ const FIELDS: &[(&str, &[&str])] = &[
             "generate_request_id",
             "server_name",
             "access_log",
+            "upgrade_configs",
         ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
+        &["upgrade_type", "enabled"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
@@ -307,7 +312,12 @@ const FIELDS: &[(&str, &[&str])] = &[
             "regex_rewrite",
             "host_rewrite_literal",
             "timeout",
+            "upgrade_configs",
         ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.UpgradeConfig",
+        &["upgrade_type", "enabled"],
     ),
     (
         "envoy.config.route.v3.RedirectAction",

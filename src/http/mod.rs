@@ -11,5 +11,6 @@ pub mod rewrite;
 pub mod route_match;
 pub mod router;
 pub mod server;
+pub mod upgrade;
 
 pub use router::{Downstream, HttpConnectionManager};

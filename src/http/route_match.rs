@@ -29,6 +29,7 @@ pub enum Action {
         clusters: Clusters,
         rewrite: Rewrite,
         timeout: Option<Duration>,
+        upgrades: Vec<(String, bool)>,
     },
     Redirect(Redirect),
     Direct(DirectResponse),
@@ -72,6 +73,8 @@ pub enum Target<'a> {
         cluster: &'a Arc<Cluster>,
         rewrite: &'a Rewrite,
         timeout: Option<Duration>,
+        /// The route's upgrade overrides.
+        upgrades: &'a [(String, bool)],
     },
     Redirect(&'a Redirect),
     Direct(&'a DirectResponse),
@@ -170,6 +173,7 @@ impl Routes {
                         },
                         rewrite: f.rewrite.clone(),
                         timeout: f.timeout,
+                        upgrades: f.upgrades.clone(),
                     },
                     RouteAction::Redirect(r) => Action::Redirect(r.clone()),
                     RouteAction::Direct(d) => Action::Direct(d.clone()),
@@ -243,12 +247,14 @@ impl Routes {
                 clusters,
                 rewrite,
                 timeout,
+                upgrades,
             } => {
                 let (cluster, w) = clusters.pick();
                 let target = Target::Forward {
                     cluster,
                     rewrite,
                     timeout: *timeout,
+                    upgrades,
                 };
                 (target, w)
             }

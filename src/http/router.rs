@@ -25,6 +25,7 @@ use super::{
     matchers::RequestHead,
     redirect, rewrite,
     route_match::{Matched, Routes, Target},
+    upgrade,
 };
 use crate::{
     config::{FilterOverride, HttpConfig, HttpFilter, UpstreamProtocol},
@@ -230,7 +231,7 @@ impl HttpConnectionManager {
     async fn forward<'a>(
         &'a self,
         down: Downstream,
-        req: Request<Body>,
+        mut req: Request<Body>,
         picked: &mut Picked<'a>,
     ) -> Response<Body> {
         let authority = request_authority(&req);
@@ -287,10 +288,13 @@ impl HttpConnectionManager {
                 }
             }
         }
-        let (cluster, timeout) = match matched.target {
+        let (cluster, timeout, route_upgrades) = match matched.target {
             Target::Forward {
-                cluster, timeout, ..
-            } => (cluster.clone(), timeout),
+                cluster,
+                timeout,
+                upgrades,
+                ..
+            } => (cluster.clone(), timeout, upgrades),
             Target::Redirect(r) => {
                 let location =
                     redirect::location(r, &matched.route.matcher.path, head.authority, path);
@@ -304,22 +308,44 @@ impl HttpConnectionManager {
             return local_reply::reply(ResponseFlag::NoHealthyUpstream);
         };
         picked.host = Some(host.addr);
-        let h2 = match cluster.config.protocol {
-            UpstreamProtocol::Http1 => false,
-            UpstreamProtocol::Http2 => true,
-            UpstreamProtocol::Downstream => req.version() == Version::HTTP_2,
-        };
-        let upstream_req = match self.upstream_request(req, &matched, down, authority, h2) {
+        // An upgrade goes upstream over HTTP/1.1, whatever the cluster speaks.
+        let upgrade = upgrade::requested(&req);
+        let mut down_upgrade = None;
+        if let Some(kind) = &upgrade {
+            if !upgrade::allowed(kind, route_upgrades, &self.config.upgrades) {
+                if kind.as_bytes().eq_ignore_ascii_case(b"websocket") {
+                    self.stats.downstream_rq_ws_on_non_ws_route.inc();
+                }
+                return upgrade::forbidden();
+            }
+            self.stats.downstream_cx_upgrades_total.inc();
+            down_upgrade = Some(hyper::upgrade::on(&mut req));
+        }
+        let h2 = upgrade.is_none()
+            && match cluster.config.protocol {
+                UpstreamProtocol::Http1 => false,
+                UpstreamProtocol::Http2 => true,
+                UpstreamProtocol::Downstream => req.version() == Version::HTTP_2,
+            };
+        let mut upstream_req = match self.upstream_request(req, &matched, down, authority, h2) {
             Ok(r) => r,
             Err(resp) => return resp,
         };
+        if let Some(kind) = &upgrade {
+            upgrade::restore_headers(upstream_req.headers_mut(), kind.clone());
+        }
 
         let stats = &cluster.stats;
         stats.upstream_rq_total.inc();
         let active = GaugeGuard::new(&stats.upstream_rq_active);
         let start = Instant::now();
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let sent = http_pool::send(&cluster, &host, upstream_req, h2);
+        let sent = async {
+            match upgrade {
+                Some(_) => http_pool::send_upgrade(&cluster, &host, upstream_req).await,
+                None => http_pool::send(&cluster, &host, upstream_req, h2).await,
+            }
+        };
         let result = match deadline {
             Some(d) => tokio::time::timeout_at(d, sent).await.ok(),
             None => Some(sent.await),
@@ -354,6 +380,24 @@ impl HttpConnectionManager {
         };
         stats.upstream_rq.record(resp.status().as_u16());
         stats.upstream_rq_completed.inc();
+        let mut resp = resp;
+        if let Some(down_upgrade) = down_upgrade
+            && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            let up_upgrade = hyper::upgrade::on(&mut resp);
+            upgrade::tunnel(
+                down_upgrade,
+                up_upgrade,
+                self.stats.downstream_cx_upgrades_active.clone(),
+            );
+            let (mut parts, _) = resp.into_parts();
+            let accepted = parts.headers.get(header::UPGRADE).cloned();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            if let Some(kind) = accepted {
+                upgrade::restore_headers(&mut parts.headers, kind);
+            }
+            return Response::from_parts(parts, body::empty());
+        }
         let (mut parts, incoming) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(

@@ -53,7 +53,8 @@ pub async fn serve(
         stats.downstream_cx_http1_total.inc();
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
-            .serve_connection(io, svc);
+            .serve_connection(io, svc)
+            .with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}

@@ -129,6 +129,9 @@ pub struct HttpStats {
     pub downstream_rq: CodeCounters,
     pub no_route: Counter,
     pub no_cluster: Counter,
+    pub downstream_cx_upgrades_total: Counter,
+    pub downstream_cx_upgrades_active: Gauge,
+    pub downstream_rq_ws_on_non_ws_route: Counter,
 }
 
 impl HttpStats {
@@ -167,6 +170,9 @@ impl HttpStats {
             ),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),
+            downstream_cx_upgrades_total: c("downstream_cx_upgrades_total"),
+            downstream_cx_upgrades_active: g("downstream_cx_upgrades_active"),
+            downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
         }
     }
 }

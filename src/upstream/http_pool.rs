@@ -99,6 +99,27 @@ async fn send_h1(
     Ok(resp)
 }
 
+/// Sends an upgrade request (e.g. WebSocket) on a connection of its own: after a `101`
+/// the connection becomes the tunnel and never returns to the pool.
+pub async fn send_upgrade(
+    cluster: &Cluster,
+    host: &Arc<Host>,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, SendError> {
+    let stream = connect(host.addr, cluster.config.connect_timeout, &cluster.stats)
+        .await
+        .map_err(SendError::Connect)?;
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(SendError::Reset)?;
+    let guard = GaugeGuard::new(&cluster.stats.upstream_cx_active);
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+        drop(guard);
+    });
+    sender.send_request(req).await.map_err(SendError::Reset)
+}
+
 /// Puts an HTTP/1.1 connection back in the pool once its response has been read.
 fn return_when_ready(host: Arc<Host>, mut sender: http1::SendRequest<Body>) {
     tokio::spawn(async move {
