@@ -479,3 +479,55 @@ async fn header_mutations_match_envoy() {
         );
     }
 }
+
+/// `normalize_path` and `merge_slashes` before routing, and `host_rewrite_header`.
+#[tokio::test]
+async fn path_normalization_matches_envoy() {
+    let Some(envoy) = envoy_bin() else {
+        require(
+            "the envoy binary (scripts/test installs it into .venv)",
+            false,
+        );
+        return;
+    };
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let routes = r#"              - match: { prefix: "/etc" }
+                route: { cluster: b }
+              - match: { prefix: "/hosthdr" }
+                route: { cluster: b, host_rewrite_header: x-host }
+              - match: { prefix: "/" }
+                route: { cluster: a }"#;
+    let clusters = format!(
+        "{}{}",
+        static_cluster("a", &[a.addr], false),
+        static_cluster("b", &[b.addr], false)
+    );
+    let yaml = http_bootstrap(routes, &clusters).replace(
+        "          stat_prefix: ingress_http\n",
+        "          stat_prefix: ingress_http\n          normalize_path: true\n          merge_slashes: true\n",
+    );
+    let ours = Proxy::start(&yaml).await;
+    let theirs = Proxy::start_bin(&envoy, &yaml, &["--disable-hot-restart"]).await;
+    let cases: &[Case] = &[
+        get("/a/./b/../c", &[]),
+        get("//x///y", &[]),
+        get("/%7Euser/%2e%2e/z", &[]),
+        get("/a/%2F/b", &[]),
+        get("/a/%2f/b", &[]),
+        get("/../../etc/passwd", &[]),
+        get("/p%41th?q=/../x", &[]),
+        get("/a/b/..", &[]),
+        get("/hosthdr", &[("x-host", "rewritten.example")]),
+        get("/hosthdr", &[]),
+    ];
+    for case in cases {
+        let want = run(&theirs, &a, &b, case).await;
+        let got = run(&ours, &a, &b, case).await;
+        assert_eq!(
+            got, want,
+            "{}: pilotfish (left) and Envoy (right) differ",
+            case.path
+        );
+    }
+}

@@ -262,6 +262,8 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
             .filter(|u| u.enabled.as_ref().is_none_or(|b| b.value))
             .map(|u| u.upgrade_type.to_ascii_lowercase())
             .collect(),
+        normalize_path: hcm.normalize_path.as_ref().is_some_and(|b| b.value),
+        merge_slashes: hcm.merge_slashes,
     })
 }
 

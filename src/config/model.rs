@@ -72,6 +72,8 @@ pub struct HttpConfig {
     pub filters: Vec<HttpFilter>,
     /// `upgrade_configs`: the upgrade types (lowercase, e.g. `websocket`) allowed.
     pub upgrades: Vec<String>,
+    pub normalize_path: bool,
+    pub merge_slashes: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +265,8 @@ pub struct Rewrite {
     pub path: Option<PathRewrite>,
     /// `host_rewrite_literal`.
     pub host: Option<String>,
+    /// `host_rewrite_header`: the host from this request header, when present.
+    pub host_from_header: Option<http::HeaderName>,
 }
 
 #[derive(Debug, Clone)]

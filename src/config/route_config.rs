@@ -148,12 +148,20 @@ fn forward(
     };
     let mut rewrite = Rewrite {
         path: path_rewrite(&action.prefix_rewrite, action.regex_rewrite.as_ref(), apath)?,
-        host: None,
+        ..Rewrite::default()
     };
-    if let Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) =
-        &action.host_rewrite_specifier
-    {
-        rewrite.host = Some(h.clone());
+    match &action.host_rewrite_specifier {
+        Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) => {
+            rewrite.host = Some(h.clone());
+        }
+        Some(route_action::HostRewriteSpecifier::HostRewriteHeader(h)) => {
+            rewrite.host_from_header = Some(
+                http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                    format!("{apath}.host_rewrite_header: '{h}' is not a header name")
+                })?,
+            );
+        }
+        _ => {}
     }
     let upgrades = action
         .upgrade_configs

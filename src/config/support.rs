@@ -101,6 +101,8 @@ const FIELDS: &[(&str, &[&str])] = &[
             "server_name",
             "access_log",
             "upgrade_configs",
+            "normalize_path",
+            "merge_slashes",
         ],
     ),
     (
@@ -311,6 +313,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "prefix_rewrite",
             "regex_rewrite",
             "host_rewrite_literal",
+            "host_rewrite_header",
             "timeout",
             "upgrade_configs",
         ],

@@ -6,6 +6,7 @@ pub mod header_mutation;
 pub mod headers;
 pub mod local_reply;
 pub mod matchers;
+pub mod path_normalize;
 pub mod redirect;
 pub mod rewrite;
 pub mod route_match;

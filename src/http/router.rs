@@ -23,7 +23,7 @@ use super::{
     header_mutation, headers,
     local_reply::{self, ResponseFlag},
     matchers::RequestHead,
-    redirect, rewrite,
+    path_normalize, redirect, rewrite,
     route_match::{Matched, Routes, Target},
     upgrade,
 };
@@ -146,6 +146,13 @@ impl HttpConnectionManager {
         }
         let active = GaugeGuard::new(&stats.downstream_rq_active);
         let grpc = headers::is_grpc(req.headers());
+        let mut req = req;
+        if (self.config.normalize_path || self.config.merge_slashes)
+            && let Err(mut resp) = self.normalize(&mut req)
+        {
+            self.finish(&Picked::default(), down, grpc, &mut resp);
+            return resp;
+        }
         if self.access_logs.is_empty() {
             let mut picked = Picked::default();
             let mut resp = self.forward(down, req.map(body::boxed), &mut picked).await;
@@ -194,6 +201,26 @@ impl HttpConnectionManager {
         };
         let (parts, b) = resp.into_parts();
         Response::from_parts(parts, body::boxed(Guarded::new(b, end, None)))
+    }
+
+    /// `normalize_path` / `merge_slashes` on the request's path, before routing and
+    /// logging (as Envoy does); a path that cannot be rebuilt is a 400.
+    #[allow(clippy::result_large_err)]
+    fn normalize<B>(&self, req: &mut Request<B>) -> Result<(), Response<Body>> {
+        let Some(pq) = req.uri().path_and_query() else {
+            return Ok(());
+        };
+        let Some(new) = path_normalize::normalize(
+            pq.as_str(),
+            self.config.normalize_path,
+            self.config.merge_slashes,
+        ) else {
+            return Ok(());
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(new.parse().map_err(|_| bad_request())?);
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| bad_request())?;
+        Ok(())
     }
 
     /// Everything a response gets once routing is done: the route's response header
@@ -439,6 +466,13 @@ impl HttpConnectionManager {
         }
         if let Some(host) = rewrite.and_then(|r| r.host.as_ref()) {
             authority = Some(host.clone());
+        }
+        if let Some(host) = rewrite
+            .and_then(|r| r.host_from_header.as_ref())
+            .and_then(|name| parts.headers.get(name))
+            .and_then(|v| v.to_str().ok())
+        {
+            authority = Some(host.to_owned());
         }
         headers::strip_hop_by_hop(&mut parts.headers);
         let h = &mut parts.headers;
