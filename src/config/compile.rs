@@ -264,6 +264,12 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
             .collect(),
         normalize_path: hcm.normalize_path.as_ref().is_some_and(|b| b.value),
         merge_slashes: hcm.merge_slashes,
+        forwarded: ForwardedConfig {
+            use_remote_address: hcm.use_remote_address.as_ref().is_some_and(|b| b.value),
+            skip_xff_append: hcm.skip_xff_append,
+            xff_num_trusted_hops: hcm.xff_num_trusted_hops,
+            preserve_external_request_id: hcm.preserve_external_request_id,
+        },
     })
 }
 

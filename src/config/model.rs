@@ -6,6 +6,7 @@ pub use crate::{
     http::{
         cors::CorsPolicy,
         fault::FaultConfig,
+        forwarded::ForwardedConfig,
         header_mutation::HeaderMutations,
         matchers::{HeaderMatcher, QueryParameterMatcher},
     },
@@ -74,6 +75,7 @@ pub struct HttpConfig {
     pub upgrades: Vec<String>,
     pub normalize_path: bool,
     pub merge_slashes: bool,
+    pub forwarded: ForwardedConfig,
 }
 
 #[derive(Debug, Clone)]

@@ -103,6 +103,10 @@ const FIELDS: &[(&str, &[&str])] = &[
             "upgrade_configs",
             "normalize_path",
             "merge_slashes",
+            "use_remote_address",
+            "skip_xff_append",
+            "xff_num_trusted_hops",
+            "preserve_external_request_id",
         ],
     ),
     (

@@ -2,6 +2,7 @@
 pub mod body;
 pub mod cors;
 pub mod fault;
+pub mod forwarded;
 pub mod header_mutation;
 pub mod headers;
 pub mod local_reply;

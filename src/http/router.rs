@@ -153,6 +153,12 @@ impl HttpConnectionManager {
             self.finish(&Picked::default(), down, grpc, &mut resp);
             return resp;
         }
+        // The connection manager's own request headers, before routing (as Envoy).
+        let h = req.headers_mut();
+        self.config.forwarded.apply(h, down.peer);
+        if self.config.generate_request_id && !h.contains_key("x-request-id") {
+            h.insert("x-request-id", headers::request_id());
+        }
         if self.access_logs.is_empty() {
             let mut picked = Picked::default();
             let mut resp = self.forward(down, req.map(body::boxed), &mut picked).await;
@@ -476,12 +482,6 @@ impl HttpConnectionManager {
         }
         headers::strip_hop_by_hop(&mut parts.headers);
         let h = &mut parts.headers;
-        if !h.contains_key("x-forwarded-proto") {
-            h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        }
-        if self.config.generate_request_id && !h.contains_key("x-request-id") {
-            h.insert("x-request-id", headers::request_id());
-        }
         if let Some(t) = timeout {
             h.insert(
                 "x-envoy-expected-rq-timeout-ms",

@@ -1,0 +1,200 @@
+//! `x-forwarded-for`, `x-forwarded-proto` and the external-request rules of the
+//! connection manager, as Envoy 1.40 applies them:
+//!
+//! - `use_remote_address: false` (the default): `x-forwarded-for` is left alone,
+//!   `x-forwarded-proto` kept if the client sent one.
+//! - `use_remote_address: true`: the peer address is appended to `x-forwarded-for`
+//!   (unless `skip_xff_append`; a loopback peer is replaced by this host's first
+//!   non-loopback address, as Envoy does); the trusted client address is the peer, or
+//!   with `xff_num_trusted_hops: N` the N-th address from the right of the received
+//!   `x-forwarded-for`. No address is internal by default in Envoy 1.40, so every
+//!   request is external: it gets `x-envoy-external-address`, a fresh `x-request-id`
+//!   (unless `preserve_external_request_id`) and `x-forwarded-proto` of the connection
+//!   (unless hops are trusted).
+//! - Either way, no request is internal, so Envoy's control headers sent by a client
+//!   (`x-envoy-internal`, `x-envoy-upstream-rq-timeout-ms`, …) are dropped.
+use std::net::{IpAddr, SocketAddr};
+
+use http::{HeaderMap, HeaderValue};
+
+/// The connection manager's settings for forwarded headers.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardedConfig {
+    pub use_remote_address: bool,
+    pub skip_xff_append: bool,
+    pub xff_num_trusted_hops: u32,
+    pub preserve_external_request_id: bool,
+}
+
+/// Request headers only Envoy itself may set; a request that is not internal loses them.
+const INTERNAL_HEADERS: [&str; 13] = [
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-external-address",
+    "x-envoy-force-trace",
+    "x-envoy-internal",
+    "x-envoy-ip-tags",
+    "x-envoy-max-retries",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retry-on",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+];
+
+impl ForwardedConfig {
+    /// Applies the rules to a request from `peer`. Runs before the connection manager
+    /// adds its own headers (`x-request-id`, the expected timeout).
+    pub fn apply(&self, h: &mut HeaderMap, peer: SocketAddr) {
+        // No request is internal (no `internal_address_config`), so Envoy's control
+        // headers from the client are never trusted.
+        for name in INTERNAL_HEADERS {
+            h.remove(name);
+        }
+        if !self.use_remote_address {
+            if !h.contains_key("x-forwarded-proto") {
+                h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+            }
+            return;
+        }
+        let received = xff(h);
+        let trusted = match self.xff_num_trusted_hops {
+            0 => Some(peer.ip().to_string()),
+            n => received
+                .as_deref()
+                .and_then(|x| x.rsplit(',').nth(n as usize - 1))
+                .map(|a| a.trim().to_owned())
+                .or_else(|| Some(peer.ip().to_string())),
+        };
+        if !self.skip_xff_append {
+            let appended = appended_address(peer.ip()).to_string();
+            let value = match received {
+                Some(x) => format!("{x},{appended}"),
+                None => appended,
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert("x-forwarded-for", v);
+            }
+        }
+        if let Some(Ok(v)) = trusted.map(|t| HeaderValue::from_str(&t)) {
+            h.insert("x-envoy-external-address", v);
+        }
+        if self.xff_num_trusted_hops == 0 || !h.contains_key("x-forwarded-proto") {
+            h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        }
+        if !self.preserve_external_request_id {
+            h.remove("x-request-id");
+        }
+    }
+}
+
+/// The received `x-forwarded-for`, all values joined.
+fn xff(h: &HeaderMap) -> Option<String> {
+    let values: Vec<&str> = h
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+/// The address appended for a peer: itself, or for a loopback peer this host's first
+/// non-loopback address of the same family (what Envoy appends), if it has one.
+fn appended_address(peer: IpAddr) -> IpAddr {
+    if !peer.is_loopback() {
+        return peer;
+    }
+    local_address(peer.is_ipv4()).unwrap_or(peer)
+}
+
+fn local_address(v4: bool) -> Option<IpAddr> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    addrs
+        .filter_map(|a| a.address)
+        .filter_map(|s| {
+            if v4 {
+                s.as_sockaddr_in().map(|a| IpAddr::V4(a.ip()))
+            } else {
+                s.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip()))
+            }
+        })
+        .find(|ip| !ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(cfg: &ForwardedConfig, pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h: HeaderMap = pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect();
+        cfg.apply(&mut h, "10.0.0.9:5555".parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn remote_address_rules() {
+        let off = ForwardedConfig::default();
+        let h = apply(
+            &off,
+            &[
+                ("x-forwarded-for", "1.2.3.4"),
+                ("x-forwarded-proto", "https"),
+            ],
+        );
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(!h.contains_key("x-envoy-external-address"));
+
+        let on = ForwardedConfig {
+            use_remote_address: true,
+            ..Default::default()
+        };
+        let h = apply(
+            &on,
+            &[
+                ("x-forwarded-for", "1.2.3.4, 5.6.7.8"),
+                ("x-forwarded-proto", "https"),
+                ("x-request-id", "abc"),
+                ("x-envoy-retry-on", "5xx"),
+            ],
+        );
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8,10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-envoy-external-address"], "10.0.0.9");
+        assert!(!h.contains_key("x-request-id"));
+        assert!(!h.contains_key("x-envoy-retry-on"));
+
+        let hops = ForwardedConfig {
+            use_remote_address: true,
+            xff_num_trusted_hops: 1,
+            ..Default::default()
+        };
+        let h = apply(
+            &hops,
+            &[
+                ("x-forwarded-for", "1.2.3.4, 5.6.7.8"),
+                ("x-forwarded-proto", "https"),
+            ],
+        );
+        assert_eq!(h["x-envoy-external-address"], "5.6.7.8");
+        assert_eq!(h["x-forwarded-proto"], "https");
+
+        let skip = ForwardedConfig {
+            use_remote_address: true,
+            skip_xff_append: true,
+            ..Default::default()
+        };
+        let h = apply(&skip, &[]);
+        assert!(!h.contains_key("x-forwarded-for"));
+        assert_eq!(h["x-envoy-external-address"], "10.0.0.9");
+    }
+}
