@@ -95,6 +95,8 @@ fn bootstrap(a: SocketAddr, b: SocketAddr) -> String {
                 direct_response: { status: 200, body: { inline_string: "hello from the route\n" } }
               - match: { prefix: "/unavailable" }
                 direct_response: { status: 503 }
+              - match: { prefix: "/by-header" }
+                route: { cluster_header: x-target }
               - match: { prefix: "/all-b" }
                 route:
                   weighted_clusters:
@@ -198,6 +200,10 @@ const CASES: &[Case] = &[
     get("/svc/noslash", &[]),
     get("/host/x", &[]),
     get("/all-b/x", &[]),
+    get("/by-header", &[("x-target", "b")]),
+    get("/by-header", &[("x-target", "a")]),
+    get("/by-header", &[("x-target", "nope")]),
+    get("/by-header", &[]),
     get("/to-https/x?q=1", &[]),
     get("/moved/x?q=1", &[]),
     get("/port/x?q=1", &[]),

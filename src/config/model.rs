@@ -233,6 +233,8 @@ pub enum ClusterSpec {
     Single(String),
     /// `weighted_clusters`: picked at random in proportion to the weights.
     Weighted(Vec<WeightedTarget>),
+    /// `cluster_header`: the cluster named by this request header (lowercase).
+    Header(String),
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +259,7 @@ impl ClusterSpec {
         match self {
             ClusterSpec::Single(c) => vec![c],
             ClusterSpec::Weighted(w) => w.iter().map(|t| t.name.as_str()).collect(),
+            ClusterSpec::Header(_) => Vec::new(),
         }
     }
 }

@@ -127,6 +127,14 @@ fn forward(
 ) -> Result<Forward> {
     let cluster = match &action.cluster_specifier {
         Some(route_action::ClusterSpecifier::Cluster(c)) => ClusterSpec::Single(c.clone()),
+        Some(route_action::ClusterSpecifier::ClusterHeader(h)) => {
+            if http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).is_err() {
+                return Err(format!(
+                    "{apath}.cluster_header: '{h}' is not a header name"
+                ));
+            }
+            ClusterSpec::Header(h.to_ascii_lowercase())
+        }
         Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
             weighted(w, &format!("{apath}.weighted_clusters"))?
         }
@@ -135,8 +143,8 @@ fn forward(
     for (i, name) in cluster.names().into_iter().enumerate() {
         if !clusters.contains(name) {
             let field = match cluster {
-                ClusterSpec::Single(_) => "cluster".to_owned(),
                 ClusterSpec::Weighted(_) => format!("weighted_clusters.clusters[{i}].name"),
+                _ => "cluster".to_owned(),
             };
             return Err(format!("{apath}.{field}: unknown cluster '{name}'"));
         }

@@ -314,6 +314,7 @@ const FIELDS: &[(&str, &[&str])] = &[
         &[
             "cluster",
             "weighted_clusters",
+            "cluster_header",
             "prefix_rewrite",
             "regex_rewrite",
             "host_rewrite_literal",

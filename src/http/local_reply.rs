@@ -22,6 +22,8 @@ pub enum ResponseFlag {
     UpstreamRemoteReset,
     /// Aborted by the fault filter.
     FaultInjected,
+    /// The route's `cluster_header` named no known cluster.
+    NoClusterFound,
 }
 
 impl ResponseFlag {
@@ -34,6 +36,7 @@ impl ResponseFlag {
             ResponseFlag::UpstreamRequestTimeout => "UT",
             ResponseFlag::UpstreamRemoteReset => "UR",
             ResponseFlag::FaultInjected => "FI",
+            ResponseFlag::NoClusterFound => "NC",
         }
     }
 }
@@ -72,6 +75,7 @@ pub fn reply(flag: ResponseFlag) -> Response<Body> {
             (StatusCode::SERVICE_UNAVAILABLE, CONNECTION_TERMINATION)
         }
         ResponseFlag::FaultInjected => (StatusCode::SERVICE_UNAVAILABLE, FAULT_ABORT),
+        ResponseFlag::NoClusterFound => (StatusCode::SERVICE_UNAVAILABLE, ""),
     };
     with_body(status, text, flag)
 }

@@ -39,6 +39,11 @@ pub enum Action {
 #[derive(Debug)]
 pub enum Clusters {
     Single(Arc<Cluster>),
+    /// `cluster_header`: looked up per request among the clusters known at build time.
+    Header {
+        name: http::HeaderName,
+        all: HashMap<String, Arc<Cluster>>,
+    },
     Weighted {
         /// Each cluster with the cumulative weight up to and including it, and its
         /// header mutations.
@@ -78,6 +83,8 @@ pub enum Target<'a> {
     },
     Redirect(&'a Redirect),
     Direct(&'a DirectResponse),
+    /// `cluster_header` named no known cluster (Envoy's NC).
+    NoCluster,
 }
 
 impl<'a> Matched<'a> {
@@ -158,6 +165,14 @@ impl Routes {
                     RouteAction::Forward(f) => Action::Forward {
                         clusters: match &f.cluster {
                             ClusterSpec::Single(c) => Clusters::Single(get(c)?),
+                            ClusterSpec::Header(h) => Clusters::Header {
+                                name: http::HeaderName::from_bytes(h.as_bytes())
+                                    .map_err(|_| format!("'{h}' is not a header name"))?,
+                                all: clusters
+                                    .iter()
+                                    .map(|c| (c.name().to_owned(), c.clone()))
+                                    .collect(),
+                            },
                             ClusterSpec::Weighted(w) => {
                                 let mut total = 0;
                                 let mut list = Vec::with_capacity(w.len());
@@ -248,16 +263,18 @@ impl Routes {
                 rewrite,
                 timeout,
                 upgrades,
-            } => {
-                let (cluster, w) = clusters.pick();
-                let target = Target::Forward {
-                    cluster,
-                    rewrite,
-                    timeout: *timeout,
-                    upgrades,
-                };
-                (target, w)
-            }
+            } => match clusters.pick(req.headers) {
+                Some((cluster, w)) => {
+                    let target = Target::Forward {
+                        cluster,
+                        rewrite,
+                        timeout: *timeout,
+                        upgrades,
+                    };
+                    (target, w)
+                }
+                None => (Target::NoCluster, None),
+            },
             Action::Redirect(r) => (Target::Redirect(r), None),
             Action::Direct(d) => (Target::Direct(d), None),
         };
@@ -296,19 +313,25 @@ impl Route {
 }
 
 impl Clusters {
-    /// The cluster for one request: the route's cluster, or a weighted pick as Envoy
-    /// makes it (a random value below the total weight, then the first cluster whose
-    /// cumulative weight exceeds it), with that weighted cluster's header mutations.
-    fn pick(&self) -> (&Arc<Cluster>, Option<&Headers>) {
+    /// The cluster for one request: the route's cluster, the one its `cluster_header`
+    /// names, or a weighted pick as Envoy makes it (a random value below the total
+    /// weight, then the first cluster whose cumulative weight exceeds it), with that
+    /// weighted cluster's header mutations. `None` when the header names no cluster.
+    fn pick(&self, headers: &http::HeaderMap) -> Option<(&Arc<Cluster>, Option<&Headers>)> {
         match self {
-            Clusters::Single(c) => (c, None),
+            Clusters::Single(c) => Some((c, None)),
+            Clusters::Header { name, all } => headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| all.get(v))
+                .map(|c| (c, None)),
             Clusters::Weighted { clusters, total } => {
                 let v = fastrand::u64(..*total);
                 let (c, _, h) = clusters
                     .iter()
                     .find(|(_, end, _)| v < *end)
                     .unwrap_or(&clusters[clusters.len() - 1]);
-                (c, Some(h))
+                Some((c, Some(h)))
             }
         }
     }
@@ -453,6 +476,19 @@ mod tests {
             ("other", "/p/", None),
             ("other", "/nothing", None),
             ("api.example.com:9090", "/", None),
+            ("API.EXAMPLE.COM:8080", "/v1", Some("b")),
+            ("a.b.svc.example.com", "/", Some("b")),
+            ("svc.example.com", "/", Some("c")),
+            // A suffix wildcard beats a prefix wildcard.
+            ("www.example.com", "/", Some("c")),
+            ("www.other", "/x", Some("d")),
+            ("api.example.com", "/exact/", Some("c")),
+            ("api.example.com", "/v1?x", Some("b")),
+            ("", "/p", Some("a")),
+            ("other", "/caseless?q", Some("e")),
+            ("other", "/Caseless", Some("e")),
+            ("other", "/cas", None),
+            ("www.", "/p", Some("a")),
         ];
         for (host, path, want) in cases {
             let got = pick(&t, host, path, &[]);

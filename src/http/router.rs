@@ -334,6 +334,10 @@ impl HttpConnectionManager {
                 return redirect::redirect_response(r, &location);
             }
             Target::Direct(d) => return redirect::direct_response(d),
+            Target::NoCluster => {
+                self.stats.no_cluster.inc();
+                return local_reply::reply(ResponseFlag::NoClusterFound);
+            }
         };
         let Some(host) = cluster.pick(Some(down.local)) else {
             cluster.stats.upstream_cx_none_healthy.inc();
@@ -549,6 +553,7 @@ fn flags(flag: Option<ResponseFlag>, delayed: bool) -> Option<&'static str> {
         (Some(ResponseFlag::UpstreamConnectionTermination), true) => Some("UC,DI"),
         (Some(ResponseFlag::UpstreamRemoteReset), true) => Some("UR,DI"),
         (Some(ResponseFlag::NoRouteFound), true) => Some("NR,DI"),
+        (Some(ResponseFlag::NoClusterFound), true) => Some("NC,DI"),
     }
 }
 
