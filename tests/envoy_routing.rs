@@ -95,6 +95,8 @@ fn bootstrap(a: SocketAddr, b: SocketAddr) -> String {
                 direct_response: { status: 200, body: { inline_string: "hello from the route\n" } }
               - match: { prefix: "/unavailable" }
                 direct_response: { status: 503 }
+              - match: { prefix: "/idle" }
+                route: { cluster: a, idle_timeout: 0.3s }
               - match: { prefix: "/by-header" }
                 route: { cluster_header: x-target }
               - match: { prefix: "/all-b" }
@@ -204,6 +206,8 @@ const CASES: &[Case] = &[
     get("/by-header", &[("x-target", "a")]),
     get("/by-header", &[("x-target", "nope")]),
     get("/by-header", &[]),
+    get("/idle/slow/1500", &[]),
+    get("/idle/slow/10", &[]),
     get("/to-https/x?q=1", &[]),
     get("/moved/x?q=1", &[]),
     get("/port/x?q=1", &[]),
@@ -222,7 +226,8 @@ struct Outcome {
     seen_original_path: Option<String>,
     location: Option<String>,
     content_type: Option<String>,
-    /// Only for local answers (an upstream's echo carries per-request ids).
+    /// Only for answers that did not come from an upstream (an upstream's echo carries
+    /// per-request ids).
     local_body: Option<String>,
 }
 
@@ -259,8 +264,9 @@ async fn run(proxy: &Proxy, a: &Upstream, b: &Upstream, case: &Case) -> Outcome 
                 .map(|v| v.to_str().unwrap().to_owned())
         }),
         location: header("location"),
-        content_type: header("content-type").filter(|_| seen.is_none()),
-        local_body: seen
+        content_type: header("content-type").filter(|_| headers.get("x-upstream").is_none()),
+        local_body: headers
+            .get("x-upstream")
             .is_none()
             .then(|| String::from_utf8_lossy(&body).into_owned()),
     }

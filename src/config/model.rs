@@ -148,6 +148,8 @@ pub struct Forward {
     /// The route's `upgrade_configs`: per upgrade type, enabled or not, overriding the
     /// connection manager's.
     pub upgrades: Vec<(String, bool)>,
+    /// `idle_timeout`: the stream ends after this long without activity.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Forward {
@@ -157,6 +159,7 @@ impl Forward {
             rewrite: Rewrite::default(),
             timeout: None,
             upgrades: Vec::new(),
+            idle_timeout: None,
         }
     }
 }

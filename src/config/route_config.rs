@@ -186,6 +186,11 @@ fn forward(
         rewrite,
         timeout,
         upgrades,
+        idle_timeout: action
+            .idle_timeout
+            .as_ref()
+            .map(super::compile::duration)
+            .filter(|d| !d.is_zero()),
     })
 }
 

@@ -320,6 +320,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "host_rewrite_literal",
             "host_rewrite_header",
             "timeout",
+            "idle_timeout",
             "upgrade_configs",
         ],
     ),

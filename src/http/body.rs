@@ -10,6 +10,8 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use tokio::time::Sleep;
 
+use super::idle::Activity;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
@@ -50,14 +52,26 @@ impl Observer for crate::telemetry::stats::GaugeGuard {}
 
 impl Observer for () {}
 
+#[derive(Debug)]
+pub struct StreamIdle;
+
+impl std::fmt::Display for StreamIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stream idle timeout")
+    }
+}
+impl std::error::Error for StreamIdle {}
+
 pin_project_lite::pin_project! {
     /// A body that owns `guard` until it ends or is dropped, and fails with
-    /// [`DeadlineExceeded`] if `deadline` passes before its end.
+    /// [`DeadlineExceeded`] if `deadline` passes before its end, or with [`StreamIdle`]
+    /// if its stream's `idle` activity stops for the idle timeout.
     pub struct Guarded<B, G> {
         #[pin]
         inner: B,
         guard: Option<G>,
         deadline: Option<Pin<Box<Sleep>>>,
+        idle: Option<(Activity, Pin<Box<Sleep>>)>,
     }
 }
 
@@ -67,7 +81,18 @@ impl<B, G> Guarded<B, G> {
             inner,
             guard: Some(guard),
             deadline,
+            idle: None,
         }
+    }
+
+    /// Also ends the body when the stream has been idle for `activity`'s timeout; data
+    /// frames of this body count as activity.
+    pub fn with_idle(mut self, activity: Option<Activity>) -> Self {
+        self.idle = activity.map(|a| {
+            let sleep = Box::pin(tokio::time::sleep_until(a.deadline()));
+            (a, sleep)
+        });
+        self
     }
 }
 
@@ -91,15 +116,32 @@ where
             this.guard.take();
             return Poll::Ready(Some(Err(Box::new(DeadlineExceeded))));
         }
+        if let Some((activity, sleep)) = this.idle.as_mut() {
+            // The other direction may have moved since the timer was set.
+            while sleep.as_mut().poll(cx).is_ready() {
+                let next = activity.deadline();
+                if next <= tokio::time::Instant::now() {
+                    this.guard.take();
+                    return Poll::Ready(Some(Err(Box::new(StreamIdle))));
+                }
+                sleep.as_mut().reset(next);
+            }
+        }
         let res = this.inner.poll_frame(cx).map_err(Into::into);
-        if let (Poll::Ready(Some(Ok(frame))), Some(g)) = (&res, this.guard.as_mut())
+        if let Poll::Ready(Some(Ok(frame))) = &res
             && let Some(data) = frame.data_ref()
         {
-            g.data(data.len());
+            if let Some(g) = this.guard.as_mut() {
+                g.data(data.len());
+            }
+            if let Some((activity, _)) = this.idle.as_ref() {
+                activity.touch();
+            }
         }
         if let Poll::Ready(None | Some(Err(_))) = &res {
             this.guard.take();
             this.deadline.take();
+            this.idle.take();
         }
         res
     }
@@ -110,5 +152,47 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::StreamBody;
+
+    use super::*;
+
+    /// After response headers, a body that stops moving for the route's idle timeout
+    /// ends with [`StreamIdle`]; activity on the request side keeps it alive.
+    #[tokio::test(start_paused = true)]
+    async fn idle_body_ends_after_the_quiet_timeout() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let stream = tokio_stream_from(rx);
+        let activity = Activity::new(Duration::from_secs(1));
+        let body =
+            Guarded::new(StreamBody::new(stream), (), None).with_idle(Some(activity.clone()));
+        let mut body = std::pin::pin!(body);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
+            .await
+            .unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+        let start = tokio::time::Instant::now();
+        // The request side moves at 0.5 s: the body may stay quiet until 1.5 s.
+        let other = activity.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            other.touch();
+        });
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<StreamIdle>());
+        assert_eq!(start.elapsed(), Duration::from_millis(1500));
+        drop(tx);
+    }
+
+    fn tokio_stream_from<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 }

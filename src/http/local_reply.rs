@@ -24,6 +24,8 @@ pub enum ResponseFlag {
     FaultInjected,
     /// The route's `cluster_header` named no known cluster.
     NoClusterFound,
+    /// The route's `idle_timeout` passed without activity.
+    StreamIdleTimeout,
 }
 
 impl ResponseFlag {
@@ -37,6 +39,7 @@ impl ResponseFlag {
             ResponseFlag::UpstreamRemoteReset => "UR",
             ResponseFlag::FaultInjected => "FI",
             ResponseFlag::NoClusterFound => "NC",
+            ResponseFlag::StreamIdleTimeout => "SI",
         }
     }
 }
@@ -76,6 +79,8 @@ pub fn reply(flag: ResponseFlag) -> Response<Body> {
         }
         ResponseFlag::FaultInjected => (StatusCode::SERVICE_UNAVAILABLE, FAULT_ABORT),
         ResponseFlag::NoClusterFound => (StatusCode::SERVICE_UNAVAILABLE, ""),
+        // 504 once the request is upstream (408 is for a request still arriving).
+        ResponseFlag::StreamIdleTimeout => (StatusCode::GATEWAY_TIMEOUT, "stream timeout"),
     };
     with_body(status, text, flag)
 }

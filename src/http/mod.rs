@@ -5,6 +5,7 @@ pub mod fault;
 pub mod forwarded;
 pub mod header_mutation;
 pub mod headers;
+pub mod idle;
 pub mod local_reply;
 pub mod matchers;
 pub mod path_normalize;

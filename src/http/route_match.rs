@@ -30,6 +30,7 @@ pub enum Action {
         rewrite: Rewrite,
         timeout: Option<Duration>,
         upgrades: Vec<(String, bool)>,
+        idle_timeout: Option<Duration>,
     },
     Redirect(Redirect),
     Direct(DirectResponse),
@@ -80,6 +81,7 @@ pub enum Target<'a> {
         timeout: Option<Duration>,
         /// The route's upgrade overrides.
         upgrades: &'a [(String, bool)],
+        idle_timeout: Option<Duration>,
     },
     Redirect(&'a Redirect),
     Direct(&'a DirectResponse),
@@ -189,6 +191,7 @@ impl Routes {
                         rewrite: f.rewrite.clone(),
                         timeout: f.timeout,
                         upgrades: f.upgrades.clone(),
+                        idle_timeout: f.idle_timeout,
                     },
                     RouteAction::Redirect(r) => Action::Redirect(r.clone()),
                     RouteAction::Direct(d) => Action::Direct(d.clone()),
@@ -263,6 +266,7 @@ impl Routes {
                 rewrite,
                 timeout,
                 upgrades,
+                idle_timeout,
             } => match clusters.pick(req.headers) {
                 Some((cluster, w)) => {
                     let target = Target::Forward {
@@ -270,6 +274,7 @@ impl Routes {
                         rewrite,
                         timeout: *timeout,
                         upgrades,
+                        idle_timeout: *idle_timeout,
                     };
                     (target, w)
                 }

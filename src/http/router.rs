@@ -21,6 +21,7 @@ use super::{
     cors::{self, CorsStats},
     fault::{FaultConfig, FaultStats},
     header_mutation, headers,
+    idle::Activity,
     local_reply::{self, ResponseFlag},
     matchers::RequestHead,
     path_normalize, redirect, rewrite,
@@ -321,13 +322,19 @@ impl HttpConnectionManager {
                 }
             }
         }
-        let (cluster, timeout, route_upgrades) = match matched.target {
+        let (cluster, timeout, route_upgrades, idle) = match matched.target {
             Target::Forward {
                 cluster,
                 timeout,
                 upgrades,
+                idle_timeout,
                 ..
-            } => (cluster.clone(), timeout, upgrades),
+            } => (
+                cluster.clone(),
+                timeout,
+                upgrades,
+                idle_timeout.map(Activity::new),
+            ),
             Target::Redirect(r) => {
                 let location =
                     redirect::location(r, &matched.route.matcher.path, head.authority, path);
@@ -368,6 +375,11 @@ impl HttpConnectionManager {
             Ok(r) => r,
             Err(resp) => return resp,
         };
+        if let Some(activity) = &idle {
+            // Request data counts as activity for the route's idle timeout.
+            let activity = activity.clone();
+            upstream_req = upstream_req.map(|b| body::boxed(Guarded::new(b, activity, None)));
+        }
         if let Some(kind) = &upgrade {
             upgrade::restore_headers(upstream_req.headers_mut(), kind.clone());
         }
@@ -383,9 +395,21 @@ impl HttpConnectionManager {
                 None => http_pool::send(&cluster, &host, upstream_req, h2).await,
             }
         };
-        let result = match deadline {
-            Some(d) => tokio::time::timeout_at(d, sent).await.ok(),
-            None => Some(sent.await),
+        let waited = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, sent).await.ok(),
+                None => Some(sent.await),
+            }
+        };
+        let went_idle = async {
+            match &idle {
+                Some(activity) => activity.expired().await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            r = waited => r,
+            () = went_idle => return local_reply::reply(ResponseFlag::StreamIdleTimeout),
         };
         let resp = match result {
             None => {
@@ -442,7 +466,8 @@ impl HttpConnectionManager {
             HeaderValue::from(start.elapsed().as_millis() as u64),
         );
         let sleep = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
-        Response::from_parts(parts, body::boxed(Guarded::new(incoming, active, sleep)))
+        let body = Guarded::new(incoming, active, sleep).with_idle(idle);
+        Response::from_parts(parts, body::boxed(body))
     }
 
     /// The request as the upstream gets it: origin-form with `host` for HTTP/1.1, absolute
@@ -554,6 +579,7 @@ fn flags(flag: Option<ResponseFlag>, delayed: bool) -> Option<&'static str> {
         (Some(ResponseFlag::UpstreamRemoteReset), true) => Some("UR,DI"),
         (Some(ResponseFlag::NoRouteFound), true) => Some("NR,DI"),
         (Some(ResponseFlag::NoClusterFound), true) => Some("NC,DI"),
+        (Some(ResponseFlag::StreamIdleTimeout), true) => Some("SI,DI"),
     }
 }
 
