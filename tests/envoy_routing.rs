@@ -543,3 +543,49 @@ async fn path_normalization_matches_envoy() {
         );
     }
 }
+
+/// `auto_host_rewrite`: a DNS endpoint's name, an endpoint `hostname`, or nothing.
+#[tokio::test]
+async fn auto_host_rewrite_matches_envoy() {
+    let Some(envoy) = envoy_bin() else {
+        require(
+            "the envoy binary (scripts/test installs it into .venv)",
+            false,
+        );
+        return;
+    };
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let routes = r#"              - match: { prefix: "/dns" }
+                route: { cluster: dns, auto_host_rewrite: true }
+              - match: { prefix: "/named" }
+                route: { cluster: named, auto_host_rewrite: true }
+              - match: { prefix: "/" }
+                route: { cluster: a, auto_host_rewrite: true }"#;
+    let clusters = format!(
+        r#"{}  - name: dns
+    type: STRICT_DNS
+    dns_lookup_family: V4_ONLY
+    connect_timeout: 1s
+    load_assignment: {{ cluster_name: dns, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: localhost, port_value: {} }} }} }} }}] }}] }}
+  - name: named
+    connect_timeout: 1s
+    load_assignment: {{ cluster_name: named, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ hostname: reviews.example, address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}] }}
+"#,
+        static_cluster("a", &[a.addr], false),
+        b.addr.port(),
+        b.addr.port()
+    );
+    let yaml = http_bootstrap(routes, &clusters);
+    let ours = Proxy::start(&yaml).await;
+    let theirs = Proxy::start_bin(&envoy, &yaml, &["--disable-hot-restart"]).await;
+    for case in [get("/dns", &[]), get("/named", &[]), get("/plain", &[])] {
+        let want = run(&theirs, &a, &b, &case).await;
+        let got = run(&ours, &a, &b, &case).await;
+        assert_eq!(
+            got, want,
+            "{}: pilotfish (left) and Envoy (right) differ",
+            case.path
+        );
+    }
+}

@@ -432,9 +432,13 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
                         sa.address
                     ));
                 }
+                let dns = discovery != Discovery::Static;
                 endpoints.push(EndpointConfig {
                     host: sa.address.clone(),
                     port,
+                    hostname: Some(ep.hostname.clone())
+                        .filter(|h| !h.is_empty())
+                        .or_else(|| dns.then(|| sa.address.clone())),
                 });
             }
         }

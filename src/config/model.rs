@@ -275,6 +275,8 @@ pub struct Rewrite {
     pub host: Option<String>,
     /// `host_rewrite_header`: the host from this request header, when present.
     pub host_from_header: Option<http::HeaderName>,
+    /// `auto_host_rewrite`: the chosen upstream host's hostname, when it has one.
+    pub auto_host: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -330,4 +332,6 @@ pub struct EndpointConfig {
     /// An IP literal for STATIC clusters, a DNS name for the DNS types.
     pub host: String,
     pub port: u16,
+    /// `hostname`, for `auto_host_rewrite` (DNS endpoints default to their name).
+    pub hostname: Option<String>,
 }

@@ -162,6 +162,9 @@ fn forward(
         Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) => {
             rewrite.host = Some(h.clone());
         }
+        Some(route_action::HostRewriteSpecifier::AutoHostRewrite(b)) => {
+            rewrite.auto_host = b.value;
+        }
         Some(route_action::HostRewriteSpecifier::HostRewriteHeader(h)) => {
             rewrite.host_from_header = Some(
                 http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {

@@ -319,6 +319,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "regex_rewrite",
             "host_rewrite_literal",
             "host_rewrite_header",
+            "auto_host_rewrite",
             "timeout",
             "idle_timeout",
             "upgrade_configs",

@@ -365,6 +365,13 @@ impl HttpConnectionManager {
             self.stats.downstream_cx_upgrades_total.inc();
             down_upgrade = Some(hyper::upgrade::on(&mut req));
         }
+        // `auto_host_rewrite`: the chosen host's name, when it has one.
+        let auto_host =
+            matches!(matched.target, Target::Forward { rewrite, .. } if rewrite.auto_host);
+        let authority = match &host.hostname {
+            Some(name) if auto_host => Some(name.to_string()),
+            _ => authority,
+        };
         let h2 = upgrade.is_none()
             && match cluster.config.protocol {
                 UpstreamProtocol::Http1 => false,

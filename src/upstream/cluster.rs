@@ -20,13 +20,20 @@ use crate::{
 #[derive(Debug)]
 pub struct Host {
     pub addr: SocketAddr,
+    /// The endpoint's hostname (its DNS name, or `hostname`), for `auto_host_rewrite`.
+    pub hostname: Option<Arc<str>>,
     pub pool: HostPool,
 }
 
 impl Host {
     pub fn new(addr: SocketAddr) -> Arc<Self> {
+        Self::named(addr, None)
+    }
+
+    pub fn named(addr: SocketAddr, hostname: Option<Arc<str>>) -> Arc<Self> {
         Arc::new(Host {
             addr,
+            hostname,
             pool: HostPool::default(),
         })
     }
@@ -49,7 +56,10 @@ impl Cluster {
             Discovery::Static => config
                 .endpoints
                 .iter()
-                .filter_map(|e| Some(Host::new(SocketAddr::new(e.host.parse().ok()?, e.port))))
+                .filter_map(|e| {
+                    let addr = SocketAddr::new(e.host.parse().ok()?, e.port);
+                    Some(Host::named(addr, e.hostname.as_deref().map(Arc::from)))
+                })
                 .collect(),
             _ => Vec::new(),
         };
@@ -89,15 +99,15 @@ impl Cluster {
     }
 
     /// Replaces the host set (after DNS), keeping the pools of hosts that stay.
-    pub fn set_hosts(&self, addrs: &[SocketAddr]) {
+    pub fn set_hosts(&self, addrs: &[(SocketAddr, Option<Arc<str>>)]) {
         let old = self.hosts.load();
         let next: Vec<Arc<Host>> = addrs
             .iter()
-            .map(|a| {
+            .map(|(a, name)| {
                 old.iter()
-                    .find(|h| h.addr == *a)
+                    .find(|h| h.addr == *a && h.hostname == *name)
                     .cloned()
-                    .unwrap_or_else(|| Host::new(*a))
+                    .unwrap_or_else(|| Host::named(*a, name.clone()))
             })
             .collect();
         self.stats.membership_total.set(next.len() as i64);
@@ -132,6 +142,7 @@ mod tests {
                     .map(|(h, p)| EndpointConfig {
                         host: h.to_string(),
                         port: *p,
+                        hostname: None,
                     })
                     .collect(),
             },
@@ -167,9 +178,9 @@ mod tests {
         let c = cluster(Discovery::StrictDns, &[]);
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        c.set_hosts(&[a]);
+        c.set_hosts(&[(a, None)]);
         let before = c.pick(None).unwrap();
-        c.set_hosts(&[a, b]);
+        c.set_hosts(&[(a, None), (b, None)]);
         assert!(c.hosts().iter().any(|h| Arc::ptr_eq(h, &before)));
         assert_eq!(c.stats.membership_total.get(), 2);
     }

@@ -31,8 +31,9 @@ pub async fn refresh(cluster: &Cluster) {
     let cfg = &cluster.config;
     let mut addrs = Vec::new();
     for ep in &cfg.endpoints {
+        let name: Option<Arc<str>> = ep.hostname.as_deref().map(Arc::from);
         match resolve(&ep.host, ep.port, cfg.dns_family).await {
-            Ok(found) => addrs.extend(found),
+            Ok(found) => addrs.extend(found.into_iter().map(|a| (a, name.clone()))),
             Err(e) => {
                 tracing::warn!(cluster = %cfg.name, host = %ep.host, "DNS resolution failed: {e}");
                 return;
