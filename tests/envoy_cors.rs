@@ -154,11 +154,7 @@ async fn run(proxy: &Proxy, a: &Upstream, case: &Case) -> Outcome {
 
 #[tokio::test]
 async fn cors_matches_envoy() {
-    let Some(envoy) = envoy_bin() else {
-        require(
-            "the envoy binary (scripts/test installs it into .venv)",
-            false,
-        );
+    let Some(envoy) = reference_envoy() else {
         return;
     };
     let a = Upstream::start("a").await;
@@ -183,12 +179,13 @@ async fn cors_matches_envoy() {
         CASES.len(),
         mismatches.join("\n")
     );
-    for sample in [
-        "envoy_http_cors_origin_valid{envoy_http_conn_manager_prefix=\"ingress_http\"}",
-        "envoy_http_cors_origin_invalid{envoy_http_conn_manager_prefix=\"ingress_http\"}",
-    ] {
-        let (ours_v, theirs_v) = (ours.metric(sample).await, theirs.metric(sample).await);
-        assert!(ours_v.is_some(), "{sample} missing");
-        assert_eq!(ours_v, theirs_v, "{sample}");
-    }
+    assert_same_samples(
+        &ours,
+        &theirs,
+        &[
+            "envoy_http_cors_origin_valid{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+            "envoy_http_cors_origin_invalid{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+        ],
+    )
+    .await;
 }

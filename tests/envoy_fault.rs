@@ -139,11 +139,7 @@ async fn run(proxy: &Proxy, a: &Upstream, case: &Case) -> Outcome {
 
 #[tokio::test]
 async fn fault_injection_matches_envoy() {
-    let Some(envoy) = envoy_bin() else {
-        require(
-            "the envoy binary (scripts/test installs it into .venv)",
-            false,
-        );
+    let Some(envoy) = reference_envoy() else {
         return;
     };
     let a = Upstream::start("a").await;
@@ -180,14 +176,15 @@ async fn fault_injection_matches_envoy() {
     );
     assert_eq!(got, want, "access log lines (pilotfish left, Envoy right)");
     // ...and the same fault stats.
-    for sample in [
-        "envoy_http_fault_aborts_injected{envoy_http_conn_manager_prefix=\"ingress_http\"}",
-        "envoy_http_fault_delays_injected{envoy_http_conn_manager_prefix=\"ingress_http\"}",
-        "envoy_http_fault_faults_overflow{envoy_http_conn_manager_prefix=\"ingress_http\"}",
-        "envoy_http_fault_active_faults{envoy_http_conn_manager_prefix=\"ingress_http\"}",
-    ] {
-        let (ours_v, theirs_v) = (ours.metric(sample).await, theirs.metric(sample).await);
-        assert!(ours_v.is_some(), "{sample} missing");
-        assert_eq!(ours_v, theirs_v, "{sample}");
-    }
+    assert_same_samples(
+        &ours,
+        &theirs,
+        &[
+            "envoy_http_fault_aborts_injected{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+            "envoy_http_fault_delays_injected{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+            "envoy_http_fault_faults_overflow{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+            "envoy_http_fault_active_faults{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+        ],
+    )
+    .await;
 }

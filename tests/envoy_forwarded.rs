@@ -77,11 +77,7 @@ async fn seen(proxy: &Proxy, up: &Upstream, headers: &[(&str, &str)]) -> Vec<(St
 
 #[tokio::test]
 async fn forwarded_headers_match_envoy() {
-    let Some(envoy) = envoy_bin() else {
-        require(
-            "the envoy binary (scripts/test installs it into .venv)",
-            false,
-        );
+    let Some(envoy) = reference_envoy() else {
         return;
     };
     let up = Upstream::start("a").await;

@@ -295,11 +295,7 @@ async fn split_to_b(proxy: &Proxy, n: usize) -> usize {
 
 #[tokio::test]
 async fn routing_matches_envoy() {
-    let Some(envoy) = envoy_bin() else {
-        require(
-            "the envoy binary (scripts/test installs it into .venv)",
-            false,
-        );
+    let Some(envoy) = reference_envoy() else {
         return;
     };
     let a = Upstream::start("a").await;
@@ -414,11 +410,7 @@ fn mutations_bootstrap(a: SocketAddr, dead: SocketAddr) -> String {
 
 #[tokio::test]
 async fn header_mutations_match_envoy() {
-    let Some(envoy) = envoy_bin() else {
-        require(
-            "the envoy binary (scripts/test installs it into .venv)",
-            false,
-        );
+    let Some(envoy) = reference_envoy() else {
         return;
     };
     let a = Upstream::start("a").await;
@@ -495,11 +487,7 @@ async fn header_mutations_match_envoy() {
 /// `normalize_path` and `merge_slashes` before routing, and `host_rewrite_header`.
 #[tokio::test]
 async fn path_normalization_matches_envoy() {
-    let Some(envoy) = envoy_bin() else {
-        require(
-            "the envoy binary (scripts/test installs it into .venv)",
-            false,
-        );
+    let Some(envoy) = reference_envoy() else {
         return;
     };
     let a = Upstream::start("a").await;
@@ -547,11 +535,7 @@ async fn path_normalization_matches_envoy() {
 /// `auto_host_rewrite`: a DNS endpoint's name, an endpoint `hostname`, or nothing.
 #[tokio::test]
 async fn auto_host_rewrite_matches_envoy() {
-    let Some(envoy) = envoy_bin() else {
-        require(
-            "the envoy binary (scripts/test installs it into .venv)",
-            false,
-        );
+    let Some(envoy) = reference_envoy() else {
         return;
     };
     let a = Upstream::start("a").await;

@@ -130,11 +130,7 @@ async fn run(
 
 #[tokio::test]
 async fn websocket_upgrades_match_envoy() {
-    let Some(envoy) = envoy_bin() else {
-        require(
-            "the envoy binary (scripts/test installs it into .venv)",
-            false,
-        );
+    let Some(envoy) = reference_envoy() else {
         return;
     };
     let (up, mut seen) = ws_upstream().await;
@@ -149,12 +145,13 @@ async fn websocket_upgrades_match_envoy() {
             "{path}: pilotfish (left) and Envoy (right) differ"
         );
     }
-    for sample in [
-        "envoy_http_downstream_cx_upgrades_total{envoy_http_conn_manager_prefix=\"ingress_http\"}",
-        "envoy_http_downstream_rq_ws_on_non_ws_route{envoy_http_conn_manager_prefix=\"ingress_http\"}",
-    ] {
-        let (ours_v, theirs_v) = (ours.metric(sample).await, theirs.metric(sample).await);
-        assert!(ours_v.is_some(), "{sample} missing");
-        assert_eq!(ours_v, theirs_v, "{sample}");
-    }
+    assert_same_samples(
+        &ours,
+        &theirs,
+        &[
+            "envoy_http_downstream_cx_upgrades_total{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+            "envoy_http_downstream_rq_ws_on_non_ws_route{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+        ],
+    )
+    .await;
 }

@@ -451,6 +451,26 @@ pub fn require(what: &str, present: bool) -> bool {
 
 /// The Envoy binary for differential tests: `$ENVOY_BIN`, else the one `scripts/test`
 /// installs into `.venv/`, else `envoy` on PATH.
+/// The reference Envoy for differential tests, or `None` when it is missing (the test
+/// is then skipped; under `CI=true` it fails instead).
+pub fn reference_envoy() -> Option<String> {
+    let bin = envoy_bin();
+    require(
+        "the envoy binary (scripts/test installs it into .venv)",
+        bin.is_some(),
+    );
+    bin
+}
+
+/// Asserts that both proxies report each Prometheus sample, with the same value.
+pub async fn assert_same_samples(ours: &Proxy, theirs: &Proxy, samples: &[&str]) {
+    for sample in samples {
+        let (ours_v, theirs_v) = (ours.metric(sample).await, theirs.metric(sample).await);
+        assert!(ours_v.is_some(), "{sample} missing");
+        assert_eq!(ours_v, theirs_v, "{sample} (pilotfish left, Envoy right)");
+    }
+}
+
 pub fn envoy_bin() -> Option<String> {
     if let Ok(p) = std::env::var("ENVOY_BIN") {
         return Some(p);
