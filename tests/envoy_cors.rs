@@ -161,24 +161,17 @@ async fn cors_matches_envoy() {
     let yaml = bootstrap(a.addr);
     let ours = Proxy::start(&yaml).await;
     let theirs = Proxy::start_bin(&envoy, &yaml, &["--disable-hot-restart"]).await;
-    let mut mismatches = Vec::new();
+    let mut diffs = Differences::default();
     for case in CASES {
         let want = run(&theirs, &a, case).await;
         let got = run(&ours, &a, case).await;
-        if got != want {
-            mismatches.push(format!(
-                "{} {} {:?}:\n  envoy:     {want:?}\n  pilotfish: {got:?}",
-                case.method, case.path, case.headers
-            ));
-        }
+        diffs.check(
+            format!("{} {} {:?}", case.method, case.path, case.headers),
+            want,
+            got,
+        );
     }
-    assert!(
-        mismatches.is_empty(),
-        "{} of {} cases differ:\n{}",
-        mismatches.len(),
-        CASES.len(),
-        mismatches.join("\n")
-    );
+    diffs.assert_none();
     assert_same_samples(
         &ours,
         &theirs,

@@ -151,24 +151,13 @@ async fn fault_injection_matches_envoy() {
         &["--disable-hot-restart", "--file-flush-interval-msec", "50"],
     )
     .await;
-    let mut mismatches = Vec::new();
+    let mut diffs = Differences::default();
     for case in CASES {
         let want = run(&theirs, &a, case).await;
         let got = run(&ours, &a, case).await;
-        if got != want {
-            mismatches.push(format!(
-                "{} {:?}:\n  envoy:     {want:?}\n  pilotfish: {got:?}",
-                case.path, case.headers
-            ));
-        }
+        diffs.check(format!("{} {:?}", case.path, case.headers), want, got);
     }
-    assert!(
-        mismatches.is_empty(),
-        "{} of {} cases differ:\n{}",
-        mismatches.len(),
-        CASES.len(),
-        mismatches.join("\n")
-    );
+    diffs.assert_none();
     // The same access-log flags (DI, FI, DI,FI) line by line...
     let (want, got) = (
         theirs.stdout_lines(CASES.len()).await,

@@ -151,7 +151,7 @@ struct Outcome {
 }
 
 async fn run(proxy: &Proxy, a: &Upstream, b: &Upstream, case: &Case) -> Outcome {
-    let before = (a.requests().len(), b.requests().len());
+    let before = counts(&[a, b]);
     let req = Request::builder()
         .method(case.method)
         .uri(case.path)
@@ -159,14 +159,7 @@ async fn run(proxy: &Proxy, a: &Upstream, b: &Upstream, case: &Case) -> Outcome 
         .body(Full::new(Bytes::from(case.body)))
         .unwrap();
     let (status, headers, body) = send(proxy.listener("http"), case.h2, req).await.unwrap();
-    let after = (a.requests(), b.requests());
-    let seen = if after.0.len() > before.0 {
-        after.0.last().cloned()
-    } else if after.1.len() > before.1 {
-        after.1.last().cloned()
-    } else {
-        None
-    };
+    let seen = newest_since(&[a, b], &before);
     let h = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_owned());
     Outcome {
         status: status.as_u16(),
@@ -216,24 +209,13 @@ async fn same_bootstrap_same_behaviour_as_envoy() {
             .1
             .contains("\"version\"")
     );
-    let mut mismatches = Vec::new();
+    let mut diffs = Differences::default();
     for case in CASES {
         let want = run(&theirs, &a, &b, case).await;
         let got = run(&ours, &a, &b, case).await;
-        if got != want {
-            mismatches.push(format!(
-                "{}:\n  envoy:     {want:?}\n  pilotfish: {got:?}",
-                case.name
-            ));
-        }
+        diffs.check(case.name, want, got);
     }
-    assert!(
-        mismatches.is_empty(),
-        "{} of {} cases differ:\n{}",
-        mismatches.len(),
-        CASES.len(),
-        mismatches.join("\n")
-    );
+    diffs.assert_none();
 
     // Both count the same traffic under the same Prometheus names.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -232,7 +232,7 @@ struct Outcome {
 }
 
 async fn run(proxy: &Proxy, a: &Upstream, b: &Upstream, case: &Case) -> Outcome {
-    let before = (a.requests().len(), b.requests().len());
+    let before = counts(&[a, b]);
     let mut req = Request::builder()
         .method(case.method)
         .uri(case.path)
@@ -242,14 +242,7 @@ async fn run(proxy: &Proxy, a: &Upstream, b: &Upstream, case: &Case) -> Outcome 
     }
     let req = req.body(Full::new(Bytes::new())).unwrap();
     let (status, headers, body) = send(proxy.listener("http"), false, req).await.unwrap();
-    let after = (a.requests(), b.requests());
-    let seen = if after.0.len() > before.0 {
-        after.0.last().cloned()
-    } else if after.1.len() > before.1 {
-        after.1.last().cloned()
-    } else {
-        None
-    };
+    let seen = newest_since(&[a, b], &before);
     let header = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_owned());
     Outcome {
         status: status.as_u16(),
@@ -303,24 +296,17 @@ async fn routing_matches_envoy() {
     let yaml = bootstrap(a.addr, b.addr);
     let ours = Proxy::start(&yaml).await;
     let theirs = Proxy::start_bin(&envoy, &yaml, &["--disable-hot-restart"]).await;
-    let mut mismatches = Vec::new();
+    let mut diffs = Differences::default();
     for case in CASES {
         let want = run(&theirs, &a, &b, case).await;
         let got = run(&ours, &a, &b, case).await;
-        if got != want {
-            mismatches.push(format!(
-                "{} {} {:?}:\n  envoy:     {want:?}\n  pilotfish: {got:?}",
-                case.method, case.path, case.headers
-            ));
-        }
+        diffs.check(
+            format!("{} {} {:?}", case.method, case.path, case.headers),
+            want,
+            got,
+        );
     }
-    assert!(
-        mismatches.is_empty(),
-        "{} of {} cases differ:\n{}",
-        mismatches.len(),
-        CASES.len(),
-        mismatches.join("\n")
-    );
+    diffs.assert_none();
 
     // A 75/25 split over 2,000 requests: b's share has a standard deviation of about
     // 19 requests, so 400..=600 (more than five deviations each way) never fails by chance.

@@ -462,6 +462,51 @@ pub fn reference_envoy() -> Option<String> {
     bin
 }
 
+/// The newest request any of `ups` received after their request counts were `before`.
+pub fn newest_since(ups: &[&Upstream], before: &[usize]) -> Option<Seen> {
+    ups.iter()
+        .zip(before)
+        .find_map(|(u, n)| u.requests().get(*n..).and_then(|r| r.last().cloned()))
+}
+
+/// Request counts of `ups`, to pass to [`newest_since`] after a request.
+pub fn counts(ups: &[&Upstream]) -> Vec<usize> {
+    ups.iter().map(|u| u.requests().len()).collect()
+}
+
+/// Collects the cases where pilotfish and Envoy differ, and fails listing all of them.
+#[derive(Default)]
+pub struct Differences {
+    found: Vec<String>,
+    cases: usize,
+}
+
+impl Differences {
+    pub fn check<T: PartialEq + std::fmt::Debug>(
+        &mut self,
+        case: impl std::fmt::Display,
+        envoy: T,
+        ours: T,
+    ) {
+        self.cases += 1;
+        if envoy != ours {
+            self.found.push(format!(
+                "{case}:\n  envoy:     {envoy:?}\n  pilotfish: {ours:?}"
+            ));
+        }
+    }
+
+    pub fn assert_none(self) {
+        assert!(
+            self.found.is_empty(),
+            "{} of {} cases differ:\n{}",
+            self.found.len(),
+            self.cases,
+            self.found.join("\n")
+        );
+    }
+}
+
 /// Asserts that both proxies report each Prometheus sample, with the same value.
 pub async fn assert_same_samples(ours: &Proxy, theirs: &Proxy, samples: &[&str]) {
     for sample in samples {
