@@ -31,6 +31,8 @@ fn cluster(name: &str, hosts: usize) -> ClusterConfig {
                 hostname: None,
             })
             .collect(),
+        original_dst_header: None,
+        upstream_socket: Default::default(),
     }
 }
 

@@ -11,9 +11,9 @@ use tokio::{runtime::Runtime, sync::mpsc};
 
 use crate::{
     admin::{self, Command, Role},
-    config::{Config, NetworkFilter},
+    config::{Config, ListenerConfig, NetworkFilter},
     drain,
-    listener::{self, Listener},
+    listener::{self, Listener, Registry},
     readiness::Readiness,
     telemetry::{access_log::Sinks, scopes::ServerStats, stats::Store},
     upstream::ClusterManager,
@@ -118,23 +118,33 @@ pub fn run(config: Config, config_dump: String, opts: Options) -> Result<()> {
         config
             .listeners
             .iter()
-            .filter(|l| l.original_dst)
-            .map(|l| l.address)
+            .filter(|l| l.listener_filters.original_dst && l.bind_to_port)
+            .flat_map(|l| l.addresses())
             .collect(),
     );
     let sinks = Sinks::new(control.handle().clone(), store.clone());
+    let mut all = Vec::new();
     let mut bound = Vec::new();
     {
         let _enter = workers.enter();
         for l in &config.listeners {
-            let socket = listener::bind(l.address)
-                .with_context(|| format!("listener '{}': cannot bind {}", l.name, l.address))?;
-            let local = socket.local_addr()?;
-            let rt = Listener::new(l.clone(), &clusters, &store, &sinks, own.clone())
-                .map_err(|e| anyhow!(e))?;
-            bound.push((Arc::new(rt), socket, local));
+            let rt = Arc::new(
+                Listener::new(l.clone(), &clusters, &store, &sinks, own.clone())
+                    .map_err(|e| anyhow!(e))?,
+            );
+            all.push(rt.clone());
+            if !l.bind_to_port {
+                continue;
+            }
+            for addr in l.addresses() {
+                let socket = listener::bind(addr, l.ipv4_compat.contains(&addr))
+                    .with_context(|| format!("listener '{}': cannot bind {addr}", l.name))?;
+                let local = socket.local_addr()?;
+                bound.push((rt.clone(), socket, local));
+            }
         }
     }
+    let registry = Arc::new(Registry::new(&all));
 
     let listeners = bound
         .iter()
@@ -142,13 +152,21 @@ pub fn run(config: Config, config_dump: String, opts: Options) -> Result<()> {
         .collect();
     let _ = state.listeners.set(listeners);
 
+    for l in all.iter().filter(|l| !l.config.bind_to_port) {
+        tracing::info!(
+            "listener {} for {} (not bound; {})",
+            l.config.name,
+            l.config.address,
+            describe(&l.config)
+        );
+    }
     for (l, socket, local) in bound {
-        let what = match &l.config.filter {
-            NetworkFilter::TcpProxy(t) => format!("tcp_proxy -> {}", t.cluster),
-            NetworkFilter::Http(h) => format!("http_connection_manager {}", h.stat_prefix),
-        };
-        tracing::info!("listener {} on {local} ({what})", l.config.name);
-        workers.spawn(l.run(socket, watch.clone()));
+        tracing::info!(
+            "listener {} on {local} ({})",
+            l.config.name,
+            describe(&l.config)
+        );
+        workers.spawn(l.run(socket, registry.clone(), watch.clone()));
     }
     server
         .total_listeners_active
@@ -200,6 +218,27 @@ pub fn run(config: Config, config_dump: String, opts: Options) -> Result<()> {
     shutdown(workers);
     shutdown(control);
     Ok(())
+}
+
+/// One line on what a listener does, for the startup log.
+fn describe(l: &ListenerConfig) -> String {
+    let filter = |f: &NetworkFilter| match f {
+        NetworkFilter::TcpProxy(t) => format!("tcp_proxy -> {}", t.cluster),
+        NetworkFilter::Http(h) => format!("http_connection_manager {}", h.stat_prefix),
+    };
+    let mut chains = l.filter_chains.iter().chain(&l.default_chain);
+    match (chains.next(), chains.next()) {
+        (Some(only), None) => filter(&only.filter),
+        _ => format!(
+            "{} filter chains{}",
+            l.filter_chains.len(),
+            if l.default_chain.is_some() {
+                " + default"
+            } else {
+                ""
+            }
+        ),
+    }
 }
 
 fn shutdown(rt: Runtime) {

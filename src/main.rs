@@ -51,6 +51,11 @@ struct Cli {
     /// embedded default, off with -c.
     #[arg(long = "health-port")]
     health_port: Option<u16>,
+    /// Set this SO_MARK on every upstream socket whose cluster sets none (needs
+    /// CAP_NET_ADMIN). An alternative to running as uid 1337 for keeping pilotfish's own
+    /// connections out of iptables capture: exclude the mark in the rules.
+    #[arg(long = "upstream-mark", value_name = "MARK")]
+    upstream_mark: Option<u32>,
     /// Write the admin server's address to this file once it is bound.
     #[arg(long = "admin-address-path", value_name = "FILE")]
     admin_address_path: Option<PathBuf>,
@@ -129,7 +134,7 @@ fn main() -> ExitCode {
         let dump = (!validate).then(|| config_dump::render(&loaded.proto, SystemTime::now()));
         Ok::<_, String>((loaded.config, loaded.is_default, dump))
     });
-    let (config, is_default, config_dump) = match loaded {
+    let (mut config, is_default, config_dump) = match loaded {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error initializing configuration '{}': {e}", shown(&path));
@@ -140,6 +145,12 @@ fn main() -> ExitCode {
         println!("configuration '{}' OK", shown(&path));
         return ExitCode::SUCCESS;
     };
+
+    if let Some(mark) = cli.upstream_mark {
+        for c in &mut config.clusters {
+            c.upstream_socket.mark.get_or_insert(mark);
+        }
+    }
 
     let port = |flag: Option<u16>, default: u16| -> Option<SocketAddr> {
         match flag.or(is_default.then_some(default)) {

@@ -42,6 +42,8 @@ fn hcm(route_extra: &str, filters: &str) -> String {
 const ROUTER: &str = r#"          - name: envoy.filters.http.router
             typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }"#;
 
+const TCP: &str = "{ name: envoy.filters.network.tcp_proxy, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c } }";
+
 fn with_cluster(cluster: &str) -> String {
     format!("static_resources:\n  clusters:\n{cluster}")
 }
@@ -261,9 +263,44 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             "static_resources.clusters[0].type",
         ),
         (
-            "filter chain match",
-            hcm("", ROUTER).replace("    - filters:", "    - filter_chain_match: { destination_port: 80 }\n      filters:"),
-            "static_resources.listeners[0].filter_chains[0].filter_chain_match: not supported",
+            "two chains matching the same connections",
+            hcm("", ROUTER).replace("    filter_chains:\n    - filters:", &format!("    filter_chains:\n    - filter_chain_match: {{ destination_port: 80 }}\n      filters: [{TCP}]\n    - filter_chain_match: {{ destination_port: 80 }}\n      filters:")),
+            "static_resources.listeners[0].filter_chains[1].filter_chain_match: the same as filter_chains[0]'s",
+        ),
+        (
+            "prefix length too long",
+            hcm("", ROUTER).replace("    - filters:", "    - filter_chain_match: { prefix_ranges: [{ address_prefix: 10.0.0.0, prefix_len: 33 }] }\n      filters:"),
+            "static_resources.listeners[0].filter_chains[0].filter_chain_match.prefix_ranges[0].prefix_len: prefix_len 33 is longer than 32",
+        ),
+        (
+            "bad server name wildcard",
+            hcm("", ROUTER).replace("    - filters:", "    - filter_chain_match: { server_names: [\"api*.example.com\"] }\n      filters:"),
+            "static_resources.listeners[0].filter_chains[0].filter_chain_match.server_names[0]: 'api*.example.com' is neither a name nor a '*.' wildcard",
+        ),
+        (
+            "the unified filter chain matcher",
+            hcm("", ROUTER).replace("    filter_chains:", "    filter_chain_matcher: { matcher_tree: { input: { name: port, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput } }, exact_match_map: { map: {} } } }\n    filter_chains:"),
+            "static_resources.listeners[0].filter_chain_matcher: not supported",
+        ),
+        (
+            "unsupported listener filter",
+            hcm("", ROUTER).replace("    filter_chains:", "    listener_filters:\n    - name: envoy.filters.listener.proxy_protocol\n      typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol }\n    filter_chains:"),
+            "static_resources.listeners[0].listener_filters[0] (envoy.filters.listener.proxy_protocol): not supported",
+        ),
+        (
+            "listener filter predicate without a rule",
+            hcm("", ROUTER).replace("    filter_chains:", "    listener_filters:\n    - name: envoy.filters.listener.http_inspector\n      typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector }\n      filter_disabled: { destination_port_range: { start: 90, end: 80 } }\n    filter_chains:"),
+            "static_resources.listeners[0].listener_filters[0].filter_disabled.destination_port_range: [90, 80) is not a port range",
+        ),
+        (
+            "socket option other than SO_MARK",
+            with_cluster("  - name: c\n    upstream_bind_config: { source_address: { address: 127.0.0.6, port_value: 0 }, socket_options: [{ level: 6, name: 1, int_value: 1 }] }\n"),
+            "static_resources.clusters[0].upstream_bind_config.socket_options[0]: only SO_MARK (level 1, name 36, int_value) is supported",
+        ),
+        (
+            "original destination header on a static cluster",
+            with_cluster("  - name: c\n    original_dst_lb_config: { use_http_header: true }\n"),
+            "static_resources.clusters[0].original_dst_lb_config: only allowed on ORIGINAL_DST clusters",
         ),
         (
             "circuit breaker that would limit",

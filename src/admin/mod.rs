@@ -63,7 +63,7 @@ pub async fn serve(listener: TcpListener, role: Role, state: Arc<State>) {
 }
 
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    crate::listener::bind(addr)
+    crate::listener::bind(addr, false)
 }
 
 fn handle(role: Role, state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {

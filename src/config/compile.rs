@@ -29,6 +29,8 @@ const HCM: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER: &str = "envoy.extensions.filters.http.router.v3.Router";
 const ORIGINAL_DST: &str = "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+const TLS_INSPECTOR: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const HTTP_INSPECTOR: &str = "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 type Result<T> = std::result::Result<T, String>;
@@ -82,11 +84,12 @@ pub fn compile(bootstrap: &Bootstrap) -> Result<Config> {
                 compiled.name
             ));
         }
-        if !addresses.insert(compiled.address) {
-            return Err(format!(
-                "{path}.address: {} is already used by another listener",
-                compiled.address
-            ));
+        for a in compiled.addresses() {
+            if !addresses.insert(a) {
+                return Err(format!(
+                    "{path}.address: {a} is already used by another listener"
+                ));
+            }
         }
         config.listeners.push(compiled);
     }
@@ -117,51 +120,61 @@ pub(super) fn duration(d: &protobuf::Duration) -> Duration {
 }
 
 fn listener(l: &Listener, path: &str, clusters: &HashSet<String>) -> Result<ListenerConfig> {
-    let address = socket_addr(
-        l.address
+    let addr = l
+        .address
+        .as_ref()
+        .ok_or_else(|| format!("{path}.address: required"))?;
+    let address = socket_addr(addr, &format!("{path}.address"))?;
+    let mut ipv4_compat = Vec::new();
+    if compat(addr) {
+        ipv4_compat.push(address);
+    }
+    let mut additional_addresses = Vec::new();
+    for (i, a) in l.additional_addresses.iter().enumerate() {
+        let apath = format!("{path}.additional_addresses[{i}].address");
+        let a = a
+            .address
             .as_ref()
-            .ok_or_else(|| format!("{path}.address: required"))?,
-        &format!("{path}.address"),
-    )?;
-    if l.bind_to_port.as_ref().is_some_and(|b| !b.value) {
-        return Err(format!("{path}.bind_to_port: false is not supported yet"));
+            .ok_or_else(|| format!("{apath}: required"))?;
+        let extra = socket_addr(a, &apath)?;
+        if compat(a) {
+            ipv4_compat.push(extra);
+        }
+        additional_addresses.push(extra);
     }
-    let mut original_dst = false;
-    for (i, f) in l.listener_filters.iter().enumerate() {
-        let fpath = format!("{path}.listener_filters[{i}]");
-        match &f.config_type {
-            Some(listener_filter::ConfigType::TypedConfig(any))
-                if proto::type_name(&any.type_url) == ORIGINAL_DST =>
-            {
-                original_dst = true
+    let listener_filters = listener_filters(l, path)?;
+    let mut filter_chains = Vec::new();
+    for (i, chain) in l.filter_chains.iter().enumerate() {
+        let cpath = format!("{path}.filter_chains[{i}]");
+        let compiled = filter_chain(chain, &cpath, clusters)?;
+        if let Some(j) = filter_chains
+            .iter()
+            .position(|c: &FilterChain| c.matcher == compiled.matcher)
+        {
+            return Err(format!(
+                "{cpath}.filter_chain_match: the same as filter_chains[{j}]'s; Envoy rejects \
+                 listeners with two chains matching the same connections"
+            ));
+        }
+        filter_chains.push(compiled);
+    }
+    let default_chain = match &l.default_filter_chain {
+        Some(c) => {
+            let dpath = format!("{path}.default_filter_chain");
+            if c.filter_chain_match.is_some() {
+                return Err(format!(
+                    "{dpath}.filter_chain_match: not allowed on the default chain"
+                ));
             }
-            _ => return Err(format!("{fpath} ({}): not supported", f.name)),
+            Some(filter_chain(c, &dpath, clusters)?)
         }
+        None => None,
+    };
+    if filter_chains.is_empty() && default_chain.is_none() {
+        return Err(format!(
+            "{path}.filter_chains: at least one filter chain (or a default_filter_chain) is required"
+        ));
     }
-    let chain = match l.filter_chains.as_slice() {
-        [] => {
-            return Err(format!(
-                "{path}.filter_chains: at least one filter chain is required"
-            ));
-        }
-        [one] => one,
-        _ => {
-            return Err(format!(
-                "{path}.filter_chains: more than one filter chain needs filter_chain_match, \
-                 which is not supported yet"
-            ));
-        }
-    };
-    let cpath = format!("{path}.filter_chains[0]");
-    let filter = match chain.filters.as_slice() {
-        [f] => network_filter(f, &format!("{cpath}.filters[0]"), clusters)?,
-        [] => return Err(format!("{cpath}.filters: a terminal filter is required")),
-        _ => {
-            return Err(format!(
-                "{cpath}.filters: only one (terminal) network filter is supported"
-            ));
-        }
-    };
     let stat_name = if l.stat_prefix.is_empty() {
         format!("{}_{}", address.ip(), address.port())
     } else {
@@ -175,9 +188,214 @@ fn listener(l: &Listener, path: &str, clusters: &HashSet<String>) -> Result<List
     Ok(ListenerConfig {
         name,
         address,
-        original_dst,
+        additional_addresses,
+        ipv4_compat,
+        bind_to_port: l.bind_to_port.as_ref().is_none_or(|b| b.value),
+        use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
+        listener_filters,
         stat_name,
+        filter_chains,
+        default_chain,
+    })
+}
+
+fn compat(a: &Address) -> bool {
+    matches!(&a.address, Some(address::Address::SocketAddress(sa)) if sa.ipv4_compat)
+}
+
+fn listener_filters(l: &Listener, path: &str) -> Result<ListenerFilters> {
+    let mut filters = ListenerFilters {
+        timeout: match &l.listener_filters_timeout {
+            None => Some(Duration::from_secs(15)),
+            Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
+        },
+        continue_on_timeout: l.continue_on_listener_filters_timeout,
+        ..Default::default()
+    };
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        let fpath = format!("{path}.listener_filters[{i}]");
+        let Some(listener_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            return Err(format!("{fpath} ({}): typed_config is required", f.name));
+        };
+        let enabled = || -> Result<FilterEnabled> {
+            Ok(FilterEnabled {
+                disabled: f
+                    .filter_disabled
+                    .as_ref()
+                    .map(|p| predicate(p, &format!("{fpath}.filter_disabled")))
+                    .transpose()?,
+            })
+        };
+        let slot = match proto::type_name(&any.type_url) {
+            ORIGINAL_DST => {
+                if f.filter_disabled.is_some() {
+                    return Err(format!(
+                        "{fpath}.filter_disabled: not supported on original_dst"
+                    ));
+                }
+                filters.original_dst = true;
+                continue;
+            }
+            TLS_INSPECTOR => &mut filters.tls_inspector,
+            HTTP_INSPECTOR => &mut filters.http_inspector,
+            _ => return Err(format!("{fpath} ({}): not supported", f.name)),
+        };
+        if slot.is_some() {
+            return Err(format!("{fpath} ({}): given twice", f.name));
+        }
+        *slot = Some(enabled()?);
+    }
+    Ok(filters)
+}
+
+fn predicate(
+    p: &envoy_types::pb::envoy::config::listener::v3::ListenerFilterChainMatchPredicate,
+    path: &str,
+) -> Result<ConnPredicate> {
+    use envoy_types::pb::envoy::config::listener::v3::listener_filter_chain_match_predicate::Rule;
+    let set = |rules: &[_], name: &str| -> Result<Vec<ConnPredicate>> {
+        rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| predicate(r, &format!("{path}.{name}.rules[{i}]")))
+            .collect()
+    };
+    Ok(match &p.rule {
+        Some(Rule::OrMatch(m)) => ConnPredicate::Or(set(&m.rules, "or_match")?),
+        Some(Rule::AndMatch(m)) => ConnPredicate::And(set(&m.rules, "and_match")?),
+        Some(Rule::NotMatch(n)) => {
+            ConnPredicate::Not(Box::new(predicate(n, &format!("{path}.not_match"))?))
+        }
+        Some(Rule::AnyMatch(true)) => ConnPredicate::Any,
+        Some(Rule::DestinationPortRange(r)) => {
+            if r.start < 0 || r.end > 65536 || r.start >= r.end {
+                return Err(format!(
+                    "{path}.destination_port_range: [{}, {}) is not a port range",
+                    r.start, r.end
+                ));
+            }
+            ConnPredicate::DestinationPort(r.start as u32, r.end as u32)
+        }
+        _ => return Err(format!("{path}: a rule is required")),
+    })
+}
+
+fn filter_chain(
+    chain: &envoy_types::pb::envoy::config::listener::v3::FilterChain,
+    path: &str,
+    clusters: &HashSet<String>,
+) -> Result<FilterChain> {
+    let matcher = match &chain.filter_chain_match {
+        Some(m) => chain_match(m, &format!("{path}.filter_chain_match"))?,
+        None => ChainMatch::default(),
+    };
+    let filter = match chain.filters.as_slice() {
+        [f] => network_filter(f, &format!("{path}.filters[0]"), clusters)?,
+        [] => return Err(format!("{path}.filters: a terminal filter is required")),
+        _ => {
+            return Err(format!(
+                "{path}.filters: only one (terminal) network filter is supported"
+            ));
+        }
+    };
+    Ok(FilterChain {
+        name: chain.name.clone(),
+        matcher,
         filter,
+    })
+}
+
+fn chain_match(
+    m: &envoy_types::pb::envoy::config::listener::v3::FilterChainMatch,
+    path: &str,
+) -> Result<ChainMatch> {
+    use envoy_types::pb::envoy::config::listener::v3::filter_chain_match::ConnectionSourceType;
+    let destination_port = match &m.destination_port {
+        Some(p) if (1..=65535).contains(&p.value) => Some(p.value as u16),
+        Some(p) => {
+            return Err(format!(
+                "{path}.destination_port: {} is not a port from 1 to 65535",
+                p.value
+            ));
+        }
+        None => None,
+    };
+    let ranges = |v: &[envoy_types::pb::envoy::config::core::v3::CidrRange], name: &str| {
+        let mut out: Vec<Cidr> = v
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let rpath = format!("{path}.{name}[{i}]");
+                let ip = r.address_prefix.parse().map_err(|_| {
+                    format!(
+                        "{rpath}.address_prefix: '{}' is not an IP address",
+                        r.address_prefix
+                    )
+                })?;
+                Cidr::new(ip, r.prefix_len.as_ref().map_or(0, |l| l.value))
+                    .map_err(|e| format!("{rpath}.prefix_len: {e}"))
+            })
+            .collect::<Result<_>>()?;
+        out.sort();
+        out.dedup();
+        Ok::<_, String>(out)
+    };
+    let mut server_names = Vec::new();
+    for (i, n) in m.server_names.iter().enumerate() {
+        let n = n.to_ascii_lowercase();
+        if n.is_empty()
+            || (n.contains('*') && !(n.starts_with("*.") && n.matches('*').count() == 1))
+        {
+            return Err(format!(
+                "{path}.server_names[{i}]: '{n}' is neither a name nor a '*.' wildcard"
+            ));
+        }
+        server_names.push(n);
+    }
+    server_names.sort();
+    server_names.dedup();
+    let mut application_protocols = m.application_protocols.clone();
+    application_protocols.sort();
+    application_protocols.dedup();
+    let mut source_ports = Vec::new();
+    for (i, p) in m.source_ports.iter().enumerate() {
+        if !(1..=65535).contains(p) {
+            return Err(format!(
+                "{path}.source_ports[{i}]: {p} is not a port from 1 to 65535"
+            ));
+        }
+        source_ports.push(*p as u16);
+    }
+    source_ports.sort();
+    source_ports.dedup();
+    if !m.address_suffix.is_empty() || m.suffix_len.is_some() {
+        return Err(format!(
+            "{path}.address_suffix: not supported (Envoy does not implement it either)"
+        ));
+    }
+    Ok(ChainMatch {
+        destination_port,
+        prefix_ranges: ranges(&m.prefix_ranges, "prefix_ranges")?,
+        server_names,
+        transport_protocol: Some(m.transport_protocol.clone()).filter(|t| !t.is_empty()),
+        application_protocols,
+        direct_source_prefix_ranges: ranges(
+            &m.direct_source_prefix_ranges,
+            "direct_source_prefix_ranges",
+        )?,
+        source_type: match ConnectionSourceType::try_from(m.source_type) {
+            Ok(ConnectionSourceType::Any) => SourceType::Any,
+            Ok(ConnectionSourceType::SameIpOrLoopback) => SourceType::Local,
+            Ok(ConnectionSourceType::External) => SourceType::External,
+            Err(_) => {
+                return Err(format!(
+                    "{path}.source_type: unknown value {}",
+                    m.source_type
+                ));
+            }
+        },
+        source_prefix_ranges: ranges(&m.source_prefix_ranges, "source_prefix_ranges")?,
+        source_ports,
     })
 }
 
@@ -500,7 +718,35 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         cluster::DnsLookupFamily::V4Preferred => DnsFamily::V4Preferred,
         cluster::DnsLookupFamily::All => DnsFamily::All,
     };
+    let original_dst_header = match &c.lb_config {
+        Some(cluster::LbConfig::OriginalDstLbConfig(o)) => {
+            let opath = format!("{path}.original_dst_lb_config");
+            if discovery != Discovery::OriginalDst {
+                return Err(format!("{opath}: only allowed on ORIGINAL_DST clusters"));
+            }
+            if o.upstream_port_override.is_some() || o.metadata_key.is_some() {
+                return Err(format!(
+                    "{opath}: only use_http_header and http_header_name are supported"
+                ));
+            }
+            match (o.use_http_header, o.http_header_name.as_str()) {
+                (false, _) => None,
+                (true, "") => Some(http::HeaderName::from_static("x-envoy-original-dst-host")),
+                (true, name) => Some(http::HeaderName::try_from(name).map_err(|_| {
+                    format!("{opath}.http_header_name: '{name}' is not a header name")
+                })?),
+            }
+        }
+        Some(_) => return Err(format!("{path}: this lb_config is not supported")),
+        None => None,
+    };
+    let upstream_socket = match &c.upstream_bind_config {
+        Some(b) => upstream_socket(b, &format!("{path}.upstream_bind_config"))?,
+        None => UpstreamSocket::default(),
+    };
     Ok(ClusterConfig {
+        original_dst_header,
+        upstream_socket,
         name: c.name.clone(),
         discovery,
         connect_timeout: c
@@ -518,6 +764,63 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         dns_family,
         endpoints,
     })
+}
+
+/// SOL_SOCKET and SO_MARK on Linux, as Envoy configs spell them (`level: 1, name: 36`).
+const SOL_SOCKET: i64 = 1;
+const SO_MARK: i64 = 36;
+
+fn upstream_socket(
+    b: &envoy_types::pb::envoy::config::core::v3::BindConfig,
+    path: &str,
+) -> Result<UpstreamSocket> {
+    use envoy_types::pb::envoy::config::core::v3::socket_option;
+    let mut out = UpstreamSocket::default();
+    if let Some(sa) = &b.source_address {
+        if sa.port_specifier.is_some()
+            && !matches!(
+                sa.port_specifier,
+                Some(socket_address::PortSpecifier::PortValue(0))
+            )
+        {
+            return Err(format!(
+                "{path}.source_address.port_value: only 0 (any port) is supported"
+            ));
+        }
+        out.sources.push(sa.address.parse().map_err(|_| {
+            format!(
+                "{path}.source_address.address: '{}' is not an IP address",
+                sa.address
+            )
+        })?);
+    }
+    for (i, extra) in b.extra_source_addresses.iter().enumerate() {
+        let epath = format!("{path}.extra_source_addresses[{i}].address");
+        let Some(sa) = &extra.address else {
+            return Err(format!("{epath}: required"));
+        };
+        out.sources.push(
+            sa.address
+                .parse()
+                .map_err(|_| format!("{epath}.address: '{}' is not an IP address", sa.address))?,
+        );
+    }
+    for (i, o) in b.socket_options.iter().enumerate() {
+        match (o.level, o.name, &o.value) {
+            (SOL_SOCKET, SO_MARK, Some(socket_option::Value::IntValue(v)))
+                if u32::try_from(*v).is_ok() =>
+            {
+                out.mark = Some(*v as u32)
+            }
+            _ => {
+                return Err(format!(
+                    "{path}.socket_options[{i}]: only SO_MARK (level 1, name 36, int_value) is \
+                     supported"
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";

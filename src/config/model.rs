@@ -14,6 +14,8 @@ pub use crate::{
 };
 use regex::Regex;
 
+pub use crate::net::cidr::Cidr;
+
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub node: NodeInfo,
@@ -32,12 +34,127 @@ pub struct NodeInfo {
 pub struct ListenerConfig {
     pub name: String,
     pub address: SocketAddr,
-    /// `envoy.filters.listener.original_dst`: the connection's local address becomes
-    /// its original (pre-REDIRECT) destination.
-    pub original_dst: bool,
+    /// `additional_addresses`: more addresses of the same listener (dual stack).
+    pub additional_addresses: Vec<SocketAddr>,
+    /// Addresses bound with `ipv4_compat: true` (an IPv6 socket that also takes IPv4).
+    pub ipv4_compat: Vec<SocketAddr>,
+    /// `bind_to_port: false`: no socket of its own; it only serves connections handed
+    /// over by a `use_original_dst` listener.
+    pub bind_to_port: bool,
+    /// `use_original_dst`: a connection whose original destination belongs to another
+    /// listener is handed to that listener.
+    pub use_original_dst: bool,
+    pub listener_filters: ListenerFilters,
     /// Envoy's listener stat scope: `stat_prefix`, else the address as `0.0.0.0_15001`.
     pub stat_name: String,
+    pub filter_chains: Vec<FilterChain>,
+    /// `default_filter_chain`: used when no chain matches.
+    pub default_chain: Option<FilterChain>,
+}
+
+impl ListenerConfig {
+    /// Every address the listener binds (or answers for, when not bound).
+    pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.address).chain(self.additional_addresses.iter().copied())
+    }
+}
+
+/// The listener filters: what runs on an accepted connection before a filter chain is
+/// chosen.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerFilters {
+    /// `envoy.filters.listener.original_dst`: the connection's destination becomes its
+    /// original (pre-REDIRECT) destination.
+    pub original_dst: bool,
+    /// `envoy.filters.listener.tls_inspector`: SNI and ALPN from a TLS ClientHello.
+    pub tls_inspector: Option<FilterEnabled>,
+    /// `envoy.filters.listener.http_inspector`: HTTP/1.x or h2c as application protocol.
+    pub http_inspector: Option<FilterEnabled>,
+    /// `listener_filters_timeout` (Envoy's default 15 s; `None` when set to 0).
+    pub timeout: Option<Duration>,
+    pub continue_on_timeout: bool,
+}
+
+/// A listener filter's `filter_disabled` predicate; `None` inside means always enabled.
+#[derive(Debug, Clone, Default)]
+pub struct FilterEnabled {
+    pub disabled: Option<ConnPredicate>,
+}
+
+/// `ListenerFilterChainMatchPredicate`.
+#[derive(Debug, Clone)]
+pub enum ConnPredicate {
+    Any,
+    Or(Vec<ConnPredicate>),
+    And(Vec<ConnPredicate>),
+    Not(Box<ConnPredicate>),
+    /// `destination_port_range`: start inclusive, end exclusive.
+    DestinationPort(u32, u32),
+}
+
+impl ConnPredicate {
+    pub fn matches(&self, dst_port: u16) -> bool {
+        match self {
+            ConnPredicate::Any => true,
+            ConnPredicate::Or(v) => v.iter().any(|p| p.matches(dst_port)),
+            ConnPredicate::And(v) => v.iter().all(|p| p.matches(dst_port)),
+            ConnPredicate::Not(p) => !p.matches(dst_port),
+            ConnPredicate::DestinationPort(lo, hi) => (*lo..*hi).contains(&(dst_port as u32)),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FilterChain {
+    pub name: String,
+    pub matcher: ChainMatch,
     pub filter: NetworkFilter,
+}
+
+/// `filter_chain_match`. Empty lists and `None` match anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainMatch {
+    pub destination_port: Option<u16>,
+    pub prefix_ranges: Vec<Cidr>,
+    /// Exact names and `*.suffix` wildcards, lowercase.
+    pub server_names: Vec<String>,
+    pub transport_protocol: Option<String>,
+    pub application_protocols: Vec<String>,
+    pub direct_source_prefix_ranges: Vec<Cidr>,
+    pub source_type: SourceType,
+    pub source_prefix_ranges: Vec<Cidr>,
+    pub source_ports: Vec<u16>,
+}
+
+impl AsRef<ChainMatch> for ChainMatch {
+    fn as_ref(&self) -> &ChainMatch {
+        self
+    }
+}
+
+impl AsRef<ChainMatch> for FilterChain {
+    fn as_ref(&self) -> &ChainMatch {
+        &self.matcher
+    }
+}
+
+impl ChainMatch {
+    /// True when choosing between chains like this one needs what the TLS or HTTP
+    /// inspector finds (SNI, transport or application protocol).
+    pub fn needs_inspection(&self) -> bool {
+        !self.server_names.is_empty()
+            || self.transport_protocol.is_some()
+            || !self.application_protocols.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SourceType {
+    #[default]
+    Any,
+    /// `SAME_IP_OR_LOOPBACK`.
+    Local,
+    External,
 }
 
 #[derive(Debug, Clone)]
@@ -325,6 +442,33 @@ pub struct ClusterConfig {
     pub dns_refresh_rate: Duration,
     pub dns_family: DnsFamily,
     pub endpoints: Vec<EndpointConfig>,
+    /// ORIGINAL_DST `original_dst_lb_config.use_http_header`: the request header
+    /// (lowercase) whose `ip:port` overrides the connection's original destination.
+    pub original_dst_header: Option<http::HeaderName>,
+    pub upstream_socket: UpstreamSocket,
+}
+
+/// How upstream sockets are set up before they connect.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamSocket {
+    /// `upstream_bind_config.source_address` (Istio's inbound passthrough binds 127.0.0.6
+    /// so its own iptables rules let the connection through), then the
+    /// `extra_source_addresses`: the first of the destination's family is used.
+    pub sources: Vec<std::net::IpAddr>,
+    /// SO_MARK, from `upstream_bind_config.socket_options` or `--upstream-mark`.
+    pub mark: Option<u32>,
+}
+
+impl UpstreamSocket {
+    /// The source address for a connection to `dst`: the first configured one of its
+    /// family, else the first (which then fails to connect, as in Envoy).
+    pub fn source_for(&self, dst: std::net::IpAddr) -> Option<std::net::IpAddr> {
+        self.sources
+            .iter()
+            .find(|s| s.is_ipv4() == dst.is_ipv4())
+            .or(self.sources.first())
+            .copied()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -55,7 +55,7 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.Address", &["socket_address"]),
     (
         "envoy.config.core.v3.SocketAddress",
-        &["address", "port_value"],
+        &["address", "port_value", "ipv4_compat"],
     ),
     (
         "envoy.config.listener.v3.Listener",
@@ -71,16 +71,61 @@ const FIELDS: &[(&str, &[&str])] = &[
             "traffic_direction",
             "bind_to_port",
             "metadata",
+            "use_original_dst",
+            "additional_addresses",
+            "default_filter_chain",
+        ],
+    ),
+    ("envoy.config.listener.v3.AdditionalAddress", &["address"]),
+    (
+        "envoy.config.listener.v3.FilterChain",
+        &["filters", "name", "metadata", "filter_chain_match"],
+    ),
+    (
+        "envoy.config.listener.v3.FilterChainMatch",
+        &[
+            "destination_port",
+            "prefix_ranges",
+            "direct_source_prefix_ranges",
+            "source_type",
+            "source_prefix_ranges",
+            "source_ports",
+            "server_names",
+            "transport_protocol",
+            "application_protocols",
         ],
     ),
     (
-        "envoy.config.listener.v3.FilterChain",
-        &["filters", "name", "metadata"],
+        "envoy.config.core.v3.CidrRange",
+        &["address_prefix", "prefix_len"],
     ),
     ("envoy.config.listener.v3.Filter", &["name", "typed_config"]),
     (
         "envoy.config.listener.v3.ListenerFilter",
-        &["name", "typed_config"],
+        &["name", "typed_config", "filter_disabled"],
+    ),
+    (
+        "envoy.config.listener.v3.ListenerFilterChainMatchPredicate",
+        &[
+            "or_match",
+            "and_match",
+            "not_match",
+            "any_match",
+            "destination_port_range",
+        ],
+    ),
+    (
+        "envoy.config.listener.v3.ListenerFilterChainMatchPredicate.MatchSet",
+        &["rules"],
+    ),
+    ("envoy.type.v3.Int32Range", &["start", "end"]),
+    (
+        "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+        &[],
+    ),
+    (
+        "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+        &[],
     ),
     (
         "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
@@ -377,7 +422,22 @@ const FIELDS: &[(&str, &[&str])] = &[
             "per_connection_buffer_limit_bytes",
             "metadata",
             "circuit_breakers",
+            "original_dst_lb_config",
+            "upstream_bind_config",
         ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig",
+        &["use_http_header", "http_header_name"],
+    ),
+    (
+        "envoy.config.core.v3.BindConfig",
+        &["source_address", "socket_options", "extra_source_addresses"],
+    ),
+    ("envoy.config.core.v3.ExtraSourceAddress", &["address"]),
+    (
+        "envoy.config.core.v3.SocketOption",
+        &["description", "level", "name", "int_value", "state"],
     ),
     ("envoy.config.cluster.v3.CircuitBreakers", &["thresholds"]),
     (

@@ -368,6 +368,8 @@ mod tests {
             dns_refresh_rate: Duration::from_secs(5),
             dns_family: DnsFamily::Auto,
             endpoints: vec![],
+            original_dst_header: None,
+            upstream_socket: Default::default(),
         };
         ClusterManager::new(&[c("a"), c("b"), c("c"), c("d"), c("e")], &Store::new())
     }

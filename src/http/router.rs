@@ -346,7 +346,7 @@ impl HttpConnectionManager {
                 return local_reply::reply(ResponseFlag::NoClusterFound);
             }
         };
-        let Some(host) = cluster.pick(Some(down.local)) else {
+        let Some(host) = cluster.pick(Some(original_dst(&cluster.config, &req, down.local))) else {
             cluster.stats.upstream_cx_none_healthy.inc();
             cluster.stats.upstream_rq.record(503);
             return local_reply::reply(ResponseFlag::NoHealthyUpstream);
@@ -651,4 +651,18 @@ impl Drop for RequestEnd {
             log.write(&self.record);
         }
     }
+}
+
+/// The destination an ORIGINAL_DST cluster connects to: the request header's `ip:port`
+/// when the cluster uses one and it parses, else the connection's original destination.
+fn original_dst(
+    cluster: &crate::config::ClusterConfig,
+    req: &Request<Body>,
+    local: std::net::SocketAddr,
+) -> std::net::SocketAddr {
+    cluster
+        .original_dst_header
+        .as_ref()
+        .and_then(|h| req.headers().get(h)?.to_str().ok()?.parse().ok())
+        .unwrap_or(local)
 }

@@ -1,6 +1,15 @@
-//! Listeners: binding, the accept loop, original destination, loop refusal, and
-//! handing each connection to its network filter.
+//! Listeners: binding, the accept loop, original destination and hand-off to the
+//! listener of that destination, loop refusal, the listener filters (TLS and HTTP
+//! inspection), filter-chain selection, and handing each connection to its chain's
+//! network filter.
+mod chain_select;
+pub mod http_detect;
+mod inspect;
+mod registry;
+pub mod tls_hello;
+
 use std::{
+    io,
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
@@ -8,8 +17,9 @@ use std::{
 
 use tokio::net::{TcpListener, TcpStream};
 
+pub use self::registry::Registry;
 use crate::{
-    config::{ListenerConfig, NetworkFilter},
+    config::{FilterChain, FilterEnabled, ListenerConfig, NetworkFilter},
     drain,
     http::{Downstream, HttpConnectionManager, server},
     net::orig_dst,
@@ -28,11 +38,32 @@ pub enum Filter {
     Http(Arc<HttpConnectionManager>),
 }
 
+impl Filter {
+    fn new(
+        config: &NetworkFilter,
+        clusters: &ClusterManager,
+        store: &Arc<Store>,
+        sinks: &Sinks,
+    ) -> Result<Self, String> {
+        Ok(match config {
+            NetworkFilter::TcpProxy(t) => Filter::Tcp(TcpProxy::new(t, clusters, store, sinks)?),
+            NetworkFilter::Http(h) => Filter::Http(Arc::new(HttpConnectionManager::new(
+                (**h).clone(),
+                clusters,
+                store,
+                sinks,
+            )?)),
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct Listener {
     pub config: ListenerConfig,
     pub stats: ListenerStats,
-    pub filter: Filter,
+    /// The filter chains' network filters, in `config.filter_chains` order.
+    filters: Vec<Filter>,
+    default_filter: Option<Filter>,
     /// Addresses pilotfish's capture listeners are bound to: a connection whose original
     /// destination is one of them was not redirected and would loop.
     own: Arc<Vec<SocketAddr>>,
@@ -46,28 +77,39 @@ impl Listener {
         sinks: &Sinks,
         own: Arc<Vec<SocketAddr>>,
     ) -> Result<Self, String> {
-        let in_listener = |e: String| format!("listener '{}': {e}", config.name);
-        let filter = match &config.filter {
-            NetworkFilter::TcpProxy(t) => {
-                Filter::Tcp(TcpProxy::new(t, clusters, store, sinks).map_err(in_listener)?)
-            }
-            NetworkFilter::Http(h) => Filter::Http(Arc::new(
-                HttpConnectionManager::new((**h).clone(), clusters, store, sinks)
-                    .map_err(in_listener)?,
-            )),
+        let chain = |c: &FilterChain, what: String| {
+            Filter::new(&c.filter, clusters, store, sinks)
+                .map_err(|e| format!("listener '{}' {what}: {e}", config.name))
         };
+        let filters = config
+            .filter_chains
+            .iter()
+            .enumerate()
+            .map(|(i, c)| chain(c, format!("filter_chains[{i}]")))
+            .collect::<Result<_, _>>()?;
+        let default_filter = config
+            .default_chain
+            .as_ref()
+            .map(|c| chain(c, "default_filter_chain".into()))
+            .transpose()?;
         let stats = ListenerStats::new(store, &config.stat_name);
         Ok(Listener {
             config,
             stats,
-            filter,
+            filters,
+            default_filter,
             own,
         })
     }
 
     /// Accepts until drain starts, then stops accepting (the socket closes) while the
     /// connections already accepted finish.
-    pub async fn run(self: Arc<Self>, socket: TcpListener, mut drain: drain::Watch) {
+    pub async fn run(
+        self: Arc<Self>,
+        socket: TcpListener,
+        registry: Arc<Registry>,
+        mut drain: drain::Watch,
+    ) {
         loop {
             let accepted = tokio::select! {
                 a = socket.accept() => a,
@@ -78,8 +120,9 @@ impl Listener {
                     let me = self.clone();
                     let guard = drain.connection();
                     let watch = drain.clone();
+                    let registry = registry.clone();
                     tokio::spawn(async move {
-                        me.connection(stream, peer, watch).await;
+                        me.accepted(stream, unmap(peer), &registry, watch).await;
                         drop(guard);
                     });
                 }
@@ -92,13 +135,21 @@ impl Listener {
         }
     }
 
-    async fn connection(&self, stream: TcpStream, peer: SocketAddr, drain: drain::Watch) {
-        let Ok(local) = stream.local_addr() else {
+    /// A connection accepted on this listener's socket: find its destination and the
+    /// listener that serves it.
+    async fn accepted(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        registry: &Registry,
+        drain: drain::Watch,
+    ) {
+        let Ok(local) = stream.local_addr().map(unmap) else {
             return;
         };
-        let dst = if self.config.original_dst {
+        let dst = if self.config.listener_filters.original_dst {
             match orig_dst::original_dst(&stream, local) {
-                Ok(Some(d)) => d,
+                Ok(Some(d)) => unmap(d),
                 Ok(None) => local,
                 Err(e) => {
                     tracing::debug!("SO_ORIGINAL_DST failed: {e}");
@@ -108,20 +159,105 @@ impl Listener {
         } else {
             local
         };
-        if self.config.original_dst && is_own(&self.own, dst, local) {
+        if self.config.listener_filters.original_dst && is_own(&self.own, dst, local) {
             self.stats.loop_refused.inc();
             tracing::debug!(%peer, %dst, "refused: destination is pilotfish itself");
             return;
         }
+        if self.config.use_original_dst
+            && let Some(target) = registry.find(dst)
+            && !Arc::ptr_eq(target, self)
+        {
+            return target.serve(stream, peer, dst, drain).await;
+        }
+        self.serve(stream, peer, dst, drain).await
+    }
+
+    /// Runs the inspectors the chains need, picks the filter chain and hands the
+    /// connection to its network filter.
+    async fn serve(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        dst: SocketAddr,
+        drain: drain::Watch,
+    ) {
+        let (filter, facts) = {
+            let _pre = GaugeGuard::new(&self.stats.downstream_pre_cx_active);
+            match self.choose(&stream, peer, dst).await {
+                Ok((Some(f), facts)) => (f, facts),
+                Ok((None, _)) => {
+                    self.stats.no_filter_chain_match.inc();
+                    tracing::debug!(listener = %self.config.name, %peer, %dst, "no filter chain matches");
+                    return;
+                }
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::TimedOut {
+                        self.stats.downstream_pre_cx_timeout.inc();
+                    }
+                    return;
+                }
+            }
+        };
         self.stats.downstream_cx_total.inc();
         let _active = GaugeGuard::new(&self.stats.downstream_cx_active);
-        match &self.filter {
-            Filter::Tcp(t) => t.handle(stream, peer, dst).await,
+        match filter {
+            Filter::Tcp(t) => t.handle(stream, peer, dst, facts.server_name).await,
             Filter::Http(h) => {
                 server::serve(stream, h.clone(), Downstream { peer, local: dst }, drain).await
             }
         }
         self.stats.downstream_cx_destroy.inc();
+    }
+
+    /// The filter chain for this connection. Inspection (and its wait) happens only when
+    /// the chains still in question after the destination steps match on what it finds.
+    async fn choose(
+        &self,
+        stream: &TcpStream,
+        peer: SocketAddr,
+        dst: SocketAddr,
+    ) -> io::Result<(Option<&Filter>, inspect::Facts)> {
+        let chains = &self.config.filter_chains;
+        let cands = chain_select::by_destination(chains, dst);
+        let facts = if chain_select::needs_inspection(chains, &cands) {
+            let lf = &self.config.listener_filters;
+            let on = |f: &Option<FilterEnabled>| {
+                f.as_ref()
+                    .is_some_and(|f| !f.disabled.as_ref().is_some_and(|p| p.matches(dst.port())))
+            };
+            match inspect::inspect(
+                stream,
+                on(&lf.tls_inspector),
+                on(&lf.http_inspector),
+                lf.timeout,
+            )
+            .await
+            {
+                Ok(facts) => facts,
+                Err(e) if e.kind() == io::ErrorKind::TimedOut && lf.continue_on_timeout => {
+                    inspect::Facts::default()
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            inspect::Facts::default()
+        };
+        let chosen = chain_select::finish(chains, cands, &facts, peer, dst)
+            .map(|i| &self.filters[i])
+            .or(self.default_filter.as_ref());
+        Ok((chosen, facts))
+    }
+}
+
+/// An IPv4-mapped IPv6 address (from a dual-stack socket) as the IPv4 address it is.
+fn unmap(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
     }
 }
 
@@ -130,24 +266,18 @@ fn is_own(own: &[SocketAddr], dst: SocketAddr, local: SocketAddr) -> bool {
     own.iter().any(|a| {
         a.port() == dst.port()
             && (a.ip() == dst.ip()
-                || (a.ip().is_unspecified() && (dst.ip() == local.ip() || is_loopback(dst.ip()))))
+                || (a.ip().is_unspecified() && (dst.ip() == local.ip() || dst.ip().is_loopback())))
     })
 }
 
-fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v| v.is_loopback()),
-    }
-}
-
-/// Binds a listener socket with SO_REUSEADDR, as Envoy does.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds a listener socket with SO_REUSEADDR, as Envoy does. An IPv6 socket takes IPv4
+/// connections too only with `ipv4_compat`.
+pub fn bind(addr: SocketAddr, ipv4_compat: bool) -> io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     if addr.is_ipv6() {
-        sock.set_only_v6(false).ok();
+        sock.set_only_v6(!ipv4_compat)?;
     }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
@@ -170,5 +300,17 @@ mod tests {
         assert!(is_own(&own, "127.0.0.1:15006".parse().unwrap(), local));
         assert!(!is_own(&own, "10.0.0.9:15001".parse().unwrap(), local));
         assert!(!is_own(&own, "10.0.0.5:8080".parse().unwrap(), local));
+    }
+
+    #[test]
+    fn mapped_addresses_become_ipv4() {
+        assert_eq!(
+            unmap("[::ffff:10.0.0.1]:80".parse().unwrap()),
+            "10.0.0.1:80".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            unmap("[fd00::1]:80".parse().unwrap()),
+            "[fd00::1]:80".parse::<SocketAddr>().unwrap()
+        );
     }
 }

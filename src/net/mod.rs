@@ -1,3 +1,4 @@
-//! Socket-level facts the kernel knows: original destinations of redirected connections
-//! and socket options.
+//! Socket-level facts the kernel knows: original destinations of redirected connections,
+//! address ranges, and the options set on upstream sockets.
+pub mod cidr;
 pub mod orig_dst;

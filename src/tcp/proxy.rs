@@ -46,13 +46,20 @@ impl TcpProxy {
     }
 
     /// Proxies one downstream connection whose (original) destination is `dst`.
-    pub async fn handle(&self, down: TcpStream, peer: SocketAddr, dst: SocketAddr) {
+    pub async fn handle(
+        &self,
+        down: TcpStream,
+        peer: SocketAddr,
+        dst: SocketAddr,
+        server_name: Option<String>,
+    ) {
         self.stats.downstream_cx_total.inc();
         let started = Instant::now();
         let mut record = Record {
             start: Some(SystemTime::now()),
             downstream_remote: Some(peer),
             downstream_local: Some(dst),
+            requested_server_name: server_name,
             ..Default::default()
         };
         self.proxy(down, dst, &mut record).await;
@@ -78,7 +85,7 @@ impl TcpProxy {
         };
         record.upstream_host = Some(host.addr);
         let cs = &cluster.stats;
-        let Ok(up) = connect(host.addr, cluster.config.connect_timeout, cs).await else {
+        let Ok(up) = connect(cluster, host.addr).await else {
             record.response_flags = Some("UF");
             return;
         };

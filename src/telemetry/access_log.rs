@@ -189,6 +189,8 @@ pub struct Record {
     pub downstream_remote: Option<SocketAddr>,
     pub downstream_local: Option<SocketAddr>,
     pub route_name: Option<String>,
+    /// The SNI the TLS inspector read.
+    pub requested_server_name: Option<String>,
 }
 
 impl Record {
@@ -237,7 +239,7 @@ impl Record {
             Op::DownstreamRemoteAddressWithoutPort => ip(self.downstream_remote),
             Op::DownstreamLocalAddress => addr(self.downstream_local),
             Op::DownstreamLocalAddressWithoutPort => ip(self.downstream_local),
-            Op::RequestedServerName => None,
+            Op::RequestedServerName => self.requested_server_name.clone(),
             Op::RouteName => self.route_name.clone().filter(|n| !n.is_empty()),
             Op::ConnectionTerminationDetails => None,
             Op::Hostname => std::fs::read_to_string("/proc/sys/kernel/hostname")

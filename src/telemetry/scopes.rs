@@ -69,6 +69,12 @@ pub struct ListenerStats {
     pub downstream_cx_total: Counter,
     pub downstream_cx_active: Gauge,
     pub downstream_cx_destroy: Counter,
+    /// Connections in the listener filters (inspection) right now.
+    pub downstream_pre_cx_active: Gauge,
+    /// Connections closed because the listener filters timed out.
+    pub downstream_pre_cx_timeout: Counter,
+    /// Connections closed because no filter chain matched.
+    pub no_filter_chain_match: Counter,
     /// pilotfish's own: connections refused because their original destination was
     /// one of pilotfish's own listeners (they would loop).
     pub loop_refused: Counter,
@@ -76,11 +82,10 @@ pub struct ListenerStats {
 
 impl ListenerStats {
     pub fn new(store: &Arc<Store>, stat_name: &str) -> Self {
-        // Envoy's tag extractor turns an address-shaped scope (`0.0.0.0_15001`) into the
-        // `envoy_listener_address` label; any other stat_prefix stays in the name.
-        let is_address = stat_name
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() || matches!(c, '.' | '_' | '[' | ']' | ':'));
+        // Envoy 1.40's tag extractor turns the listener's scope, address-shaped
+        // (`0.0.0.0_15001`) or a `stat_prefix`, into the `envoy_listener_address` label;
+        // only the admin listener's stays in the name.
+        let is_address = stat_name != "admin";
         let (prom_prefix, labels): (String, Vec<(&str, &str)>) = if is_address {
             (
                 "envoy_listener_".into(),
@@ -107,6 +112,9 @@ impl ListenerStats {
             downstream_cx_total: c("downstream_cx_total"),
             downstream_cx_active: g("downstream_cx_active"),
             downstream_cx_destroy: c("downstream_cx_destroy"),
+            downstream_pre_cx_active: g("downstream_pre_cx_active"),
+            downstream_pre_cx_timeout: c("downstream_pre_cx_timeout"),
+            no_filter_chain_match: c("no_filter_chain_match"),
             loop_refused: store.counter(
                 format!("pilotfish.listener.{stat_name}.loop_refused"),
                 "pilotfish_listener_loop_refused",

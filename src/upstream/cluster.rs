@@ -145,6 +145,8 @@ mod tests {
                         hostname: None,
                     })
                     .collect(),
+                original_dst_header: None,
+                upstream_socket: Default::default(),
             },
             &Store::new(),
         )

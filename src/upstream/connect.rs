@@ -1,9 +1,11 @@
-//! Opening upstream TCP connections with the cluster's connect timeout and stats.
-use std::{io, net::SocketAddr, time::Duration};
+//! Opening upstream TCP connections with the cluster's connect timeout, source address
+//! and socket mark, counting Envoy's connection stats.
+use std::{io, net::SocketAddr};
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
-use crate::telemetry::scopes::ClusterStats;
+use super::Cluster;
+use crate::config::UpstreamSocket;
 
 #[derive(Debug)]
 pub enum ConnectError {
@@ -20,14 +22,16 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-/// Connects to `addr`, counting `upstream_cx_total` and the failure counters.
-pub async fn connect(
-    addr: SocketAddr,
-    timeout: Duration,
-    stats: &ClusterStats,
-) -> Result<TcpStream, ConnectError> {
+/// Connects to `addr` for `cluster`, counting `upstream_cx_total` and the failure
+/// counters.
+pub async fn connect(cluster: &Cluster, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
+    let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    let attempt = async {
+        let socket = socket(addr, &cluster.config.upstream_socket)?;
+        socket.connect(addr).await
+    };
+    match tokio::time::timeout(cluster.config.connect_timeout, attempt).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Ok(s)
@@ -42,4 +46,24 @@ pub async fn connect(
             Err(ConnectError::Timeout)
         }
     }
+}
+
+/// A socket for `addr` with the source address bound and the mark set, as configured.
+fn socket(addr: SocketAddr, opts: &UpstreamSocket) -> io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(mark) = opts.mark {
+        // SO_MARK needs CAP_NET_ADMIN; without it the connection must not go out
+        // unmarked (it could be captured again and loop), so the error stands.
+        socket2::SockRef::from(&socket).set_mark(mark)?;
+    }
+    if let Some(src) = opts.source_for(addr.ip()) {
+        // A source of the other family than the destination cannot be used; Envoy
+        // fails such connections too.
+        socket.bind(SocketAddr::new(src, 0))?;
+    }
+    Ok(socket)
 }

@@ -83,7 +83,7 @@ async fn send_h1(
             },
         }
     }
-    let stream = connect(host.addr, cluster.config.connect_timeout, &cluster.stats)
+    let stream = connect(cluster, host.addr)
         .await
         .map_err(SendError::Connect)?;
     let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
@@ -106,7 +106,7 @@ pub async fn send_upgrade(
     host: &Arc<Host>,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, SendError> {
-    let stream = connect(host.addr, cluster.config.connect_timeout, &cluster.stats)
+    let stream = connect(cluster, host.addr)
         .await
         .map_err(SendError::Connect)?;
     let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
@@ -145,7 +145,7 @@ async fn send_h2(
             match live_h2(host) {
                 Some(s) => s,
                 None => {
-                    let stream = connect(host.addr, cluster.config.connect_timeout, &cluster.stats)
+                    let stream = connect(cluster, host.addr)
                         .await
                         .map_err(SendError::Connect)?;
                     let (sender, conn) =
