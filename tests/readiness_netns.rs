@@ -8,56 +8,12 @@ mod common;
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    os::fd::AsFd,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use common::*;
-
-struct Netns(String);
-
-impl Netns {
-    fn create(name: &str) -> Netns {
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
-        assert!(
-            Command::new("ip")
-                .args(["netns", "add", name])
-                .status()
-                .unwrap()
-                .success()
-        );
-        assert!(
-            Command::new("ip")
-                .args(["netns", "exec", name, "ip", "link", "set", "lo", "up"])
-                .status()
-                .unwrap()
-                .success()
-        );
-        Netns(name.into())
-    }
-
-    /// Runs `f` on a thread that has entered the namespace.
-    fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.0);
-        thread::spawn(move || {
-            let file = std::fs::File::open(path).unwrap();
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.0));
-    }
-}
+use common::{netns::Netns, *};
 
 fn health_status(port: u16) -> Option<u16> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -70,13 +26,9 @@ fn health_status(port: u16) -> Option<u16> {
 
 #[test]
 fn health_is_503_until_initialization_completes() {
-    let have_ip = Command::new("ip")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
     if !require(
         "root and iproute2 for network namespaces",
-        nix::unistd::geteuid().is_root() && have_ip,
+        netns::available(),
     ) {
         return;
     }

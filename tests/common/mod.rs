@@ -2,6 +2,8 @@
 //! with ephemeral ports, echo upstreams on real sockets, and small HTTP clients.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::{
     collections::HashMap,
     convert::Infallible,
