@@ -67,3 +67,59 @@ fn socket(addr: SocketAddr, opts: &UpstreamSocket) -> io::Result<TcpSocket> {
     }
     Ok(socket)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::{ClusterConfig, Discovery, DnsFamily, UpstreamProtocol},
+        telemetry::stats::Store,
+    };
+
+    fn cluster(upstream_socket: UpstreamSocket) -> Cluster {
+        let config = ClusterConfig {
+            name: "c".into(),
+            discovery: Discovery::OriginalDst,
+            connect_timeout: std::time::Duration::from_secs(5),
+            protocol: UpstreamProtocol::Http1,
+            dns_refresh_rate: std::time::Duration::from_secs(5),
+            dns_family: DnsFamily::Auto,
+            endpoints: Vec::new(),
+            original_dst_header: None,
+            upstream_socket,
+        };
+        Cluster::new(config, &Store::new())
+    }
+
+    #[tokio::test]
+    async fn binds_the_source_of_the_destination_family() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = cluster(UpstreamSocket {
+            sources: vec!["::1".parse().unwrap(), "127.0.0.6".parse().unwrap()],
+            mark: None,
+        });
+        let s = connect(&c, l.local_addr().unwrap()).await.unwrap();
+        let (_, peer) = l.accept().await.unwrap();
+        assert_eq!(peer.ip(), "127.0.0.6".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(s.local_addr().unwrap().ip(), peer.ip());
+        assert_eq!(c.stats.upstream_cx_total.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn sets_the_mark_or_fails_without_the_capability() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = cluster(UpstreamSocket {
+            sources: Vec::new(),
+            mark: Some(1337),
+        });
+        let res = connect(&c, l.local_addr().unwrap()).await;
+        if nix::unistd::geteuid().is_root() {
+            let s = res.unwrap();
+            assert_eq!(socket2::SockRef::from(&s).mark().unwrap(), 1337);
+        } else {
+            // Never an unmarked connection that iptables could capture again.
+            assert!(matches!(res, Err(ConnectError::Failed(_))));
+            assert_eq!(c.stats.upstream_cx_connect_fail.get(), 1);
+        }
+    }
+}
