@@ -83,12 +83,7 @@ async fn send_h1(
             },
         }
     }
-    let stream = connect(cluster, host.addr)
-        .await
-        .map_err(SendError::Connect)?;
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(SendError::Reset)?;
+    let (mut sender, conn) = open_h1(cluster, host).await?;
     let guard = GaugeGuard::new(&cluster.stats.upstream_cx_active);
     tokio::spawn(async move {
         let _ = conn.await;
@@ -106,18 +101,32 @@ pub async fn send_upgrade(
     host: &Arc<Host>,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, SendError> {
-    let stream = connect(cluster, host.addr)
-        .await
-        .map_err(SendError::Connect)?;
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(SendError::Reset)?;
+    let (mut sender, conn) = open_h1(cluster, host).await?;
     let guard = GaugeGuard::new(&cluster.stats.upstream_cx_active);
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
         drop(guard);
     });
     sender.send_request(req).await.map_err(SendError::Reset)
+}
+
+/// A new HTTP/1.1 connection to `host`; the caller drives the connection task.
+async fn open_h1(
+    cluster: &Cluster,
+    host: &Host,
+) -> Result<
+    (
+        http1::SendRequest<Body>,
+        http1::Connection<TokioIo<tokio::net::TcpStream>, Body>,
+    ),
+    SendError,
+> {
+    let stream = connect(cluster, host.addr)
+        .await
+        .map_err(SendError::Connect)?;
+    http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(SendError::Reset)
 }
 
 /// Puts an HTTP/1.1 connection back in the pool once its response has been read.
