@@ -13,10 +13,12 @@ use crate::{
     admin::{self, Command, Role},
     config::{Config, ListenerConfig, NetworkFilter},
     drain,
-    listener::{self, Listener, Registry},
+    http::route_slot::RouteSlots,
+    listener::{self, Listener, ListenerManager},
     readiness::Readiness,
     telemetry::{access_log::Sinks, scopes::ServerStats, stats::Store},
     upstream::ClusterManager,
+    xds,
 };
 
 #[derive(Debug, Clone)]
@@ -79,17 +81,22 @@ pub fn run(config: Config, config_dump: String, opts: Options) -> Result<()> {
     let config = &config;
     let clusters = Arc::new(ClusterManager::new(&config.clusters, &store));
     server.active_clusters.set(clusters.len() as i64);
+    let listeners = Arc::new(ListenerManager::new(
+        workers.handle().clone(),
+        watch.clone(),
+    ));
 
     // Admin, stats and health come up first, so readiness reads 503 (PRE_INITIALIZING)
-    // while clusters resolve and listeners bind.
+    // while clusters resolve, listeners bind and the first xDS config arrives.
     let (commands_tx, mut commands) = mpsc::unbounded_channel();
     let state = Arc::new(admin::State {
         store: store.clone(),
         readiness: readiness.clone(),
         clusters: clusters.clone(),
         config_dump,
+        xds: OnceLock::new(),
         commands: commands_tx,
-        listeners: OnceLock::new(),
+        listeners: listeners.clone(),
     });
     let servers = [
         (config.admin, Role::Admin),
@@ -113,65 +120,47 @@ pub fn run(config: Config, config_dump: String, opts: Options) -> Result<()> {
     }
 
     control.block_on(clusters.start_background());
-    // Bind every listener before taking traffic on any, so a bad address fails startup.
-    let own: Arc<Vec<SocketAddr>> = Arc::new(
-        config
-            .listeners
-            .iter()
-            .filter(|l| l.listener_filters.original_dst && l.bind_to_port)
-            .flat_map(|l| l.addresses())
-            .collect(),
-    );
-    let sinks = Sinks::new(control.handle().clone(), store.clone());
-    let mut all = Vec::new();
-    let mut bound = Vec::new();
-    {
-        let _enter = workers.enter();
-        for l in &config.listeners {
-            let rt = Arc::new(
-                Listener::new(l.clone(), &clusters, &store, &sinks, own.clone())
-                    .map_err(|e| anyhow!(e))?,
-            );
-            all.push(rt.clone());
-            if !l.bind_to_port {
-                continue;
-            }
-            for addr in l.addresses() {
-                let socket = listener::bind(addr, l.ipv4_compat.contains(&addr))
-                    .with_context(|| format!("listener '{}': cannot bind {addr}", l.name))?;
-                let local = socket.local_addr()?;
-                bound.push((rt.clone(), socket, local));
-            }
-        }
-    }
-    let registry = Arc::new(Registry::new(&all));
-
-    let listeners = bound
+    let ctx = listener::Context {
+        clusters: clusters.clone(),
+        routes: Arc::new(RouteSlots::default()),
+        store: store.clone(),
+        sinks: Arc::new(Sinks::new(control.handle().clone(), store.clone())),
+        drain: watch.clone(),
+    };
+    // Build every static listener before binding any, so a bad one fails startup
+    // before traffic is taken.
+    let built = config
+        .listeners
         .iter()
-        .map(|(l, _, local)| format!("{}::{local}\n", l.config.name))
-        .collect();
-    let _ = state.listeners.set(listeners);
-
-    for l in all.iter().filter(|l| !l.config.bind_to_port) {
-        tracing::info!(
-            "listener {} for {} (not bound; {})",
-            l.config.name,
-            l.config.address,
-            describe(&l.config)
-        );
+        .map(|l| Listener::new(l.clone(), &ctx).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!(e))?;
+    for l in built {
+        let c = &l.config;
+        let what = if c.bind_to_port {
+            format!("on {}", c.address)
+        } else {
+            format!("for {} (not bound)", c.address)
+        };
+        tracing::info!("listener {} {what} ({})", c.name, describe(c));
+        listeners.upsert(l).map_err(|e| anyhow!(e))?;
     }
-    for (l, socket, local) in bound {
-        tracing::info!(
-            "listener {} on {local} ({})",
-            l.config.name,
-            describe(&l.config)
-        );
-        workers.spawn(l.run(socket, registry.clone(), watch.clone()));
+    server.total_listeners_active.set(listeners.len() as i64);
+    match &config.dynamic {
+        Some(dynamic) => {
+            let rt = xds::state::Runtime {
+                ctx: ctx.clone(),
+                listeners: listeners.clone(),
+                readiness: readiness.clone(),
+            };
+            let handle = {
+                let _enter = control.enter();
+                xds::start(dynamic, &config.clusters, rt).map_err(|e| anyhow!(e))?
+            };
+            let _ = state.xds.set(handle);
+        }
+        None => readiness.set_initialized(),
     }
-    server
-        .total_listeners_active
-        .set(config.listeners.len() as i64);
-    readiness.set_initialized();
     server.state.set(0);
     server.live.set(1);
 

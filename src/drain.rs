@@ -28,7 +28,28 @@ pub struct Trigger {
 #[derive(Debug, Clone)]
 pub struct Watch {
     rx: watch::Receiver<bool>,
+    /// A [`Scoped`] drain this watch also follows (its listener was replaced or removed).
+    scope: Option<watch::Receiver<bool>>,
     shared: Arc<Shared>,
+}
+
+/// The drain of one part of the process: a listener that LDS replaced or removed. Its
+/// connections drain when it is signaled or when the whole process drains, and they
+/// still count toward the process's drain.
+#[derive(Debug)]
+pub struct Scoped {
+    tx: watch::Sender<bool>,
+    watch: Watch,
+}
+
+impl Scoped {
+    pub fn signal(&self) {
+        let _ = self.tx.send(true);
+    }
+
+    pub fn watch(&self) -> &Watch {
+        &self.watch
+    }
 }
 
 /// One open connection; dropping it lets the drain complete.
@@ -54,7 +75,11 @@ pub fn channel() -> (Trigger, Watch) {
             tx: Arc::new(tx),
             shared: shared.clone(),
         },
-        Watch { rx, shared },
+        Watch {
+            rx,
+            scope: None,
+            shared,
+        },
     )
 }
 
@@ -86,13 +111,44 @@ impl Trigger {
 }
 
 impl Watch {
-    /// Resolves once the drain has started.
+    /// Resolves once the drain (of the process, or of this watch's scope) has started.
     pub async fn signaled(&mut self) {
-        let _ = self.rx.wait_for(|d| *d).await;
+        let Some(scope) = &mut self.scope else {
+            let _ = self.rx.wait_for(|d| *d).await;
+            return;
+        };
+        let scoped = async {
+            // A scope whose owner is gone never drains by itself.
+            if scope.wait_for(|d| *d).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = self.rx.wait_for(|d| *d) => {}
+            _ = scoped => {}
+        }
     }
 
     pub fn is_draining(&self) -> bool {
+        *self.rx.borrow() || self.scope.as_ref().is_some_and(|s| *s.borrow())
+    }
+
+    /// True when the whole process drains (not only this watch's scope).
+    pub fn is_process_draining(&self) -> bool {
         *self.rx.borrow()
+    }
+
+    /// A drain scope under this one (for one listener).
+    pub fn scoped(&self) -> Scoped {
+        let (tx, rx) = watch::channel(false);
+        Scoped {
+            tx,
+            watch: Watch {
+                rx: self.rx.clone(),
+                scope: Some(rx),
+                shared: self.shared.clone(),
+            },
+        }
     }
 
     pub fn connection(&self) -> ConnectionGuard {
@@ -117,6 +173,28 @@ mod tests {
         });
         assert_eq!(trigger.drain(Duration::from_secs(10)).await, 0);
         task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scope_drains_alone_or_with_the_process() {
+        let (trigger, watch) = channel();
+        let a = watch.scoped();
+        let b = watch.scoped();
+        let guard = a.watch().connection();
+        a.signal();
+        let mut wa = a.watch().clone();
+        wa.signaled().await;
+        assert!(!b.watch().is_draining());
+        assert_eq!(
+            trigger.active(),
+            1,
+            "scoped connections count for the process"
+        );
+        drop(guard);
+        let mut wb = b.watch().clone();
+        let waiting = tokio::spawn(async move { wb.signaled().await });
+        assert_eq!(trigger.drain(Duration::from_secs(1)).await, 0);
+        waiting.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

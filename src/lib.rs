@@ -12,3 +12,4 @@ pub mod readiness;
 pub mod tcp;
 pub mod telemetry;
 pub mod upstream;
+pub mod xds;

@@ -89,9 +89,44 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
         ),
         ("invalid YAML", "static_resources: [\n".into(), "invalid YAML"),
         (
-            "EDS cluster",
+            "EDS cluster without eds_cluster_config",
             with_cluster("  - name: c\n    type: EDS\n"),
-            "static_resources.clusters[0].type: EDS is not supported yet",
+            "static_resources.clusters[0].eds_cluster_config: required for an EDS cluster",
+        ),
+        (
+            "EDS from a file",
+            with_cluster("  - name: c\n    type: EDS\n    eds_cluster_config: { eds_config: { path_config_source: { path: /x } } }\n"),
+            "static_resources.clusters[0].eds_cluster_config.eds_config: only ads is supported for EDS",
+        ),
+        (
+            "ADS over REST",
+            "dynamic_resources: { ads_config: { api_type: REST, transport_api_version: V3 } }\n".into(),
+            "dynamic_resources.ads_config.api_type: REST is not supported (GRPC or DELTA_GRPC)",
+        ),
+        (
+            "ADS cluster that does not exist",
+            "dynamic_resources: { ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: nope } }] } }\n".into(),
+            "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name: unknown cluster 'nope'",
+        ),
+        (
+            "ADS through google_grpc",
+            "dynamic_resources: { ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ google_grpc: { target_uri: x, stat_prefix: x } }] } }\n".into(),
+            "dynamic_resources.ads_config.grpc_services[0].google_grpc: not supported",
+        ),
+        (
+            "lds_config ads without ads_config",
+            "node: { id: a, cluster: b }\ndynamic_resources: { lds_config: { ads: {}, resource_api_version: V3 } }\n".into(),
+            "dynamic_resources.lds_config.ads: needs dynamic_resources.ads_config",
+        ),
+        (
+            "dynamic_resources without a node",
+            "dynamic_resources: { lds_config: { path_config_source: { path: /x } } }\n".into(),
+            "node: id and cluster are required with dynamic_resources",
+        ),
+        (
+            "pipe address outside the xDS cluster",
+            with_cluster("  - name: c\n    load_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [{ endpoint: { address: { pipe: { path: /tmp/x } } } }] }] }\n"),
+            "static_resources.clusters[0].load_assignment: pipe addresses are supported only in the xDS cluster",
         ),
         (
             "unimplemented load balancer",
@@ -123,7 +158,7 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             with_cluster(
                 "  - name: c\n    load_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: example.com, port_value: 80 } } } }] }] }\n",
             ),
-            "'example.com' is not an IP address (a STATIC cluster needs IPs",
+            "'example.com' is not an IP address (STATIC and EDS endpoints need IPs",
         ),
         (
             "invalid route regex",
@@ -187,7 +222,7 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             format!(
                 "{LISTENER_HEAD}\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          stat_prefix: h\n          rds: {{ route_config_name: r, config_source: {{ ads: {{}} }} }}\n{ROUTER}\n"
             ).replace("          - name: envoy.filters.http.router", "          http_filters:\n          - name: envoy.filters.http.router"),
-            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.rds: not supported",
+            "static_resources.listeners[0].filter_chains[0]: RDS from ads needs dynamic_resources.ads_config",
         ),
         (
             "misspelt nested field",
@@ -239,7 +274,11 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             hcm("            - name: w\n              domains: [\"*\"]\n              routes: []", ROUTER),
             "only unique values for domains are permitted; '*' appears more than once",
         ),
-        ("dynamic resources", "dynamic_resources: { lds_config: { ads: {} } }\n".into(), "dynamic_resources: not supported"),
+        (
+            "REST config source",
+            "node: { id: a, cluster: b }\ndynamic_resources: { cds_config: { api_config_source: { api_type: REST } } }\n".into(),
+            "dynamic_resources.cds_config.api_config_source: not supported",
+        ),
         (
             "ORIGINAL_DST with round robin",
             with_cluster("  - name: c\n    type: ORIGINAL_DST\n"),

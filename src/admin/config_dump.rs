@@ -5,8 +5,8 @@ use std::time::SystemTime;
 use envoy_types::pb::{
     envoy::{
         admin::v3::{
-            BootstrapConfigDump, ClustersConfigDump, ConfigDump, ListenersConfigDump,
-            RoutesConfigDump, ScopedRoutesConfigDump, SecretsConfigDump,
+            BootstrapConfigDump, ClustersConfigDump, ConfigDump, EndpointsConfigDump,
+            ListenersConfigDump, RoutesConfigDump, ScopedRoutesConfigDump, SecretsConfigDump,
             clusters_config_dump::StaticCluster, listeners_config_dump::StaticListener,
             routes_config_dump::StaticRouteConfig,
         },
@@ -28,7 +28,7 @@ fn pack<M: Message + Name>(m: &M) -> Any {
     }
 }
 
-fn timestamp(t: SystemTime) -> Timestamp {
+pub fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     Timestamp {
         seconds: d.as_secs() as i64,
@@ -99,4 +99,57 @@ pub fn render(bootstrap: &Bootstrap, applied: SystemTime) -> String {
         ],
     };
     serde_json::to_string_pretty(&proto::to_json(&dump)).unwrap_or_default()
+}
+
+/// The bootstrap's dump with the dynamic sections (`dynamic_active_clusters`,
+/// `dynamic_listeners`, `dynamic_route_configs`, endpoints with `?include_eds`) and
+/// each type's `version_info` filled in.
+pub fn with_dynamic(static_dump: &str, dynamic: &crate::xds::state::Dump) -> String {
+    let Ok(mut dump) = serde_json::from_str::<serde_json::Value>(static_dump) else {
+        return static_dump.to_owned();
+    };
+    let parts = [
+        (
+            ClustersConfigDump::type_url(),
+            proto::to_json(&dynamic.clusters),
+        ),
+        (
+            ListenersConfigDump::type_url(),
+            proto::to_json(&dynamic.listeners),
+        ),
+        (
+            RoutesConfigDump::type_url(),
+            proto::to_json(&dynamic.routes),
+        ),
+    ];
+    let Some(configs) = dump.get_mut("configs").and_then(|c| c.as_array_mut()) else {
+        return static_dump.to_owned();
+    };
+    for (ty, part) in parts {
+        let ty = serde_json::Value::String(ty);
+        if let (Some(slot), Some(fields)) = (
+            configs.iter_mut().find(|c| c.get("@type") == Some(&ty)),
+            part.as_object(),
+        ) && let Some(obj) = slot.as_object_mut()
+        {
+            for (k, v) in fields {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if let Some(eds) = &dynamic.endpoints {
+        let at = configs
+            .iter()
+            .position(|c| {
+                c.get("@type").and_then(|t| t.as_str())
+                    == Some("type.googleapis.com/envoy.admin.v3.ClustersConfigDump")
+            })
+            .map_or(configs.len(), |i| i + 1);
+        let mut eds = proto::to_json(eds);
+        if let Some(obj) = eds.as_object_mut() {
+            obj.insert("@type".into(), EndpointsConfigDump::type_url().into());
+        }
+        configs.insert(at, eds);
+    }
+    serde_json::to_string_pretty(&dump).unwrap_or_default()
 }

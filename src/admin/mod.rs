@@ -35,11 +35,11 @@ pub struct State {
     pub store: Arc<Store>,
     pub readiness: Arc<Readiness>,
     pub clusters: Arc<ClusterManager>,
-    /// `/config_dump` body, rendered once per applied config.
+    /// `/config_dump` of the bootstrap (its static parts), rendered at startup.
     pub config_dump: String,
-    /// `name::address` of every listener, as Envoy's `/listeners` prints them.
-    /// Set once the listeners are bound.
-    pub listeners: std::sync::OnceLock<String>,
+    /// The dynamic config, when the bootstrap has `dynamic_resources`.
+    pub xds: std::sync::OnceLock<Arc<crate::xds::Handle>>,
+    pub listeners: Arc<crate::listener::ListenerManager>,
     pub commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -87,11 +87,22 @@ fn handle(role: Role, state: &State, req: Request<Incoming>) -> Response<Full<By
         (Role::Admin, "/config_dump") => respond(
             StatusCode::OK,
             "application/json",
-            state.config_dump.clone(),
+            match state.xds.get() {
+                Some(x) => config_dump::with_dynamic(
+                    &state.config_dump,
+                    &x.dump(query.contains("include_eds")),
+                ),
+                None => state.config_dump.clone(),
+            },
         ),
         (Role::Admin, "/listeners") => text(
             StatusCode::OK,
-            state.listeners.get().cloned().unwrap_or_default(),
+            state
+                .listeners
+                .bound()
+                .iter()
+                .map(|(n, a)| format!("{n}::{a}\n"))
+                .collect(),
         ),
         (Role::Admin, "/clusters") => text(StatusCode::OK, clusters(&state.clusters)),
         (
@@ -163,7 +174,8 @@ fn json_stats(state: &State) -> Response<Full<Bytes>> {
 
 /// Envoy's `/clusters` text: `cluster::host::field::value` lines.
 fn clusters(cm: &ClusterManager) -> String {
-    let mut names: Vec<_> = cm.iter().collect();
+    let all = cm.snapshot();
+    let mut names: Vec<_> = all.values().collect();
     names.sort_by(|a, b| a.name().cmp(b.name()));
     let mut out = String::new();
     for c in names {

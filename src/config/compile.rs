@@ -56,7 +56,29 @@ pub fn compile(bootstrap: &Bootstrap) -> Result<Config> {
         admin,
         ..Default::default()
     };
+    if let Some(d) = &bootstrap.dynamic_resources {
+        let node = bootstrap.node.as_ref();
+        if (d.lds_config.is_some() || d.cds_config.is_some())
+            && node.is_none_or(|n| n.id.is_empty() || n.cluster.is_empty())
+        {
+            return Err(
+                "node: id and cluster are required with dynamic_resources (as in Envoy)".into(),
+            );
+        }
+        config.dynamic = Some(dynamic(d, bootstrap.node.clone().unwrap_or_default())?);
+    }
+    let ads_cluster = config
+        .dynamic
+        .as_ref()
+        .and_then(|d| d.ads.as_ref())
+        .map(|a| a.cluster.clone());
     let Some(res) = bootstrap.static_resources.as_ref() else {
+        if let Some(c) = ads_cluster {
+            return Err(format!(
+                "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name: \
+                 unknown cluster '{c}' (it must be a static cluster)"
+            ));
+        }
         return Ok(config);
     };
 
@@ -70,7 +92,23 @@ pub fn compile(bootstrap: &Bootstrap) -> Result<Config> {
                 compiled.name
             ));
         }
+        if compiled.endpoints.iter().any(|e| e.pipe.is_some())
+            && ads_cluster.as_deref() != Some(compiled.name.as_str())
+        {
+            return Err(format!(
+                "{path}.load_assignment: pipe addresses are supported only in the xDS \
+                 cluster (ads_config's envoy_grpc.cluster_name)"
+            ));
+        }
         config.clusters.push(compiled);
+    }
+    if let Some(c) = &ads_cluster
+        && !names.contains(c)
+    {
+        return Err(format!(
+            "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name: \
+             unknown cluster '{c}' (it must be a static cluster)"
+        ));
     }
 
     let mut listener_names = HashSet::new();
@@ -91,9 +129,128 @@ pub fn compile(bootstrap: &Bootstrap) -> Result<Config> {
                 ));
             }
         }
+        let has_ads = config.dynamic.as_ref().is_some_and(|d| d.ads.is_some());
+        if !has_ads && let Some(j) = compiled.filter_chains.iter().position(uses_rds) {
+            return Err(format!(
+                "{path}.filter_chains[{j}]: RDS from ads needs dynamic_resources.ads_config"
+            ));
+        }
         config.listeners.push(compiled);
     }
+    if config.dynamic.as_ref().is_none_or(|d| d.ads.is_none())
+        && let Some(i) = config.clusters.iter().position(|c| c.eds.is_some())
+    {
+        return Err(format!(
+            "static_resources.clusters[{i}].eds_cluster_config: EDS from ads needs \
+             dynamic_resources.ads_config"
+        ));
+    }
     Ok(config)
+}
+
+/// `dynamic_resources`: ADS over gRPC (state of the world or delta) and where LDS and
+/// CDS come from.
+fn dynamic(
+    d: &envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::DynamicResources,
+    node: envoy_types::pb::envoy::config::core::v3::Node,
+) -> Result<DynamicConfig> {
+    use envoy_types::pb::envoy::config::core::v3::{
+        api_config_source::ApiType, grpc_service::TargetSpecifier,
+    };
+    let path = "dynamic_resources";
+    let ads = match &d.ads_config {
+        None => None,
+        Some(a) => {
+            let apath = format!("{path}.ads_config");
+            let delta = match ApiType::try_from(a.api_type) {
+                Ok(ApiType::Grpc) => false,
+                Ok(ApiType::DeltaGrpc) => true,
+                Ok(other) => {
+                    return Err(format!(
+                        "{apath}.api_type: {} is not supported (GRPC or DELTA_GRPC)",
+                        other.as_str_name()
+                    ));
+                }
+                Err(_) => return Err(format!("{apath}.api_type: unknown value {}", a.api_type)),
+            };
+            if a.transport_api_version == V2 {
+                return Err(format!(
+                    "{apath}.transport_api_version: V2 is not supported (V3)"
+                ));
+            }
+            let cluster = match a.grpc_services.as_slice() {
+                [g] => match &g.target_specifier {
+                    Some(TargetSpecifier::EnvoyGrpc(e)) if !e.cluster_name.is_empty() => {
+                        e.cluster_name.clone()
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{apath}.grpc_services[0]: an envoy_grpc with a cluster_name is \
+                             required (google_grpc is not supported)"
+                        ));
+                    }
+                },
+                _ => {
+                    return Err(format!(
+                        "{apath}.grpc_services: exactly one gRPC service is required"
+                    ));
+                }
+            };
+            Some(AdsConfig {
+                delta,
+                cluster,
+                node_on_first_message_only: a.set_node_on_first_message_only,
+            })
+        }
+    };
+    let source = |cs: &Option<envoy_types::pb::envoy::config::core::v3::ConfigSource>,
+                  name: &str|
+     -> Result<Option<ResourceSource>> {
+        let Some(cs) = cs else { return Ok(None) };
+        let spath = format!("{path}.{name}");
+        let s = config_source(cs, &spath)?;
+        if matches!(s, ResourceSource::Ads { .. }) && ads.is_none() {
+            return Err(format!("{spath}.ads: needs dynamic_resources.ads_config"));
+        }
+        Ok(Some(s))
+    };
+    Ok(DynamicConfig {
+        lds: source(&d.lds_config, "lds_config")?,
+        cds: source(&d.cds_config, "cds_config")?,
+        ads,
+        node,
+    })
+}
+
+/// A `ConfigSource`: `ads: {}` or `path_config_source`.
+fn config_source(
+    cs: &envoy_types::pb::envoy::config::core::v3::ConfigSource,
+    path: &str,
+) -> Result<ResourceSource> {
+    use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+    if cs.resource_api_version == V2 {
+        return Err(format!(
+            "{path}.resource_api_version: V2 is not supported (V3)"
+        ));
+    }
+    let initial_fetch_timeout = match &cs.initial_fetch_timeout {
+        None => Some(Duration::from_secs(15)),
+        Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
+    };
+    match &cs.config_source_specifier {
+        Some(ConfigSourceSpecifier::Ads(_)) => Ok(ResourceSource::Ads {
+            initial_fetch_timeout,
+        }),
+        Some(ConfigSourceSpecifier::PathConfigSource(p)) if !p.path.is_empty() => {
+            Ok(ResourceSource::Path(p.path.clone().into()))
+        }
+        Some(ConfigSourceSpecifier::PathConfigSource(_)) => {
+            Err(format!("{path}.path_config_source.path: required"))
+        }
+        _ => Err(format!(
+            "{path}: only ads and path_config_source are supported"
+        )),
+    }
 }
 
 fn socket_addr(a: &Address, path: &str) -> Result<SocketAddr> {
@@ -119,7 +276,8 @@ pub(super) fn duration(d: &protobuf::Duration) -> Duration {
     Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
 }
 
-fn listener(l: &Listener, path: &str, clusters: &HashSet<String>) -> Result<ListenerConfig> {
+/// Compiles one listener; an inline `route_config` checks its clusters against `clusters`.
+pub fn listener(l: &Listener, path: &str, clusters: &HashSet<String>) -> Result<ListenerConfig> {
     let addr = l
         .address
         .as_ref()
@@ -197,6 +355,10 @@ fn listener(l: &Listener, path: &str, clusters: &HashSet<String>) -> Result<List
         filter_chains,
         default_chain,
     })
+}
+
+fn uses_rds(c: &FilterChain) -> bool {
+    matches!(&c.filter, NetworkFilter::Http(h) if matches!(h.routes, RouteSource::Rds { .. }))
 }
 
 fn compat(a: &Address) -> bool {
@@ -453,13 +615,30 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
     let filters = http_filters(&hcm.http_filters, &format!("{path}.http_filters"))?;
     let access_logs = access_logs(&hcm.access_log, &format!("{path}.access_log"))?;
     let routes = match hcm.route_specifier {
-        Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) => {
-            super::route_config::route_table(&rc, &format!("{path}.route_config"), clusters)?
+        Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) => RouteSource::Inline(
+            super::route_config::route_table(&rc, &format!("{path}.route_config"), clusters, true)?,
+        ),
+        Some(http_connection_manager::RouteSpecifier::Rds(rds)) => {
+            let rpath = format!("{path}.rds");
+            if rds.route_config_name.is_empty() {
+                return Err(format!("{rpath}.route_config_name: required"));
+            }
+            let source = match &rds.config_source {
+                Some(cs) => config_source(cs, &format!("{rpath}.config_source"))?,
+                None => return Err(format!("{rpath}.config_source: required")),
+            };
+            if !matches!(source, ResourceSource::Ads { .. }) {
+                return Err(format!(
+                    "{rpath}.config_source: only ads is supported for RDS"
+                ));
+            }
+            RouteSource::Rds {
+                name: rds.route_config_name,
+                initial_fetch_timeout: source.initial_fetch_timeout(),
+            }
         }
         _ => {
-            return Err(format!(
-                "{path}.route_config: an inline route_config is required"
-            ));
+            return Err(format!("{path}: route_config or rds is required"));
         }
     };
     Ok(HttpConfig {
@@ -544,7 +723,7 @@ fn http_filters(
 // `http2_protocol_options` and `dns_refresh_rate` are deprecated in the API but Envoy
 // still honours them, and so does pilotfish.
 #[allow(deprecated)]
-fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
+pub fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     if c.name.is_empty() {
         return Err(format!("{path}.name: required"));
     }
@@ -556,12 +735,7 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
                 Ok(cluster::DiscoveryType::StrictDns) => Discovery::StrictDns,
                 Ok(cluster::DiscoveryType::LogicalDns) => Discovery::LogicalDns,
                 Ok(cluster::DiscoveryType::OriginalDst) => Discovery::OriginalDst,
-                Ok(other) => {
-                    return Err(format!(
-                        "{path}.type: {} is not supported yet",
-                        other.as_str_name()
-                    ));
-                }
+                Ok(cluster::DiscoveryType::Eds) => Discovery::Eds,
                 Err(_) => return Err(format!("{path}.type: unknown value {t}")),
             }
         }
@@ -613,54 +787,41 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         }
     }
 
-    let mut endpoints = Vec::new();
-    if let Some(la) = &c.load_assignment {
-        for (l, lle) in la.endpoints.iter().enumerate() {
-            for (e, lbe) in lle.lb_endpoints.iter().enumerate() {
-                let epath = format!("{path}.load_assignment.endpoints[{l}].lb_endpoints[{e}]");
-                let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &lbe.host_identifier else {
-                    return Err(format!("{epath}.endpoint: required"));
-                };
-                // Envoy leaves hosts marked unhealthy/draining/timeout out of balancing.
-                if matches!(lbe.health_status, 2..=4) {
-                    continue;
-                }
-                let Some(address::Address::SocketAddress(sa)) =
-                    ep.address.as_ref().and_then(|a| a.address.as_ref())
-                else {
-                    return Err(format!(
-                        "{epath}.endpoint.address: a socket_address is required"
-                    ));
-                };
-                let port = match sa.port_specifier {
-                    Some(socket_address::PortSpecifier::PortValue(p)) if p > 0 && p <= 65535 => {
-                        p as u16
-                    }
-                    _ => {
-                        return Err(format!(
-                            "{epath}.endpoint.address.socket_address.port_value: a port from 1 to 65535 is required"
-                        ));
-                    }
-                };
-                if discovery == Discovery::Static && sa.address.parse::<std::net::IpAddr>().is_err()
-                {
-                    return Err(format!(
-                        "{epath}.endpoint.address.socket_address.address: '{}' is not an IP \
-                         address (a STATIC cluster needs IPs; use STRICT_DNS for names)",
-                        sa.address
-                    ));
-                }
-                let dns = discovery != Discovery::Static;
-                endpoints.push(EndpointConfig {
-                    host: sa.address.clone(),
-                    port,
-                    hostname: Some(ep.hostname.clone())
-                        .filter(|h| !h.is_empty())
-                        .or_else(|| dns.then(|| sa.address.clone())),
-                });
+    let endpoints = match &c.load_assignment {
+        Some(la) => endpoints(la, &format!("{path}.load_assignment"), discovery)?,
+        None => Vec::new(),
+    };
+    let eds = match (discovery, &c.eds_cluster_config) {
+        (Discovery::Eds, Some(e)) => {
+            let epath = format!("{path}.eds_cluster_config");
+            let source = match &e.eds_config {
+                Some(cs) => config_source(cs, &format!("{epath}.eds_config"))?,
+                None => return Err(format!("{epath}.eds_config: required")),
+            };
+            if !matches!(source, ResourceSource::Ads { .. }) {
+                return Err(format!("{epath}.eds_config: only ads is supported for EDS"));
             }
+            Some(EdsConfig {
+                service_name: if e.service_name.is_empty() {
+                    c.name.clone()
+                } else {
+                    e.service_name.clone()
+                },
+                initial_fetch_timeout: source.initial_fetch_timeout(),
+            })
         }
-    }
+        (Discovery::Eds, None) => {
+            return Err(format!(
+                "{path}.eds_cluster_config: required for an EDS cluster"
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(format!(
+                "{path}.eds_cluster_config: only allowed on EDS clusters"
+            ));
+        }
+        _ => None,
+    };
     match discovery {
         Discovery::LogicalDns if endpoints.len() != 1 => {
             return Err(format!(
@@ -670,6 +831,11 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         Discovery::OriginalDst if !endpoints.is_empty() => {
             return Err(format!(
                 "{path}.load_assignment: ORIGINAL_DST clusters must have no load assignment"
+            ));
+        }
+        Discovery::Eds if !endpoints.is_empty() => {
+            return Err(format!(
+                "{path}.load_assignment: EDS clusters take their endpoints from EDS"
             ));
         }
         _ => {}
@@ -747,6 +913,7 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     Ok(ClusterConfig {
         original_dst_header,
         upstream_socket,
+        eds,
         name: c.name.clone(),
         discovery,
         connect_timeout: c
@@ -765,6 +932,75 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         endpoints,
     })
 }
+
+/// The endpoints of a `ClusterLoadAssignment` (a cluster's `load_assignment`, or an EDS
+/// resource), leaving out hosts marked unhealthy, draining or timed out.
+pub fn endpoints(
+    la: &envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
+    path: &str,
+    discovery: Discovery,
+) -> Result<Vec<EndpointConfig>> {
+    let mut endpoints = Vec::new();
+    for (l, lle) in la.endpoints.iter().enumerate() {
+        for (e, lbe) in lle.lb_endpoints.iter().enumerate() {
+            let epath = format!("{path}.endpoints[{l}].lb_endpoints[{e}]");
+            let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &lbe.host_identifier else {
+                return Err(format!("{epath}.endpoint: required"));
+            };
+            // Envoy leaves hosts marked unhealthy/draining/timeout out of balancing.
+            if matches!(lbe.health_status, 2..=4) {
+                continue;
+            }
+            let sa = match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
+                Some(address::Address::SocketAddress(sa)) => sa,
+                Some(address::Address::Pipe(p)) if discovery == Discovery::Static => {
+                    endpoints.push(EndpointConfig {
+                        host: String::new(),
+                        port: 0,
+                        hostname: None,
+                        pipe: Some(p.path.clone().into()),
+                    });
+                    continue;
+                }
+                _ => {
+                    return Err(format!(
+                        "{epath}.endpoint.address: a socket_address is required"
+                    ));
+                }
+            };
+            let port = match sa.port_specifier {
+                Some(socket_address::PortSpecifier::PortValue(p)) if p > 0 && p <= 65535 => {
+                    p as u16
+                }
+                _ => {
+                    return Err(format!(
+                        "{epath}.endpoint.address.socket_address.port_value: a port from 1 to 65535 is required"
+                    ));
+                }
+            };
+            let dns = matches!(discovery, Discovery::StrictDns | Discovery::LogicalDns);
+            if !dns && sa.address.parse::<std::net::IpAddr>().is_err() {
+                return Err(format!(
+                    "{epath}.endpoint.address.socket_address.address: '{}' is not an IP \
+                         address (STATIC and EDS endpoints need IPs; use STRICT_DNS for names)",
+                    sa.address
+                ));
+            }
+            endpoints.push(EndpointConfig {
+                host: sa.address.clone(),
+                port,
+                hostname: Some(ep.hostname.clone())
+                    .filter(|h| !h.is_empty())
+                    .or_else(|| dns.then(|| sa.address.clone())),
+                pipe: None,
+            });
+        }
+    }
+    Ok(endpoints)
+}
+
+/// `ApiVersion::V2` (deprecated, removed from Envoy): only AUTO and V3 are accepted.
+const V2: i32 = 1;
 
 /// SOL_SOCKET and SO_MARK on Linux, as Envoy configs spell them (`level: 1, name: 36`).
 const SOL_SOCKET: i64 = 1;

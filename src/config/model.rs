@@ -22,6 +22,51 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub listeners: Vec<ListenerConfig>,
     pub clusters: Vec<ClusterConfig>,
+    /// `dynamic_resources`: listeners and clusters from xDS or files.
+    pub dynamic: Option<DynamicConfig>,
+}
+
+/// `dynamic_resources`.
+#[derive(Debug, Clone)]
+pub struct DynamicConfig {
+    /// The bootstrap's node, sent to the control plane as it is.
+    pub node: envoy_types::pb::envoy::config::core::v3::Node,
+    pub ads: Option<AdsConfig>,
+    pub lds: Option<ResourceSource>,
+    pub cds: Option<ResourceSource>,
+}
+
+/// `ads_config`: one gRPC stream for every resource type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdsConfig {
+    /// `api_type: DELTA_GRPC` (incremental) rather than `GRPC` (state of the world).
+    pub delta: bool,
+    /// `grpc_services[0].envoy_grpc.cluster_name`: a static cluster.
+    pub cluster: String,
+    /// `set_node_on_first_message_only`.
+    pub node_on_first_message_only: bool,
+}
+
+/// A `ConfigSource`: where a resource type comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceSource {
+    /// `ads: {}`. `initial_fetch_timeout`: Envoy's default 15 s, `None` when 0.
+    Ads {
+        initial_fetch_timeout: Option<Duration>,
+    },
+    /// `path_config_source.path`: a file of `DiscoveryResponse`, reloaded when it changes.
+    Path(std::path::PathBuf),
+}
+
+impl ResourceSource {
+    pub fn initial_fetch_timeout(&self) -> Option<Duration> {
+        match self {
+            ResourceSource::Ads {
+                initial_fetch_timeout,
+            } => *initial_fetch_timeout,
+            ResourceSource::Path(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -185,7 +230,7 @@ pub struct HttpConfig {
     /// The `server` header on every response (Envoy overwrites the upstream's).
     pub server_name: String,
     pub access_logs: Vec<AccessLogConfig>,
-    pub routes: RouteTable,
+    pub routes: RouteSource,
     /// The HTTP filters before the router, in chain order.
     pub filters: Vec<HttpFilter>,
     /// `upgrade_configs`: the upgrade types (lowercase, e.g. `websocket`) allowed.
@@ -193,6 +238,18 @@ pub struct HttpConfig {
     pub normalize_path: bool,
     pub merge_slashes: bool,
     pub forwarded: ForwardedConfig,
+}
+
+/// Where a connection manager's routes come from.
+#[derive(Debug, Clone)]
+pub enum RouteSource {
+    /// `route_config`.
+    Inline(RouteTable),
+    /// `rds`: the `RouteConfiguration` of this name, from RDS.
+    Rds {
+        name: String,
+        initial_fetch_timeout: Option<Duration>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -413,6 +470,8 @@ pub enum Discovery {
     StrictDns,
     LogicalDns,
     OriginalDst,
+    /// `EDS`: hosts come from the endpoint discovery service (see [`EdsConfig`]).
+    Eds,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,7 +492,7 @@ pub enum DnsFamily {
     All,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
     pub name: String,
     pub discovery: Discovery,
@@ -446,6 +505,18 @@ pub struct ClusterConfig {
     /// (lowercase) whose `ip:port` overrides the connection's original destination.
     pub original_dst_header: Option<http::HeaderName>,
     pub upstream_socket: UpstreamSocket,
+    /// EDS clusters: where their hosts come from.
+    pub eds: Option<EdsConfig>,
+}
+
+/// `eds_cluster_config`: the `ClusterLoadAssignment` name to subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdsConfig {
+    /// `service_name`, else the cluster's name.
+    pub service_name: String,
+    /// `eds_config.initial_fetch_timeout` (Envoy's default 15 s; `None` when 0): the
+    /// cluster stops warming without endpoints after this long.
+    pub initial_fetch_timeout: Option<Duration>,
 }
 
 /// How upstream sockets are set up before they connect.
@@ -478,4 +549,7 @@ pub struct EndpointConfig {
     pub port: u16,
     /// `hostname`, for `auto_host_rewrite` (DNS endpoints default to their name).
     pub hostname: Option<String>,
+    /// A Unix socket (`pipe.path`) instead of `host:port`; only the xDS cluster may
+    /// have one.
+    pub pipe: Option<std::path::PathBuf>,
 }

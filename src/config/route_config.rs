@@ -29,11 +29,20 @@ use crate::{
 
 type Result<T> = std::result::Result<T, String>;
 
+/// Compiles a route configuration. Cluster names are checked against `known` when
+/// `validate_clusters` says so; its default is `validate_by_default` (Envoy: true for an
+/// inline `route_config`, false for RDS).
 pub fn route_table(
     rc: &RouteConfiguration,
     path: &str,
-    clusters: &HashSet<String>,
+    known: &HashSet<String>,
+    validate_by_default: bool,
 ) -> Result<RouteTable> {
+    let validate = rc
+        .validate_clusters
+        .as_ref()
+        .map_or(validate_by_default, |b| b.value);
+    let clusters = validate.then_some(known);
     let mut seen = HashSet::new();
     let mut virtual_hosts = Vec::new();
     for (v, vh) in rc.virtual_hosts.iter().enumerate() {
@@ -84,7 +93,7 @@ pub fn route_table(
 fn route(
     rt: &envoy_types::pb::envoy::config::route::v3::Route,
     path: &str,
-    clusters: &HashSet<String>,
+    clusters: Option<&HashSet<String>>,
 ) -> Result<Route> {
     let m = rt
         .r#match
@@ -123,7 +132,7 @@ fn route(
 fn forward(
     action: &envoy_types::pb::envoy::config::route::v3::RouteAction,
     apath: &str,
-    clusters: &HashSet<String>,
+    clusters: Option<&HashSet<String>>,
 ) -> Result<Forward> {
     let cluster = match &action.cluster_specifier {
         Some(route_action::ClusterSpecifier::Cluster(c)) => ClusterSpec::Single(c.clone()),
@@ -141,7 +150,7 @@ fn forward(
         _ => return Err(format!("{apath}.cluster: required")),
     };
     for (i, name) in cluster.names().into_iter().enumerate() {
-        if !clusters.contains(name) {
+        if clusters.is_some_and(|known| !known.contains(name)) {
             let field = match cluster {
                 ClusterSpec::Weighted(_) => format!("weighted_clusters.clusters[{i}].name"),
                 _ => "cluster".to_owned(),

@@ -30,8 +30,38 @@ const OPEN: &[&str] = &[
 const FIELDS: &[(&str, &[&str])] = &[
     (
         "envoy.config.bootstrap.v3.Bootstrap",
-        &["node", "static_resources", "admin"],
+        &["node", "static_resources", "dynamic_resources", "admin"],
     ),
+    (
+        "envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
+        &["lds_config", "cds_config", "ads_config"],
+    ),
+    (
+        "envoy.config.core.v3.ApiConfigSource",
+        &[
+            "api_type",
+            "transport_api_version",
+            "grpc_services",
+            "set_node_on_first_message_only",
+        ],
+    ),
+    ("envoy.config.core.v3.GrpcService", &["envoy_grpc"]),
+    (
+        "envoy.config.core.v3.GrpcService.EnvoyGrpc",
+        &["cluster_name"],
+    ),
+    (
+        "envoy.config.core.v3.ConfigSource",
+        &[
+            "ads",
+            "path_config_source",
+            "initial_fetch_timeout",
+            "resource_api_version",
+        ],
+    ),
+    ("envoy.config.core.v3.AggregatedConfigSource", &[]),
+    ("envoy.config.core.v3.PathConfigSource", &["path"]),
+    ("envoy.config.core.v3.Pipe", &["path"]),
     (
         "envoy.config.bootstrap.v3.Bootstrap.StaticResources",
         &["listeners", "clusters"],
@@ -52,7 +82,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "dynamic_parameters",
         ],
     ),
-    ("envoy.config.core.v3.Address", &["socket_address"]),
+    ("envoy.config.core.v3.Address", &["socket_address", "pipe"]),
     (
         "envoy.config.core.v3.SocketAddress",
         &["address", "port_value", "ipv4_compat"],
@@ -141,6 +171,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "stat_prefix",
             "codec_type",
             "route_config",
+            "rds",
             "http_filters",
             "generate_request_id",
             "server_name",
@@ -153,6 +184,10 @@ const FIELDS: &[(&str, &[&str])] = &[
             "xff_num_trusted_hops",
             "preserve_external_request_id",
         ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.Rds",
+        &["config_source", "route_config_name"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
@@ -248,6 +283,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "response_headers_to_remove",
             "most_specific_header_mutations_wins",
             "typed_per_filter_config",
+            "validate_clusters",
         ],
     ),
     (
@@ -424,7 +460,12 @@ const FIELDS: &[(&str, &[&str])] = &[
             "circuit_breakers",
             "original_dst_lb_config",
             "upstream_bind_config",
+            "eds_cluster_config",
         ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.EdsClusterConfig",
+        &["eds_config", "service_name"],
     ),
     (
         "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig",

@@ -12,6 +12,7 @@ pub mod path_normalize;
 pub mod redirect;
 pub mod rewrite;
 pub mod route_match;
+pub mod route_slot;
 pub mod router;
 pub mod server;
 pub mod upgrade;

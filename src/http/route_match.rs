@@ -10,7 +10,7 @@ use crate::{
         ClusterSpec, DirectResponse, FilterOverride, Headers, PathMatch, PerFilter, Redirect,
         Rewrite, RouteAction, RouteMatch, RouteTable,
     },
-    upstream::{Cluster, ClusterManager},
+    upstream::{Cluster, manager::ClusterMap},
 };
 
 #[derive(Debug)]
@@ -37,18 +37,17 @@ pub enum Action {
 }
 
 /// The route's cluster, or its weighted clusters with the running total of weights.
+/// Clusters are named, and looked up in the current cluster set per request (as Envoy
+/// does), so clusters added or removed by CDS take effect without a route update.
 #[derive(Debug)]
 pub enum Clusters {
-    Single(Arc<Cluster>),
-    /// `cluster_header`: looked up per request among the clusters known at build time.
-    Header {
-        name: http::HeaderName,
-        all: HashMap<String, Arc<Cluster>>,
-    },
+    Single(String),
+    /// `cluster_header`: the cluster the request header names.
+    Header(http::HeaderName),
     Weighted {
         /// Each cluster with the cumulative weight up to and including it, and its
         /// header mutations.
-        clusters: Vec<(Arc<Cluster>, u64, Headers)>,
+        clusters: Vec<(String, u64, Headers)>,
         total: u64,
     },
 }
@@ -63,7 +62,7 @@ pub struct VirtualHost {
 
 /// A routing decision: the virtual host and route, and the cluster picked for this
 /// request (with its weighted-cluster header mutations, if any).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Matched<'a> {
     table: &'a Routes,
     vhost: &'a VirtualHost,
@@ -73,10 +72,10 @@ pub struct Matched<'a> {
 }
 
 /// What to do with the request: forward to the picked cluster, or answer locally.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Target<'a> {
     Forward {
-        cluster: &'a Arc<Cluster>,
+        cluster: Arc<Cluster>,
         rewrite: &'a Rewrite,
         timeout: Option<Duration>,
         /// The route's upgrade overrides.
@@ -85,7 +84,7 @@ pub enum Target<'a> {
     },
     Redirect(&'a Redirect),
     Direct(&'a DirectResponse),
-    /// `cluster_header` named no known cluster (Envoy's NC).
+    /// The cluster named is not in the current set (Envoy's NC).
     NoCluster,
 }
 
@@ -103,8 +102,8 @@ impl<'a> Matched<'a> {
     }
 
     /// The cluster picked for this request; `None` for redirects and direct responses.
-    pub fn cluster(&self) -> Option<&'a Arc<Cluster>> {
-        match self.target {
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        match &self.target {
             Target::Forward { cluster, .. } => Some(cluster),
             _ => None,
         }
@@ -146,8 +145,9 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Builds the table; every route's cluster must exist in `clusters`.
-    pub fn new(table: &RouteTable, clusters: &ClusterManager) -> Result<Self, String> {
+    /// Builds the table. Cluster names are checked where the config is compiled
+    /// (`validate_clusters`), not here.
+    pub fn new(table: &RouteTable) -> Result<Self, String> {
         let mut out = Routes {
             headers: table.headers.clone(),
             most_specific_wins: table.most_specific_wins,
@@ -157,30 +157,20 @@ impl Routes {
         for (i, vh) in table.virtual_hosts.iter().enumerate() {
             let mut routes = Vec::with_capacity(vh.routes.len());
             for r in &vh.routes {
-                let get = |name: &str| {
-                    clusters
-                        .get(name)
-                        .cloned()
-                        .ok_or_else(|| format!("unknown cluster '{name}'"))
-                };
                 let action = match &r.action {
                     RouteAction::Forward(f) => Action::Forward {
                         clusters: match &f.cluster {
-                            ClusterSpec::Single(c) => Clusters::Single(get(c)?),
-                            ClusterSpec::Header(h) => Clusters::Header {
-                                name: http::HeaderName::from_bytes(h.as_bytes())
+                            ClusterSpec::Single(c) => Clusters::Single(c.clone()),
+                            ClusterSpec::Header(h) => Clusters::Header(
+                                http::HeaderName::from_bytes(h.as_bytes())
                                     .map_err(|_| format!("'{h}' is not a header name"))?,
-                                all: clusters
-                                    .iter()
-                                    .map(|c| (c.name().to_owned(), c.clone()))
-                                    .collect(),
-                            },
+                            ),
                             ClusterSpec::Weighted(w) => {
                                 let mut total = 0;
                                 let mut list = Vec::with_capacity(w.len());
                                 for t in w {
                                     total += u64::from(t.weight);
-                                    list.push((get(&t.name)?, total, t.headers.clone()));
+                                    list.push((t.name.clone(), total, t.headers.clone()));
                                 }
                                 Clusters::Weighted {
                                     clusters: list,
@@ -256,21 +246,22 @@ impl Routes {
         Some(&self.hosts[i])
     }
 
-    /// The route for a request and the cluster it picks, or `None` (Envoy's NR).
-    pub fn route(&self, req: &RequestHead<'_>) -> Option<Matched<'_>> {
+    /// The route for a request and the cluster it picks from `clusters`, or `None`
+    /// (Envoy's NR).
+    pub fn route(&self, req: &RequestHead<'_>, clusters: &ClusterMap) -> Option<Matched<'_>> {
         let vhost = self.virtual_host(req.authority)?;
         let route = vhost.routes.iter().find(|r| r.matches(req))?;
         let (target, weighted) = match &route.action {
             Action::Forward {
-                clusters,
+                clusters: targets,
                 rewrite,
                 timeout,
                 upgrades,
                 idle_timeout,
-            } => match clusters.pick(req.headers) {
+            } => match targets.pick(req.headers, clusters) {
                 Some((cluster, w)) => {
                     let target = Target::Forward {
-                        cluster,
+                        cluster: cluster.clone(),
                         rewrite,
                         timeout: *timeout,
                         upgrades,
@@ -322,10 +313,15 @@ impl Clusters {
     /// names, or a weighted pick as Envoy makes it (a random value below the total
     /// weight, then the first cluster whose cumulative weight exceeds it), with that
     /// weighted cluster's header mutations. `None` when the header names no cluster.
-    fn pick(&self, headers: &http::HeaderMap) -> Option<(&Arc<Cluster>, Option<&Headers>)> {
+    /// `None` when the cluster chosen is not in `all`.
+    fn pick<'a, 'c>(
+        &'a self,
+        headers: &http::HeaderMap,
+        all: &'c ClusterMap,
+    ) -> Option<(&'c Arc<Cluster>, Option<&'a Headers>)> {
         match self {
-            Clusters::Single(c) => Some((c, None)),
-            Clusters::Header { name, all } => headers
+            Clusters::Single(c) => all.get(c).map(|c| (c, None)),
+            Clusters::Header(name) => headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| all.get(v))
@@ -336,7 +332,7 @@ impl Clusters {
                     .iter()
                     .find(|(_, end, _)| v < *end)
                     .unwrap_or(&clusters[clusters.len() - 1]);
-                Some((c, Some(h)))
+                all.get(c).map(|c| (c, Some(h)))
             }
         }
     }
@@ -359,7 +355,12 @@ mod tests {
         telemetry::stats::Store,
     };
 
-    fn manager() -> ClusterManager {
+    fn manager() -> &'static ClusterMap {
+        static MAP: std::sync::LazyLock<ClusterMap> = std::sync::LazyLock::new(build_map);
+        &MAP
+    }
+
+    fn build_map() -> ClusterMap {
         let c = |name: &str| ClusterConfig {
             name: name.into(),
             discovery: Discovery::Static,
@@ -370,8 +371,13 @@ mod tests {
             endpoints: vec![],
             original_dst_header: None,
             upstream_socket: Default::default(),
+            eds: None,
         };
-        ClusterManager::new(&[c("a"), c("b"), c("c"), c("d"), c("e")], &Store::new())
+        let m = crate::upstream::ClusterManager::new(
+            &[c("a"), c("b"), c("c"), c("d"), c("e")],
+            &Store::new(),
+        );
+        (*m.snapshot()).clone()
     }
 
     fn route(path: PathMatch, cluster: &str, case_sensitive: bool) -> config::Route {
@@ -403,9 +409,8 @@ mod tests {
             path_and_query: path,
             headers: &map,
         };
-        t.route(&req)
-            .and_then(|m| m.cluster())
-            .map(|c| c.name().to_owned())
+        t.route(&req, manager())
+            .and_then(|m| m.cluster().map(|c| c.name().to_owned()))
     }
 
     fn vh(name: &str, domains: &[&str], routes: Vec<config::Route>) -> config::VirtualHost {
@@ -457,7 +462,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        Routes::new(&t, &manager()).unwrap()
+        Routes::new(&t).unwrap()
     }
 
     #[test]
@@ -504,8 +509,8 @@ mod tests {
     }
 
     #[test]
-    fn unknown_cluster_is_an_error() {
-        let t = RouteTable {
+    fn a_cluster_not_in_the_current_set_is_no_cluster() {
+        let t = Routes::new(&RouteTable {
             name: "t".into(),
             virtual_hosts: vec![vh(
                 "v",
@@ -513,11 +518,18 @@ mod tests {
                 vec![route(PathMatch::Prefix("/".into()), "zz", true)],
             )],
             ..Default::default()
+        })
+        .unwrap();
+        let map = http::HeaderMap::new();
+        let req = RequestHead {
+            method: "GET",
+            scheme: "http",
+            authority: "h",
+            path_and_query: "/",
+            headers: &map,
         };
-        assert_eq!(
-            Routes::new(&t, &manager()).unwrap_err(),
-            "unknown cluster 'zz'"
-        );
+        let m = t.route(&req, manager()).unwrap();
+        assert!(matches!(m.target, Target::NoCluster));
     }
 
     fn matcher_table() -> Routes {
@@ -608,14 +620,11 @@ mod tests {
             ),
             with(prefix("/"), "a"),
         ];
-        Routes::new(
-            &RouteTable {
-                name: "m".into(),
-                virtual_hosts: vec![vh("m", &["*"], routes)],
-                ..Default::default()
-            },
-            &manager(),
-        )
+        Routes::new(&RouteTable {
+            name: "m".into(),
+            virtual_hosts: vec![vh("m", &["*"], routes)],
+            ..Default::default()
+        })
         .unwrap()
     }
 
@@ -681,33 +690,31 @@ mod tests {
             path_and_query: "/",
             headers: &map,
         };
-        assert_eq!(t.route(&req).unwrap().cluster().unwrap().name(), "c");
+        assert_eq!(
+            t.route(&req, manager()).unwrap().cluster().unwrap().name(),
+            "c"
+        );
     }
 
     /// 75/25 over 100,000 picks: the standard deviation is about 137 picks, so the
     /// ±1,500 band is more than ten deviations wide and never fails by chance.
     #[test]
     fn weighted_clusters_split_in_proportion() {
-        let t = Routes::new(
-            &RouteTable {
-                name: "w".into(),
-                virtual_hosts: vec![vh(
-                    "w",
-                    &["*"],
-                    vec![config::Route {
-                        action: RouteAction::Forward(config::Forward::to(ClusterSpec::Weighted(
-                            vec![
-                                config::WeightedTarget::new("a", 75),
-                                config::WeightedTarget::new("b", 25),
-                            ],
-                        ))),
-                        ..route(PathMatch::Prefix("/".into()), "a", true)
-                    }],
-                )],
-                ..Default::default()
-            },
-            &manager(),
-        )
+        let t = Routes::new(&RouteTable {
+            name: "w".into(),
+            virtual_hosts: vec![vh(
+                "w",
+                &["*"],
+                vec![config::Route {
+                    action: RouteAction::Forward(config::Forward::to(ClusterSpec::Weighted(vec![
+                        config::WeightedTarget::new("a", 75),
+                        config::WeightedTarget::new("b", 25),
+                    ]))),
+                    ..route(PathMatch::Prefix("/".into()), "a", true)
+                }],
+            )],
+            ..Default::default()
+        })
         .unwrap();
         let n = 100_000;
         let a = (0..n)

@@ -26,6 +26,7 @@ use super::{
     matchers::RequestHead,
     path_normalize, redirect, rewrite,
     route_match::{Matched, Routes, Target},
+    route_slot::{RouteSlots, RoutesHandle},
     upgrade,
 };
 use crate::{
@@ -39,14 +40,17 @@ use crate::{
         ClusterManager,
         connect::ConnectError,
         http_pool::{self, SendError},
+        manager::ClusterMap,
     },
 };
 
-/// One HTTP connection manager, compiled: routes with clusters resolved, and stats.
+/// One HTTP connection manager, compiled: its routes (inline, or the RDS slot they
+/// arrive in), the cluster set requests are sent to, and stats.
 #[derive(Debug)]
 pub struct HttpConnectionManager {
     pub config: HttpConfig,
-    pub routes: Routes,
+    pub routes: RoutesHandle,
+    clusters: Arc<ClusterManager>,
     pub stats: HttpStats,
     server_name: HeaderValue,
     access_logs: Arc<[AccessLog]>,
@@ -90,11 +94,12 @@ pub struct Downstream {
 impl HttpConnectionManager {
     pub fn new(
         config: HttpConfig,
-        clusters: &ClusterManager,
+        clusters: &Arc<ClusterManager>,
+        slots: &RouteSlots,
         store: &Arc<Store>,
         sinks: &Sinks,
     ) -> Result<Self, String> {
-        let routes = Routes::new(&config.routes, clusters)?;
+        let routes = RoutesHandle::new(&config.routes, slots, &config.stat_prefix)?;
         let access_logs = config
             .access_logs
             .iter()
@@ -125,6 +130,7 @@ impl HttpConnectionManager {
         Ok(HttpConnectionManager {
             config,
             routes,
+            clusters: clusters.clone(),
             stats,
             server_name,
             access_logs,
@@ -146,6 +152,10 @@ impl HttpConnectionManager {
             stats.downstream_rq_http1_total.inc();
         }
         let active = GaugeGuard::new(&stats.downstream_rq_active);
+        // The routes and clusters this request sees, whatever xDS changes meanwhile.
+        let routes = self.routes.current();
+        let clusters = self.clusters.snapshot();
+        let view = (routes.as_deref(), &*clusters);
         let grpc = headers::is_grpc(req.headers());
         let mut req = req;
         if (self.config.normalize_path || self.config.merge_slashes)
@@ -162,7 +172,9 @@ impl HttpConnectionManager {
         }
         if self.access_logs.is_empty() {
             let mut picked = Picked::default();
-            let mut resp = self.forward(down, req.map(body::boxed), &mut picked).await;
+            let mut resp = self
+                .forward(view, down, req.map(body::boxed), &mut picked)
+                .await;
             self.finish(&picked, down, grpc, &mut resp);
             let (parts, b) = resp.into_parts();
             return Response::from_parts(parts, body::boxed(Guarded::new(b, active, None)));
@@ -185,7 +197,7 @@ impl HttpConnectionManager {
         let received = Arc::new(AtomicU64::new(0));
         let req = req.map(|b| body::boxed(Guarded::new(b, ByteCount(received.clone()), None)));
         let mut picked = Picked::default();
-        let mut resp = self.forward(down, req, &mut picked).await;
+        let mut resp = self.forward(view, down, req, &mut picked).await;
         self.finish(&picked, down, grpc, &mut resp);
         record.response_code = resp.status().as_u16();
         record.response_flags = flags(
@@ -264,6 +276,7 @@ impl HttpConnectionManager {
 
     async fn forward<'a>(
         &'a self,
+        (routes, clusters): (Option<&'a Routes>, &'a ClusterMap),
         down: Downstream,
         mut req: Request<Body>,
         picked: &mut Picked<'a>,
@@ -281,11 +294,11 @@ impl HttpConnectionManager {
             path_and_query: path,
             headers: req.headers(),
         };
-        let Some(matched) = self.routes.route(&head) else {
+        let Some(matched) = routes.and_then(|r| r.route(&head, clusters)) else {
             self.stats.no_route.inc();
             return local_reply::reply(ResponseFlag::NoRouteFound);
         };
-        picked.matched = Some(matched);
+        picked.matched = Some(matched.clone());
         let mut _fault = None;
         for filter in &self.filters {
             match filter {
@@ -322,7 +335,7 @@ impl HttpConnectionManager {
                 }
             }
         }
-        let (cluster, timeout, route_upgrades, idle) = match matched.target {
+        let (cluster, timeout, route_upgrades, idle) = match &matched.target {
             Target::Forward {
                 cluster,
                 timeout,
@@ -331,8 +344,8 @@ impl HttpConnectionManager {
                 ..
             } => (
                 cluster.clone(),
-                timeout,
-                upgrades,
+                *timeout,
+                *upgrades,
                 idle_timeout.map(Activity::new),
             ),
             Target::Redirect(r) => {

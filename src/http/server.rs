@@ -31,9 +31,21 @@ pub async fn serve(
         },
     };
     let svc_hcm = hcm.clone();
+    let svc_drain = drain.clone();
     let svc = service_fn(move |req| {
         let hcm = svc_hcm.clone();
-        async move { Ok::<_, Infallible>(hcm.handle(down, req).await) }
+        let drain = svc_drain.clone();
+        async move {
+            let mut resp = hcm.handle(down, req).await;
+            // A draining HTTP/1 connection closes after this response.
+            if drain.is_draining() && resp.version() != http::Version::HTTP_2 {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let io = TokioIo::new(stream);
     if h2 {
@@ -57,14 +69,27 @@ pub async fn serve(
             .with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+            _ = conn.as_mut() => return,
+            _ = drain.signaled() => {}
+        }
+        // A listener replaced by LDS gives an idle keep-alive connection time for the
+        // request its client may be sending already (its response says `close`); a
+        // process drain closes idle connections at once.
+        if !drain.is_process_draining() {
+            let grace = tokio::time::sleep(LISTENER_DRAIN_GRACE);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = grace => {}
             }
         }
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
     }
 }
+
+/// How long an HTTP/1 connection of a replaced listener may stay idle (Envoy's
+/// connection manager `drain_timeout` default).
+const LISTENER_DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Peeks (without consuming) whether the client opened with the HTTP/2 preface.
 async fn starts_with_h2_preface(stream: &TcpStream) -> io::Result<bool> {

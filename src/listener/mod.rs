@@ -5,6 +5,7 @@
 mod chain_select;
 pub mod http_detect;
 mod inspect;
+pub mod manager;
 mod registry;
 pub mod tls_hello;
 
@@ -15,13 +16,18 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 
-pub use self::registry::Registry;
+pub use self::{manager::ListenerManager, registry::Registry};
 use crate::{
     config::{FilterChain, FilterEnabled, ListenerConfig, NetworkFilter},
     drain,
-    http::{Downstream, HttpConnectionManager, server},
+    http::{
+        Downstream, HttpConnectionManager,
+        route_slot::{RouteSlot, RouteSlots},
+        server,
+    },
     net::orig_dst,
     tcp::TcpProxy,
     telemetry::{
@@ -39,22 +45,31 @@ pub enum Filter {
 }
 
 impl Filter {
-    fn new(
-        config: &NetworkFilter,
-        clusters: &ClusterManager,
-        store: &Arc<Store>,
-        sinks: &Sinks,
-    ) -> Result<Self, String> {
+    fn new(config: &NetworkFilter, ctx: &Context) -> Result<Self, String> {
         Ok(match config {
-            NetworkFilter::TcpProxy(t) => Filter::Tcp(TcpProxy::new(t, clusters, store, sinks)?),
+            NetworkFilter::TcpProxy(t) => {
+                Filter::Tcp(TcpProxy::new(t, &ctx.clusters, &ctx.store, &ctx.sinks)?)
+            }
             NetworkFilter::Http(h) => Filter::Http(Arc::new(HttpConnectionManager::new(
                 (**h).clone(),
-                clusters,
-                store,
-                sinks,
+                &ctx.clusters,
+                &ctx.routes,
+                &ctx.store,
+                &ctx.sinks,
             )?)),
         })
     }
+}
+
+/// What building a listener takes from the process.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub clusters: Arc<ClusterManager>,
+    pub routes: Arc<RouteSlots>,
+    pub store: Arc<Store>,
+    pub sinks: Arc<Sinks>,
+    /// The process's drain.
+    pub drain: drain::Watch,
 }
 
 #[derive(Debug)]
@@ -64,21 +79,14 @@ pub struct Listener {
     /// The filter chains' network filters, in `config.filter_chains` order.
     filters: Vec<Filter>,
     default_filter: Option<Filter>,
-    /// Addresses pilotfish's capture listeners are bound to: a connection whose original
-    /// destination is one of them was not redirected and would loop.
-    own: Arc<Vec<SocketAddr>>,
+    /// This listener's own drain: signaled when LDS replaces or removes it.
+    drain: drain::Scoped,
 }
 
 impl Listener {
-    pub fn new(
-        config: ListenerConfig,
-        clusters: &ClusterManager,
-        store: &Arc<Store>,
-        sinks: &Sinks,
-        own: Arc<Vec<SocketAddr>>,
-    ) -> Result<Self, String> {
+    pub fn new(config: ListenerConfig, ctx: &Context) -> Result<Self, String> {
         let chain = |c: &FilterChain, what: String| {
-            Filter::new(&c.filter, clusters, store, sinks)
+            Filter::new(&c.filter, ctx)
                 .map_err(|e| format!("listener '{}' {what}: {e}", config.name))
         };
         let filters = config
@@ -92,49 +100,69 @@ impl Listener {
             .as_ref()
             .map(|c| chain(c, "default_filter_chain".into()))
             .transpose()?;
-        let stats = ListenerStats::new(store, &config.stat_name);
+        let stats = ListenerStats::new(&ctx.store, &config.stat_name);
         Ok(Listener {
             config,
             stats,
             filters,
             default_filter,
-            own,
+            drain: ctx.drain.scoped(),
         })
     }
 
-    /// Accepts until drain starts, then stops accepting (the socket closes) while the
-    /// connections already accepted finish.
-    pub async fn run(
-        self: Arc<Self>,
-        socket: TcpListener,
-        registry: Arc<Registry>,
-        mut drain: drain::Watch,
-    ) {
-        loop {
-            let accepted = tokio::select! {
-                a = socket.accept() => a,
-                _ = drain.signaled() => return,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let me = self.clone();
-                    let guard = drain.connection();
-                    let watch = drain.clone();
-                    let registry = registry.clone();
-                    tokio::spawn(async move {
-                        me.accepted(stream, unmap(peer), &registry, watch).await;
-                        drop(guard);
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(listener = %self.config.name, "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+    /// The RDS route configurations this listener's connection managers use.
+    pub fn route_slots(&self) -> impl Iterator<Item = &Arc<RouteSlot>> {
+        self.filters
+            .iter()
+            .chain(&self.default_filter)
+            .filter_map(|f| match f {
+                Filter::Http(h) => h.routes.slot(),
+                Filter::Tcp(_) => None,
+            })
+    }
+
+    /// Starts this listener's drain: its connections finish their in-flight work and
+    /// close (HTTP/2 GOAWAY, HTTP/1 `connection: close`).
+    pub fn retire(&self) {
+        self.drain.signal();
+    }
+}
+
+/// Accepts on `socket` until the process drains (or the task is aborted because the
+/// listener was removed). Each connection is served by the listener in `slot` when it
+/// arrives, so a listener update takes the next connection.
+pub async fn accept_loop(
+    slot: Arc<ArcSwap<Listener>>,
+    socket: TcpListener,
+    registry: Arc<ArcSwap<Registry>>,
+    mut drain: drain::Watch,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = socket.accept() => a,
+            _ = drain.signaled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let me = slot.load_full();
+                let watch = me.drain.watch().clone();
+                let guard = watch.connection();
+                let registry = registry.load_full();
+                tokio::spawn(async move {
+                    me.accepted(stream, unmap(peer), &registry, watch).await;
+                    drop(guard);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = %slot.load().config.name, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
+}
 
+impl Listener {
     /// A connection accepted on this listener's socket: find its destination and the
     /// listener that serves it.
     async fn accepted(
@@ -159,7 +187,7 @@ impl Listener {
         } else {
             local
         };
-        if self.config.listener_filters.original_dst && is_own(&self.own, dst, local) {
+        if self.config.listener_filters.original_dst && is_own(&registry.own, dst, local) {
             self.stats.loop_refused.inc();
             tracing::debug!(%peer, %dst, "refused: destination is pilotfish itself");
             return;
@@ -168,7 +196,8 @@ impl Listener {
             && let Some(target) = registry.find(dst)
             && !Arc::ptr_eq(target, self)
         {
-            return target.serve(stream, peer, dst, drain).await;
+            let watch = target.drain.watch().clone();
+            return target.serve(stream, peer, dst, watch).await;
         }
         self.serve(stream, peer, dst, drain).await
     }

@@ -12,17 +12,24 @@ use super::Listener;
 #[derive(Debug, Default)]
 pub struct Registry {
     by_address: HashMap<SocketAddr, Arc<Listener>>,
+    /// Addresses pilotfish's capture listeners are bound to: a connection whose original
+    /// destination is one of them was not redirected and would loop.
+    pub own: Vec<SocketAddr>,
 }
 
 impl Registry {
     pub fn new(listeners: &[Arc<Listener>]) -> Self {
         let mut by_address = HashMap::new();
+        let mut own = Vec::new();
         for l in listeners {
             for a in l.config.addresses() {
                 by_address.insert(a, l.clone());
+                if l.config.listener_filters.original_dst && l.config.bind_to_port {
+                    own.push(a);
+                }
             }
         }
-        Registry { by_address }
+        Registry { by_address, own }
     }
 
     pub fn find(&self, dst: SocketAddr) -> Option<&Arc<Listener>> {

@@ -16,27 +16,30 @@ use crate::{
         scopes::TcpStats,
         stats::{GaugeGuard, Store},
     },
-    upstream::{Cluster, ClusterManager, connect::connect},
+    upstream::{ClusterManager, connect::connect},
 };
 
 #[derive(Debug)]
 pub struct TcpProxy {
     pub stats: TcpStats,
-    /// `None` when the configured cluster does not exist (Envoy closes such connections).
-    cluster: Option<Arc<Cluster>>,
+    /// Looked up per connection in the current cluster set; a connection to a cluster
+    /// that does not exist is closed (as in Envoy).
+    cluster: String,
+    clusters: Arc<ClusterManager>,
     access_logs: Vec<AccessLog>,
 }
 
 impl TcpProxy {
     pub fn new(
         config: &TcpProxyConfig,
-        clusters: &ClusterManager,
+        clusters: &Arc<ClusterManager>,
         store: &Arc<Store>,
         sinks: &Sinks,
     ) -> Result<Self, String> {
         Ok(TcpProxy {
             stats: TcpStats::new(store, &config.stat_prefix),
-            cluster: clusters.get(&config.cluster).cloned(),
+            cluster: config.cluster.clone(),
+            clusters: clusters.clone(),
             access_logs: config
                 .access_logs
                 .iter()
@@ -72,7 +75,7 @@ impl TcpProxy {
     }
 
     async fn proxy(&self, down: TcpStream, dst: SocketAddr, record: &mut Record) {
-        let Some(cluster) = &self.cluster else {
+        let Some(cluster) = self.clusters.get(&self.cluster) else {
             self.stats.downstream_cx_no_route.inc();
             record.response_flags = Some("NC");
             return;
@@ -85,7 +88,7 @@ impl TcpProxy {
         };
         record.upstream_host = Some(host.addr);
         let cs = &cluster.stats;
-        let Ok(up) = connect(cluster, host.addr).await else {
+        let Ok(up) = connect(&cluster, host.addr).await else {
             record.response_flags = Some("UF");
             return;
         };

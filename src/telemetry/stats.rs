@@ -64,10 +64,55 @@ impl Drop for GaugeGuard {
     }
 }
 
+/// Envoy's default histogram buckets (milliseconds).
+const BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// A histogram of millisecond values with Envoy's default buckets.
+#[derive(Clone, Debug, Default)]
+pub struct Histogram(Arc<HistogramCells>);
+
+#[derive(Debug, Default)]
+struct HistogramCells {
+    /// Per bucket (not cumulative), the last one for values above every bound.
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    /// Sum in microseconds.
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn record(&self, d: std::time::Duration) {
+        let ms = d.as_secs_f64() * 1000.0;
+        let i = BUCKETS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.0.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.0
+            .sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn sum_ms(&self) -> f64 {
+        self.0.sum_us.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+}
+
 #[derive(Debug)]
 enum Value {
     Counter(Counter),
     Gauge(Gauge),
+    Histogram(Histogram),
 }
 
 #[derive(Debug)]
@@ -136,6 +181,17 @@ impl Store {
         g
     }
 
+    /// A histogram of milliseconds (Envoy's `update_duration` and the like).
+    pub fn histogram(&self, flat: String, prom: &str, labels: &[(&str, &str)]) -> Histogram {
+        let mut entries = self.entries.lock().unwrap();
+        if let Some(Value::Histogram(h)) = entries.find(&flat) {
+            return h.clone();
+        }
+        let h = Histogram::default();
+        entries.push(flat, prom, labels, Value::Histogram(h.clone()));
+        h
+    }
+
     /// Envoy's `/stats` text: `name: value`, sorted by name.
     pub fn render_text(&self) -> String {
         let entries = self.entries.lock().unwrap();
@@ -146,6 +202,7 @@ impl Store {
                 let v = match &e.value {
                     Value::Counter(c) => c.get().to_string(),
                     Value::Gauge(g) => g.get().to_string(),
+                    Value::Histogram(h) => format!("count={} sum={}", h.count(), h.sum_ms()),
                 };
                 (e.flat.as_str(), v)
             })
@@ -169,6 +226,35 @@ impl Store {
             let (kind, v) = match &e.value {
                 Value::Counter(c) => ("counter", c.get() as i64),
                 Value::Gauge(g) => ("gauge", g.get()),
+                Value::Histogram(h) => {
+                    if e.prom != last {
+                        let _ = writeln!(out, "# TYPE {} histogram", e.prom);
+                        last = &e.prom;
+                    }
+                    let sep = if e.labels.is_empty() { "" } else { "," };
+                    let mut total = 0;
+                    for (i, bound) in BUCKETS
+                        .iter()
+                        .map(|b| b.to_string())
+                        .chain(["+Inf".to_owned()])
+                        .enumerate()
+                    {
+                        total += h.0.counts[i].load(Ordering::Relaxed);
+                        let _ = writeln!(
+                            out,
+                            "{}_bucket{{{}{sep}le=\"{bound}\"}} {total}",
+                            e.prom, e.labels
+                        );
+                    }
+                    let labels = if e.labels.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{{{}}}", e.labels)
+                    };
+                    let _ = writeln!(out, "{}_sum{labels} {}", e.prom, h.sum_ms());
+                    let _ = writeln!(out, "{}_count{labels} {total}", e.prom);
+                    continue;
+                }
             };
             if e.prom != last {
                 let _ = writeln!(out, "# TYPE {} {kind}", e.prom);

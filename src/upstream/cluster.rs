@@ -143,10 +143,12 @@ mod tests {
                         host: h.to_string(),
                         port: *p,
                         hostname: None,
+                        pipe: None,
                     })
                     .collect(),
                 original_dst_header: None,
                 upstream_socket: Default::default(),
+                eds: None,
             },
             &Store::new(),
         )

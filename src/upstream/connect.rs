@@ -87,6 +87,7 @@ mod tests {
             endpoints: Vec::new(),
             original_dst_header: None,
             upstream_socket,
+            eds: None,
         };
         Cluster::new(config, &Store::new())
     }

@@ -1,5 +1,9 @@
-//! The set of clusters, by name, built from config.
+//! The set of clusters, by name. Requests and connections look a cluster up by name in
+//! the current set (one atomic load), so a CDS update takes effect on the next request;
+//! a cluster whose definition did not change keeps its object, hosts and pools.
 use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
 
 use super::{Cluster, dns};
 use crate::{
@@ -7,66 +11,155 @@ use crate::{
     telemetry::stats::Store,
 };
 
+pub type ClusterMap = HashMap<String, Arc<Cluster>>;
+
 #[derive(Debug, Default)]
 pub struct ClusterManager {
-    clusters: HashMap<String, Arc<Cluster>>,
+    clusters: ArcSwap<ClusterMap>,
+}
+
+/// What [`ClusterManager::apply`] did, by cluster name.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// New or changed clusters (new objects; background work not started yet).
+    pub built: Vec<Arc<Cluster>>,
+    pub kept: usize,
+    pub removed: usize,
 }
 
 impl ClusterManager {
     pub fn new(configs: &[ClusterConfig], store: &Arc<Store>) -> Self {
-        let clusters = configs
-            .iter()
-            .map(|c| (c.name.clone(), Arc::new(Cluster::new(c.clone(), store))))
-            .collect();
-        ClusterManager { clusters }
+        let m = ClusterManager::default();
+        m.apply(configs.to_vec(), &[], store);
+        m
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Cluster>> {
-        self.clusters.get(name)
+    /// The cluster named `name` in the current set.
+    pub fn get(&self, name: &str) -> Option<Arc<Cluster>> {
+        self.clusters.load().get(name).cloned()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Cluster>> {
-        self.clusters.values()
+    /// The current set (a consistent view for one request or one admin page).
+    pub fn snapshot(&self) -> Arc<ClusterMap> {
+        self.clusters.load_full()
     }
 
     pub fn len(&self) -> usize {
-        self.clusters.len()
+        self.clusters.load().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.clusters.is_empty()
+        self.clusters.load().is_empty()
     }
 
-    /// First resolution of every DNS cluster (bounded, as Envoy's cluster init is),
-    /// then periodic refresh and ORIGINAL_DST host cleanup. Runs on the control runtime.
-    pub async fn start_background(&self) {
-        let dns: Vec<_> = self
-            .iter()
-            .filter(|c| {
-                matches!(
-                    c.config.discovery,
-                    Discovery::StrictDns | Discovery::LogicalDns
-                )
-            })
-            .cloned()
-            .collect();
-        let first = futures_util::future::join_all(dns.iter().map(|c| dns::refresh(c)));
-        let _ = tokio::time::timeout(Duration::from_secs(15), first).await;
-        for c in &dns {
-            dns::spawn_refresh(c);
+    /// Adds or replaces `upserts` and removes `removes`, published in one swap. A
+    /// cluster whose config equals the running one's is kept as it is.
+    pub fn apply(
+        &self,
+        upserts: Vec<ClusterConfig>,
+        removes: &[String],
+        store: &Arc<Store>,
+    ) -> Applied {
+        let old = self.clusters.load_full();
+        let mut next: ClusterMap = (*old).clone();
+        let mut out = Applied::default();
+        for name in removes {
+            if next.remove(name).is_some() {
+                out.removed += 1;
+            }
         }
-        for c in self
-            .iter()
-            .filter(|c| c.config.discovery == Discovery::OriginalDst)
-        {
-            let weak = Arc::downgrade(c);
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    let Some(c) = weak.upgrade() else { return };
-                    c.cleanup_original_dst();
+        for c in upserts {
+            match next.get(&c.name) {
+                Some(running) if running.config == c => out.kept += 1,
+                _ => {
+                    let cluster = Arc::new(Cluster::new(c, store));
+                    out.built.push(cluster.clone());
+                    next.insert(cluster.name().to_owned(), cluster);
                 }
-            });
+            }
         }
+        self.clusters.store(Arc::new(next));
+        out
+    }
+
+    /// Background work of every cluster: see [`start`].
+    pub async fn start_background(&self) {
+        let all: Vec<_> = self.snapshot().values().cloned().collect();
+        start(&all).await;
+    }
+}
+
+/// First resolution of the DNS clusters among `clusters` (bounded, as Envoy's cluster
+/// init is), then their periodic refresh, and ORIGINAL_DST host cleanup. The tasks hold
+/// the clusters weakly and end when a cluster is removed. Runs on the control runtime.
+pub async fn start(clusters: &[Arc<Cluster>]) {
+    let dns: Vec<_> = clusters
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.config.discovery,
+                Discovery::StrictDns | Discovery::LogicalDns
+            )
+        })
+        .cloned()
+        .collect();
+    let first = futures_util::future::join_all(dns.iter().map(|c| dns::refresh(c)));
+    let _ = tokio::time::timeout(Duration::from_secs(15), first).await;
+    for c in &dns {
+        dns::spawn_refresh(c);
+    }
+    for c in clusters
+        .iter()
+        .filter(|c| c.config.discovery == Discovery::OriginalDst)
+    {
+        let weak = Arc::downgrade(c);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let Some(c) = weak.upgrade() else { return };
+                c.cleanup_original_dst();
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DnsFamily, EndpointConfig, UpstreamProtocol};
+
+    fn config(name: &str, port: u16) -> ClusterConfig {
+        ClusterConfig {
+            name: name.into(),
+            discovery: Discovery::Static,
+            connect_timeout: Duration::from_secs(1),
+            protocol: UpstreamProtocol::Http1,
+            dns_refresh_rate: Duration::from_secs(5),
+            dns_family: DnsFamily::Auto,
+            endpoints: vec![EndpointConfig {
+                host: "127.0.0.1".into(),
+                port,
+                hostname: None,
+                pipe: None,
+            }],
+            original_dst_header: None,
+            upstream_socket: Default::default(),
+            eds: None,
+        }
+    }
+
+    #[test]
+    fn unchanged_clusters_keep_their_object_changed_ones_are_rebuilt() {
+        let store = Store::new();
+        let m = ClusterManager::new(&[config("a", 1), config("b", 2)], &store);
+        let a = m.get("a").unwrap();
+        let b = m.get("b").unwrap();
+        let done = m.apply(vec![config("a", 1), config("b", 3)], &[], &store);
+        assert_eq!((done.kept, done.built.len()), (1, 1));
+        assert!(Arc::ptr_eq(&a, &m.get("a").unwrap()));
+        assert!(!Arc::ptr_eq(&b, &m.get("b").unwrap()));
+        m.apply(vec![], &["a".into()], &store);
+        assert!(m.get("a").is_none());
+        assert_eq!(m.len(), 1);
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod xds;
 
 use std::{
     collections::HashMap,
@@ -49,6 +50,16 @@ impl Proxy {
     /// Starts `bin` (pilotfish, or Envoy for differential tests: both take the same
     /// flags used here) on `yaml`.
     pub async fn start_bin(bin: &str, yaml: &str, args: &[&str]) -> Proxy {
+        Proxy::launch(bin, yaml, args, true).await
+    }
+
+    /// Starts `bin` and returns once its admin answers, ready or not (for tests of
+    /// readiness itself, and of listeners that are still warming).
+    pub async fn start_unready(bin: &str, yaml: &str, args: &[&str]) -> Proxy {
+        Proxy::launch(bin, yaml, args, false).await
+    }
+
+    async fn launch(bin: &str, yaml: &str, args: &[&str], ready: bool) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("bootstrap.yaml");
         std::fs::write(&cfg, yaml).unwrap();
@@ -90,18 +101,27 @@ impl Proxy {
                 && let Ok(addr) = a.trim().parse()
             {
                 p.admin = addr;
-                if let Ok((200, _)) = http_get(addr, "/ready").await {
-                    break;
+                match http_get(addr, "/ready").await {
+                    Ok((200, _)) => break,
+                    Ok(_) if !ready => break,
+                    _ => {}
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let (_, listeners) = http_get(p.admin, "/listeners").await.unwrap();
+        p.refresh_listeners().await;
+        p
+    }
+
+    /// Re-reads `/listeners` (after LDS changed them).
+    pub async fn refresh_listeners(&mut self) {
+        let (_, listeners) = http_get(self.admin, "/listeners").await.unwrap();
+        self.listeners.clear();
         for line in listeners.lines() {
             let (name, addr) = line.split_once("::").unwrap();
-            p.listeners.insert(name.to_owned(), addr.parse().unwrap());
+            self.listeners
+                .insert(name.to_owned(), addr.parse().unwrap());
         }
-        p
     }
 
     pub fn listener(&self, name: &str) -> SocketAddr {
@@ -124,8 +144,12 @@ impl Proxy {
     /// The value of one Prometheus sample line, e.g. `envoy_cluster_upstream_rq_total{envoy_cluster_name="a"}`.
     pub async fn metric(&self, sample: &str) -> Option<i64> {
         let text = self.prometheus().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        text.lines().find_map(|l| {
+            let rest = l.strip_prefix(sample)?;
+            // Envoy writes unlabeled samples as `name{} value`.
+            let rest = rest.strip_prefix("{}").unwrap_or(rest);
+            rest.strip_prefix(' ')?.parse().ok()
+        })
     }
 
     /// Waits (bounded) until a sample has the wanted value: stats are recorded when a

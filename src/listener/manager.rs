@@ -1,0 +1,181 @@
+//! The running listeners, by name: binds new ones, swaps updated ones in place (new
+//! connections get the new config, the old listener's connections drain), and closes
+//! removed ones. Static listeners and LDS ones go through the same door.
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use arc_swap::ArcSwap;
+use tokio::{runtime::Handle, task::AbortHandle};
+
+use super::{Listener, Registry, accept_loop, bind};
+use crate::drain;
+
+#[derive(Debug)]
+pub struct ListenerManager {
+    /// The traffic runtime: sockets are registered with it and accept loops run on it.
+    workers: Handle,
+    drain: drain::Watch,
+    registry: Arc<ArcSwap<Registry>>,
+    active: Mutex<BTreeMap<String, Active>>,
+}
+
+#[derive(Debug)]
+struct Active {
+    slot: Arc<ArcSwap<Listener>>,
+    /// The bound addresses and their accept loops (none for `bind_to_port: false`).
+    bound: Vec<(SocketAddr, AbortHandle)>,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        for (_, task) in &self.bound {
+            task.abort();
+        }
+    }
+}
+
+/// What an update did with a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    Added,
+    /// Same sockets, new config: the old listener drains.
+    Updated,
+    /// Different addresses: new sockets bound, the old ones closed and drained.
+    Rebound,
+}
+
+impl ListenerManager {
+    pub fn new(workers: Handle, drain: drain::Watch) -> Self {
+        ListenerManager {
+            workers,
+            drain,
+            registry: Arc::new(ArcSwap::from_pointee(Registry::default())),
+            active: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Adds `l`, or replaces the listener of the same name. Fails (leaving the running
+    /// listener as it was) when a new address cannot be bound.
+    pub fn upsert(&self, l: Arc<Listener>) -> Result<Upserted, String> {
+        let mut active = self.active.lock().unwrap();
+        let name = l.config.name.clone();
+        let outcome = match active.get(&name) {
+            Some(old) if same_sockets(&old.slot.load(), &l) => {
+                let previous = old.slot.swap(l);
+                previous.retire();
+                Upserted::Updated
+            }
+            Some(_) => {
+                // Close the old sockets first: the new ones may reuse an address.
+                let old = active.remove(&name).expect("present");
+                let previous = old.slot.load_full();
+                drop(old);
+                previous.retire();
+                match self.start(l) {
+                    Ok(a) => {
+                        active.insert(name, a);
+                    }
+                    Err(e) => {
+                        self.publish(&active);
+                        return Err(e);
+                    }
+                }
+                Upserted::Rebound
+            }
+            None => {
+                let a = self.start(l)?;
+                active.insert(name, a);
+                Upserted::Added
+            }
+        };
+        self.publish(&active);
+        Ok(outcome)
+    }
+
+    /// Removes the listener `name`: its sockets close and its connections drain.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut active = self.active.lock().unwrap();
+        let Some(old) = active.remove(name) else {
+            return false;
+        };
+        let l = old.slot.load_full();
+        drop(old);
+        l.retire();
+        self.publish(&active);
+        true
+    }
+
+    /// The listeners now serving.
+    pub fn listeners(&self) -> Vec<Arc<Listener>> {
+        let active = self.active.lock().unwrap();
+        active.values().map(|a| a.slot.load_full()).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Listener>> {
+        let active = self.active.lock().unwrap();
+        active.get(name).map(|a| a.slot.load_full())
+    }
+
+    /// `name::address` of every bound socket, as Envoy's `/listeners` prints them.
+    pub fn bound(&self) -> Vec<(String, SocketAddr)> {
+        let active = self.active.lock().unwrap();
+        active
+            .iter()
+            .flat_map(|(n, a)| a.bound.iter().map(move |(addr, _)| (n.clone(), *addr)))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.active.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Binds every address of `l` (all or none) and starts accepting.
+    fn start(&self, l: Arc<Listener>) -> Result<Active, String> {
+        let mut sockets = Vec::new();
+        if l.config.bind_to_port {
+            let _enter = self.workers.enter();
+            for addr in l.config.addresses() {
+                let socket = bind(addr, l.config.ipv4_compat.contains(&addr)).map_err(|e| {
+                    format!("listener '{}': cannot bind {addr}: {e}", l.config.name)
+                })?;
+                let local = socket.local_addr().map_err(|e| e.to_string())?;
+                sockets.push((socket, local));
+            }
+        }
+        let slot = Arc::new(ArcSwap::new(l));
+        let bound = sockets
+            .into_iter()
+            .map(|(socket, local)| {
+                let task = self.workers.spawn(accept_loop(
+                    slot.clone(),
+                    socket,
+                    self.registry.clone(),
+                    self.drain.clone(),
+                ));
+                (local, task.abort_handle())
+            })
+            .collect();
+        Ok(Active { slot, bound })
+    }
+
+    /// Republishes the address → listener map used for `use_original_dst` hand-off.
+    fn publish(&self, active: &BTreeMap<String, Active>) {
+        let all: Vec<Arc<Listener>> = active.values().map(|a| a.slot.load_full()).collect();
+        self.registry.store(Arc::new(Registry::new(&all)));
+    }
+}
+
+/// True when `new` binds exactly what `old` binds, so it can take over its sockets.
+fn same_sockets(old: &Listener, new: &Listener) -> bool {
+    let (a, b) = (&old.config, &new.config);
+    a.bind_to_port == b.bind_to_port
+        && a.addresses().eq(b.addresses())
+        && a.ipv4_compat == b.ipv4_compat
+}
