@@ -310,8 +310,16 @@ def main():
 
 
 def write_docs(summary, meta, concurrencies, clusters):
-    with open(os.path.join(ROOT, "docs/benchmarks.md"), "w") as f:
-        f.write(render(summary, meta, concurrencies, clusters))
+    path = os.path.join(ROOT, "docs/benchmarks.md")
+    # The xDS apply section is written by `cargo bench --bench xds_apply`: keep it.
+    kept = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        if "<!-- xds-apply" in old:
+            kept = "\n\n<!-- xds-apply" + old.split("<!-- xds-apply", 1)[1]
+    with open(path, "w") as f:
+        f.write(render(summary, meta, concurrencies, clusters).rstrip() + kept)
     charts(summary, concurrencies, clusters)
     print("wrote docs/benchmarks.md and docs/img/", file=sys.stderr)
 

@@ -562,6 +562,102 @@ pub fn check(msg: &DynamicMessage, path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// [`check`] on encoded bytes: the same verdict (a set field not in the allow-list, or
+/// an unsupported `Any` payload, fails) without building a reflective message, for
+/// the many resources of an xDS response. On a failure the caller runs [`check`] for
+/// the message that names the field.
+pub fn check_encoded(desc: &prost_reflect::MessageDescriptor, bytes: &[u8]) -> bool {
+    scan(desc, bytes).is_some()
+}
+
+fn scan(desc: &prost_reflect::MessageDescriptor, mut buf: &[u8]) -> Option<()> {
+    use prost::encoding::decode_varint;
+    let type_name = desc.full_name();
+    if OPEN.contains(&type_name) {
+        return Some(());
+    }
+    let fields = allowed(type_name)?;
+    while !buf.is_empty() {
+        let key = decode_varint(&mut buf).ok()?;
+        let field = desc.get_field(u32::try_from(key >> 3).ok()?)?;
+        if !fields.contains(&field.name()) {
+            return None;
+        }
+        match key & 7 {
+            0 => {
+                decode_varint(&mut buf).ok()?;
+            }
+            1 => buf = buf.get(8..)?,
+            5 => buf = buf.get(4..)?,
+            2 => {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                let body = buf.get(..len)?;
+                buf = &buf[len..];
+                if let prost_reflect::Kind::Message(m) = field.kind() {
+                    if field.is_map() {
+                        if let prost_reflect::Kind::Message(v) = m.map_entry_value_field().kind() {
+                            scan_field(body, 2, |value| scan_value(&v, value))?;
+                        }
+                    } else {
+                        scan_value(&m, body)?;
+                    }
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
+/// A message value: an `Any` is checked by the type it carries.
+fn scan_value(desc: &prost_reflect::MessageDescriptor, bytes: &[u8]) -> Option<()> {
+    if desc.full_name() != "google.protobuf.Any" {
+        return scan(desc, bytes);
+    }
+    let mut url = "";
+    let mut value: &[u8] = &[];
+    scan_field(bytes, 1, |b| {
+        url = std::str::from_utf8(b).ok()?;
+        Some(())
+    })?;
+    scan_field(bytes, 2, |b| {
+        value = b;
+        Some(())
+    })?;
+    let name = proto::type_name(url);
+    allowed(name)?;
+    scan(&proto::descriptor(name)?, value)
+}
+
+/// Calls `f` with every length-delimited occurrence of field `number` in `buf`.
+fn scan_field<'a>(
+    mut buf: &'a [u8],
+    number: u64,
+    mut f: impl FnMut(&'a [u8]) -> Option<()>,
+) -> Option<()> {
+    use prost::encoding::decode_varint;
+    while !buf.is_empty() {
+        let key = decode_varint(&mut buf).ok()?;
+        match key & 7 {
+            0 => {
+                decode_varint(&mut buf).ok()?;
+            }
+            1 => buf = buf.get(8..)?,
+            5 => buf = buf.get(4..)?,
+            2 => {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                let body = buf.get(..len)?;
+                buf = &buf[len..];
+                if key >> 3 == number {
+                    f(body)?;
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
 fn check_value(value: &Value, path: &str, parent: &str, label: Option<&str>) -> Result<(), String> {
     match value {
         Value::Message(m) if m.descriptor().full_name() == "google.protobuf.Any" => {
@@ -699,6 +795,67 @@ mod tests {
             doc.contains(&table),
             "docs/compatibility.md must contain this table (regenerate it):\n{table}"
         );
+    }
+
+    /// The byte scanner gives the verdict of the reflective walk.
+    #[test]
+    fn encoded_check_agrees_with_the_reflective_check() {
+        let cases = [
+            (
+                "envoy.config.cluster.v3.Cluster",
+                "name: c\ntype: STATIC\n",
+                true,
+            ),
+            (
+                "envoy.config.cluster.v3.Cluster",
+                "name: c\nrespect_dns_ttl: true\n",
+                false,
+            ),
+            (
+                "envoy.config.cluster.v3.Cluster",
+                "name: c\ntyped_extension_protocol_options:\n  x:\n    \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n    explicit_http_config: { http2_protocol_options: {} }\n",
+                true,
+            ),
+            (
+                "envoy.config.cluster.v3.Cluster",
+                "name: c\ntyped_extension_protocol_options:\n  x:\n    \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n    common_http_protocol_options: { idle_timeout: 1s }\n",
+                false,
+            ),
+            (
+                "envoy.config.listener.v3.Listener",
+                "name: l\nfilter_chains: [{ filters: [{ name: t, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, cluster: c } }] }]\n",
+                true,
+            ),
+            (
+                "envoy.config.listener.v3.Listener",
+                "name: l\nfilter_chains: [{ filters: [{ name: t, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, cluster: c, idle_timeout: 1s } }] }]\n",
+                false,
+            ),
+            (
+                "envoy.config.listener.v3.Listener",
+                "name: l\nfilter_chains: [{ filters: [{ name: t, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC, stat_prefix: x } }] }]\n",
+                false,
+            ),
+            (
+                "envoy.config.route.v3.RouteConfiguration",
+                "name: r\nvirtual_hosts: [{ name: v, domains: [\"*\"], routes: [{ match: { prefix: /, headers: [{ name: x, string_match: { exact: y } }] }, route: { cluster: c, timeout: 5s } }] }]\n",
+                true,
+            ),
+            (
+                "envoy.config.route.v3.RouteConfiguration",
+                "name: r\nvirtual_hosts: [{ name: v, domains: [\"*\"], routes: [{ match: { prefix: / }, route: { cluster: c, retry_policy: { num_retries: 2 } } }] }]\n",
+                false,
+            ),
+        ];
+        for (ty, yaml, ok) in cases {
+            let desc = proto::descriptor(ty).unwrap();
+            let v: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+            let msg = proto::from_json(desc.clone(), v).unwrap();
+            use prost::Message;
+            let bytes = msg.encode_to_vec();
+            assert_eq!(check(&msg, "").is_ok(), ok, "{yaml}");
+            assert_eq!(check_encoded(&desc, &bytes), ok, "{yaml}");
+        }
     }
 
     #[test]

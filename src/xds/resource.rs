@@ -91,6 +91,9 @@ pub fn decode_typed<M: Message + Name + Default>(kind: Kind, any: &Any) -> Resul
 pub fn check(any: &Any) -> Result<(), String> {
     let name = proto::type_name(&any.type_url);
     let desc = proto::descriptor(name).ok_or_else(|| format!("unknown type {name}"))?;
+    if support::check_encoded(&desc, &any.value) {
+        return Ok(());
+    }
     let dynamic = DynamicMessage::decode(desc, any.value.as_slice())
         .map_err(|e| format!("cannot decode {name}: {e}"))?;
     support::check(&dynamic, "")

@@ -559,9 +559,7 @@ impl State {
             }) {
                 Ok(p) => p,
                 Err(e) => {
-                    for name in wanted {
-                        self.eds_rejected(&name);
-                    }
+                    self.eds_rejected_all();
                     return Err(e);
                 }
             };
@@ -596,9 +594,7 @@ impl State {
                 changed.push(name);
             }
         }
-        for name in changed {
-            self.endpoints_changed(&name);
-        }
+        self.endpoints_changed(&changed);
         Ok(())
     }
 
@@ -609,38 +605,57 @@ impl State {
             .or_insert_with(|| UpdateStats::eds(store, cluster))
     }
 
-    fn eds_rejected(&mut self, service: &str) {
-        let names: Vec<String> = self.clusters_of_service(service);
+    /// A rejected EDS response counts in every EDS cluster's `update_rejected`.
+    fn eds_rejected_all(&mut self) {
+        let names: Vec<String> = self
+            .clusters
+            .values()
+            .map(|e| &e.value)
+            .chain(self.warming_clusters.values().map(|(e, _)| &e.value))
+            .filter(|c| c.eds.is_some())
+            .map(|c| c.name.clone())
+            .collect();
         for n in names {
             self.eds_stats(&n).rejected.inc();
         }
     }
 
-    fn clusters_of_service(&self, service: &str) -> Vec<String> {
-        self.clusters
+    /// New endpoints for `services`: active clusters take them, warming ones are
+    /// activated (all in one swap of the cluster set).
+    fn endpoints_changed(&mut self, services: &[String]) {
+        let mut by_service: HashMap<&str, Vec<String>> = HashMap::new();
+        for c in self
+            .clusters
             .values()
             .map(|e| &e.value)
             .chain(self.warming_clusters.values().map(|(e, _)| &e.value))
-            .filter(|c| c.eds.as_ref().is_some_and(|e| e.service_name == service))
-            .map(|c| c.name.clone())
-            .collect()
-    }
-
-    /// New endpoints for `service`: active clusters take them, warming ones activate.
-    fn endpoints_changed(&mut self, service: &str) {
-        let hosts = self
-            .endpoints
-            .get(service)
-            .map(|e| (e.value.clone(), e.version.clone()))
-            .unwrap_or_default();
+        {
+            if let Some(eds) = &c.eds {
+                by_service
+                    .entry(eds.service_name.as_str())
+                    .or_default()
+                    .push(c.name.clone());
+            }
+        }
+        let mut work = Vec::new();
+        for service in services {
+            let (hosts, version) = self
+                .endpoints
+                .get(service)
+                .map(|e| (e.value.clone(), e.version.clone()))
+                .unwrap_or_default();
+            for name in by_service.get(service.as_str()).into_iter().flatten() {
+                work.push((name.clone(), hosts.clone(), version.clone()));
+            }
+        }
         let mut ready = Vec::new();
-        for name in self.clusters_of_service(service) {
+        for (name, hosts, version) in work {
             if let Some((e, _)) = self.warming_clusters.remove(&name) {
                 ready.push(e);
             } else if let Some(c) = self.rt.ctx.clusters.get(&name) {
-                c.set_hosts(&hosts.0);
+                c.set_hosts(&hosts);
             }
-            self.eds_stats(&name).accepted(&hosts.1);
+            self.eds_stats(&name).accepted(&version);
         }
         self.activate_clusters(ready, &[]);
     }
@@ -1159,4 +1174,209 @@ fn rds_timeout(l: &Listener) -> Option<Duration> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        drain, http::route_slot::RouteSlots, telemetry::access_log::Sinks, telemetry::stats::Store,
+        upstream::ClusterManager, xds::resource::pack,
+    };
+
+    fn handle(timeout: Duration) -> (Arc<Handle>, Arc<Readiness>, Arc<ClusterManager>) {
+        let store = Store::new();
+        let (_trigger, watch) = drain::channel();
+        let clusters = Arc::new(ClusterManager::default());
+        let readiness = Arc::new(Readiness::default());
+        let ctx = listener::Context {
+            clusters: clusters.clone(),
+            routes: Arc::new(RouteSlots::default()),
+            store: store.clone(),
+            sinks: Arc::new(Sinks::new(tokio::runtime::Handle::current(), store)),
+            drain: watch.clone(),
+        };
+        let rt = Runtime {
+            ctx,
+            listeners: Arc::new(ListenerManager::new(
+                tokio::runtime::Handle::current(),
+                watch,
+            )),
+            readiness: readiness.clone(),
+        };
+        let ads = Some(ResourceSource::Ads {
+            initial_fetch_timeout: Some(timeout),
+        });
+        let h = Handle::new(rt, ads.clone(), ads, &[], &[]);
+        (h, readiness, clusters)
+    }
+
+    fn full(resources: Vec<Any>) -> Update {
+        Update::Full {
+            version: "1".into(),
+            resources,
+        }
+    }
+
+    fn eds_cluster(name: &str) -> Any {
+        let mut c = ClusterPb {
+            name: name.into(),
+            ..Default::default()
+        };
+        c.cluster_discovery_type = Some(
+            envoy_types::pb::envoy::config::cluster::v3::cluster::ClusterDiscoveryType::Type(
+                envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType::Eds as i32,
+            ),
+        );
+        c.eds_cluster_config = Some(
+            envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig {
+                eds_config: Some(envoy_types::pb::envoy::config::core::v3::ConfigSource {
+                    config_source_specifier: Some(
+                        envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier::Ads(
+                            Default::default(),
+                        ),
+                    ),
+                    ..Default::default()
+                }),
+                service_name: String::new(),
+            },
+        );
+        pack(&c)
+    }
+
+    fn cla(name: &str, port: u32) -> Any {
+        use envoy_types::pb::envoy::config::{
+            core::v3::{Address, SocketAddress, address, socket_address::PortSpecifier},
+            endpoint::v3::{Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint},
+        };
+        pack(&ClusterLoadAssignment {
+            cluster_name: name.into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(Address {
+                            address: Some(address::Address::SocketAddress(SocketAddress {
+                                address: "10.0.0.1".into(),
+                                port_specifier: Some(PortSpecifier::PortValue(port)),
+                                ..Default::default()
+                            })),
+                        }),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn ready_after_cds_then_lds_or_their_initial_fetch_timeouts() {
+        let (h, ready, _) = handle(Duration::from_secs(15));
+        assert!(!ready.is_ready());
+        assert_eq!(h.wanted(Kind::Cluster), Some(Wanted::Wildcard));
+        assert_eq!(h.wanted(Kind::Listener), None, "LDS waits for CDS");
+        // No CDS within the timeout: on to LDS.
+        let deadline = h.next_deadline().unwrap();
+        h.tick(deadline);
+        assert_eq!(h.wanted(Kind::Listener), Some(Wanted::Wildcard));
+        assert!(!ready.is_ready());
+        h.apply(Kind::Listener, full(vec![]), Instant::now())
+            .unwrap();
+        assert!(ready.is_ready());
+    }
+
+    #[tokio::test]
+    async fn an_eds_cluster_warms_until_its_endpoints_arrive_or_time_out() {
+        let (h, ready, clusters) = handle(Duration::from_secs(15));
+        h.apply(
+            Kind::Cluster,
+            full(vec![eds_cluster("a"), eds_cluster("b")]),
+            Instant::now(),
+        )
+        .unwrap();
+        assert!(
+            clusters.get("a").is_none(),
+            "warming clusters take no traffic"
+        );
+        assert_eq!(
+            h.wanted(Kind::Endpoint),
+            Some(Wanted::Names(["a".to_owned(), "b".to_owned()].into()))
+        );
+        assert_eq!(
+            h.wanted(Kind::Listener),
+            None,
+            "LDS waits for warm clusters"
+        );
+        h.apply(Kind::Endpoint, full(vec![cla("a", 80)]), Instant::now())
+            .unwrap();
+        assert_eq!(clusters.get("a").unwrap().hosts().len(), 1);
+        assert!(clusters.get("b").is_none());
+        // b's endpoints never come: after the timeout it serves without hosts.
+        assert!(h.next_deadline().is_some());
+        h.tick(Instant::now() + Duration::from_secs(16));
+        assert_eq!(clusters.get("b").unwrap().hosts().len(), 0);
+        assert_eq!(h.wanted(Kind::Listener), Some(Wanted::Wildcard));
+        // New endpoints reach the running cluster, keeping the cluster object.
+        let a = clusters.get("a").unwrap();
+        h.apply(
+            Kind::Endpoint,
+            full(vec![cla("a", 81), cla("b", 80)]),
+            Instant::now(),
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(&a, &clusters.get("a").unwrap()));
+        assert_eq!(a.hosts()[0].addr.port(), 81);
+        assert!(!ready.is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_bad_resource_rejects_the_whole_response_and_keeps_the_last_good() {
+        let (h, _, clusters) = handle(Duration::from_secs(15));
+        h.apply(Kind::Endpoint, full(vec![]), Instant::now())
+            .unwrap();
+        let good = pack(&ClusterPb {
+            name: "good".into(),
+            ..Default::default()
+        });
+        h.apply(Kind::Cluster, full(vec![good.clone()]), Instant::now())
+            .unwrap();
+        let bad = pack(&ClusterPb {
+            name: "bad".into(),
+            close_connections_on_host_health_failure: true,
+            ..Default::default()
+        });
+        let err = h
+            .apply(
+                Kind::Cluster,
+                Update::Full {
+                    version: "2".into(),
+                    resources: vec![bad],
+                },
+                Instant::now(),
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "cluster 'bad': close_connections_on_host_health_failure: not supported"
+        );
+        assert!(
+            clusters.get("good").is_some(),
+            "nothing of a rejected response applies"
+        );
+        assert_eq!(h.version(Kind::Cluster), "1");
+        // Delta: removal by name.
+        h.apply(
+            Kind::Cluster,
+            Update::Delta {
+                system_version: "3".into(),
+                resources: vec![],
+                removed: vec!["good".into()],
+            },
+            Instant::now(),
+        )
+        .unwrap();
+        assert!(clusters.get("good").is_none());
+    }
 }

@@ -43,6 +43,8 @@ pub struct Seen {
     pub error: Option<String>,
     pub node_id: Option<String>,
     pub user_agent: Option<String>,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -306,6 +308,7 @@ impl AggregatedDiscoveryService for Svc {
                             error: r.error_detail.as_ref().map(|e| e.message.clone()),
                             node_id: node.map(|n| n.id.clone()),
                             user_agent: node.map(|n| n.user_agent_name.clone()),
+                            at: Instant::now(),
                         });
                         let names_changed = subs.get(&r.type_url).is_none_or(|(n, _)| *n != r.resource_names);
                         let entry = subs.entry(r.type_url.clone()).or_insert((vec![], 0));
@@ -399,6 +402,7 @@ impl AggregatedDiscoveryService for Svc {
                             error: r.error_detail.as_ref().map(|e| e.message.clone()),
                             node_id: node.map(|n| n.id.clone()),
                             user_agent: node.map(|n| n.user_agent_name.clone()),
+                            at: Instant::now(),
                         });
                         let first = !subs.contains_key(&r.type_url);
                         let e = subs.entry(r.type_url.clone()).or_insert_with(|| (false, HashSet::new(), HashMap::new()));
