@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Proxy,
-    xds::{CDS, EDS, LDS, RDS, XdsServer, any, from_yaml},
+    xds::{CDS, EDS, LDS, RDS, XdsServer, ads_bootstrap, any, from_yaml, tcp},
 };
 use envoy_types::pb::envoy::config::{
     cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
@@ -28,31 +28,7 @@ const VHOSTS: usize = 1_000;
 const ROUTES: usize = 10;
 
 fn bootstrap(xds: std::net::SocketAddr) -> String {
-    format!(
-        r#"node: {{ id: bench, cluster: bench }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]
-"#,
-        xds.port()
-    )
+    ads_bootstrap(&tcp(xds), "GRPC")
 }
 
 type Named = Vec<(String, envoy_types::pb::google::protobuf::Any)>;
@@ -124,16 +100,11 @@ async fn acked(x: &XdsServer, type_url: &str, within: Duration) -> Instant {
     let v = x.version(type_url);
     let deadline = Instant::now() + within;
     loop {
-        let reqs = x.requests();
-        if let Some(nack) = reqs
-            .iter()
-            .find(|r| r.type_url == type_url && r.error.is_some())
-        {
+        if let Some(nack) = x.find_request(|r| r.type_url == type_url && r.error.is_some()) {
             panic!("{type_url} NACKed: {:?}", nack.error);
         }
-        if let Some(r) = reqs
-            .iter()
-            .find(|r| r.type_url == type_url && r.version_info == v && !r.nonce.is_empty())
+        if let Some(r) =
+            x.find_request(|r| r.type_url == type_url && r.version_info == v && !r.nonce.is_empty())
         {
             return r.at;
         }

@@ -59,7 +59,7 @@ pub async fn run(
         let outcome = match connect(&target, connect_timeout).await {
             Ok(channel) => {
                 let got = if cfg.delta {
-                    delta(channel, &cfg, &node, &state).await
+                    delta(channel, &node, &state).await
                 } else {
                     sotw(channel, &cfg, &node, &state).await
                 };
@@ -156,56 +156,41 @@ fn names(w: &Wanted) -> Vec<String> {
     }
 }
 
-/// State of the world: one `DiscoveryRequest` per type when its subscription changes,
-/// and one per response (ACK or NACK).
-async fn sotw(channel: Channel, cfg: &AdsConfig, node: &Node, state: &Handle) -> Ended {
-    let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
-    let mut node_sent = false;
-    let mut with_node = |mut r: DiscoveryRequest| {
-        if !cfg.node_on_first_message_only || !node_sent {
-            r.node = Some(node.clone());
-            node_sent = true;
+/// One flavour of the protocol: the requests it sends as subscriptions change, and how
+/// it answers a response.
+trait Protocol {
+    type Request;
+    type Response;
+    /// Requests for the subscriptions that changed since the last call.
+    fn changes(&mut self, state: &Handle) -> Vec<Self::Request>;
+    /// Applies a response and returns its ACK or NACK (`None` for a type pilotfish
+    /// does not know, which is ignored as Envoy ignores unwatched types).
+    fn answer(
+        &mut self,
+        state: &Handle,
+        resp: Self::Response,
+        received: Instant,
+    ) -> Option<Self::Request>;
+}
+
+/// Runs one stream: the first requests, then responses answered and subscription
+/// changes sent, until the stream ends.
+async fn pump<P: Protocol>(
+    mut proto: P,
+    tx: mpsc::UnboundedSender<P::Request>,
+    opened: impl std::future::Future<
+        Output = Result<tonic::Response<tonic::Streaming<P::Response>>, tonic::Status>,
+    >,
+    state: &Handle,
+) -> Ended {
+    let send = |reqs: Vec<P::Request>| {
+        for r in reqs {
+            let _ = tx.send(r);
         }
-        r
     };
-    let mut sent: HashMap<Kind, Wanted> = HashMap::new();
-    let mut nonces: HashMap<Kind, String> = HashMap::new();
-    let mut changed = state.subscribe();
-    let mut client = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
-    // Requests go out as subscriptions change; the first ones before the stream opens.
-    let send_changes =
-        |sent: &mut HashMap<Kind, Wanted>,
-         nonces: &HashMap<Kind, String>,
-         with_node: &mut dyn FnMut(DiscoveryRequest) -> DiscoveryRequest| {
-            for kind in Kind::ALL {
-                let Some(want) = state.wanted(kind) else {
-                    continue;
-                };
-                let before = sent.get(&kind);
-                if before == Some(&want) {
-                    continue;
-                }
-                // Never open a named subscription with no names: that would be a wildcard.
-                if before.is_none() && want == Wanted::Names(BTreeSet::new()) {
-                    continue;
-                }
-                let _ = tx.send(with_node(DiscoveryRequest {
-                    version_info: state.version(kind),
-                    resource_names: names(&want),
-                    type_url: kind.type_url(),
-                    response_nonce: nonces.get(&kind).cloned().unwrap_or_default(),
-                    ..Default::default()
-                }));
-                sent.insert(kind, want);
-            }
-        };
-    send_changes(&mut sent, &nonces, &mut with_node);
-    let mut inbound = match client
-        .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
-        .await
-    {
+    // The first requests are queued before the stream opens: they are its first messages.
+    send(proto.changes(state));
+    let mut inbound = match opened.await {
         Ok(r) => r.into_inner(),
         Err(e) => {
             return Ended {
@@ -215,6 +200,7 @@ async fn sotw(channel: Channel, cfg: &AdsConfig, node: &Node, state: &Handle) ->
         }
     };
     state.set_connected(true);
+    let mut changed = state.subscribe();
     let mut responses = 0;
     loop {
         tokio::select! {
@@ -225,141 +211,219 @@ async fn sotw(channel: Channel, cfg: &AdsConfig, node: &Node, state: &Handle) ->
                     Err(e) => return Ended { responses, error: e.to_string() },
                 };
                 responses += 1;
-                let received = Instant::now();
-                let Some(kind) = Kind::from_type_url(&resp.type_url) else {
-                    tracing::warn!("xDS: ignoring a response of unknown type {}", resp.type_url);
-                    continue;
-                };
-                let update = Update::Full { version: resp.version_info.clone(), resources: resp.resources };
-                let result = state.apply(kind, update, received);
-                nonces.insert(kind, resp.nonce.clone());
-                let want = state.wanted(kind).unwrap_or(Wanted::Names(BTreeSet::new()));
-                let error_detail = match &result {
-                    Ok(()) => None,
-                    Err(e) => {
-                        tracing::warn!("xDS: rejected {} version {}: {e}", kind.short(), resp.version_info);
-                        Some(Status { code: INVALID_ARGUMENT, message: e.clone(), details: vec![] })
-                    }
-                };
-                let _ = tx.send(with_node(DiscoveryRequest {
-                    version_info: state.version(kind),
-                    resource_names: names(&want),
-                    type_url: kind.type_url(),
-                    response_nonce: resp.nonce,
-                    error_detail,
-                    ..Default::default()
-                }));
-                sent.insert(kind, want);
-                send_changes(&mut sent, &nonces, &mut with_node);
+                if let Some(ack) = proto.answer(state, resp, Instant::now()) {
+                    let _ = tx.send(ack);
+                }
+                send(proto.changes(state));
             }
-            Ok(()) = changed.changed() => send_changes(&mut sent, &nonces, &mut with_node),
+            Ok(()) = changed.changed() => send(proto.changes(state)),
         }
     }
 }
 
-/// Delta: the first request of each type carries the versions already held (so the
-/// server sends only what changed), later ones subscribe and unsubscribe names.
-async fn delta(channel: Channel, cfg: &AdsConfig, node: &Node, state: &Handle) -> Ended {
-    let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
-    let mut node_sent = false;
-    let mut with_node = |mut r: DeltaDiscoveryRequest| {
-        // Envoy sends the node on a delta stream's first request only.
-        let _ = cfg;
-        if !node_sent {
-            r.node = Some(node.clone());
-            node_sent = true;
+/// The node, on every request or only on the stream's first.
+struct NodeOnce {
+    node: Node,
+    every_request: bool,
+    sent: bool,
+}
+
+impl NodeOnce {
+    fn take(&mut self) -> Option<Node> {
+        let give = self.every_request || !self.sent;
+        self.sent = true;
+        give.then(|| self.node.clone())
+    }
+}
+
+/// The kind of a response's type URL; a type pilotfish does not know is logged and
+/// ignored.
+fn unknown_ignored(type_url: &str) -> Option<Kind> {
+    let kind = Kind::from_type_url(type_url);
+    if kind.is_none() {
+        tracing::warn!("xDS: ignoring a response of unknown type {type_url}");
+    }
+    kind
+}
+
+fn nack(kind: Kind, what: &str, result: Result<(), String>) -> Option<Status> {
+    result.err().map(|e| {
+        tracing::warn!("xDS: rejected {} {what}: {e}", kind.short());
+        Status {
+            code: INVALID_ARGUMENT,
+            message: e,
+            details: vec![],
         }
-        r
-    };
-    let mut sent: HashMap<Kind, Wanted> = HashMap::new();
-    let mut changed = state.subscribe();
-    let send_changes =
-        |sent: &mut HashMap<Kind, Wanted>,
-         with_node: &mut dyn FnMut(DeltaDiscoveryRequest) -> DeltaDiscoveryRequest| {
-            for kind in Kind::ALL {
-                let Some(want) = state.wanted(kind) else {
-                    continue;
-                };
-                let req = match (sent.get(&kind), &want) {
-                    (Some(before), _) if *before == want => continue,
-                    (None, Wanted::Names(n)) if n.is_empty() => continue,
-                    (None, w) => DeltaDiscoveryRequest {
-                        type_url: kind.type_url(),
-                        resource_names_subscribe: names(w),
-                        initial_resource_versions: state.known_versions(kind),
-                        ..Default::default()
-                    },
-                    (Some(Wanted::Names(before)), Wanted::Names(now)) => DeltaDiscoveryRequest {
-                        type_url: kind.type_url(),
-                        resource_names_subscribe: now.difference(before).cloned().collect(),
-                        resource_names_unsubscribe: before.difference(now).cloned().collect(),
-                        ..Default::default()
-                    },
-                    // A wildcard type never changes its subscription.
-                    (Some(_), _) => continue,
-                };
-                let _ = tx.send(with_node(req));
-                sent.insert(kind, want);
+    })
+}
+
+/// State of the world: one `DiscoveryRequest` per type when its subscription changes,
+/// and one per response (ACK or NACK).
+struct Sotw {
+    node: NodeOnce,
+    sent: HashMap<Kind, Wanted>,
+    nonces: HashMap<Kind, String>,
+}
+
+impl Protocol for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+
+    fn changes(&mut self, state: &Handle) -> Vec<DiscoveryRequest> {
+        let mut out = Vec::new();
+        for kind in Kind::ALL {
+            let Some(want) = state.wanted(kind) else {
+                continue;
+            };
+            let before = self.sent.get(&kind);
+            // Never open a named subscription with no names: that would be a wildcard.
+            if before == Some(&want) || (before.is_none() && want == Wanted::Names(BTreeSet::new()))
+            {
+                continue;
             }
+            out.push(DiscoveryRequest {
+                version_info: state.version(kind),
+                node: self.node.take(),
+                resource_names: names(&want),
+                type_url: kind.type_url(),
+                response_nonce: self.nonces.get(&kind).cloned().unwrap_or_default(),
+                ..Default::default()
+            });
+            self.sent.insert(kind, want);
+        }
+        out
+    }
+
+    fn answer(
+        &mut self,
+        state: &Handle,
+        resp: Self::Response,
+        received: Instant,
+    ) -> Option<DiscoveryRequest> {
+        let kind = unknown_ignored(&resp.type_url)?;
+        let what = format!("version {}", resp.version_info);
+        let update = Update::Full {
+            version: resp.version_info,
+            resources: resp.resources,
         };
-    send_changes(&mut sent, &mut with_node);
+        let result = state.apply(kind, update, received);
+        self.nonces.insert(kind, resp.nonce.clone());
+        let want = state.wanted(kind).unwrap_or(Wanted::Names(BTreeSet::new()));
+        let req = DiscoveryRequest {
+            version_info: state.version(kind),
+            node: self.node.take(),
+            resource_names: names(&want),
+            type_url: kind.type_url(),
+            response_nonce: resp.nonce,
+            error_detail: nack(kind, &what, result),
+            ..Default::default()
+        };
+        self.sent.insert(kind, want);
+        Some(req)
+    }
+}
+
+async fn sotw(channel: Channel, cfg: &AdsConfig, node: &Node, state: &Handle) -> Ended {
+    let (tx, rx) = mpsc::unbounded_channel();
     let mut client = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
-    let mut inbound = match client
-        .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(e) => {
-            return Ended {
-                responses: 0,
-                error: e.to_string(),
-            };
-        }
+    let proto = Sotw {
+        node: NodeOnce {
+            node: node.clone(),
+            every_request: !cfg.node_on_first_message_only,
+            sent: false,
+        },
+        sent: HashMap::new(),
+        nonces: HashMap::new(),
     };
-    state.set_connected(true);
-    let mut responses = 0;
-    loop {
-        tokio::select! {
-            msg = inbound.message() => {
-                let resp = match msg {
-                    Ok(Some(r)) => r,
-                    Ok(None) => return Ended { responses, error: "closed by the server".into() },
-                    Err(e) => return Ended { responses, error: e.to_string() },
-                };
-                responses += 1;
-                let received = Instant::now();
-                let Some(kind) = Kind::from_type_url(&resp.type_url) else {
-                    tracing::warn!("xDS: ignoring a response of unknown type {}", resp.type_url);
-                    continue;
-                };
-                let resources = resp
-                    .resources
-                    .into_iter()
-                    .filter_map(|r| Some((r.name, r.version, r.resource?)))
-                    .collect();
-                let update = Update::Delta {
-                    system_version: resp.system_version_info.clone(),
-                    resources,
-                    removed: resp.removed_resources,
-                };
-                let error_detail = match state.apply(kind, update, received) {
-                    Ok(()) => None,
-                    Err(e) => {
-                        tracing::warn!("xDS: rejected {} nonce {}: {e}", kind.short(), resp.nonce);
-                        Some(Status { code: INVALID_ARGUMENT, message: e, details: vec![] })
-                    }
-                };
-                let _ = tx.send(with_node(DeltaDiscoveryRequest {
-                    type_url: kind.type_url(),
-                    response_nonce: resp.nonce,
-                    error_detail,
+    let opened = client.stream_aggregated_resources(UnboundedReceiverStream::new(rx));
+    pump(proto, tx, opened, state).await
+}
+
+/// Delta: the first request of each type carries the versions already held (so the
+/// server sends only what changed), later ones subscribe and unsubscribe names.
+struct Delta {
+    node: NodeOnce,
+    sent: HashMap<Kind, Wanted>,
+}
+
+impl Protocol for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
+
+    fn changes(&mut self, state: &Handle) -> Vec<DeltaDiscoveryRequest> {
+        let mut out = Vec::new();
+        for kind in Kind::ALL {
+            let Some(want) = state.wanted(kind) else {
+                continue;
+            };
+            let mut req = match (self.sent.get(&kind), &want) {
+                (Some(before), _) if *before == want => continue,
+                (None, Wanted::Names(n)) if n.is_empty() => continue,
+                (None, w) => DeltaDiscoveryRequest {
+                    resource_names_subscribe: names(w),
+                    initial_resource_versions: state.known_versions(kind),
                     ..Default::default()
-                }));
-                send_changes(&mut sent, &mut with_node);
-            }
-            Ok(()) = changed.changed() => send_changes(&mut sent, &mut with_node),
+                },
+                (Some(Wanted::Names(before)), Wanted::Names(now)) => DeltaDiscoveryRequest {
+                    resource_names_subscribe: now.difference(before).cloned().collect(),
+                    resource_names_unsubscribe: before.difference(now).cloned().collect(),
+                    ..Default::default()
+                },
+                // A wildcard type never changes its subscription.
+                (Some(_), _) => continue,
+            };
+            req.type_url = kind.type_url();
+            req.node = self.node.take();
+            out.push(req);
+            self.sent.insert(kind, want);
         }
+        out
     }
+
+    fn answer(
+        &mut self,
+        state: &Handle,
+        resp: Self::Response,
+        received: Instant,
+    ) -> Option<DeltaDiscoveryRequest> {
+        let kind = unknown_ignored(&resp.type_url)?;
+        let resources = resp
+            .resources
+            .into_iter()
+            .filter_map(|r| Some((r.name, r.version, r.resource?)))
+            .collect();
+        let update = Update::Delta {
+            system_version: resp.system_version_info,
+            resources,
+            removed: resp.removed_resources,
+        };
+        let what = format!("nonce {}", resp.nonce);
+        Some(DeltaDiscoveryRequest {
+            node: self.node.take(),
+            type_url: resp.type_url,
+            response_nonce: resp.nonce,
+            error_detail: nack(kind, &what, state.apply(kind, update, received)),
+            ..Default::default()
+        })
+    }
+}
+
+async fn delta(channel: Channel, node: &Node, state: &Handle) -> Ended {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut client = AggregatedDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    // Envoy sends the node on a delta stream's first request only.
+    let proto = Delta {
+        node: NodeOnce {
+            node: node.clone(),
+            every_request: false,
+            sent: false,
+        },
+        sent: HashMap::new(),
+    };
+    let opened = client.delta_aggregated_resources(UnboundedReceiverStream::new(rx));
+    pump(proto, tx, opened, state).await
 }

@@ -398,16 +398,8 @@ impl State {
                 }
             }
         }
-        let removes: Vec<String> = match removed {
-            Some(r) => r,
-            None => self
-                .clusters
-                .keys()
-                .chain(self.warming_clusters.keys())
-                .filter(|n| !seen.contains(*n))
-                .cloned()
-                .collect(),
-        };
+        let removes =
+            removed.unwrap_or_else(|| absent(&self.clusters, &self.warming_clusters, &seen));
         self.activate_clusters(activate, &removes);
         if errors.is_empty() {
             Ok(())
@@ -713,16 +705,8 @@ impl State {
                 self.warming_listeners.insert(name, (entry, deadline));
             }
         }
-        let removes: Vec<String> = match removed {
-            Some(r) => r,
-            None => self
-                .listeners
-                .keys()
-                .chain(self.warming_listeners.keys())
-                .filter(|n| !seen.contains(*n))
-                .cloned()
-                .collect(),
-        };
+        let removes =
+            removed.unwrap_or_else(|| absent(&self.listeners, &self.warming_listeners, &seen));
         for n in removes {
             self.warming_listeners.remove(&n);
             if self.listeners.remove(&n).is_some() {
@@ -1147,6 +1131,21 @@ impl State {
             endpoints,
         }
     }
+}
+
+/// The names held (active or warming) that a state-of-the-world response left out:
+/// removed.
+fn absent<A, B>(
+    active: &BTreeMap<String, A>,
+    warming: &BTreeMap<String, B>,
+    seen: &HashSet<String>,
+) -> Vec<String> {
+    active
+        .keys()
+        .chain(warming.keys())
+        .filter(|n| !seen.contains(*n))
+        .cloned()
+        .collect()
 }
 
 /// Compiles an RDS route configuration (`validate_clusters` defaults to false).

@@ -47,6 +47,30 @@ pub struct Seen {
     pub at: Instant,
 }
 
+impl Seen {
+    fn new(
+        delta: bool,
+        type_url: &str,
+        nonce: &str,
+        error: Option<&envoy_types::pb::google::rpc::Status>,
+        node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+    ) -> Seen {
+        Seen {
+            delta,
+            type_url: type_url.to_owned(),
+            version_info: String::new(),
+            nonce: nonce.to_owned(),
+            names: Vec::new(),
+            unsubscribe: Vec::new(),
+            initial_versions: HashMap::new(),
+            error: error.map(|e| e.message.clone()),
+            node_id: node.map(|n| n.id.clone()),
+            user_agent: node.map(|n| n.user_agent_name.clone()),
+            at: Instant::now(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Store {
     /// Per type: a version counter and the resources by name.
@@ -63,6 +87,45 @@ pub struct XdsServer {
     store: Arc<Mutex<Store>>,
     changed: Arc<watch::Sender<u64>>,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+/// A bootstrap whose listeners and clusters come over ADS (`api`: `GRPC` or
+/// `DELTA_GRPC`) from the control plane at `xds` (an `Address` in YAML flow style).
+/// Envoy takes it as it is.
+pub fn ads_bootstrap(xds: &str, api: &str) -> String {
+    format!(
+        r#"node: {{ id: "sidecar~10.0.0.1~app.default~default.svc.cluster.local", cluster: app }}
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
+dynamic_resources:
+  ads_config:
+    api_type: {api}
+    transport_api_version: V3
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {xds} }} }}] }}]
+"#
+    )
+}
+
+/// `addr` as an `Address` in YAML flow style.
+pub fn tcp(addr: SocketAddr) -> String {
+    format!(
+        "{{ socket_address: {{ address: {}, port_value: {} }} }}",
+        addr.ip(),
+        addr.port()
+    )
 }
 
 /// Packs a message as an `Any`.
@@ -204,11 +267,19 @@ impl XdsServer {
         self.store.lock().unwrap().seen.clone()
     }
 
-    /// Waits (bounded) for a request matching `pred`, returning it.
+    /// The latest request matching `pred` (searched in place, under the server's lock:
+    /// requests can be large).
+    pub fn find_request(&self, pred: impl Fn(&Seen) -> bool) -> Option<Seen> {
+        let s = self.store.lock().unwrap();
+        s.seen.iter().rev().find(|r| pred(r)).cloned()
+    }
+
+    /// Waits (bounded) for a request matching `pred`, returning it. `pred` runs under
+    /// the server's lock: it must not call the server.
     pub async fn wait_request(&self, what: &str, pred: impl Fn(&Seen) -> bool) -> Seen {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(r) = self.requests().into_iter().rev().find(|r| pred(r)) {
+            if let Some(r) = self.find_request(&pred) {
                 return r;
             }
             assert!(
@@ -273,9 +344,10 @@ impl AggregatedDiscoveryService for Svc {
                         continue;
                     }
                     *sent = v;
+                    let wanted: HashSet<&String> = names.iter().collect();
                     let resources = res
                         .iter()
-                        .filter(|(n, _)| names.is_empty() || names.contains(n))
+                        .filter(|(n, _)| wanted.is_empty() || wanted.contains(n))
                         .map(|(_, a)| a.clone())
                         .collect();
                     out.push((ty.clone(), format!("v{v}"), resources));
@@ -296,19 +368,10 @@ impl AggregatedDiscoveryService for Svc {
                 tokio::select! {
                     msg = inbound.next() => {
                         let Some(Ok(r)) = msg else { return };
-                        let node = r.node.as_ref();
                         store.lock().unwrap().seen.push(Seen {
-                            delta: false,
-                            type_url: r.type_url.clone(),
                             version_info: r.version_info.clone(),
-                            nonce: r.response_nonce.clone(),
                             names: r.resource_names.clone(),
-                            unsubscribe: vec![],
-                            initial_versions: HashMap::new(),
-                            error: r.error_detail.as_ref().map(|e| e.message.clone()),
-                            node_id: node.map(|n| n.id.clone()),
-                            user_agent: node.map(|n| n.user_agent_name.clone()),
-                            at: Instant::now(),
+                            ..Seen::new(false, &r.type_url, &r.response_nonce, r.error_detail.as_ref(), r.node.as_ref())
                         });
                         let names_changed = subs.get(&r.type_url).is_none_or(|(n, _)| *n != r.resource_names);
                         let entry = subs.entry(r.type_url.clone()).or_insert((vec![], 0));
@@ -390,19 +453,11 @@ impl AggregatedDiscoveryService for Svc {
                 tokio::select! {
                     msg = inbound.next() => {
                         let Some(Ok(r)) = msg else { return };
-                        let node = r.node.as_ref();
                         store.lock().unwrap().seen.push(Seen {
-                            delta: true,
-                            type_url: r.type_url.clone(),
-                            version_info: String::new(),
-                            nonce: r.response_nonce.clone(),
                             names: r.resource_names_subscribe.clone(),
                             unsubscribe: r.resource_names_unsubscribe.clone(),
                             initial_versions: r.initial_resource_versions.clone(),
-                            error: r.error_detail.as_ref().map(|e| e.message.clone()),
-                            node_id: node.map(|n| n.id.clone()),
-                            user_agent: node.map(|n| n.user_agent_name.clone()),
-                            at: Instant::now(),
+                            ..Seen::new(true, &r.type_url, &r.response_nonce, r.error_detail.as_ref(), r.node.as_ref())
                         });
                         let first = !subs.contains_key(&r.type_url);
                         let e = subs.entry(r.type_url.clone()).or_insert_with(|| (false, HashSet::new(), HashMap::new()));
