@@ -22,8 +22,8 @@ pub struct RouteSlot {
 }
 
 impl RouteSlot {
-    pub fn store(&self, routes: Option<Routes>) {
-        self.routes.store(routes.map(Arc::new));
+    pub fn store(&self, routes: Option<Arc<Routes>>) {
+        self.routes.store(routes);
     }
 
     pub fn is_filled(&self) -> bool {

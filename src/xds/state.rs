@@ -109,7 +109,7 @@ pub struct State {
     eds_stats: HashMap<String, UpdateStats>,
     listeners: BTreeMap<String, Entry<()>>,
     warming_listeners: BTreeMap<String, (Entry<Arc<Listener>>, Option<Instant>)>,
-    routes: BTreeMap<String, Entry<Arc<RouteConfiguration>>>,
+    routes: BTreeMap<String, Entry<Arc<Routes>>>,
     rds_stats: HashMap<String, UpdateStats>,
     rejected: BTreeMap<(Kind, String), Rejected>,
     phase: Phase,
@@ -354,8 +354,8 @@ impl State {
         removed: Option<Vec<String>>,
         received: Instant,
     ) -> Result<(), String> {
-        let prepared = self.validate(Kind::Cluster, items, |_, c: &ClusterPb| {
-            compile::cluster(c, "").map_err(relative)
+        let prepared = self.validate(Kind::Cluster, items, |_, c: ClusterPb| {
+            compile::cluster(&c, "").map_err(relative)
         })?;
         let mut errors = Vec::new();
         let mut activate = Vec::new();
@@ -415,7 +415,7 @@ impl State {
         &mut self,
         kind: Kind,
         items: Vec<(Option<String>, String, Any)>,
-        compile: impl Fn(&State, &P) -> Result<T, String>,
+        compile: impl Fn(&State, P) -> Result<T, String>,
     ) -> Result<Vec<Prepared<T>>, String>
     where
         P: prost::Message + prost::Name + Default + Named,
@@ -445,7 +445,7 @@ impl State {
             } else if !seen.insert(name.clone()) {
                 Err("given twice in one response".to_owned())
             } else {
-                resource::check(&any).and_then(|()| compile(self, &typed))
+                resource::check(&any).and_then(|()| compile(self, typed))
             };
             match checked {
                 Ok(value) => out.push(Prepared {
@@ -539,8 +539,8 @@ impl State {
     ) -> Result<(), String> {
         let wanted = self.eds_names();
         let prepared =
-            match self.validate(Kind::Endpoint, items, |_, cla: &ClusterLoadAssignment| {
-                let eps = compile::endpoints(cla, "", Discovery::Eds).map_err(relative)?;
+            match self.validate(Kind::Endpoint, items, |_, cla: ClusterLoadAssignment| {
+                let eps = compile::endpoints(&cla, "", Discovery::Eds).map_err(relative)?;
                 Ok(eps
                     .into_iter()
                     .filter_map(|e| {
@@ -661,8 +661,8 @@ impl State {
         received: Instant,
     ) -> Result<(), String> {
         let known = self.known_clusters();
-        let prepared = self.validate(Kind::Listener, items, |me, proto: &ListenerPb| {
-            let config = compile::listener(proto, "", &known).map_err(relative)?;
+        let prepared = self.validate(Kind::Listener, items, |me, proto: ListenerPb| {
+            let config = compile::listener(&proto, "", &known).map_err(relative)?;
             Listener::new(config, &me.rt.ctx).map(Arc::new)
         });
         let prepared = prepared.inspect_err(|_| self.stats.listener_create_failure.inc())?;
@@ -761,9 +761,8 @@ impl State {
         for slot in l.route_slots() {
             if !slot.is_filled()
                 && let Some(e) = self.routes.get(&slot.name)
-                && let Ok(routes) = compile_routes(&e.value, &self.known_clusters())
             {
-                slot.store(Some(routes));
+                slot.store(Some(e.value.clone()));
             }
         }
     }
@@ -808,8 +807,8 @@ impl State {
         removed: Option<Vec<String>>,
     ) -> Result<(), String> {
         let known = self.known_clusters();
-        let prepared = match self.validate(Kind::Route, items, |_, rc: &RouteConfiguration| {
-            compile_routes(rc, &known).map(|r| (r, Arc::new(rc.clone())))
+        let prepared = match self.validate(Kind::Route, items, |_, rc: RouteConfiguration| {
+            compile_routes(&rc, &known).map(Arc::new)
         }) {
             Ok(p) => p,
             Err(e) => {
@@ -823,7 +822,7 @@ impl State {
             name,
             version,
             any,
-            value: (routes, rc),
+            value: routes,
         } in prepared
         {
             let Some(slot) = self.rt.ctx.routes.find(&name) else {
@@ -833,7 +832,7 @@ impl State {
             if self.routes.get(&name).is_some_and(|e| e.body == any) {
                 continue;
             }
-            slot.store(Some(routes));
+            slot.store(Some(routes.clone()));
             self.rds_stats(&name).accepted(&version);
             self.routes.insert(
                 name,
@@ -841,7 +840,7 @@ impl State {
                     version,
                     updated: SystemTime::now(),
                     body: any,
-                    value: rc,
+                    value: routes,
                 },
             );
         }
