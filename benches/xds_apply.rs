@@ -133,6 +133,11 @@ async fn run_once(bin: &str) -> Run {
     acked(&x, CDS, Duration::from_secs(600)).await;
     let done = acked(&x, EDS, Duration::from_secs(600)).await;
     let clusters_s = done.duration_since(t0).as_secs_f64();
+    if std::env::var("XDS_BENCH_LOG").is_ok() {
+        for l in p.logs().lines().filter(|l| l.contains(" resources ")) {
+            eprintln!("  {l}");
+        }
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let clusters_rss_mib = rss_kib(p.child.id()) as f64 / 1024.0;
 
@@ -165,8 +170,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    // `cargo test --benches` runs this in test mode: nothing to do there.
-    if args.iter().any(|a| a == "--test" || a == "--list") {
+    // Only `cargo bench` (which passes `--bench`) runs it; `cargo test --benches` does not.
+    if !args.iter().any(|a| a == "--bench") {
         return;
     }
     let write_docs = !args.iter().any(|a| a == "--no-docs");

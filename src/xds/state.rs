@@ -304,6 +304,7 @@ impl State {
                 Some(removed),
             ),
         };
+        let count = items.len();
         let out = match kind {
             Kind::Cluster => self.apply_clusters(items, removed, received),
             Kind::Endpoint => self.apply_endpoints(items, removed),
@@ -311,6 +312,12 @@ impl State {
             Kind::Route => self.apply_routes(items, removed),
         };
         self.received.insert(kind);
+        tracing::debug!(
+            "{} version {version:?}: {count} resources {} in {:?}",
+            kind.short(),
+            if out.is_ok() { "applied" } else { "rejected" },
+            received.elapsed()
+        );
         if let Some(s) = self.stats.of(kind) {
             match &out {
                 Ok(()) => s.accepted(&version),
@@ -1376,5 +1383,33 @@ mod tests {
         )
         .unwrap();
         assert!(clusters.get("good").is_none());
+    }
+
+    /// 10,000 EDS clusters and their endpoints (run with `--release --ignored`).
+    #[tokio::test]
+    #[ignore]
+    async fn ten_thousand_eds_clusters_timing() {
+        let (h, _, clusters) = handle(Duration::from_secs(15));
+        let _ = crate::config::proto::pool();
+        let names: Vec<String> = (0..10_000)
+            .map(|i| format!("outbound|8080||svc-{i}"))
+            .collect();
+        let t = Instant::now();
+        h.apply(
+            Kind::Cluster,
+            full(names.iter().map(|n| eds_cluster(n)).collect()),
+            Instant::now(),
+        )
+        .unwrap();
+        eprintln!("cds {:?}", t.elapsed());
+        let t = Instant::now();
+        h.apply(
+            Kind::Endpoint,
+            full(names.iter().map(|n| cla(n, 80)).collect()),
+            Instant::now(),
+        )
+        .unwrap();
+        eprintln!("eds {:?}", t.elapsed());
+        assert_eq!(clusters.len(), 10_000);
     }
 }
