@@ -1384,32 +1384,4 @@ mod tests {
         .unwrap();
         assert!(clusters.get("good").is_none());
     }
-
-    /// 10,000 EDS clusters and their endpoints (run with `--release --ignored`).
-    #[tokio::test]
-    #[ignore]
-    async fn ten_thousand_eds_clusters_timing() {
-        let (h, _, clusters) = handle(Duration::from_secs(15));
-        let _ = crate::config::proto::pool();
-        let names: Vec<String> = (0..10_000)
-            .map(|i| format!("outbound|8080||svc-{i}"))
-            .collect();
-        let t = Instant::now();
-        h.apply(
-            Kind::Cluster,
-            full(names.iter().map(|n| eds_cluster(n)).collect()),
-            Instant::now(),
-        )
-        .unwrap();
-        eprintln!("cds {:?}", t.elapsed());
-        let t = Instant::now();
-        h.apply(
-            Kind::Endpoint,
-            full(names.iter().map(|n| cla(n, 80)).collect()),
-            Instant::now(),
-        )
-        .unwrap();
-        eprintln!("eds {:?}", t.elapsed());
-        assert_eq!(clusters.len(), 10_000);
-    }
 }
