@@ -1,6 +1,14 @@
 //! Serves one downstream connection as HTTP/1.1 or HTTP/2 (prior knowledge), detected
 //! from the connection preface when the codec is AUTO, and drains it gracefully.
-use std::{convert::Infallible, io, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    io,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use hyper::{server::conn::http1, server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -30,15 +38,17 @@ pub async fn serve(
             Err(_) => return,
         },
     };
+    // Set once this connection drains: an HTTP/1 response then says `connection: close`.
+    // A flag of the connection's own, so requests touch no shared drain state.
+    let closing = Arc::new(AtomicBool::new(false));
     let svc_hcm = hcm.clone();
-    let svc_drain = drain.clone();
+    let svc_closing = closing.clone();
     let svc = service_fn(move |req| {
         let hcm = svc_hcm.clone();
-        let drain = svc_drain.clone();
+        let closing = svc_closing.clone();
         async move {
             let mut resp = hcm.handle(down, req).await;
-            // A draining HTTP/1 connection closes after this response.
-            if drain.is_draining() && resp.version() != http::Version::HTTP_2 {
+            if closing.load(Ordering::Relaxed) {
                 resp.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),
@@ -70,7 +80,7 @@ pub async fn serve(
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = drain.signaled() => {}
+            _ = drain.signaled() => closing.store(true, Ordering::Relaxed),
         }
         // A listener replaced by LDS gives an idle keep-alive connection time for the
         // request its client may be sending already (its response says `close`); a

@@ -114,11 +114,6 @@ impl ListenerManager {
         active.values().map(|a| a.slot.load_full()).collect()
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<Listener>> {
-        let active = self.active.lock().unwrap();
-        active.get(name).map(|a| a.slot.load_full())
-    }
-
     /// `name::address` of every bound socket, as Envoy's `/listeners` prints them.
     pub fn bound(&self) -> Vec<(String, SocketAddr)> {
         let active = self.active.lock().unwrap();

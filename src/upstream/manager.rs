@@ -18,15 +18,6 @@ pub struct ClusterManager {
     clusters: ArcSwap<ClusterMap>,
 }
 
-/// What [`ClusterManager::apply`] did, by cluster name.
-#[derive(Debug, Default)]
-pub struct Applied {
-    /// New or changed clusters (new objects; background work not started yet).
-    pub built: Vec<Arc<Cluster>>,
-    pub kept: usize,
-    pub removed: usize,
-}
-
 impl ClusterManager {
     pub fn new(configs: &[ClusterConfig], store: &Arc<Store>) -> Self {
         let m = ClusterManager::default();
@@ -53,33 +44,29 @@ impl ClusterManager {
     }
 
     /// Adds or replaces `upserts` and removes `removes`, published in one swap. A
-    /// cluster whose config equals the running one's is kept as it is.
+    /// cluster whose config equals the running one's is kept as it is. Returns the
+    /// clusters built (new or changed; their background work is not started yet).
     pub fn apply(
         &self,
         upserts: Vec<ClusterConfig>,
         removes: &[String],
         store: &Arc<Store>,
-    ) -> Applied {
-        let old = self.clusters.load_full();
-        let mut next: ClusterMap = (*old).clone();
-        let mut out = Applied::default();
+    ) -> Vec<Arc<Cluster>> {
+        let mut next: ClusterMap = (*self.clusters.load_full()).clone();
         for name in removes {
-            if next.remove(name).is_some() {
-                out.removed += 1;
-            }
+            next.remove(name);
         }
+        let mut built = Vec::new();
         for c in upserts {
-            match next.get(&c.name) {
-                Some(running) if running.config == c => out.kept += 1,
-                _ => {
-                    let cluster = Arc::new(Cluster::new(c, store));
-                    out.built.push(cluster.clone());
-                    next.insert(cluster.name().to_owned(), cluster);
-                }
+            if next.get(&c.name).is_some_and(|running| running.config == c) {
+                continue;
             }
+            let cluster = Arc::new(Cluster::new(c, store));
+            built.push(cluster.clone());
+            next.insert(cluster.name().to_owned(), cluster);
         }
         self.clusters.store(Arc::new(next));
-        out
+        built
     }
 
     /// Background work of every cluster: see [`start`].
@@ -154,8 +141,8 @@ mod tests {
         let m = ClusterManager::new(&[config("a", 1), config("b", 2)], &store);
         let a = m.get("a").unwrap();
         let b = m.get("b").unwrap();
-        let done = m.apply(vec![config("a", 1), config("b", 3)], &[], &store);
-        assert_eq!((done.kept, done.built.len()), (1, 1));
+        let built = m.apply(vec![config("a", 1), config("b", 3)], &[], &store);
+        assert_eq!(built.len(), 1);
         assert!(Arc::ptr_eq(&a, &m.get("a").unwrap()));
         assert!(!Arc::ptr_eq(&b, &m.get("b").unwrap()));
         m.apply(vec![], &["a".into()], &store);

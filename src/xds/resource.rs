@@ -39,12 +39,6 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.type_name() == name)
     }
 
-    /// LDS and CDS are wildcard subscriptions whose state-of-the-world responses carry
-    /// the whole set; RDS and EDS name their resources.
-    pub fn is_wildcard(self) -> bool {
-        matches!(self, Kind::Cluster | Kind::Listener)
-    }
-
     /// Envoy's short name, as in `lds`, `cds`.
     pub fn short(self) -> &'static str {
         match self {

@@ -210,11 +210,16 @@ impl Handle {
         s.stats.connected_state.set(up as i64);
     }
 
-    /// A failed stream or fetch (Envoy's `update_failure`).
+    /// A failed ADS stream (Envoy's `update_failure` of each type it carries).
     pub fn failed(&self) {
         let s = self.state.lock().unwrap();
-        s.stats.cds.failure.inc();
-        s.stats.lds.failure.inc();
+        let ads = |src: &Option<ResourceSource>| matches!(src, Some(ResourceSource::Ads { .. }));
+        if ads(&s.cds) {
+            s.stats.cds.failure.inc();
+        }
+        if ads(&s.lds) {
+            s.stats.lds.failure.inc();
+        }
     }
 
     /// The dynamic parts of `/config_dump`.
@@ -497,12 +502,12 @@ impl State {
             }
         }
         let configs = entries.iter().map(|e| e.value.clone()).collect();
-        let applied = self
+        let built = self
             .rt
             .ctx
             .clusters
             .apply(configs, &gone, &self.rt.ctx.store);
-        for c in &applied.built {
+        for c in &built {
             if let Some(eds) = &c.config.eds
                 && let Some(hosts) = self.endpoints.get(&eds.service_name)
             {
@@ -512,8 +517,7 @@ impl State {
         for e in entries {
             self.clusters.insert(e.value.name.clone(), e);
         }
-        if !applied.built.is_empty() {
-            let built = applied.built;
+        if !built.is_empty() {
             tokio::spawn(async move { upstream::manager::start(&built).await });
         }
         self.update_cluster_gauges();
