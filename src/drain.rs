@@ -129,6 +129,22 @@ impl Watch {
         }
     }
 
+    /// [`Watch::signaled`] for a `select!` next to a busy connection, which polls it on
+    /// every wake of the task: once its first poll has registered the task for the
+    /// drain signal, later polls only read the flags until the drain has started.
+    pub fn signaled_quietly(&mut self) -> impl Future<Output = ()> + '_ {
+        let probe = self.clone();
+        let mut signaled = Box::pin(self.signaled());
+        let mut registered = false;
+        std::future::poll_fn(move |cx| {
+            if registered && !probe.is_draining() {
+                return std::task::Poll::Pending;
+            }
+            registered = true;
+            signaled.as_mut().poll(cx)
+        })
+    }
+
     pub fn is_draining(&self) -> bool {
         *self.rx.borrow() || self.scope.as_ref().is_some_and(|s| *s.borrow())
     }
@@ -195,6 +211,40 @@ mod tests {
         let waiting = tokio::spawn(async move { wb.signaled().await });
         assert_eq!(trigger.drain(Duration::from_secs(1)).await, 0);
         waiting.await.unwrap();
+    }
+
+    /// Polled over and over by a busy task (here: a ticking interval in the same
+    /// `select!`), the quiet signal still resolves once the scope or the process drains.
+    #[tokio::test(start_paused = true)]
+    async fn the_quiet_signal_fires_while_its_task_is_busy() {
+        let (trigger, watch) = channel();
+        let scope = watch.scoped();
+        for drain_process in [false, true] {
+            let mut w = if drain_process {
+                watch.clone()
+            } else {
+                scope.watch().clone()
+            };
+            let task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                let signal = w.signaled_quietly();
+                tokio::pin!(signal);
+                let mut wakes = 0;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => wakes += 1,
+                        () = &mut signal => return wakes,
+                    }
+                }
+            });
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if drain_process {
+                let _ = trigger.drain(Duration::from_secs(1)).await;
+            } else {
+                scope.signal();
+            }
+            assert!(task.await.unwrap() >= 100);
+        }
     }
 
     #[tokio::test(start_paused = true)]

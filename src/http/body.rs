@@ -110,33 +110,40 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        if let Some(d) = this.deadline.as_mut()
-            && d.as_mut().poll(cx).is_ready()
-        {
-            this.guard.take();
-            return Poll::Ready(Some(Err(Box::new(DeadlineExceeded))));
-        }
-        if let Some((activity, sleep)) = this.idle.as_mut() {
-            // The other direction may have moved since the timer was set.
-            while sleep.as_mut().poll(cx).is_ready() {
-                let next = activity.deadline();
-                if next <= tokio::time::Instant::now() {
-                    this.guard.take();
-                    return Poll::Ready(Some(Err(Box::new(StreamIdle))));
-                }
-                sleep.as_mut().reset(next);
-            }
-        }
         let res = this.inner.poll_frame(cx).map_err(Into::into);
-        if let Poll::Ready(Some(Ok(frame))) = &res
-            && let Some(data) = frame.data_ref()
-        {
-            if let Some(g) = this.guard.as_mut() {
-                g.data(data.len());
+        match &res {
+            // The timers only matter while the body waits: a body that is ready never
+            // registers them (most small responses end in their first poll).
+            Poll::Pending => {
+                if let Some(d) = this.deadline.as_mut()
+                    && d.as_mut().poll(cx).is_ready()
+                {
+                    this.guard.take();
+                    return Poll::Ready(Some(Err(Box::new(DeadlineExceeded))));
+                }
+                if let Some((activity, sleep)) = this.idle.as_mut() {
+                    // The other direction may have moved since the timer was set.
+                    while sleep.as_mut().poll(cx).is_ready() {
+                        let next = activity.deadline();
+                        if next <= tokio::time::Instant::now() {
+                            this.guard.take();
+                            return Poll::Ready(Some(Err(Box::new(StreamIdle))));
+                        }
+                        sleep.as_mut().reset(next);
+                    }
+                }
             }
-            if let Some((activity, _)) = this.idle.as_ref() {
-                activity.touch();
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Some(g) = this.guard.as_mut() {
+                        g.data(data.len());
+                    }
+                    if let Some((activity, _)) = this.idle.as_ref() {
+                        activity.touch();
+                    }
+                }
             }
+            Poll::Ready(_) => {}
         }
         if let Poll::Ready(None | Some(Err(_))) = &res {
             this.guard.take();

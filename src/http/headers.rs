@@ -2,8 +2,10 @@
 //! and what HTTP/2 forbids), and request ids.
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
+const HOP_BY_HOP_COUNT: usize = 5;
+
 /// Headers that describe one connection and are never forwarded.
-const HOP_BY_HOP: [HeaderName; 5] = [
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -14,12 +16,28 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 /// Removes hop-by-hop headers, including those the `connection` header names. `te` is
 /// kept only as `te: trailers` (gRPC needs it).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if let Some(conn) = h
-        .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+    // One pass over the names first: a removal costs a hash and a probe per name, and
+    // most messages carry none of these but `connection`.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    let mut te = false;
+    for name in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == name) {
+            present[i] = true;
+        } else if name == header::TE {
+            te = true;
+        }
+    }
+    if present[0]
+        && let Some(conn) = h
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     {
-        for name in conn.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        for name in conn.split(',').map(str::trim) {
+            // `keep-alive` (the usual token) is in the list below already.
+            if name.is_empty() || name.eq_ignore_ascii_case("keep-alive") {
+                continue;
+            }
             if let Ok(name) = HeaderName::from_bytes(name.as_bytes())
                 && name != header::TE
             {
@@ -27,11 +45,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             }
         }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         h.remove(name);
     }
-    if let Some(te) = h.get(header::TE) {
-        let trailers = te
+    if te && let Some(value) = h.get(header::TE) {
+        let trailers = value
             .to_str()
             .map(|v| {
                 v.split(',')

@@ -408,7 +408,8 @@ impl HttpConnectionManager {
         stats.upstream_rq_total.inc();
         let active = GaugeGuard::new(&stats.upstream_rq_active);
         let start = Instant::now();
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        // One timer serves the whole request: response headers, then the body.
+        let mut deadline = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
         let sent = async {
             match upgrade {
                 Some(_) => http_pool::send_upgrade(&cluster, &host, upstream_req).await,
@@ -416,8 +417,12 @@ impl HttpConnectionManager {
             }
         };
         let waited = async {
-            match deadline {
-                Some(d) => tokio::time::timeout_at(d, sent).await.ok(),
+            match deadline.as_mut() {
+                Some(d) => tokio::select! {
+                    biased;
+                    r = sent => Some(r),
+                    () = d.as_mut() => None,
+                },
                 None => Some(sent.await),
             }
         };
@@ -485,8 +490,7 @@ impl HttpConnectionManager {
             "x-envoy-upstream-service-time",
             HeaderValue::from(start.elapsed().as_millis() as u64),
         );
-        let sleep = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
-        let body = Guarded::new(incoming, active, sleep).with_idle(idle);
+        let body = Guarded::new(incoming, active, deadline).with_idle(idle);
         Response::from_parts(parts, body::boxed(body))
     }
 

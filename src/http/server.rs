@@ -66,21 +66,24 @@ pub async fn serve(
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}
-            _ = drain.signaled() => {
+            _ = drain.signaled_quietly() => {
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }
         }
     } else {
         stats.downstream_cx_http1_total.inc();
+        // No header read timeout: Envoy's `request_headers_timeout` is off by default
+        // (hyper's would be 30 s, and a timer per request).
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
+            .header_read_timeout(None)
             .serve_connection(io, svc)
             .with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = drain.signaled() => closing.store(true, Ordering::Relaxed),
+            _ = drain.signaled_quietly() => closing.store(true, Ordering::Relaxed),
         }
         // A listener replaced by LDS gives an idle keep-alive connection time for the
         // request its client may be sending already (its response says `close`); a
