@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow};
 use tokio::{runtime::Runtime, sync::mpsc};
 
 use crate::{
-    admin::{self, Command, Role},
+    admin::{self, Command, Role, config_dump::StaticDump},
     config::{Config, ListenerConfig, NetworkFilter},
     drain,
     http::route_slot::RouteSlots,
@@ -56,9 +56,8 @@ fn cgroup_cpu_quota() -> Option<usize> {
 }
 
 /// Runs the proxy until a signal or `/quitquitquit`. Returns once everything stopped.
-/// `config_dump` is the bootstrap's `/config_dump` JSON, rendered where the bootstrap was
-/// decoded (see [`crate::bootstrap::on_decode_thread`]).
-pub fn run(config: Config, config_dump: String, opts: Options) -> Result<()> {
+/// `config_dump` is the bootstrap as loaded, for `/config_dump`.
+pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()> {
     let started = Instant::now();
     let store = Store::new();
     let server = Arc::new(ServerStats::new(&store));
@@ -78,7 +77,7 @@ pub fn run(config: Config, config_dump: String, opts: Options) -> Result<()> {
         .enable_all()
         .build()?;
 
-    let config = &config;
+    workers.spawn(timer_anchor());
     let clusters = Arc::new(ClusterManager::new(&config.clusters, &store));
     server.active_clusters.set(clusters.len() as i64);
     let listeners = Arc::new(ListenerManager::new(
@@ -163,6 +162,10 @@ pub fn run(config: Config, config_dump: String, opts: Options) -> Result<()> {
     }
     server.state.set(0);
     server.live.set(1);
+    // What runs was compiled from `config`; the rest of it, and what loading it
+    // allocated, goes back to the kernel.
+    drop(config);
+    crate::memory::release_free_memory();
 
     let uptime = server.clone();
     control.spawn(async move {
@@ -227,6 +230,19 @@ fn describe(l: &ListenerConfig) -> String {
                 ""
             }
         ),
+    }
+}
+
+/// Keeps a timer of the worker runtime due within a second. tokio wakes its timer
+/// driver (an eventfd write, then an extra `epoll_wait` round) whenever a new timer is
+/// due before every timer it slept with; without an anchor, an idle worker pays that
+/// for the timeout timer of each request it takes. With one, request timeouts of a
+/// second or more register without a syscall, for one wakeup a second.
+async fn timer_anchor() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
     }
 }
 

@@ -1,4 +1,5 @@
 //! pilotfish: a sidecar data-plane proxy configured like Envoy.
+#![deny(unsafe_code)]
 pub mod admin;
 pub mod app;
 pub mod bootstrap;
@@ -7,6 +8,7 @@ pub mod demo;
 pub mod drain;
 pub mod http;
 pub mod listener;
+pub mod memory;
 pub mod net;
 pub mod readiness;
 pub mod tcp;

@@ -131,7 +131,8 @@ fn main() -> ExitCode {
             loaded.config.node.cluster = c.clone();
             loaded.proto.node.get_or_insert_default().cluster = c.clone();
         }
-        let dump = (!validate).then(|| config_dump::render(&loaded.proto, SystemTime::now()));
+        let dump =
+            (!validate).then(|| config_dump::StaticDump::new(&loaded.proto, SystemTime::now()));
         Ok::<_, String>((loaded.config, loaded.is_default, dump))
     });
     let (mut config, is_default, config_dump) = match loaded {

@@ -36,6 +36,30 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
     }
 }
 
+/// The bootstrap as loaded, kept encoded (a tenth of its rendered JSON, which is tens
+/// of MB with thousands of clusters) and rendered when `/config_dump` asks, as Envoy
+/// does.
+#[derive(Debug, Clone)]
+pub struct StaticDump {
+    bootstrap: Vec<u8>,
+    applied: SystemTime,
+}
+
+impl StaticDump {
+    pub fn new(bootstrap: &Bootstrap, applied: SystemTime) -> Self {
+        StaticDump {
+            bootstrap: bootstrap.encode_to_vec(),
+            applied,
+        }
+    }
+
+    /// The dump's JSON (needs the descriptor pool, which the caller may release after).
+    pub fn render(&self) -> String {
+        let bootstrap = Bootstrap::decode(self.bootstrap.as_slice()).unwrap_or_default();
+        render(&bootstrap, self.applied)
+    }
+}
+
 /// Renders the config dump of a static bootstrap applied at `applied`.
 pub fn render(bootstrap: &Bootstrap, applied: SystemTime) -> String {
     let at = Some(timestamp(applied));

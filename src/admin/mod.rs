@@ -35,8 +35,8 @@ pub struct State {
     pub store: Arc<Store>,
     pub readiness: Arc<Readiness>,
     pub clusters: Arc<ClusterManager>,
-    /// `/config_dump` of the bootstrap (its static parts), rendered at startup.
-    pub config_dump: String,
+    /// The bootstrap, for `/config_dump` (its static parts).
+    pub config_dump: config_dump::StaticDump,
     /// The dynamic config, when the bootstrap has `dynamic_resources`.
     pub xds: std::sync::OnceLock<Arc<crate::xds::Handle>>,
     pub listeners: Arc<crate::listener::ListenerManager>,
@@ -84,17 +84,26 @@ fn handle(role: Role, state: &State, req: Request<Incoming>) -> Response<Full<By
         (Role::Admin, "/stats") if query.contains("format=prometheus") => prometheus(state),
         (Role::Admin, "/stats") if query.contains("format=json") => json_stats(state),
         (Role::Admin, "/stats") => text(StatusCode::OK, state.store.render_text()),
-        (Role::Admin, "/config_dump") => respond(
-            StatusCode::OK,
-            "application/json",
-            match state.xds.get() {
-                Some(x) => config_dump::with_dynamic(
-                    &state.config_dump,
-                    &x.dump(query.contains("include_eds")),
-                ),
-                None => state.config_dump.clone(),
-            },
-        ),
+        (Role::Admin, "/config_dump") => {
+            let rendered = state.config_dump.render();
+            let body = match state.xds.get() {
+                Some(x) => {
+                    config_dump::with_dynamic(&rendered, &x.dump(query.contains("include_eds")))
+                }
+                None => {
+                    // Without xDS nothing else needs the descriptor pool.
+                    crate::config::proto::release_pool();
+                    rendered
+                }
+            };
+            // Rendering a large config is a burst of allocations: give them back once
+            // the response has gone.
+            tokio::spawn(async {
+                tokio::time::sleep(crate::memory::QUIET).await;
+                crate::memory::release_free_memory();
+            });
+            respond(StatusCode::OK, "application/json", body)
+        }
         (Role::Admin, "/listeners") => text(
             StatusCode::OK,
             state

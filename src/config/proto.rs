@@ -14,8 +14,10 @@ static POOL: Mutex<Option<DescriptorPool>> = Mutex::new(None);
 pub fn pool() -> DescriptorPool {
     let mut pool = POOL.lock().unwrap();
     pool.get_or_insert_with(|| {
-        let bytes: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
-        DescriptorPool::decode(bytes).expect("the embedded Envoy descriptor set decodes")
+        let packed: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin.zz"));
+        let bytes = miniz_oxide::inflate::decompress_to_vec_zlib(packed)
+            .expect("the embedded Envoy descriptor set inflates");
+        DescriptorPool::decode(bytes.as_slice()).expect("the embedded Envoy descriptor set decodes")
     })
     .clone()
 }

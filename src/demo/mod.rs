@@ -47,7 +47,7 @@ pub fn run(opts: Options) -> Result<()> {
         .replace("port_value: V2", &format!("port_value: {}", v2.port()));
     let (config, dump) = bootstrap::on_decode_thread(|| {
         let loaded = bootstrap::load(None, Some(&yaml))?;
-        let dump = config_dump::render(&loaded.proto, SystemTime::now());
+        let dump = config_dump::StaticDump::new(&loaded.proto, SystemTime::now());
         Ok::<_, String>((loaded.config, dump))
     })
     .map_err(|e| anyhow!("the demo bootstrap: {e}"))?;

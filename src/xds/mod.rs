@@ -38,6 +38,7 @@ pub fn start(
         &static_clusters,
         &static_listeners,
     );
+    tokio::spawn(crate::memory::release_after_bursts(handle.subscribe()));
     for (kind, source) in [
         (Kind::Cluster, &dynamic.cds),
         (Kind::Listener, &dynamic.lds),
