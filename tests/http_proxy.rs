@@ -57,6 +57,35 @@ async fn http1_keep_alive_reuses_connections_on_both_sides() {
     assert_eq!(seen[3].headers["x-request-id"].len(), 36);
 }
 
+/// A response without a body (HEAD, or an empty one) hands its upstream connection
+/// back to the pool as well: the next request reuses it.
+#[tokio::test]
+async fn bodiless_responses_keep_the_upstream_connection() {
+    let up = Upstream::start("a").await;
+    let proxy = proxy_to(&up, false).await;
+    let stream = TcpStream::connect(proxy.listener("http")).await.unwrap();
+    let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for i in 0..10 {
+        client.ready().await.unwrap();
+        let method = if i % 2 == 0 { "HEAD" } else { "POST" };
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("/echo/{i}"))
+            .header("host", "svc.local")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = client.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.is_empty());
+    }
+    assert_eq!(up.requests().len(), 10);
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn chunked_bodies_stream_both_ways() {
     let up = Upstream::start("a").await;

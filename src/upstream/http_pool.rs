@@ -52,9 +52,10 @@ pub async fn send(
     host: &Arc<Host>,
     req: Request<Body>,
     h2: bool,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<Response<PooledBody>, SendError> {
     if h2 {
-        send_h2(cluster, host, req).await
+        let resp = send_h2(cluster, host, req).await?;
+        Ok(resp.map(|body| PooledBody { body, back: None }))
     } else {
         send_h1(cluster, host, req).await
     }
@@ -64,19 +65,18 @@ async fn send_h1(
     cluster: &Cluster,
     host: &Arc<Host>,
     mut req: Request<Body>,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<Response<PooledBody>, SendError> {
     // Reuse an idle connection; one that turns out closed hands the request back.
     loop {
         let idle = host.pool.h1_idle.lock().unwrap().pop();
         let Some(mut sender) = idle else { break };
-        if !sender.is_ready() {
+        // A connection goes back to the pool as its last response ends, a moment
+        // before its task has taken note: wait for that rather than dropping it.
+        if sender.is_closed() || sender.ready().await.is_err() {
             continue;
         }
         match sender.try_send_request(req).await {
-            Ok(resp) => {
-                return_when_ready(host.clone(), sender);
-                return Ok(resp);
-            }
+            Ok(resp) => return Ok(pooled(resp, host, sender)),
             Err(mut e) => match e.take_message() {
                 Some(r) => req = r,
                 None => return Err(SendError::Reset(e.into_error())),
@@ -90,8 +90,77 @@ async fn send_h1(
         drop(guard);
     });
     let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
-    return_when_ready(host.clone(), sender);
-    Ok(resp)
+    Ok(pooled(resp, host, sender))
+}
+
+fn pooled(
+    resp: Response<Incoming>,
+    host: &Arc<Host>,
+    sender: http1::SendRequest<Body>,
+) -> Response<PooledBody> {
+    resp.map(|body| PooledBody {
+        body,
+        back: Some((host.clone(), sender)),
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response body. An HTTP/1.1 one holds its connection and puts it back
+    /// in the pool when the body has ended; dropped before its end, the connection is
+    /// not reusable and closes.
+    pub struct PooledBody {
+        #[pin]
+        body: Incoming,
+        back: Option<(Arc<Host>, http1::SendRequest<Body>)>,
+    }
+
+    impl PinnedDrop for PooledBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // A body that ended without being read to its end (no body at all, or
+            // a HEAD response) still leaves the connection reusable.
+            if hyper::body::Body::is_end_stream(&*this.body) {
+                put_back(this.back.take());
+            }
+        }
+    }
+}
+
+impl hyper::body::Body for PooledBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let res = this.body.poll_frame(cx);
+        if let std::task::Poll::Ready(None) = &res {
+            put_back(this.back.take());
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn put_back(back: Option<(Arc<Host>, http1::SendRequest<Body>)>) {
+    let Some((host, sender)) = back else { return };
+    if sender.is_closed() {
+        return;
+    }
+    let mut idle = host.pool.h1_idle.lock().unwrap();
+    idle.retain(|s| !s.is_closed());
+    if idle.len() < MAX_IDLE_H1 {
+        idle.push(sender);
+    }
 }
 
 /// Sends an upgrade request (e.g. WebSocket) on a connection of its own: after a `101`
@@ -100,14 +169,15 @@ pub async fn send_upgrade(
     cluster: &Cluster,
     host: &Arc<Host>,
     req: Request<Body>,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<Response<PooledBody>, SendError> {
     let (mut sender, conn) = open_h1(cluster, host).await?;
     let guard = GaugeGuard::new(&cluster.stats.upstream_cx_active);
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
         drop(guard);
     });
-    sender.send_request(req).await.map_err(SendError::Reset)
+    let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
+    Ok(resp.map(|body| PooledBody { body, back: None }))
 }
 
 /// A new HTTP/1.1 connection to `host`; the caller drives the connection task.
@@ -127,19 +197,6 @@ async fn open_h1(
     http1::handshake(TokioIo::new(stream))
         .await
         .map_err(SendError::Reset)
-}
-
-/// Puts an HTTP/1.1 connection back in the pool once its response has been read.
-fn return_when_ready(host: Arc<Host>, mut sender: http1::SendRequest<Body>) {
-    tokio::spawn(async move {
-        if sender.ready().await.is_ok() {
-            let mut idle = host.pool.h1_idle.lock().unwrap();
-            idle.retain(|s| !s.is_closed());
-            if idle.len() < MAX_IDLE_H1 {
-                idle.push(sender);
-            }
-        }
-    });
 }
 
 async fn send_h2(
