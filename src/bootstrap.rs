@@ -24,11 +24,11 @@ pub struct Loaded {
     pub is_default: bool,
 }
 
-/// Runs `f` (bootstrap decoding, checks, the config dump: all the work that needs the
-/// descriptor pool) on a short-lived thread, and drops the pool there before it exits.
-/// The result is copied onto the caller's heap: the pool's tens of MB then live and die
-/// in the decode thread's heap alone, which the allocator can give back whole rather
-/// than keep pinned under the few objects that outlive it.
+/// Runs `f` (bootstrap decoding and checks: the work that needs the descriptor pool) on
+/// a short-lived thread, and drops the pool there before it exits. The result is copied
+/// onto the caller's heap: the pool's tens of MB then live and die in the decode
+/// thread's arena, not interleaved with what outlives them, so the trim after startup
+/// ([`crate::memory::release_free_memory`]) can give them back.
 pub fn on_decode_thread<T: Clone + Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         let decode = std::thread::Builder::new()

@@ -26,7 +26,21 @@ pub const QUIET: Duration = Duration::from_secs(1);
 
 /// Trims once `changes` has been quiet for [`QUIET`] after each burst of changes; ends
 /// when the sender is gone.
-pub async fn release_after_bursts(mut changes: tokio::sync::watch::Receiver<u64>) {
+pub async fn release_after_bursts(changes: tokio::sync::watch::Receiver<u64>) {
+    after_each_burst(changes, release_free_memory).await;
+}
+
+/// Trims once [`QUIET`] has passed: for a one-off burst (a large `/config_dump`) whose
+/// memory is still in use now.
+pub fn release_later() {
+    tokio::spawn(async {
+        tokio::time::sleep(QUIET).await;
+        release_free_memory();
+    });
+}
+
+/// Runs `f` once `changes` has been quiet for [`QUIET`] after each burst of changes.
+async fn after_each_burst(mut changes: tokio::sync::watch::Receiver<u64>, f: impl Fn()) {
     while changes.changed().await.is_ok() {
         loop {
             tokio::select! {
@@ -34,6 +48,38 @@ pub async fn release_after_bursts(mut changes: tokio::sync::watch::Receiver<u64>
                 () = tokio::time::sleep(QUIET) => break,
             }
         }
-        release_free_memory();
+        f();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::*;
+
+    /// Ten changes 100 ms apart are one burst: one run, a second after the last.
+    #[tokio::test(start_paused = true)]
+    async fn one_run_per_burst_after_it_quiets() {
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let task = tokio::spawn(after_each_burst(rx, move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }));
+        for burst in 1..=2 {
+            for _ in 0..10 {
+                tx.send_modify(|v| *v += 1);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(runs.load(Ordering::SeqCst), burst - 1, "not while it lasts");
+            tokio::time::sleep(QUIET).await;
+            assert_eq!(runs.load(Ordering::SeqCst), burst);
+        }
+        drop(tx);
+        task.await.unwrap();
     }
 }

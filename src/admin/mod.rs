@@ -98,10 +98,7 @@ fn handle(role: Role, state: &State, req: Request<Incoming>) -> Response<Full<By
             };
             // Rendering a large config is a burst of allocations: give them back once
             // the response has gone.
-            tokio::spawn(async {
-                tokio::time::sleep(crate::memory::QUIET).await;
-                crate::memory::release_free_memory();
-            });
+            crate::memory::release_later();
             respond(StatusCode::OK, "application/json", body)
         }
         (Role::Admin, "/listeners") => text(
