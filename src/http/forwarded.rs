@@ -15,7 +15,9 @@
 //!   (`x-envoy-internal`, `x-envoy-upstream-rq-timeout-ms`, …) are dropped.
 use std::net::{IpAddr, SocketAddr};
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::headers::{X_ENVOY_EXTERNAL_ADDRESS, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 
 /// The connection manager's settings for forwarded headers.
 #[derive(Debug, Clone, Default)]
@@ -52,12 +54,12 @@ impl ForwardedConfig {
         // One pass over the names is cheaper than a lookup per internal header.
         if h.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
             for name in INTERNAL_HEADERS {
-                h.remove(name);
+                h.remove(HeaderName::from_static(name));
             }
         }
         if !self.use_remote_address {
-            if !h.contains_key("x-forwarded-proto") {
-                h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+            if !h.contains_key(X_FORWARDED_PROTO) {
+                h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
             }
             return;
         }
@@ -77,17 +79,17 @@ impl ForwardedConfig {
                 None => appended,
             };
             if let Ok(v) = HeaderValue::from_str(&value) {
-                h.insert("x-forwarded-for", v);
+                h.insert(X_FORWARDED_FOR, v);
             }
         }
         if let Some(Ok(v)) = trusted.map(|t| HeaderValue::from_str(&t)) {
-            h.insert("x-envoy-external-address", v);
+            h.insert(X_ENVOY_EXTERNAL_ADDRESS, v);
         }
-        if self.xff_num_trusted_hops == 0 || !h.contains_key("x-forwarded-proto") {
-            h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if self.xff_num_trusted_hops == 0 || !h.contains_key(X_FORWARDED_PROTO) {
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
         if !self.preserve_external_request_id {
-            h.remove("x-request-id");
+            h.remove(X_REQUEST_ID);
         }
     }
 }
@@ -95,7 +97,7 @@ impl ForwardedConfig {
 /// The received `x-forwarded-for`, all values joined.
 fn xff(h: &HeaderMap) -> Option<String> {
     let values: Vec<&str> = h
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();

@@ -2,9 +2,23 @@
 //! and what HTTP/2 forbids), and request ids.
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
+/// Names the proxy itself sets or reads on every request. Built once: a `&str` key is
+/// parsed on every map operation, and a custom name built from it is a fresh allocation.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
+    HeaderName::from_static("x-envoy-external-address");
+pub const X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+pub const X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+pub const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+
 const HOP_BY_HOP_COUNT: usize = 5;
 
-/// Headers that describe one connection and are never forwarded.
+/// Headers that describe one connection and are never forwarded, in the order
+/// [`hop_by_hop_index`] numbers them.
 const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -12,6 +26,26 @@ const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// Where `name` is in [`HOP_BY_HOP`]: one string match, cheaper than comparing names.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "transfer-encoding" => 3,
+        "upgrade" => 4,
+        _ => return None,
+    })
+}
+
+/// The header names a `connection` value nominates. `keep-alive` is in [`HOP_BY_HOP`]
+/// already; `close` is a connection option, never a field (RFC 9110 §16.3.2.2).
+fn nominated(connection: &str) -> impl Iterator<Item = &str> {
+    connection.split(',').map(str::trim).filter(|n| {
+        !n.is_empty() && !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close")
+    })
+}
 
 /// Removes hop-by-hop headers, including those the `connection` header names. `te` is
 /// kept only as `te: trailers` (gRPC needs it).
@@ -21,23 +55,22 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     let mut present = [false; HOP_BY_HOP_COUNT];
     let mut te = false;
     for name in h.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == name) {
+        let name = name.as_str();
+        if let Some(i) = hop_by_hop_index(name) {
             present[i] = true;
-        } else if name == header::TE {
+        } else if name == "te" {
             te = true;
         }
     }
+    // Usually `connection: keep-alive` or `close`, which nominate nothing to copy.
     if present[0]
         && let Some(conn) = h
             .get(header::CONNECTION)
             .and_then(|v| v.to_str().ok())
+            .filter(|v| nominated(v).next().is_some())
             .map(str::to_owned)
     {
-        for name in conn.split(',').map(str::trim) {
-            // `keep-alive` (the usual token) is in the list below already.
-            if name.is_empty() || name.eq_ignore_ascii_case("keep-alive") {
-                continue;
-            }
+        for name in nominated(&conn) {
             if let Ok(name) = HeaderName::from_bytes(name.as_bytes())
                 && name != header::TE
             {
@@ -62,6 +95,69 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             h.remove(header::TE);
         }
     }
+}
+
+/// `0`, `1`, … `999` written one after another, at compile time.
+const UNITS: [u8; 2890] = numbers(b"");
+/// `1000`, `2000`, … `999000`: whole seconds in milliseconds.
+const THOUSANDS: [u8; 5886] = numbers(b"000");
+
+/// The decimals from `1` (`0` too when `suffix` is empty) to `999`, each followed by
+/// `suffix`, concatenated.
+const fn numbers<const N: usize>(suffix: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut i = 0;
+    let mut n = if suffix.is_empty() { 0 } else { 1 };
+    while n < 1000 {
+        if n >= 100 {
+            out[i] = b'0' + (n / 100) as u8;
+            i += 1;
+        }
+        if n >= 10 {
+            out[i] = b'0' + (n / 10 % 10) as u8;
+            i += 1;
+        }
+        out[i] = b'0' + (n % 10) as u8;
+        i += 1;
+        let mut j = 0;
+        while j < suffix.len() {
+            out[i] = suffix[j];
+            i += 1;
+            j += 1;
+        }
+        n += 1;
+    }
+    assert!(
+        i == N,
+        "the table's length is the sum of its numbers' lengths"
+    );
+    out
+}
+
+/// Where `n` (below 1,000) sits in a [`numbers`] table whose entries carry `extra`
+/// suffix bytes and start at `first`.
+fn entry(table: &'static [u8], n: usize, first: usize, extra: usize) -> &'static str {
+    let (start, len) = match n {
+        0..10 => ((n - first) * (1 + extra), 1),
+        10..100 => ((10 - first) * (1 + extra) + (n - 10) * (2 + extra), 2),
+        _ => (
+            (10 - first) * (1 + extra) + 90 * (2 + extra) + (n - 100) * (3 + extra),
+            3,
+        ),
+    };
+    std::str::from_utf8(&table[start..start + len + extra]).expect("the tables are ASCII digits")
+}
+
+/// A number as a header value (`x-envoy-upstream-service-time`, the expected timeout):
+/// taken from a static table when it is below 1,000 or whole thousands below a million,
+/// so the common values cost no allocation.
+pub fn decimal(n: u64) -> HeaderValue {
+    let s = match n {
+        0..1000 => entry(&UNITS, n as usize, 0, 0),
+        1000..1_000_000 if n.is_multiple_of(1000) => entry(&THOUSANDS, (n / 1000) as usize, 1, 3),
+        _ => return HeaderValue::from(n),
+    };
+    HeaderValue::from_static(s)
 }
 
 /// Whether a request is gRPC (`content-type: application/grpc…`).
@@ -95,6 +191,38 @@ pub fn request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_match_their_formatting() {
+        for n in (0..1_000_010).chain([u64::MAX]) {
+            assert_eq!(decimal(n).to_str().unwrap(), n.to_string(), "{n}");
+        }
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_goes_whatever_connection_says() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(i));
+        }
+        for connection in ["close", "keep-alive", "Close, x-private"] {
+            let mut h = HeaderMap::new();
+            for name in HOP_BY_HOP {
+                h.insert(name, "x".parse().unwrap());
+            }
+            h.insert(header::CONNECTION, connection.parse().unwrap());
+            h.insert("x-private", "1".parse().unwrap());
+            h.insert("x-kept", "1".parse().unwrap());
+            strip_hop_by_hop(&mut h);
+            let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+            names.sort();
+            let kept: &[&str] = if connection.contains("x-private") {
+                &["x-kept"]
+            } else {
+                &["x-kept", "x-private"]
+            };
+            assert_eq!(names, kept, "{connection}");
+        }
+    }
 
     #[test]
     fn strips_hop_by_hop_and_named_headers() {

@@ -167,8 +167,8 @@ impl HttpConnectionManager {
         // The connection manager's own request headers, before routing (as Envoy).
         let h = req.headers_mut();
         self.config.forwarded.apply(h, down.peer);
-        if self.config.generate_request_id && !h.contains_key("x-request-id") {
-            h.insert("x-request-id", headers::request_id());
+        if self.config.generate_request_id && !h.contains_key(headers::X_REQUEST_ID) {
+            h.insert(headers::X_REQUEST_ID, headers::request_id());
         }
         if self.access_logs.is_empty() {
             let mut picked = Picked::default();
@@ -410,31 +410,35 @@ impl HttpConnectionManager {
         let start = Instant::now();
         // One timer serves the whole request: response headers, then the body.
         let mut deadline = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
-        let sent = async {
-            match upgrade {
-                Some(_) => http_pool::send_upgrade(&cluster, &host, upstream_req).await,
-                None => http_pool::send(&cluster, &host, upstream_req, h2).await,
+        // Pinned where they are, in a block that ends them: the request's futures are
+        // large, and each move into a `select!` would copy them.
+        let result = {
+            let sent = std::pin::pin!(async {
+                match upgrade {
+                    Some(_) => http_pool::send_upgrade(&cluster, &host, upstream_req).await,
+                    None => http_pool::send(&cluster, &host, upstream_req, h2).await,
+                }
+            });
+            let waited = std::pin::pin!(async {
+                match deadline.as_mut() {
+                    Some(d) => tokio::select! {
+                        biased;
+                        r = sent => Some(r),
+                        () = d.as_mut() => None,
+                    },
+                    None => Some(sent.await),
+                }
+            });
+            let went_idle = std::pin::pin!(async {
+                match &idle {
+                    Some(activity) => activity.expired().await,
+                    None => std::future::pending().await,
+                }
+            });
+            tokio::select! {
+                r = waited => r,
+                () = went_idle => return local_reply::reply(ResponseFlag::StreamIdleTimeout),
             }
-        };
-        let waited = async {
-            match deadline.as_mut() {
-                Some(d) => tokio::select! {
-                    biased;
-                    r = sent => Some(r),
-                    () = d.as_mut() => None,
-                },
-                None => Some(sent.await),
-            }
-        };
-        let went_idle = async {
-            match &idle {
-                Some(activity) => activity.expired().await,
-                None => std::future::pending().await,
-            }
-        };
-        let result = tokio::select! {
-            r = waited => r,
-            () = went_idle => return local_reply::reply(ResponseFlag::StreamIdleTimeout),
         };
         let resp = match result {
             None => {
@@ -487,8 +491,8 @@ impl HttpConnectionManager {
         let (mut parts, incoming) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(
-            "x-envoy-upstream-service-time",
-            HeaderValue::from(start.elapsed().as_millis() as u64),
+            headers::X_ENVOY_UPSTREAM_SERVICE_TIME,
+            headers::decimal(start.elapsed().as_millis() as u64),
         );
         let body = Guarded::new(incoming, active, deadline).with_idle(idle);
         Response::from_parts(parts, body::boxed(body))
@@ -518,7 +522,7 @@ impl HttpConnectionManager {
             let new = rewrite::path(rw, &route.matcher.path, original);
             let new = PathAndQuery::try_from(new).map_err(|_| bad_request())?;
             parts.headers.insert(
-                "x-envoy-original-path",
+                headers::X_ENVOY_ORIGINAL_PATH,
                 HeaderValue::from_str(original).map_err(|_| bad_request())?,
             );
             parts.uri = Uri::from(new);
@@ -537,8 +541,8 @@ impl HttpConnectionManager {
         let h = &mut parts.headers;
         if let Some(t) = timeout {
             h.insert(
-                "x-envoy-expected-rq-timeout-ms",
-                HeaderValue::from(t.as_millis() as u64),
+                headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
+                headers::decimal(t.as_millis() as u64),
             );
         }
         let levels = || matched.header_levels(true);
@@ -578,7 +582,10 @@ impl HttpConnectionManager {
             parts.uri = uri.build().map_err(|_| bad_request())?;
             parts.version = Version::HTTP_2;
         } else {
-            if let Some(a) = &authority {
+            // An HTTP/1.1 request usually keeps the `host` it came with.
+            if let Some(a) = &authority
+                && h.get(HOST).is_none_or(|v| v.as_bytes() != a.as_bytes())
+            {
                 h.insert(HOST, HeaderValue::from_str(a).map_err(|_| bad_request())?);
             }
             parts.uri = Uri::from(path);

@@ -157,7 +157,12 @@ fn put_back(back: Option<(Arc<Host>, http1::SendRequest<Body>)>) {
         return;
     }
     let mut idle = host.pool.h1_idle.lock().unwrap();
-    idle.retain(|s| !s.is_closed());
+    // Checkout skips closed connections. Sweeping them out on every return would touch
+    // every idle connection per request; upstreams close the longest idle first, so
+    // sweep when the oldest has closed, or when the pool is full.
+    if idle.first().is_some_and(|s| s.is_closed()) || idle.len() >= MAX_IDLE_H1 {
+        idle.retain(|s| !s.is_closed());
+    }
     if idle.len() < MAX_IDLE_H1 {
         idle.push(sender);
     }
@@ -240,4 +245,61 @@ fn live_h2(host: &Host) -> Option<http2::SendRequest<Body>> {
         .as_ref()
         .filter(|s| !s.is_closed())
         .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// An idle connection over an in-memory stream; dropping the returned end closes it.
+    async fn connection() -> (http1::SendRequest<Body>, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (sender, conn) = http1::handshake(TokioIo::new(ours)).await.unwrap();
+        tokio::spawn(conn);
+        (sender, theirs)
+    }
+
+    async fn closed(host: &Host, i: usize) {
+        for _ in 0..1000 {
+            if host.pool.h1_idle.lock().unwrap()[i].is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("connection {i} did not close");
+    }
+
+    #[tokio::test]
+    async fn closed_connections_leave_when_the_oldest_closes() {
+        let host = Host::new("127.0.0.1:1".parse().unwrap());
+        let idle = || host.pool.h1_idle.lock().unwrap().len();
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            let (sender, peer) = connection().await;
+            put_back(Some((host.clone(), sender)));
+            peers.push(Some(peer));
+        }
+        assert_eq!(idle(), 3);
+        // A newer connection closing waits for checkout to skip it: no sweep per return.
+        peers[1] = None;
+        closed(&host, 1).await;
+        let (sender, _peer3) = connection().await;
+        put_back(Some((host.clone(), sender)));
+        assert_eq!(idle(), 4);
+        // The oldest closing sweeps out every closed one.
+        peers[0] = None;
+        closed(&host, 0).await;
+        let (sender, _peer4) = connection().await;
+        put_back(Some((host.clone(), sender)));
+        assert_eq!(idle(), 3);
+        assert!(
+            host.pool
+                .h1_idle
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|s| !s.is_closed())
+        );
+    }
 }
