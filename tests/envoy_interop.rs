@@ -236,4 +236,21 @@ async fn same_bootstrap_same_behaviour_as_envoy() {
         );
         assert!(ours.metric(sample).await.is_some(), "{sample} missing");
     }
+
+    // `/memory`: the same fields, each a byte count in a string.
+    let shape = |body: String| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&body).expect("/memory is JSON");
+        let fields = v.as_object().expect("/memory is an object");
+        for (k, v) in fields {
+            let n = v.as_str().and_then(|s| s.parse::<u64>().ok());
+            assert!(n.is_some(), "/memory {k}: {v} is not a count in a string");
+        }
+        fields.keys().cloned().collect()
+    };
+    let ours_memory = ours.admin_get("/memory").await;
+    assert_eq!(ours_memory.0, 200);
+    assert_eq!(
+        shape(ours_memory.1),
+        shape(theirs.admin_get("/memory").await.1)
+    );
 }

@@ -111,6 +111,11 @@ fn handle(role: Role, state: &State, req: Request<Incoming>) -> Response<Full<By
                 .collect(),
         ),
         (Role::Admin, "/clusters") => text(StatusCode::OK, clusters(&state.clusters)),
+        (Role::Admin, "/memory") => respond(
+            StatusCode::OK,
+            "application/json",
+            crate::memory::usage().to_json(),
+        ),
         (
             Role::Admin,
             "/quitquitquit" | "/healthcheck/fail" | "/healthcheck/ok" | "/drain_listeners",
@@ -147,6 +152,7 @@ const HELP: &str = "admin commands are:
   /healthcheck/fail (POST): cause the server to fail health checks
   /healthcheck/ok (POST): cause the server to pass health checks
   /listeners: print listener info
+  /memory: print current allocation/heap usage
   /quitquitquit (POST): exit the server
   /ready: print server state, return 200 if LIVE, otherwise return 503
   /stats: print server stats (?format=json, ?format=prometheus)
