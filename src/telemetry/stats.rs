@@ -5,6 +5,7 @@
 //! atomics. prometheus-client is not used here because its counter encoding always
 //! appends `_total`, and Envoy's names (e.g. `envoy_cluster_upstream_rq`) do not.
 use std::{
+    collections::{HashMap, HashSet},
     fmt::Write,
     sync::{
         Arc, Mutex,
@@ -118,11 +119,11 @@ enum Value {
 #[derive(Debug)]
 struct Entry {
     /// Envoy's flat name, e.g. `cluster.backend.upstream_rq_200`.
-    flat: String,
+    flat: Arc<str>,
     /// Prometheus name, e.g. `envoy_cluster_upstream_rq`.
-    prom: String,
+    prom: Arc<str>,
     /// Rendered labels, e.g. `envoy_response_code="200",envoy_cluster_name="backend"`.
-    labels: String,
+    labels: Arc<str>,
     value: Value,
 }
 
@@ -135,7 +136,12 @@ pub struct Store {
 #[derive(Debug, Default)]
 struct Entries {
     list: Vec<Entry>,
-    by_flat: std::collections::HashMap<String, usize>,
+    /// Keys share the entries' names.
+    by_flat: HashMap<Arc<str>, usize>,
+    /// One copy of each Prometheus name and rendered label set: every cluster has the
+    /// same ~20 names, and all of a cluster's stats the same labels, so with 10,000
+    /// clusters separate strings were most of the stats' memory.
+    shared: HashSet<Arc<str>>,
 }
 
 impl Entries {
@@ -144,13 +150,25 @@ impl Entries {
     }
 
     fn push(&mut self, flat: String, prom: &str, labels: &[(&str, &str)], value: Value) {
+        let flat: Arc<str> = flat.into();
+        let prom = self.share(prom_name(prom));
+        let labels = self.share(render_labels(labels));
         self.by_flat.insert(flat.clone(), self.list.len());
         self.list.push(Entry {
             flat,
-            prom: prom_name(prom),
-            labels: render_labels(labels),
+            prom,
+            labels,
             value,
         });
+    }
+
+    fn share(&mut self, s: String) -> Arc<str> {
+        if let Some(shared) = self.shared.get(s.as_str()) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = s.into();
+        self.shared.insert(shared.clone());
+        shared
     }
 }
 
@@ -204,7 +222,7 @@ impl Store {
                     Value::Gauge(g) => g.get().to_string(),
                     Value::Histogram(h) => format!("count={} sum={}", h.count(), h.sum_ms()),
                 };
-                (e.flat.as_str(), v)
+                (&*e.flat, v)
             })
             .collect();
         rows.sort();
@@ -227,7 +245,7 @@ impl Store {
                 Value::Counter(c) => ("counter", c.get() as i64),
                 Value::Gauge(g) => ("gauge", g.get()),
                 Value::Histogram(h) => {
-                    if e.prom != last {
+                    if *e.prom != *last {
                         let _ = writeln!(out, "# TYPE {} histogram", e.prom);
                         last = &e.prom;
                     }
@@ -256,7 +274,7 @@ impl Store {
                     continue;
                 }
             };
-            if e.prom != last {
+            if *e.prom != *last {
                 let _ = writeln!(out, "# TYPE {} {kind}", e.prom);
                 last = &e.prom;
             }
@@ -436,6 +454,36 @@ mod tests {
         assert!(
             prom.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"a\\\"b\"} 3\n")
         );
+    }
+
+    #[test]
+    fn names_and_labels_are_stored_once() {
+        let store = Store::new();
+        for cluster in ["a", "b"] {
+            for stat in ["upstream_rq_total", "upstream_cx_total"] {
+                store.counter(
+                    format!("cluster.{cluster}.{stat}"),
+                    &format!("envoy_cluster_{stat}"),
+                    &[("envoy_cluster_name", cluster)],
+                );
+            }
+        }
+        let entries = store.entries.lock().unwrap();
+        let [a_rq, a_cx, b_rq, _] = &entries.list[..] else {
+            panic!("four stats");
+        };
+        assert!(Arc::ptr_eq(&a_rq.prom, &b_rq.prom));
+        assert!(Arc::ptr_eq(&a_rq.labels, &a_cx.labels));
+        assert!(!Arc::ptr_eq(&a_rq.labels, &b_rq.labels));
+        assert!(Arc::ptr_eq(
+            &entries.list[0].flat,
+            entries
+                .by_flat
+                .get_key_value("cluster.a.upstream_rq_total")
+                .unwrap()
+                .0
+        ));
+        assert_eq!(entries.shared.len(), 4, "two names, two label sets");
     }
 
     #[test]
