@@ -82,10 +82,15 @@ fn resident_bytes() -> Option<u64> {
 /// responses gets one trim, after its last response.
 pub const QUIET: Duration = Duration::from_secs(1);
 
-/// Trims once `changes` has been quiet for [`QUIET`] after each burst of changes; ends
-/// when the sender is gone.
-pub async fn release_after_bursts(changes: tokio::sync::watch::Receiver<u64>) {
-    after_each_burst(changes, release_free_memory).await;
+/// Once `changes` has been quiet for [`QUIET`] after each burst of changes, runs
+/// `release` (which lets go of what the burst left unused) and trims; ends when the
+/// sender is gone.
+pub async fn release_after_bursts(changes: tokio::sync::watch::Receiver<u64>, release: impl Fn()) {
+    after_each_burst(changes, || {
+        release();
+        release_free_memory();
+    })
+    .await;
 }
 
 /// Trims once [`QUIET`] has passed: for a one-off burst (a large `/config_dump`) whose

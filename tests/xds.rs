@@ -553,6 +553,19 @@ async fn delta_add_remove_and_reconnect_with_known_versions_under_traffic() {
     .await;
     x.remove(CDS, "c");
     eventually(|| addr, "/c", "c removed", |s, _| s == 503).await;
+    // Its stats go with it (a second after the updates quiet down), as Envoy frees a
+    // removed cluster's stats; the others stay.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.admin_get("/stats").await.1.contains("cluster.c.") {
+        assert!(Instant::now() < deadline, "cluster c's stats stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        p.admin_get("/stats")
+            .await
+            .1
+            .contains("cluster.a.upstream_rq_total")
+    );
     let acks = x
         .requests()
         .iter()

@@ -116,6 +116,17 @@ enum Value {
     Histogram(Histogram),
 }
 
+impl Value {
+    /// Whether the store holds the only handle: what counted into it is gone.
+    fn is_unheld(&self) -> bool {
+        match self {
+            Value::Counter(c) => Arc::strong_count(&c.0) == 1,
+            Value::Gauge(g) => Arc::strong_count(&g.0) == 1,
+            Value::Histogram(h) => Arc::strong_count(&h.0) == 1,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     /// Envoy's flat name, e.g. `cluster.backend.upstream_rq_200`.
@@ -208,6 +219,30 @@ impl Store {
         let h = Histogram::default();
         entries.push(flat, prom, labels, Value::Histogram(h.clone()));
         h
+    }
+
+    /// Drops the stats nothing holds any more: those of removed clusters, listeners
+    /// and route configurations, as Envoy frees a scope's stats with the scope. A
+    /// resource added again starts from zero, as in Envoy. Returns how many went.
+    pub fn release_unheld(&self) -> usize {
+        let mut entries = self.entries.lock().unwrap();
+        let before = entries.list.len();
+        entries.list.retain(|e| !e.value.is_unheld());
+        let released = before - entries.list.len();
+        if released > 0 {
+            let Entries {
+                list,
+                by_flat,
+                shared,
+            } = &mut *entries;
+            *by_flat = list
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.flat.clone(), i))
+                .collect();
+            shared.retain(|s| Arc::strong_count(s) > 1);
+        }
+        released
     }
 
     /// Envoy's `/stats` text: `name: value`, sorted by name.
@@ -484,6 +519,39 @@ mod tests {
                 .0
         ));
         assert_eq!(entries.shared.len(), 4, "two names, two label sets");
+    }
+
+    #[test]
+    fn stats_nothing_holds_are_released() {
+        let store = Store::new();
+        let scope = |name: &str| {
+            let c = store.counter(
+                format!("cluster.{name}.upstream_rq_total"),
+                "envoy_cluster_upstream_rq_total",
+                &[("envoy_cluster_name", name)],
+            );
+            let h = store.histogram(format!("cluster.{name}.update_duration"), "d", &[]);
+            (c, h)
+        };
+        let (a, a_h) = scope("a");
+        let (b, _b_h) = scope("b");
+        a.add(2);
+        b.add(3);
+        assert_eq!(store.release_unheld(), 0, "everything is held");
+        drop((a, a_h));
+        assert_eq!(store.release_unheld(), 2);
+        let text = store.render_text();
+        assert!(!text.contains("cluster.a."), "{text}");
+        assert!(text.contains("cluster.b.upstream_rq_total: 3\n"), "{text}");
+        {
+            let entries = store.entries.lock().unwrap();
+            assert_eq!(entries.list.len(), 2);
+            // Two Prometheus names, b's labels and the empty label set: a's went.
+            assert_eq!(entries.shared.len(), 4);
+        }
+        // The index still finds what stayed; what went starts again from zero.
+        assert_eq!(scope("b").0.get(), 3);
+        assert_eq!(scope("a").0.get(), 0);
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub fn start(
         .map(|l| l.config.name.clone())
         .collect();
     let static_clusters: Vec<String> = clusters.iter().map(|c| c.name.clone()).collect();
+    let store = rt.ctx.store.clone();
     let handle = Handle::new(
         rt,
         dynamic.lds.clone(),
@@ -38,7 +39,17 @@ pub fn start(
         &static_clusters,
         &static_listeners,
     );
-    tokio::spawn(crate::memory::release_after_bursts(handle.subscribe()));
+    // After each burst of updates, the stats of what it removed go (once nothing in
+    // flight holds them), then the freed memory.
+    tokio::spawn(crate::memory::release_after_bursts(
+        handle.subscribe(),
+        move || {
+            let released = store.release_unheld();
+            if released > 0 {
+                tracing::debug!("released {released} stats of removed resources");
+            }
+        },
+    ));
     for (kind, source) in [
         (Kind::Cluster, &dynamic.cds),
         (Kind::Listener, &dynamic.lds),
