@@ -517,6 +517,13 @@ impl State {
         for e in entries {
             self.clusters.insert(e.value.name.clone(), e);
         }
+        if !removes.is_empty() {
+            // Endpoints no cluster names any more go with the last one that did, as
+            // Envoy drops an EDS subscription's resources; a cluster added again waits
+            // for its endpoints anew.
+            let wanted = self.eds_names();
+            self.endpoints.retain(|name, _| wanted.contains(name));
+        }
         if !built.is_empty() {
             tokio::spawn(async move { upstream::manager::start(&built).await });
         }
@@ -1338,6 +1345,37 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &clusters.get("a").unwrap()));
         assert_eq!(a.hosts()[0].addr.port(), 81);
         assert!(!ready.is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_removed_clusters_endpoints_go_with_it() {
+        let (h, _, clusters) = handle(Duration::from_secs(15));
+        let both = || full(vec![eds_cluster("a"), eds_cluster("b")]);
+        h.apply(Kind::Cluster, both(), Instant::now()).unwrap();
+        h.apply(
+            Kind::Endpoint,
+            full(vec![cla("a", 80), cla("b", 80)]),
+            Instant::now(),
+        )
+        .unwrap();
+        h.apply(Kind::Cluster, full(vec![eds_cluster("b")]), Instant::now())
+            .unwrap();
+        assert!(clusters.get("a").is_none());
+        assert_eq!(
+            clusters.get("b").unwrap().hosts().len(),
+            1,
+            "b keeps its own"
+        );
+        assert_eq!(
+            h.state.lock().unwrap().endpoints.keys().collect::<Vec<_>>(),
+            ["b"]
+        );
+        // Added again, a waits for its endpoints rather than reusing stale ones.
+        h.apply(Kind::Cluster, both(), Instant::now()).unwrap();
+        assert!(clusters.get("a").is_none(), "warming again");
+        h.apply(Kind::Endpoint, full(vec![cla("a", 81)]), Instant::now())
+            .unwrap();
+        assert_eq!(clusters.get("a").unwrap().hosts()[0].addr.port(), 81);
     }
 
     #[tokio::test]
