@@ -22,15 +22,26 @@ async fn proxy_to(up: &Upstream, h2_upstream: bool) -> Proxy {
     .await
 }
 
+/// One HTTP/1.1 keep-alive client connection to the proxy's `http` listener.
+async fn h1_client<B>(proxy: &Proxy) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(proxy.listener("http")).await.unwrap();
+    let (client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
 #[tokio::test]
 async fn http1_keep_alive_reuses_connections_on_both_sides() {
     let up = Upstream::start("a").await;
     let proxy = proxy_to(&up, false).await;
-    let stream = TcpStream::connect(proxy.listener("http")).await.unwrap();
-    let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut client = h1_client(&proxy).await;
     for i in 0..20 {
         client.ready().await.unwrap();
         let req = Request::post(format!("/echo/{i}"))
@@ -63,11 +74,7 @@ async fn http1_keep_alive_reuses_connections_on_both_sides() {
 async fn bodiless_responses_keep_the_upstream_connection() {
     let up = Upstream::start("a").await;
     let proxy = proxy_to(&up, false).await;
-    let stream = TcpStream::connect(proxy.listener("http")).await.unwrap();
-    let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut client = h1_client(&proxy).await;
     for i in 0..10 {
         client.ready().await.unwrap();
         let method = if i % 2 == 0 { "HEAD" } else { "POST" };
@@ -94,11 +101,7 @@ async fn chunked_bodies_stream_both_ways() {
     let chunks = (0..50)
         .map(|i| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!("part{i},")))));
     let body = StreamBody::new(futures_util::stream::iter(chunks));
-    let stream = TcpStream::connect(proxy.listener("http")).await.unwrap();
-    let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut client = h1_client(&proxy).await;
     let resp = client
         .send_request(
             Request::post("/upload")
