@@ -14,7 +14,8 @@ pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `malloc_trim` takes a plain integer, touches only allocator-internal state
     // under the allocator's own locks, and is safe to call from any thread at any time.
-    // This is the one FFI call of the crate outside socket options (made through nix).
+    // This module holds the crate's only FFI calls outside socket options (made through
+    // nix): this one and `mallinfo2` below.
     #[allow(unsafe_code)]
     unsafe {
         libc::malloc_trim(0);
@@ -22,7 +23,7 @@ pub fn release_free_memory() {
 }
 
 /// The allocator's figures, in bytes, under the names of Envoy's `/memory`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Usage {
     /// In use by the program.
     pub allocated: u64,
