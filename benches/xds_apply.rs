@@ -114,6 +114,7 @@ async fn acked(x: &XdsServer, type_url: &str, within: Duration) -> Instant {
 }
 
 struct Run {
+    small_rss_mib: f64,
     clusters_s: f64,
     clusters_rss_mib: f64,
     routes_s: f64,
@@ -126,6 +127,16 @@ async fn run_once(bin: &str) -> Run {
     x.set(LDS, vec![]);
     let p = Proxy::start_bin(bin, &bootstrap(x.addr), &[]).await;
     acked(&x, LDS, Duration::from_secs(10)).await;
+    // A sidecar at rest: one cluster pushed (with its endpoints inline, so that EDS is
+    // first subscribed by the big push below).
+    let idle: Cluster = from_yaml(
+        "name: idle\ntype: STATIC\nconnect_timeout: 1s\nload_assignment: { cluster_name: idle, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 10.0.0.1, port_value: 8080 } } } }] }] }\n",
+    );
+    x.set(CDS, vec![("idle".into(), any(&idle))]);
+    acked(&x, CDS, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let small_rss_mib = rss_kib(p.child.id()) as f64 / 1024.0;
+
     let (cds, eds) = clusters();
     x.set(EDS, eds);
     let t0 = Instant::now();
@@ -156,6 +167,7 @@ async fn run_once(bin: &str) -> Run {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let routes_rss_mib = rss_kib(p.child.id()) as f64 / 1024.0;
     Run {
+        small_rss_mib,
         clusters_s,
         clusters_rss_mib,
         routes_s,
@@ -195,8 +207,8 @@ fn main() {
         for i in 0..runs {
             let r = rt.block_on(run_once(&bin));
             eprintln!(
-                "{name} run {i}: 10k clusters {:.3} s ({:.1} MiB), 1k×10 routes {:.3} s ({:.1} MiB)",
-                r.clusters_s, r.clusters_rss_mib, r.routes_s, r.routes_rss_mib
+                "{name} run {i}: 1 cluster {:.1} MiB, 10k clusters {:.3} s ({:.1} MiB), 1k×10 routes {:.3} s ({:.1} MiB)",
+                r.small_rss_mib, r.clusters_s, r.clusters_rss_mib, r.routes_s, r.routes_rss_mib
             );
             all.push(r);
         }
@@ -206,6 +218,7 @@ fn main() {
             median(all.iter().map(|r| r.clusters_rss_mib).collect()),
             median(all.iter().map(|r| r.routes_s).collect()),
             median(all.iter().map(|r| r.routes_rss_mib).collect()),
+            median(all.iter().map(|r| r.small_rss_mib).collect()),
         ));
     }
     if rows.len() < 2 {
@@ -219,6 +232,12 @@ fn main() {
         "Median of {runs} fresh processes each, `--concurrency 2`, the same in-process ADS server (state of the world). Time from the push to the ACK; RSS 3 s after.\n\n"
     ));
     md.push_str("| push | pilotfish | Envoy | pilotfish / Envoy |\n|---|---|---|---|\n");
+    md.push_str(&format!(
+        "| 1 cluster (a sidecar at rest), RSS after | {:.1} MiB | {:.1} MiB | {:.2}× |\n",
+        p.5,
+        e.5,
+        p.5 / e.5
+    ));
     md.push_str(&format!(
         "| 10,000 EDS clusters (CDS + EDS), time | {:.3} s | {:.3} s | {:.3}× |\n",
         p.1,

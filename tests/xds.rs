@@ -560,6 +560,14 @@ async fn delta_add_remove_and_reconnect_with_known_versions_under_traffic() {
         assert!(Instant::now() < deadline, "cluster c's stats stayed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The same release drops the decoded descriptor pool (over 10 MB): between pushes,
+    // xDS checks need only the allow-list schema.
+    let memory: serde_json::Value = serde_json::from_str(&p.admin_get("/memory").await.1).unwrap();
+    let allocated: u64 = memory["allocated"].as_str().unwrap().parse().unwrap();
+    assert!(
+        allocated < 6 << 20,
+        "{allocated} bytes in use after the pushes settled: the descriptor pool stayed"
+    );
     assert!(
         p.admin_get("/stats")
             .await

@@ -90,12 +90,10 @@ fn handle(role: Role, state: &State, req: Request<Incoming>) -> Response<Full<By
                 Some(x) => {
                     config_dump::with_dynamic(&rendered, &x.dump(query.contains("include_eds")))
                 }
-                None => {
-                    // Without xDS nothing else needs the descriptor pool.
-                    crate::config::proto::release_pool();
-                    rendered
-                }
+                None => rendered,
             };
+            // Nothing else keeps the descriptor pool (xDS checks use the allow-list schema).
+            crate::config::proto::release_pool();
             // Rendering a large config is a burst of allocations: give them back once
             // the response has gone.
             crate::memory::release_later();

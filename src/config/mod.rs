@@ -1,5 +1,6 @@
 //! Envoy protos in, plain runtime structures out.
 pub mod compile;
+pub mod encoded_check;
 pub mod http_filters;
 pub mod model;
 pub mod proto;

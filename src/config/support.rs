@@ -9,7 +9,7 @@ use prost_reflect::{DynamicMessage, ReflectMessage, Value};
 use super::proto;
 
 /// Messages whose every field is understood (identity, metadata, plain values).
-const OPEN: &[&str] = &[
+pub(super) const OPEN: &[&str] = &[
     "google.protobuf.Duration",
     "google.protobuf.UInt32Value",
     "google.protobuf.UInt64Value",
@@ -529,7 +529,7 @@ pub fn supported_fields() -> &'static [(&'static str, &'static [&'static str])] 
     FIELDS
 }
 
-fn allowed(type_name: &str) -> Option<&'static [&'static str]> {
+pub(super) fn allowed(type_name: &str) -> Option<&'static [&'static str]> {
     FIELDS
         .iter()
         .find(|(t, _)| *t == type_name)
@@ -560,102 +560,6 @@ pub fn check(msg: &DynamicMessage, path: &str) -> Result<(), String> {
         check_value(value, &field_path, path, label.as_deref())?;
     }
     Ok(())
-}
-
-/// [`check`] on encoded bytes: the same verdict (a set field not in the allow-list, or
-/// an unsupported `Any` payload, fails) without building a reflective message, for
-/// the many resources of an xDS response. On a failure the caller runs [`check`] for
-/// the message that names the field.
-pub fn check_encoded(desc: &prost_reflect::MessageDescriptor, bytes: &[u8]) -> bool {
-    scan(desc, bytes).is_some()
-}
-
-fn scan(desc: &prost_reflect::MessageDescriptor, mut buf: &[u8]) -> Option<()> {
-    use prost::encoding::decode_varint;
-    let type_name = desc.full_name();
-    if OPEN.contains(&type_name) {
-        return Some(());
-    }
-    let fields = allowed(type_name)?;
-    while !buf.is_empty() {
-        let key = decode_varint(&mut buf).ok()?;
-        let field = desc.get_field(u32::try_from(key >> 3).ok()?)?;
-        if !fields.contains(&field.name()) {
-            return None;
-        }
-        match key & 7 {
-            0 => {
-                decode_varint(&mut buf).ok()?;
-            }
-            1 => buf = buf.get(8..)?,
-            5 => buf = buf.get(4..)?,
-            2 => {
-                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
-                let body = buf.get(..len)?;
-                buf = &buf[len..];
-                if let prost_reflect::Kind::Message(m) = field.kind() {
-                    if field.is_map() {
-                        if let prost_reflect::Kind::Message(v) = m.map_entry_value_field().kind() {
-                            scan_field(body, 2, |value| scan_value(&v, value))?;
-                        }
-                    } else {
-                        scan_value(&m, body)?;
-                    }
-                }
-            }
-            _ => return None,
-        }
-    }
-    Some(())
-}
-
-/// A message value: an `Any` is checked by the type it carries.
-fn scan_value(desc: &prost_reflect::MessageDescriptor, bytes: &[u8]) -> Option<()> {
-    if desc.full_name() != "google.protobuf.Any" {
-        return scan(desc, bytes);
-    }
-    let mut url = "";
-    let mut value: &[u8] = &[];
-    scan_field(bytes, 1, |b| {
-        url = std::str::from_utf8(b).ok()?;
-        Some(())
-    })?;
-    scan_field(bytes, 2, |b| {
-        value = b;
-        Some(())
-    })?;
-    let name = proto::type_name(url);
-    allowed(name)?;
-    scan(&proto::descriptor(name)?, value)
-}
-
-/// Calls `f` with every length-delimited occurrence of field `number` in `buf`.
-fn scan_field<'a>(
-    mut buf: &'a [u8],
-    number: u64,
-    mut f: impl FnMut(&'a [u8]) -> Option<()>,
-) -> Option<()> {
-    use prost::encoding::decode_varint;
-    while !buf.is_empty() {
-        let key = decode_varint(&mut buf).ok()?;
-        match key & 7 {
-            0 => {
-                decode_varint(&mut buf).ok()?;
-            }
-            1 => buf = buf.get(8..)?,
-            5 => buf = buf.get(4..)?,
-            2 => {
-                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
-                let body = buf.get(..len)?;
-                buf = &buf[len..];
-                if key >> 3 == number {
-                    f(body)?;
-                }
-            }
-            _ => return None,
-        }
-    }
-    Some(())
 }
 
 fn check_value(value: &Value, path: &str, parent: &str, label: Option<&str>) -> Result<(), String> {
@@ -854,7 +758,7 @@ mod tests {
             use prost::Message;
             let bytes = msg.encode_to_vec();
             assert_eq!(check(&msg, "").is_ok(), ok, "{yaml}");
-            assert_eq!(check_encoded(&desc, &bytes), ok, "{yaml}");
+            assert_eq!(super::super::encoded_check::check(ty, &bytes), ok, "{yaml}");
         }
     }
 

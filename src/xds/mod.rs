@@ -40,10 +40,12 @@ pub fn start(
         &static_listeners,
     );
     // After each burst of updates, the stats of what it removed go (once nothing in
-    // flight holds them), then the freed memory.
+    // flight holds them), and the descriptor pool (checks between pushes use the
+    // allow-list schema alone), then the freed memory.
     tokio::spawn(crate::memory::release_after_bursts(
         handle.subscribe(),
         move || {
+            crate::config::proto::release_pool();
             let released = store.release_unheld();
             if released > 0 {
                 tracing::debug!("released {released} stats of removed resources");

@@ -4,7 +4,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use prost_reflect::DynamicMessage;
 
-use crate::config::{proto, support};
+use crate::config::{encoded_check, proto, support};
 
 /// A resource type, in the order Envoy requests them: clusters, their endpoints, then
 /// listeners and their routes.
@@ -84,10 +84,10 @@ pub fn decode_typed<M: Message + Name + Default>(kind: Kind, any: &Any) -> Resul
 /// Fails on the first field pilotfish does not implement, naming its path.
 pub fn check(any: &Any) -> Result<(), String> {
     let name = proto::type_name(&any.type_url);
-    let desc = proto::descriptor(name).ok_or_else(|| format!("unknown type {name}"))?;
-    if support::check_encoded(&desc, &any.value) {
+    if encoded_check::check(name, &any.value) {
         return Ok(());
     }
+    let desc = proto::descriptor(name).ok_or_else(|| format!("unknown type {name}"))?;
     let dynamic = DynamicMessage::decode(desc, any.value.as_slice())
         .map_err(|e| format!("cannot decode {name}: {e}"))?;
     support::check(&dynamic, "")

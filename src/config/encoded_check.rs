@@ -1,0 +1,154 @@
+//! The allow-list check ([`support::check`]) on encoded bytes, for the many resources
+//! of an xDS response: the same verdict without building reflective messages, and
+//! without the descriptor pool. The pool (~12 MB decoded) is needed only to resolve the
+//! allow-list once into a [`Schema`]; after that an xDS push checks against the schema
+//! alone, so the pool can be released between pushes.
+//!
+//! On a failure the caller runs [`support::check`] on a decoded message for the error
+//! that names the field.
+use std::{collections::HashMap, sync::OnceLock};
+
+use prost::encoding::decode_varint;
+use prost_reflect::Kind;
+
+use super::{proto, support};
+
+/// The allow-listed types, each with its allowed fields by number.
+struct Schema {
+    types: HashMap<&'static str, Vec<Field>>,
+}
+
+struct Field {
+    number: u32,
+    holds: Holds,
+}
+
+/// What a field's length-delimited payload is, as far as the check cares.
+enum Holds {
+    /// Strings, bytes, packed numbers: nothing to descend into.
+    Plain,
+    /// A message of the named type (`google.protobuf.Any` included).
+    Message(String),
+    /// A map whose values are messages of the named type.
+    MapOf(String),
+}
+
+static SCHEMA: OnceLock<Schema> = OnceLock::new();
+
+fn schema() -> &'static Schema {
+    SCHEMA.get_or_init(|| {
+        let pool = proto::pool();
+        let mut types = HashMap::new();
+        for (ty, names) in support::supported_fields() {
+            let Some(desc) = pool.get_message_by_name(ty) else {
+                continue;
+            };
+            let fields = names
+                .iter()
+                .filter_map(|n| desc.get_field_by_name(n))
+                .map(|f| {
+                    let holds = match f.kind() {
+                        Kind::Message(m) if f.is_map() => match m.map_entry_value_field().kind() {
+                            Kind::Message(v) => Holds::MapOf(v.full_name().to_owned()),
+                            _ => Holds::Plain,
+                        },
+                        Kind::Message(m) => Holds::Message(m.full_name().to_owned()),
+                        _ => Holds::Plain,
+                    };
+                    Field {
+                        number: f.number(),
+                        holds,
+                    }
+                })
+                .collect();
+            types.insert(*ty, fields);
+        }
+        Schema { types }
+    })
+}
+
+/// True when a message of type `type_name` encoded as `bytes` sets only allow-listed
+/// fields, recursively, `Any` payloads included.
+pub fn check(type_name: &str, bytes: &[u8]) -> bool {
+    scan(schema(), type_name, bytes).is_some()
+}
+
+fn scan(schema: &Schema, type_name: &str, mut buf: &[u8]) -> Option<()> {
+    if support::OPEN.contains(&type_name) {
+        return Some(());
+    }
+    let fields = schema.types.get(type_name)?;
+    while !buf.is_empty() {
+        let key = decode_varint(&mut buf).ok()?;
+        let number = u32::try_from(key >> 3).ok()?;
+        let field = fields.iter().find(|f| f.number == number)?;
+        match key & 7 {
+            0 => {
+                decode_varint(&mut buf).ok()?;
+            }
+            1 => buf = buf.get(8..)?,
+            5 => buf = buf.get(4..)?,
+            2 => {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                let body = buf.get(..len)?;
+                buf = &buf[len..];
+                match &field.holds {
+                    Holds::Plain => {}
+                    Holds::Message(ty) => scan_value(schema, ty, body)?,
+                    Holds::MapOf(ty) => scan_field(body, 2, |v| scan_value(schema, ty, v))?,
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
+/// A message value: an `Any` is checked by the type it carries, which must be
+/// allow-listed itself.
+fn scan_value(schema: &Schema, type_name: &str, bytes: &[u8]) -> Option<()> {
+    if type_name != "google.protobuf.Any" {
+        return scan(schema, type_name, bytes);
+    }
+    let mut url = "";
+    let mut value: &[u8] = &[];
+    scan_field(bytes, 1, |b| {
+        url = std::str::from_utf8(b).ok()?;
+        Some(())
+    })?;
+    scan_field(bytes, 2, |b| {
+        value = b;
+        Some(())
+    })?;
+    let name = proto::type_name(url);
+    support::allowed(name)?;
+    scan(schema, name, value)
+}
+
+/// Calls `f` with every length-delimited occurrence of field `number` in `buf`.
+fn scan_field<'a>(
+    mut buf: &'a [u8],
+    number: u64,
+    mut f: impl FnMut(&'a [u8]) -> Option<()>,
+) -> Option<()> {
+    while !buf.is_empty() {
+        let key = decode_varint(&mut buf).ok()?;
+        match key & 7 {
+            0 => {
+                decode_varint(&mut buf).ok()?;
+            }
+            1 => buf = buf.get(8..)?,
+            5 => buf = buf.get(4..)?,
+            2 => {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                let body = buf.get(..len)?;
+                buf = &buf[len..];
+                if key >> 3 == number {
+                    f(body)?;
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(())
+}
