@@ -13,9 +13,10 @@ use prost_reflect::Kind;
 
 use super::{proto, support};
 
-/// The allow-listed types, each with its allowed fields by number.
+/// The allow-listed types, each with its allowed fields by number. Looked up for every
+/// message of every resource, by names from config: foldhash, not SipHash.
 struct Schema {
-    types: HashMap<&'static str, Vec<Field>>,
+    types: HashMap<&'static str, Vec<Field>, foldhash::fast::RandomState>,
 }
 
 struct Field {
@@ -38,7 +39,7 @@ static SCHEMA: OnceLock<Schema> = OnceLock::new();
 fn schema() -> &'static Schema {
     SCHEMA.get_or_init(|| {
         let pool = proto::pool();
-        let mut types = HashMap::new();
+        let mut types = HashMap::default();
         for (ty, names) in support::supported_fields() {
             let Some(desc) = pool.get_message_by_name(ty) else {
                 continue;

@@ -2,7 +2,7 @@
 //! pre-resolved handles, with Envoy's flat names and Prometheus tag extraction.
 use std::sync::Arc;
 
-use super::stats::{CodeCounters, Counter, Gauge, Store};
+use super::stats::{CodeCounters, Counter, Gauge, Store, concat};
 
 #[derive(Debug)]
 pub struct ClusterStats {
@@ -27,15 +27,15 @@ impl ClusterStats {
         let label = [("envoy_cluster_name", name)];
         let c = |stat: &str| {
             store.counter(
-                format!("cluster.{name}.{stat}"),
-                &format!("envoy_cluster_{stat}"),
+                concat(&["cluster.", name, ".", stat]),
+                &concat(&["envoy_cluster_", stat]),
                 &label,
             )
         };
         let g = |stat: &str| {
             store.gauge(
-                format!("cluster.{name}.{stat}"),
-                &format!("envoy_cluster_{stat}"),
+                concat(&["cluster.", name, ".", stat]),
+                &concat(&["envoy_cluster_", stat]),
                 &label,
             )
         };
