@@ -80,26 +80,13 @@ fn scan(schema: &Schema, type_name: &str, mut buf: &[u8]) -> Option<()> {
     }
     let fields = schema.types.get(type_name)?;
     while !buf.is_empty() {
-        let key = decode_varint(&mut buf).ok()?;
-        let number = u32::try_from(key >> 3).ok()?;
+        let (number, body) = next_field(&mut buf)?;
+        let number = u32::try_from(number).ok()?;
         let field = fields.iter().find(|f| f.number == number)?;
-        match key & 7 {
-            0 => {
-                decode_varint(&mut buf).ok()?;
-            }
-            1 => buf = buf.get(8..)?,
-            5 => buf = buf.get(4..)?,
-            2 => {
-                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
-                let body = buf.get(..len)?;
-                buf = &buf[len..];
-                match &field.holds {
-                    Holds::Plain => {}
-                    Holds::Message(ty) => scan_value(schema, ty, body)?,
-                    Holds::MapOf(ty) => scan_field(body, 2, |v| scan_value(schema, ty, v))?,
-                }
-            }
-            _ => return None,
+        match (&field.holds, body) {
+            (Holds::Message(ty), Some(body)) => scan_value(schema, ty, body)?,
+            (Holds::MapOf(ty), Some(body)) => scan_field(body, 2, |v| scan_value(schema, ty, v))?,
+            _ => {}
         }
     }
     Some(())
@@ -133,23 +120,39 @@ fn scan_field<'a>(
     mut f: impl FnMut(&'a [u8]) -> Option<()>,
 ) -> Option<()> {
     while !buf.is_empty() {
-        let key = decode_varint(&mut buf).ok()?;
-        match key & 7 {
-            0 => {
-                decode_varint(&mut buf).ok()?;
-            }
-            1 => buf = buf.get(8..)?,
-            5 => buf = buf.get(4..)?,
-            2 => {
-                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
-                let body = buf.get(..len)?;
-                buf = &buf[len..];
-                if key >> 3 == number {
-                    f(body)?;
-                }
-            }
-            _ => return None,
+        if let (n, Some(body)) = next_field(&mut buf)?
+            && n == number
+        {
+            f(body)?;
         }
     }
     Some(())
+}
+
+/// Takes one field off the front of `buf`: its number, and its payload when it is
+/// length-delimited. `None` on malformed input.
+fn next_field<'a>(buf: &mut &'a [u8]) -> Option<(u64, Option<&'a [u8]>)> {
+    let key = decode_varint(buf).ok()?;
+    let body = match key & 7 {
+        0 => {
+            decode_varint(buf).ok()?;
+            None
+        }
+        1 => {
+            *buf = buf.get(8..)?;
+            None
+        }
+        5 => {
+            *buf = buf.get(4..)?;
+            None
+        }
+        2 => {
+            let len = usize::try_from(decode_varint(buf).ok()?).ok()?;
+            let body = buf.get(..len)?;
+            *buf = &buf[len..];
+            Some(body)
+        }
+        _ => return None,
+    };
+    Some((key >> 3, body))
 }
