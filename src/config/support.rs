@@ -758,7 +758,11 @@ mod tests {
             use prost::Message;
             let bytes = msg.encode_to_vec();
             assert_eq!(check(&msg, "").is_ok(), ok, "{yaml}");
-            assert_eq!(super::super::encoded_check::check(ty, &bytes), ok, "{yaml}");
+            assert_eq!(
+                crate::config::encoded_check::check(ty, &bytes),
+                ok,
+                "{yaml}"
+            );
         }
     }
 
