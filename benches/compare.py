@@ -48,6 +48,25 @@ OPEN_CB = """    circuit_breakers:
 """
 
 
+def tcp_listener(name, port, cluster):
+    return f"""  - name: {name}
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: {name}
+          cluster: {cluster}
+"""
+
+
+def cluster(name, port):
+    return (f"  - name: {name}\n    connect_timeout: 1s\n{OPEN_CB}    load_assignment: {{ cluster_name: {name}, "
+            f"endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, "
+            f"port_value: {port} }} }} }} }}] }}] }}\n")
+
+
 def bootstrap(n_clusters=1):
     """One HTTP listener routing to the upstream, one TCP listener to iperf3, one TCP
     listener to the HTTP upstream (the floor: requests forwarded as bytes); with
@@ -57,10 +76,7 @@ def bootstrap(n_clusters=1):
         f"              - match: {{ prefix: \"/c{i}/\" }}\n                route: {{ cluster: c{i} }}\n"
         for i in range(1, n_clusters)
     )
-    extra = "".join(
-        f"  - name: c{i}\n    connect_timeout: 1s\n{OPEN_CB}    load_assignment: {{ cluster_name: c{i}, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {20000 + i % 10000} }} }} }} }}] }}] }}\n"
-        for i in range(1, n_clusters)
-    )
+    extra = "".join(cluster(f"c{i}", 20000 + i % 10000) for i in range(1, n_clusters))
     return f"""admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ADMIN} }} }}
 static_resources:
@@ -84,35 +100,8 @@ static_resources:
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  - name: tcp
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {PROXY_TCP} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: tcp
-          cluster: upstream_tcp
-  - name: l4
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {PROXY_L4} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: l4
-          cluster: upstream_l4
-  clusters:
-  - name: upstream
-    connect_timeout: 1s
-{OPEN_CB}    load_assignment: {{ cluster_name: upstream, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {UPSTREAM_HTTP + 1} }} }} }} }}] }}] }}
-  - name: upstream_tcp
-    connect_timeout: 1s
-{OPEN_CB}    load_assignment: {{ cluster_name: upstream_tcp, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {UPSTREAM_TCP} }} }} }} }}] }}] }}
-  - name: upstream_l4
-    connect_timeout: 1s
-{OPEN_CB}    load_assignment: {{ cluster_name: upstream_l4, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {UPSTREAM_HTTP + 1} }} }} }} }}] }}] }}
-{extra}"""
+{tcp_listener("tcp", PROXY_TCP, "upstream_tcp")}{tcp_listener("l4", PROXY_L4, "upstream_l4")}  clusters:
+{cluster("upstream", UPSTREAM_HTTP + 1)}{cluster("upstream_tcp", UPSTREAM_TCP)}{cluster("upstream_l4", UPSTREAM_HTTP + 1)}{extra}"""
 
 
 NGINX_CONF = f"""worker_processes 1;
