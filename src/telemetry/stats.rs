@@ -338,17 +338,6 @@ impl Store {
     }
 }
 
-/// `parts` joined, in one allocation of the exact size: stat names are built this way
-/// where thousands are registered at once (a cluster's ~20), as `format!` costs several
-/// times more.
-pub fn concat(parts: &[&str]) -> String {
-    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for p in parts {
-        out.push_str(p);
-    }
-    out
-}
-
 fn prom_name(name: &str, out: &mut String) {
     let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
     if name.bytes().all(|b| valid(char::from(b))) {
@@ -528,10 +517,6 @@ mod tests {
         out.clear();
         render_labels(&[("a", "plain"), ("b", "q\"s\\l\nn")], &mut out);
         assert_eq!(out, r#"a="plain",b="q\"s\\l\nn""#);
-        assert_eq!(
-            concat(&["cluster.", "x", ".", "upstream_rq"]),
-            "cluster.x.upstream_rq"
-        );
     }
 
     #[test]

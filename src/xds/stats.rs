@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::Kind;
-use crate::telemetry::stats::{Counter, Gauge, Histogram, Store, concat};
+use crate::telemetry::stats::{Counter, Gauge, Histogram, Store};
 
 /// One subscription's counters (Envoy's `SubscriptionStats`).
 #[derive(Debug, Clone)]
@@ -27,8 +27,8 @@ impl UpdateStats {
     /// `flat` is the scope with its trailing dot (`cluster_manager.cds.`), `prom` the
     /// Prometheus stem (`envoy_cluster_manager_cds_`).
     pub fn new(store: &Arc<Store>, flat: &str, prom: &str, labels: &[(&str, &str)]) -> Self {
-        let c = |n: &str| store.counter(concat(&[flat, n]), &concat(&[prom, n]), labels);
-        let g = |n: &str| store.gauge(concat(&[flat, n]), &concat(&[prom, n]), labels);
+        let c = |n: &str| store.counter([flat, n].concat(), &[prom, n].concat(), labels);
+        let g = |n: &str| store.gauge([flat, n].concat(), &[prom, n].concat(), labels);
         UpdateStats {
             attempt: c("update_attempt"),
             success: c("update_success"),
@@ -38,8 +38,8 @@ impl UpdateStats {
             update_time: g("update_time"),
             version: g("version"),
             duration: store.histogram(
-                concat(&[flat, "update_duration"]),
-                &concat(&[prom, "update_duration"]),
+                [flat, "update_duration"].concat(),
+                &[prom, "update_duration"].concat(),
                 labels,
             ),
         }
