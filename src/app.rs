@@ -1,4 +1,4 @@
-//! Wiring: the two runtimes, clusters and listeners from the compiled config, the admin,
+//! Wiring: the control runtime and the traffic workers, clusters and listeners from the compiled config, the admin,
 //! stats and health servers, readiness, and the drain on SIGTERM/SIGINT.
 use std::{
     net::SocketAddr,
@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow};
-use tokio::{runtime::Runtime, sync::mpsc};
+use tokio::sync::mpsc;
 
 use crate::{
     admin::{self, Command, Role, config_dump::StaticDump},
@@ -18,6 +18,7 @@ use crate::{
     readiness::Readiness,
     telemetry::{access_log::Sinks, scopes::ServerStats, stats::Store},
     upstream::ClusterManager,
+    workers::Workers,
     xds,
 };
 
@@ -71,19 +72,10 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
         .thread_name("pilotfish-control")
         .enable_all()
         .build()?;
-    let workers = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(opts.concurrency.max(1))
-        .thread_name("pilotfish-worker")
-        .enable_all()
-        .build()?;
-
-    workers.spawn(timer_anchor());
+    let workers = Workers::start(opts.concurrency, timer_anchor)?;
     let clusters = Arc::new(ClusterManager::new(&config.clusters, &store));
     server.active_clusters.set(clusters.len() as i64);
-    let listeners = Arc::new(ListenerManager::new(
-        workers.handle().clone(),
-        watch.clone(),
-    ));
+    let listeners = Arc::new(ListenerManager::new(workers.handles(), watch.clone()));
 
     // Admin, stats and health come up first, so readiness reads 503 (PRE_INITIALIZING)
     // while clusters resolve, listeners bind and the first xDS config arrives.
@@ -207,8 +199,8 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
         }
     }
     tracing::info!("exiting");
-    shutdown(workers);
-    shutdown(control);
+    workers.shutdown();
+    control.shutdown_timeout(Duration::from_millis(100));
     Ok(())
 }
 
@@ -233,7 +225,7 @@ fn describe(l: &ListenerConfig) -> String {
     }
 }
 
-/// Keeps a timer of the worker runtime due within a second. tokio wakes its timer
+/// Keeps a timer of each worker's runtime due within a second. tokio wakes its timer
 /// driver (an eventfd write, then an extra `epoll_wait` round) whenever a new timer is
 /// due before every timer it slept with; without an anchor, an idle worker pays that
 /// for the timeout timer of each request it takes. With one, request timeouts of a
@@ -244,10 +236,6 @@ async fn timer_anchor() {
     loop {
         tick.tick().await;
     }
-}
-
-fn shutdown(rt: Runtime) {
-    rt.shutdown_timeout(Duration::from_millis(100));
 }
 
 fn role_name(role: Role) -> &'static str {

@@ -14,4 +14,5 @@ pub mod readiness;
 pub mod tcp;
 pub mod telemetry;
 pub mod upstream;
+pub mod workers;
 pub mod xds;

@@ -183,8 +183,10 @@ async fn http1_downstream_to_http2_upstream() {
         "hop-by-hop header named in connection was forwarded"
     );
     assert!(!seen.headers.contains_key("connection"));
-    // Five downstream connections share one multiplexed upstream connection.
-    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+    // Five downstream connections share one multiplexed upstream connection per worker
+    // (two here), as in Envoy.
+    let upstream = up.connections.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&upstream), "{upstream} upstream connections");
 }
 
 #[tokio::test]

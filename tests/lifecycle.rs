@@ -1,6 +1,7 @@
 //! Lifecycle: readiness, health-check fail/ok, drain on SIGTERM with in-flight requests
 //! completing (HTTP/1 `connection: close`, HTTP/2 GOAWAY), the drain deadline,
-//! `/quitquitquit`, and the embedded default's loop refusal.
+//! `/quitquitquit`, the embedded default's loop refusal, and the workers' listening
+//! sockets.
 mod common;
 
 use std::{net::SocketAddr, process::Stdio, time::Duration};
@@ -316,4 +317,47 @@ async fn a_listener_that_cannot_bind_fails_startup_naming_it() {
         err.contains(&format!("listener 'http': cannot bind 127.0.0.1:{port}")),
         "{err}"
     );
+}
+
+/// Listening sockets on `port` in this network namespace (`/proc/net/tcp`, state 0A).
+fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
+        })
+        .count()
+}
+
+/// As Envoy, each of the two workers listens on a socket of its own (SO_REUSEPORT), or
+/// with `enable_reuse_port: false` they share one; either way every connection is
+/// served. Checked against Envoy on the same bootstraps.
+#[tokio::test]
+async fn each_worker_has_its_own_socket_unless_reuse_port_is_off() {
+    let up = Upstream::start("x").await;
+    let routes = r#"              - match: { prefix: "/" }
+                route: { cluster: backend }"#;
+    let on = http_bootstrap(routes, &static_cluster("backend", &[up.addr], false));
+    let off = on.replace(
+        "port_value: 0 } }\n    filter_chains",
+        "port_value: 0 } }\n    enable_reuse_port: false\n    filter_chains",
+    );
+    assert_ne!(on, off);
+    let mut bins = vec![BIN.to_owned()];
+    bins.extend(reference_envoy());
+    for bin in &bins {
+        for (yaml, sockets) in [(&on, 2), (&off, 1)] {
+            let p = Proxy::start_bin(bin, yaml, &[]).await;
+            let addr = p.listener("http");
+            assert_eq!(listening_sockets(addr.port()), sockets, "{bin}\n{yaml}");
+            for i in 0..32 {
+                let (status, _) = http_get(addr, "/").await.unwrap();
+                assert_eq!(status, 200, "{bin}: connection {i}");
+            }
+        }
+    }
 }

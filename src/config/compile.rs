@@ -350,6 +350,7 @@ pub fn listener(l: &Listener, path: &str, clusters: &HashSet<String>) -> Result<
         ipv4_compat,
         bind_to_port: l.bind_to_port.as_ref().is_none_or(|b| b.value),
         use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
+        reuse_port: l.enable_reuse_port.as_ref().is_none_or(|b| b.value),
         listener_filters,
         stat_name,
         filter_chains,

@@ -89,6 +89,8 @@ pub struct ListenerConfig {
     /// `use_original_dst`: a connection whose original destination belongs to another
     /// listener is handed to that listener.
     pub use_original_dst: bool,
+    /// `enable_reuse_port` (default true): a socket per worker, else one shared socket.
+    pub reuse_port: bool,
     pub listener_filters: ListenerFilters,
     /// Envoy's listener stat scope: `stat_prefix`, else the address as `0.0.0.0_15001`.
     pub stat_name: String,

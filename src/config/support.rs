@@ -104,6 +104,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "use_original_dst",
             "additional_addresses",
             "default_filter_chain",
+            "enable_reuse_port",
         ],
     ),
     ("envoy.config.listener.v3.AdditionalAddress", &["address"]),

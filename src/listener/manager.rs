@@ -10,13 +10,14 @@ use std::{
 use arc_swap::ArcSwap;
 use tokio::{runtime::Handle, task::AbortHandle};
 
-use super::{Listener, Registry, accept_loop, bind};
+use super::{Listener, Registry, accept_loop, bind_for_workers};
 use crate::drain;
 
 #[derive(Debug)]
 pub struct ListenerManager {
-    /// The traffic runtime: sockets are registered with it and accept loops run on it.
-    workers: Handle,
+    /// The workers' runtimes: each accepts on a socket of its own (or a share of one)
+    /// and serves what it accepted.
+    workers: Arc<[Handle]>,
     drain: drain::Watch,
     registry: Arc<ArcSwap<Registry>>,
     active: Mutex<BTreeMap<String, Active>>,
@@ -25,13 +26,14 @@ pub struct ListenerManager {
 #[derive(Debug)]
 struct Active {
     slot: Arc<ArcSwap<Listener>>,
-    /// The bound addresses and their accept loops (none for `bind_to_port: false`).
-    bound: Vec<(SocketAddr, AbortHandle)>,
+    /// The bound addresses and their accept loops, one per worker (none for
+    /// `bind_to_port: false`).
+    bound: Vec<(SocketAddr, Vec<AbortHandle>)>,
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        for (_, task) in &self.bound {
+        for task in self.bound.iter().flat_map(|(_, tasks)| tasks) {
             task.abort();
         }
     }
@@ -48,7 +50,7 @@ pub enum Upserted {
 }
 
 impl ListenerManager {
-    pub fn new(workers: Handle, drain: drain::Watch) -> Self {
+    pub fn new(workers: Arc<[Handle]>, drain: drain::Watch) -> Self {
         ListenerManager {
             workers,
             drain,
@@ -131,30 +133,38 @@ impl ListenerManager {
         self.len() == 0
     }
 
-    /// Binds every address of `l` (all or none) and starts accepting.
+    /// Binds every address of `l` (all or none) and starts accepting on every worker.
     fn start(&self, l: Arc<Listener>) -> Result<Active, String> {
         let mut sockets = Vec::new();
         if l.config.bind_to_port {
-            let _enter = self.workers.enter();
             for addr in l.config.addresses() {
-                let socket = bind(addr, l.config.ipv4_compat.contains(&addr)).map_err(|e| {
-                    format!("listener '{}': cannot bind {addr}: {e}", l.config.name)
-                })?;
-                let local = socket.local_addr().map_err(|e| e.to_string())?;
-                sockets.push((socket, local));
+                let compat = l.config.ipv4_compat.contains(&addr);
+                let bound = bind_for_workers(addr, compat, l.config.reuse_port, &self.workers)
+                    .map_err(|e| {
+                        format!("listener '{}': cannot bind {addr}: {e}", l.config.name)
+                    })?;
+                sockets.push(bound);
             }
         }
         let slot = Arc::new(ArcSwap::new(l));
         let bound = sockets
             .into_iter()
-            .map(|(socket, local)| {
-                let task = self.workers.spawn(accept_loop(
-                    slot.clone(),
-                    socket,
-                    self.registry.clone(),
-                    self.drain.clone(),
-                ));
-                (local, task.abort_handle())
+            .map(|(local, per_worker)| {
+                let tasks = per_worker
+                    .into_iter()
+                    .zip(self.workers.iter())
+                    .map(|(socket, worker)| {
+                        worker
+                            .spawn(accept_loop(
+                                slot.clone(),
+                                socket,
+                                self.registry.clone(),
+                                self.drain.clone(),
+                            ))
+                            .abort_handle()
+                    })
+                    .collect();
+                (local, tasks)
             })
             .collect();
         Ok(Active { slot, bound })
@@ -173,4 +183,5 @@ fn same_sockets(old: &Listener, new: &Listener) -> bool {
     a.bind_to_port == b.bind_to_port
         && a.addresses().eq(b.addresses())
         && a.ipv4_compat == b.ipv4_compat
+        && a.reuse_port == b.reuse_port
 }

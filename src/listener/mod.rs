@@ -17,7 +17,10 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    runtime::Handle,
+};
 
 pub use self::{manager::ListenerManager, registry::Registry};
 use crate::{
@@ -302,16 +305,63 @@ fn is_own(own: &[SocketAddr], dst: SocketAddr, local: SocketAddr) -> bool {
 /// Binds a listener socket with SO_REUSEADDR, as Envoy does. An IPv6 socket takes IPv4
 /// connections too only with `ipv4_compat`.
 pub fn bind(addr: SocketAddr, ipv4_compat: bool) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, ipv4_compat, false)?)
+}
+
+/// A listening socket for each worker, registered with that worker's runtime, and the
+/// address they are bound to. With `reuse_port` (Envoy's `enable_reuse_port`, on by
+/// default) each worker has a socket of its own on the address (SO_REUSEPORT) and the
+/// kernel spreads new connections over them by a hash of their addresses, as it does
+/// for Envoy's workers; without it the workers accept from one shared socket.
+pub fn bind_for_workers(
+    addr: SocketAddr,
+    ipv4_compat: bool,
+    reuse_port: bool,
+    workers: &[Handle],
+) -> io::Result<(SocketAddr, Vec<TcpListener>)> {
+    let first = bind_std(addr, ipv4_compat, reuse_port)?;
+    // The first bind picks the port when `addr` leaves it to the kernel; the other
+    // workers' sockets join it there.
+    let local = first.local_addr()?;
+    let joined = SocketAddr::new(addr.ip(), local.port());
+    let mut sockets = Vec::with_capacity(workers.len());
+    for _ in 1..workers.len() {
+        sockets.push(if reuse_port {
+            bind_std(joined, ipv4_compat, true)?
+        } else {
+            first.try_clone()?
+        });
+    }
+    sockets.insert(0, first);
+    let listeners = sockets
+        .into_iter()
+        .zip(workers)
+        .map(|(socket, worker)| {
+            let _enter = worker.enter();
+            TcpListener::from_std(socket)
+        })
+        .collect::<io::Result<_>>()?;
+    Ok((local, listeners))
+}
+
+fn bind_std(
+    addr: SocketAddr,
+    ipv4_compat: bool,
+    reuse_port: bool,
+) -> io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     sock.set_reuse_address(true)?;
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         sock.set_only_v6(!ipv4_compat)?;
     }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     sock.listen(4096)?;
-    TcpListener::from_std(sock.into())
+    Ok(sock.into())
 }
 
 #[cfg(test)]
@@ -341,5 +391,65 @@ mod tests {
             unmap("[fd00::1]:80".parse().unwrap()),
             "[fd00::1]:80".parse::<SocketAddr>().unwrap()
         );
+    }
+
+    /// Binds 127.0.0.1:0 for two workers, opens `n` connections and returns how many
+    /// each worker accepted.
+    fn accepted_per_worker(reuse_port: bool, n: usize) -> Vec<usize> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let workers = crate::workers::Workers::start(2, || async {}).unwrap();
+        let handles = workers.handles();
+        let (local, sockets) =
+            bind_for_workers("127.0.0.1:0".parse().unwrap(), false, reuse_port, &handles).unwrap();
+        assert_ne!(local.port(), 0);
+        assert_eq!(sockets.len(), 2);
+        let counts: Arc<[AtomicUsize; 2]> = Arc::new(Default::default());
+        for (i, (socket, worker)) in sockets.into_iter().zip(handles.iter()).enumerate() {
+            let option = socket2::SockRef::from(&socket).reuse_port().unwrap();
+            assert_eq!(option, reuse_port, "SO_REUSEPORT on worker {i}'s socket");
+            let counts = counts.clone();
+            worker.spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((s, _)) = socket.accept().await {
+                    assert_eq!(crate::workers::current(), i);
+                    held.push(s);
+                    counts[i].fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        let clients: Vec<_> = (0..n)
+            .map(|_| std::net::TcpStream::connect(local).unwrap())
+            .collect();
+        let total = || {
+            counts
+                .iter()
+                .map(|c| c.load(Ordering::SeqCst))
+                .sum::<usize>()
+        };
+        for _ in 0..500 {
+            if total() == n {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(clients);
+        let out = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+        workers.shutdown();
+        out
+    }
+
+    #[test]
+    fn with_reuse_port_every_worker_accepts_on_a_socket_of_its_own() {
+        // The kernel picks a worker's socket by the connection's hash: 64 connections all
+        // landing on one of two sockets has a chance of 2^-63.
+        let counts = accepted_per_worker(true, 64);
+        assert_eq!(counts.iter().sum::<usize>(), 64, "{counts:?}");
+        assert!(counts.iter().all(|&c| c > 0), "{counts:?}");
+    }
+
+    #[test]
+    fn without_reuse_port_the_workers_share_one_socket() {
+        let counts = accepted_per_worker(false, 16);
+        assert_eq!(counts.iter().sum::<usize>(), 16, "{counts:?}");
     }
 }

@@ -1,6 +1,8 @@
 //! Per-host HTTP connection pools: idle HTTP/1.1 connections reused one request at a
-//! time, and one multiplexed HTTP/2 connection.
-use std::sync::{Arc, Mutex};
+//! time, and one multiplexed HTTP/2 connection. Each worker has a pool of its own, as in
+//! Envoy: a connection's task runs on the worker that opened it, so a request sent on
+//! another worker's connection would wake that worker twice.
+use std::sync::{Arc, Mutex, OnceLock};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -11,13 +13,22 @@ use super::{
     cluster::{Cluster, Host},
     connect::{ConnectError, connect},
 };
-use crate::{http::body::Body, telemetry::stats::GaugeGuard};
+use crate::{http::body::Body, telemetry::stats::GaugeGuard, workers};
 
 /// Most idle HTTP/1.1 connections kept per host.
 const MAX_IDLE_H1: usize = 1024;
 
 #[derive(Debug, Default)]
 pub struct HostPool {
+    /// One per worker, made on first use: a host never sent to costs one pointer.
+    workers: OnceLock<Box<[WorkerPool]>>,
+}
+
+/// One worker's connections to a host. Aligned to a cache line so workers' pools of
+/// the same host do not share one.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct WorkerPool {
     h1_idle: Mutex<Vec<http1::SendRequest<Body>>>,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
     /// Serializes HTTP/2 connection setup so concurrent requests share one connection.
@@ -25,16 +36,24 @@ pub struct HostPool {
 }
 
 impl HostPool {
+    /// The calling worker's pool.
+    fn mine(&self) -> &WorkerPool {
+        let all = self.workers.get_or_init(|| {
+            (0..workers::count())
+                .map(|_| WorkerPool::default())
+                .collect()
+        });
+        &all[workers::current() % all.len()]
+    }
+
     /// True when the pool holds no live connection.
     pub fn is_idle_empty(&self) -> bool {
-        let h1 = self.h1_idle.lock().unwrap().iter().all(|s| s.is_closed());
-        let h2 = self
-            .h2
-            .lock()
-            .unwrap()
-            .as_ref()
-            .is_none_or(|s| s.is_closed());
-        h1 && h2
+        self.workers.get().is_none_or(|all| {
+            all.iter().all(|p| {
+                p.h1_idle.lock().unwrap().iter().all(|s| s.is_closed())
+                    && p.h2.lock().unwrap().as_ref().is_none_or(|s| s.is_closed())
+            })
+        })
     }
 }
 
@@ -68,7 +87,7 @@ async fn send_h1(
 ) -> Result<Response<PooledBody>, SendError> {
     // Reuse an idle connection; one that turns out closed hands the request back.
     loop {
-        let idle = host.pool.h1_idle.lock().unwrap().pop();
+        let idle = host.pool.mine().h1_idle.lock().unwrap().pop();
         let Some(mut sender) = idle else { break };
         // A connection goes back to the pool as its last response ends, a moment
         // before its task has taken note: wait for that rather than dropping it.
@@ -156,7 +175,7 @@ fn put_back(back: Option<(Arc<Host>, http1::SendRequest<Body>)>) {
     if sender.is_closed() {
         return;
     }
-    let mut idle = host.pool.h1_idle.lock().unwrap();
+    let mut idle = host.pool.mine().h1_idle.lock().unwrap();
     // Checkout skips closed connections. Sweeping them out on every return would touch
     // every idle connection per request; upstreams close the longest idle first, so
     // sweep when the oldest has closed, or when the pool is full.
@@ -212,7 +231,7 @@ async fn send_h2(
     let mut sender = match live_h2(host) {
         Some(s) => s,
         None => {
-            let _gate = host.pool.h2_connect.lock().await;
+            let _gate = host.pool.mine().h2_connect.lock().await;
             match live_h2(host) {
                 Some(s) => s,
                 None => {
@@ -228,7 +247,7 @@ async fn send_h2(
                         let _ = conn.await;
                         drop(guard);
                     });
-                    *host.pool.h2.lock().unwrap() = Some(sender.clone());
+                    *host.pool.mine().h2.lock().unwrap() = Some(sender.clone());
                     sender
                 }
             }
@@ -239,6 +258,7 @@ async fn send_h2(
 
 fn live_h2(host: &Host) -> Option<http2::SendRequest<Body>> {
     host.pool
+        .mine()
         .h2
         .lock()
         .unwrap()
@@ -262,7 +282,7 @@ mod tests {
 
     async fn closed(host: &Host, i: usize) {
         for _ in 0..1000 {
-            if host.pool.h1_idle.lock().unwrap()[i].is_closed() {
+            if host.pool.mine().h1_idle.lock().unwrap()[i].is_closed() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -273,7 +293,7 @@ mod tests {
     #[tokio::test]
     async fn closed_connections_leave_when_the_oldest_closes() {
         let host = Host::new("127.0.0.1:1".parse().unwrap());
-        let idle = || host.pool.h1_idle.lock().unwrap().len();
+        let idle = || host.pool.mine().h1_idle.lock().unwrap().len();
         let mut peers = Vec::new();
         for _ in 0..3 {
             let (sender, peer) = connection().await;
@@ -295,11 +315,46 @@ mod tests {
         assert_eq!(idle(), 3);
         assert!(
             host.pool
+                .mine()
                 .h1_idle
                 .lock()
                 .unwrap()
                 .iter()
                 .all(|s| !s.is_closed())
         );
+    }
+
+    /// Runs `fut` on `worker` and waits for its output.
+    fn on<T: Send + 'static>(
+        worker: &tokio::runtime::Handle,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        worker.spawn(async move { tx.send(fut.await).unwrap() });
+        rx.recv().unwrap()
+    }
+
+    #[test]
+    fn a_worker_reuses_only_connections_it_opened() {
+        let workers = crate::workers::Workers::start(2, || async {}).unwrap();
+        let w = workers.handles();
+        let host = Host::new("127.0.0.1:1".parse().unwrap());
+        let h = host.clone();
+        let _peer = on(&w[0], async move {
+            let (sender, peer) = connection().await;
+            put_back(Some((h, sender)));
+            peer
+        });
+        let idle = |i: usize| {
+            let h = host.clone();
+            on(
+                &w[i],
+                async move { h.pool.mine().h1_idle.lock().unwrap().len() },
+            )
+        };
+        assert_eq!(idle(1), 0, "worker 1 sees worker 0's connection");
+        assert_eq!(idle(0), 1);
+        assert!(!host.pool.is_idle_empty());
+        workers.shutdown();
     }
 }

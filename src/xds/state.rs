@@ -1215,7 +1215,7 @@ mod tests {
         let rt = Runtime {
             ctx,
             listeners: Arc::new(ListenerManager::new(
-                tokio::runtime::Handle::current(),
+                Arc::new([tokio::runtime::Handle::current()]),
                 watch,
             )),
             readiness: readiness.clone(),
