@@ -1,5 +1,6 @@
-//! Wiring: the control runtime and the traffic workers, clusters and listeners from the compiled config, the admin,
-//! stats and health servers, readiness, and the drain on SIGTERM/SIGINT.
+//! Wiring: the control runtime and the traffic workers, clusters and listeners from the
+//! compiled config, the admin, stats and health servers, readiness, and the drain on
+//! SIGTERM/SIGINT.
 use std::{
     net::SocketAddr,
     sync::{Arc, OnceLock},
