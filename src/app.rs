@@ -135,7 +135,9 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
             format!("for {} (not bound)", c.address)
         };
         tracing::info!("listener {} {what} ({})", c.name, describe(c));
-        listeners.upsert(l).map_err(|e| anyhow!(e))?;
+        listeners
+            .upsert(l.clone())
+            .map_err(|e| anyhow!("listener '{}': {e}", l.config.name))?;
     }
     server.total_listeners_active.set(listeners.len() as i64);
     match &config.dynamic {

@@ -87,14 +87,20 @@ impl Workers {
         self.handles.clone()
     }
 
-    /// Stops every worker: tasks still running are dropped.
+    /// Stops every worker: tasks still running are dropped. A worker that has not
+    /// stopped within a second (a task that never yields) is left behind, so the process
+    /// can still exit.
     pub fn shutdown(self) {
-        let mut joins = Vec::with_capacity(self.threads.len());
+        let mut threads = Vec::with_capacity(self.threads.len());
         for (stop, thread) in self.threads {
             let _ = stop.send(());
-            joins.push(thread);
+            threads.push(thread);
         }
-        for t in joins {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for t in threads.into_iter().filter(|t| t.is_finished()) {
             let _ = t.join();
         }
     }

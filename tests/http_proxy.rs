@@ -186,7 +186,10 @@ async fn http1_downstream_to_http2_upstream() {
     // Five downstream connections share one multiplexed upstream connection per worker
     // (two here), as in Envoy.
     let upstream = up.connections.load(Ordering::SeqCst);
-    assert!((1..=2).contains(&upstream), "{upstream} upstream connections");
+    assert!(
+        (1..=2).contains(&upstream),
+        "{upstream} upstream connections"
+    );
 }
 
 #[tokio::test]

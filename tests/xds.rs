@@ -2,7 +2,8 @@
 //! readiness, an update of every type, NACK with the last good config serving, SotW
 //! removal, delta add/remove/reconnect with known versions, warming order, a
 //! control-plane restart and 1,000 updates under traffic with no failed request,
-//! path_config_source, ADS over a Unix socket, and Envoy's ACK/NACK behaviour compared.
+//! path_config_source, ADS over a Unix socket, and Envoy's ACK/NACK behaviour compared
+//! (including the listener updates it refuses).
 mod common;
 
 use std::{
@@ -863,4 +864,108 @@ async fn ack_and_nack_match_envoy() {
         assert_eq!(rejected, Some(2), "{bin} {api}");
     }
     drop(busy);
+}
+
+/// With SO_REUSEPORT the kernel would take a second bind of an address, so what Envoy
+/// refuses is refused explicitly, compared with Envoy: a listener on an address another
+/// listener has, and an update that changes `enable_reuse_port`, are NACKed while the
+/// listener there keeps serving, as it does when its new address cannot be bound; a
+/// response that removes a listener and gives its address to a new one applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_addresses_and_reuse_port_changes_are_refused_like_envoy() {
+    let Some(envoy) = common::reference_envoy() else {
+        return;
+    };
+    let up = Upstream::start("a").await;
+    for bin in [envoy.as_str(), common::BIN] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let x = XdsServer::start().await;
+        load_basic(&x, up.addr);
+        x.set(LDS, vec![listener("http", port, "r", "v1")]);
+        let mut p = Proxy::start_bin(bin, &ads_bootstrap(&tcp(x.addr), "GRPC"), &[]).await;
+        let addr = p.listener("http");
+        assert_eq!(addr.port(), port);
+        assert_eq!(get(addr, "/").await.unwrap().0, 200, "{bin}");
+
+        // The next LDS NACK's error (one more than seen so far).
+        let mut seen = 0;
+        let mut nacked = async |what: &str, x: &XdsServer| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let nacks: Vec<String> = x
+                    .requests()
+                    .into_iter()
+                    .filter(|r| r.type_url == LDS)
+                    .filter_map(|r| r.error)
+                    .collect();
+                if nacks.len() > seen {
+                    seen = nacks.len();
+                    return nacks.last().unwrap().clone();
+                }
+                assert!(Instant::now() < deadline, "{bin}: no NACK of {what}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        x.set(
+            LDS,
+            vec![
+                listener("http", port, "r", "v1"),
+                listener("dup", port, "r", "dup"),
+            ],
+        );
+        let e = nacked("a duplicate address", &x).await;
+        assert!(e.contains("dup"), "{bin}: {e}");
+
+        let mut off: Listener =
+            prost::Message::decode(listener("http", port, "r", "v1").1.value.as_slice()).unwrap();
+        off.enable_reuse_port = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+        x.set(LDS, vec![("http".into(), any(&off))]);
+        let e = nacked("an enable_reuse_port change", &x).await;
+        assert!(
+            e.contains("reuse port") || e.contains("reuse_port"),
+            "{bin}: {e}"
+        );
+        p.refresh_listeners().await;
+        assert!(!p.listeners.contains_key("dup"), "{bin}");
+        let (status, headers) = get(addr, "/").await.unwrap();
+        assert_eq!(
+            (status, header(&headers, "server")),
+            (200, "v1".into()),
+            "{bin}"
+        );
+
+        // A new address that cannot be bound: NACKed, the listener keeps its old one.
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy_port = busy.local_addr().unwrap().port();
+        x.set(LDS, vec![listener("http", busy_port, "r", "v2")]);
+        nacked("an address in use", &x).await;
+        let (status, headers) = get(addr, "/").await.unwrap();
+        assert_eq!(
+            (status, header(&headers, "server")),
+            (200, "v1".into()),
+            "{bin}"
+        );
+        drop(busy);
+
+        // The address passes from a removed listener to a new one in one response.
+        x.set(LDS, vec![listener("next", port, "r", "next")]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let served = get(addr, "/")
+                .await
+                .ok()
+                .map(|(s, h)| (s, header(&h, "server")));
+            if served == Some((200, "next".into())) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{bin}: {served:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        p.refresh_listeners().await;
+        assert!(!p.listeners.contains_key("http"), "{bin}");
+    }
 }

@@ -59,26 +59,42 @@ impl ListenerManager {
         }
     }
 
-    /// Adds `l`, or replaces the listener of the same name. Fails (leaving the running
-    /// listener as it was) when a new address cannot be bound.
+    /// Adds `l`, or replaces the listener of the same name. Fails when a new address
+    /// cannot be bound or Envoy would refuse the update, leaving the running listener as
+    /// it was (except a listener without `enable_reuse_port` that keeps one of its
+    /// addresses: its sockets close before the new ones bind). The error does not name
+    /// the listener.
     pub fn upsert(&self, l: Arc<Listener>) -> Result<Upserted, String> {
         let mut active = self.active.lock().unwrap();
         let name = l.config.name.clone();
+        check_update(&active, &l)?;
         let outcome = match active.get(&name) {
             Some(old) if same_sockets(&old.slot.load(), &l) => {
                 let previous = old.slot.swap(l);
                 previous.retire();
                 Upserted::Updated
             }
-            Some(_) => {
-                // Close the old sockets first: the new ones may reuse an address.
-                let old = active.remove(&name).expect("present");
+            Some(old) => {
+                // With SO_REUSEPORT the new sockets join any address the old listener
+                // shares, so they are bound first and a failure leaves the old listener
+                // serving. A shared socket without it has to close first.
                 let previous = old.slot.load_full();
-                drop(old);
-                previous.retire();
+                let close_first = !l.config.reuse_port
+                    && l.config.bind_to_port
+                    && previous.config.bind_to_port
+                    && l.config
+                        .addresses()
+                        .any(|a| previous.config.addresses().any(|b| a == b));
+                if close_first {
+                    drop(active.remove(&name));
+                    previous.retire();
+                }
                 match self.start(l) {
                     Ok(a) => {
-                        active.insert(name, a);
+                        if let Some(old) = active.insert(name, a) {
+                            drop(old);
+                            previous.retire();
+                        }
                     }
                     Err(e) => {
                         self.publish(&active);
@@ -140,9 +156,7 @@ impl ListenerManager {
             for addr in l.config.addresses() {
                 let compat = l.config.ipv4_compat.contains(&addr);
                 let bound = bind_for_workers(addr, compat, l.config.reuse_port, &self.workers)
-                    .map_err(|e| {
-                        format!("listener '{}': cannot bind {addr}: {e}", l.config.name)
-                    })?;
+                    .map_err(|e| format!("cannot bind {addr}: {e}"))?;
                 sockets.push(bound);
             }
         }
@@ -177,11 +191,42 @@ impl ListenerManager {
     }
 }
 
+/// What Envoy refuses when a listener is added or updated. Both would otherwise succeed:
+/// with SO_REUSEPORT the kernel takes a second bind of an address and splits its
+/// connections between the sockets.
+fn check_update(active: &BTreeMap<String, Active>, l: &Listener) -> Result<(), String> {
+    let name = &l.config.name;
+    if let Some(old) = active.get(name)
+        && old.slot.load().config.reuse_port != l.config.reuse_port
+    {
+        return Err("enable_reuse_port cannot be changed during an update".into());
+    }
+    if !l.config.bind_to_port {
+        return Ok(());
+    }
+    // Against the addresses the others are bound to: a listener on port 0 took a port
+    // of its own, which a later listener may name.
+    for (other, a) in active {
+        if other == name {
+            continue;
+        }
+        if let Some(addr) = l
+            .config
+            .addresses()
+            .find(|x| x.port() != 0 && a.bound.iter().any(|(y, _)| y == x))
+        {
+            return Err(format!(
+                "has duplicate address '{addr}' as existing listener '{other}'"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// True when `new` binds exactly what `old` binds, so it can take over its sockets.
 fn same_sockets(old: &Listener, new: &Listener) -> bool {
     let (a, b) = (&old.config, &new.config);
     a.bind_to_port == b.bind_to_port
         && a.addresses().eq(b.addresses())
         && a.ipv4_compat == b.ipv4_compat
-        && a.reuse_port == b.reuse_port
 }

@@ -686,6 +686,18 @@ impl State {
         let prepared = prepared.inspect_err(|_| self.stats.listener_create_failure.inc())?;
         let mut errors = Vec::new();
         let seen: HashSet<String> = prepared.iter().map(|p| p.name.clone()).collect();
+        // Removals first, as Envoy's LDS does: a listener may take over the address of
+        // one the same response removes.
+        let removes =
+            removed.unwrap_or_else(|| absent(&self.listeners, &self.warming_listeners, &seen));
+        for n in removes {
+            self.warming_listeners.remove(&n);
+            if self.listeners.remove(&n).is_some() {
+                self.rt.listeners.remove(&n);
+                self.stats.listener_removed.inc();
+            }
+            self.rejected.remove(&(Kind::Listener, n));
+        }
         for Prepared {
             name,
             version,
@@ -722,16 +734,6 @@ impl State {
                 let deadline = rds_timeout(&entry.value).map(|t| received + t);
                 self.warming_listeners.insert(name, (entry, deadline));
             }
-        }
-        let removes =
-            removed.unwrap_or_else(|| absent(&self.listeners, &self.warming_listeners, &seen));
-        for n in removes {
-            self.warming_listeners.remove(&n);
-            if self.listeners.remove(&n).is_some() {
-                self.rt.listeners.remove(&n);
-                self.stats.listener_removed.inc();
-            }
-            self.rejected.remove(&(Kind::Listener, n));
         }
         self.prune_routes();
         self.update_listener_gauges();
