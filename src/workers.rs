@@ -1,7 +1,8 @@
 //! The traffic workers: one thread each, each running a single-threaded tokio runtime of
 //! its own, as Envoy runs one event loop per worker. A connection stays on the worker
 //! that accepted it, and so do the upstream connections it opens (the pools keep one
-//! set per worker), so nothing on a request's path wakes another thread.
+//! set per worker), so proxying a request wakes no other thread (an access-log line
+//! goes to its writer on the control runtime).
 use std::{
     cell::Cell,
     io,
