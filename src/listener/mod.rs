@@ -324,15 +324,15 @@ pub fn bind_for_workers(
     // workers' sockets join it there.
     let local = first.local_addr()?;
     let joined = SocketAddr::new(addr.ip(), local.port());
-    let mut sockets = Vec::with_capacity(workers.len());
+    let mut sockets = vec![first];
     for _ in 1..workers.len() {
-        sockets.push(if reuse_port {
+        let next = if reuse_port {
             bind_std(joined, ipv4_compat, true)?
         } else {
-            first.try_clone()?
-        });
+            sockets[0].try_clone()?
+        };
+        sockets.push(next);
     }
-    sockets.insert(0, first);
     let listeners = sockets
         .into_iter()
         .zip(workers)
