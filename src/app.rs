@@ -76,7 +76,11 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
     let workers = Workers::start(opts.concurrency, timer_anchor)?;
     let clusters = Arc::new(ClusterManager::new(&config.clusters, &store));
     server.active_clusters.set(clusters.len() as i64);
-    let listeners = Arc::new(ListenerManager::new(workers.handles(), watch.clone()));
+    let listeners = Arc::new(ListenerManager::new(
+        workers.handles(),
+        watch.clone(),
+        clusters.own_addresses().clone(),
+    ));
 
     // Admin, stats and health come up first, so readiness reads 503 (PRE_INITIALIZING)
     // while clusters resolve, listeners bind and the first xDS config arrives.

@@ -95,6 +95,34 @@ fn sidecar_capture_in_network_namespaces() {
         .join()
         .unwrap();
     let stats = pod.run(scrape).join().unwrap();
+    // Loops: the app (and a remote peer) connecting to the sidecar's own capture ports,
+    // straight or through the capture, IPv4 and IPv6. Each connection is closed with
+    // nothing forwarded; before, virtualOutbound (no listener filter, as istiod sends
+    // it) forwarded them to itself until it ran out of file descriptors.
+    let own_from_app = [
+        "127.0.0.1:15001",
+        "10.77.0.1:15001",
+        "[::1]:15001",
+        "[fd77::1]:15001",
+        "127.0.0.1:15006",
+        "10.77.0.1:15006",
+        "[fd77::1]:15006",
+    ];
+    let own_from_remote = ["10.77.0.1:15001", "10.77.0.1:15006", "[fd77::1]:15001"];
+    let app_loops = pod
+        .run(move || own_from_app.map(|a| (a, greeting(a))))
+        .join()
+        .unwrap();
+    let remote_loops = remote
+        .run(move || own_from_remote.map(|a| (a, greeting(a))))
+        .join()
+        .unwrap();
+    for (addr, got) in app_loops.iter().chain(&remote_loops) {
+        assert_eq!(got, "", "a connection to the sidecar's own {addr}");
+    }
+    // Still serving afterwards.
+    let after_loops = pod.run(|| http_get("10.77.0.2:9080", &[])).join().unwrap();
+    let stats_after = pod.run(scrape).join().unwrap();
     let counters = sh(&[
         "ip",
         "netns",
@@ -173,6 +201,30 @@ fn sidecar_capture_in_network_namespaces() {
     {
         assert!(line.ends_with(" 0"), "a connection looped back: {line}");
     }
+    // Every loop probe refused exactly once, where it was accepted, and none reached a
+    // passthrough cluster.
+    let refused: u64 = ["0.0.0.0_15001", "0.0.0.0_15006"]
+        .iter()
+        .map(|a| {
+            value(
+                &stats_after,
+                &format!("pilotfish_listener_loop_refused{{envoy_listener_address=\"{a}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(
+        refused as usize,
+        own_from_app.len() + own_from_remote.len(),
+        "{stats_after}"
+    );
+    for c in ["PassthroughCluster", "InboundPassthroughCluster"] {
+        assert_eq!(
+            value(&stats_after, &cluster(c)),
+            value(&stats, &cluster(c)),
+            "{c} connected for a loop probe"
+        );
+    }
+    assert_eq!(after_loops, "reviews-v1 saw 10.77.0.1");
     // pilotfish's own upstream connections left through the uid-1337 RETURN rule.
     let own = counters
         .lines()

@@ -373,6 +373,9 @@ fn listener_filters(l: &Listener, path: &str) -> Result<ListenerFilters> {
             Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
         },
         continue_on_timeout: l.continue_on_listener_filters_timeout,
+        // Envoy adds the original_dst listener filter itself when `use_original_dst` is
+        // set (istiod's virtualOutbound lists no listener filter and relies on this).
+        original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
         ..Default::default()
     };
     for (i, f) in l.listener_filters.iter().enumerate() {

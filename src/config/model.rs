@@ -110,8 +110,9 @@ impl ListenerConfig {
 /// chosen.
 #[derive(Debug, Clone, Default)]
 pub struct ListenerFilters {
-    /// `envoy.filters.listener.original_dst`: the connection's destination becomes its
-    /// original (pre-REDIRECT) destination.
+    /// `envoy.filters.listener.original_dst` (listed, or implied by `use_original_dst`
+    /// as in Envoy): the connection's destination becomes its original (pre-REDIRECT)
+    /// destination.
     pub original_dst: bool,
     /// `envoy.filters.listener.tls_inspector`: SNI and ALPN from a TLS ClientHello.
     pub tls_inspector: Option<FilterEnabled>,

@@ -454,7 +454,7 @@ impl HttpConnectionManager {
                     ResponseFlag::UpstreamConnectionFailure,
                 );
             }
-            Some(Err(SendError::Connect(ConnectError::Failed(_)))) => {
+            Some(Err(SendError::Connect(ConnectError::Failed(_) | ConnectError::Loop))) => {
                 stats.upstream_rq.record(503);
                 return local_reply::reply(ResponseFlag::UpstreamConnectionFailure);
             }

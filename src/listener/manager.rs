@@ -11,7 +11,10 @@ use arc_swap::ArcSwap;
 use tokio::{runtime::Handle, task::AbortHandle};
 
 use super::{Listener, Registry, accept_loop, bind_for_workers};
-use crate::drain;
+use crate::{
+    drain,
+    net::own::{OwnAddress, OwnAddresses},
+};
 
 #[derive(Debug)]
 pub struct ListenerManager {
@@ -20,6 +23,9 @@ pub struct ListenerManager {
     workers: Arc<[Handle]>,
     drain: drain::Watch,
     registry: Arc<ArcSwap<Registry>>,
+    /// The capture listeners' bound addresses, shared with the cluster manager so that
+    /// upstream connections refuse them too.
+    own: Arc<OwnAddresses>,
     active: Mutex<BTreeMap<String, Active>>,
 }
 
@@ -50,11 +56,12 @@ pub enum Upserted {
 }
 
 impl ListenerManager {
-    pub fn new(workers: Arc<[Handle]>, drain: drain::Watch) -> Self {
+    pub fn new(workers: Arc<[Handle]>, drain: drain::Watch, own: Arc<OwnAddresses>) -> Self {
         ListenerManager {
             workers,
             drain,
-            registry: Arc::new(ArcSwap::from_pointee(Registry::default())),
+            registry: Arc::new(ArcSwap::from_pointee(Registry::new(&[], own.clone()))),
+            own,
             active: Mutex::new(BTreeMap::new()),
         }
     }
@@ -184,10 +191,27 @@ impl ListenerManager {
         Ok(Active { slot, bound })
     }
 
-    /// Republishes the address → listener map used for `use_original_dst` hand-off.
+    /// Republishes the address → listener map used for `use_original_dst` hand-off and
+    /// the capture addresses used for loop refusal.
     fn publish(&self, active: &BTreeMap<String, Active>) {
         let all: Vec<Arc<Listener>> = active.values().map(|a| a.slot.load_full()).collect();
-        self.registry.store(Arc::new(Registry::new(&all)));
+        let own = active
+            .values()
+            .flat_map(|a| {
+                let l = a.slot.load_full();
+                let capture = l.config.listener_filters.original_dst;
+                a.bound
+                    .iter()
+                    .filter(move |_| capture)
+                    .map(move |(addr, _)| OwnAddress {
+                        addr: *addr,
+                        refused: l.stats.loop_refused.clone(),
+                    })
+            })
+            .collect();
+        self.own.set(own);
+        self.registry
+            .store(Arc::new(Registry::new(&all, self.own.clone())));
     }
 }
 

@@ -190,7 +190,9 @@ impl Listener {
         } else {
             local
         };
-        if self.config.listener_filters.original_dst && is_own(&registry.own, dst, local) {
+        if self.config.listener_filters.original_dst
+            && registry.own.reached_by(dst, Some(local.ip())).is_some()
+        {
             self.stats.loop_refused.inc();
             tracing::debug!(%peer, %dst, "refused: destination is pilotfish itself");
             return;
@@ -293,15 +295,6 @@ fn unmap(a: SocketAddr) -> SocketAddr {
     }
 }
 
-/// True when `dst` is one of pilotfish's own listener addresses.
-fn is_own(own: &[SocketAddr], dst: SocketAddr, local: SocketAddr) -> bool {
-    own.iter().any(|a| {
-        a.port() == dst.port()
-            && (a.ip() == dst.ip()
-                || (a.ip().is_unspecified() && (dst.ip() == local.ip() || dst.ip().is_loopback())))
-    })
-}
-
 /// Binds a listener socket with SO_REUSEADDR, as Envoy does. An IPv6 socket takes IPv4
 /// connections too only with `ipv4_compat`.
 pub fn bind(addr: SocketAddr, ipv4_compat: bool) -> io::Result<TcpListener> {
@@ -367,19 +360,6 @@ fn bind_std(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn own_addresses_are_recognized() {
-        let own = vec![
-            "0.0.0.0:15001".parse().unwrap(),
-            "0.0.0.0:15006".parse().unwrap(),
-        ];
-        let local: SocketAddr = "10.0.0.5:15001".parse().unwrap();
-        assert!(is_own(&own, "10.0.0.5:15001".parse().unwrap(), local));
-        assert!(is_own(&own, "127.0.0.1:15006".parse().unwrap(), local));
-        assert!(!is_own(&own, "10.0.0.9:15001".parse().unwrap(), local));
-        assert!(!is_own(&own, "10.0.0.5:8080".parse().unwrap(), local));
-    }
 
     #[test]
     fn mapped_addresses_become_ipv4() {

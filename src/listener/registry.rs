@@ -8,25 +8,21 @@ use std::{
 };
 
 use super::Listener;
+use crate::net::own::OwnAddresses;
 
 #[derive(Debug, Default)]
 pub struct Registry {
     by_address: HashMap<SocketAddr, Arc<Listener>>,
-    /// Addresses pilotfish's capture listeners are bound to: a connection whose original
-    /// destination is one of them was not redirected and would loop.
-    pub own: Vec<SocketAddr>,
+    /// The capture addresses, for loop refusal (shared with the upstream side).
+    pub own: Arc<OwnAddresses>,
 }
 
 impl Registry {
-    pub fn new(listeners: &[Arc<Listener>]) -> Self {
+    pub fn new(listeners: &[Arc<Listener>], own: Arc<OwnAddresses>) -> Self {
         let mut by_address = HashMap::new();
-        let mut own = Vec::new();
         for l in listeners {
             for a in l.config.addresses() {
                 by_address.insert(a, l.clone());
-                if l.config.listener_filters.original_dst && l.config.bind_to_port {
-                    own.push(a);
-                }
             }
         }
         Registry { by_address, own }

@@ -2,3 +2,4 @@
 //! address ranges, and the options set on upstream sockets.
 pub mod cidr;
 pub mod orig_dst;
+pub mod own;

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use super::http_pool::HostPool;
 use crate::{
     config::{ClusterConfig, Discovery},
+    net::own::OwnAddresses,
     telemetry::{scopes::ClusterStats, stats::Store},
 };
 
@@ -47,10 +48,12 @@ pub struct Cluster {
     next: AtomicUsize,
     /// ORIGINAL_DST only: one host per original destination seen.
     original_dst: Mutex<HashMap<SocketAddr, Arc<Host>>>,
+    /// pilotfish's capture addresses: connecting to one would loop.
+    pub(super) own: Arc<OwnAddresses>,
 }
 
 impl Cluster {
-    pub fn new(config: ClusterConfig, store: &Arc<Store>) -> Self {
+    pub fn new(config: ClusterConfig, store: &Arc<Store>, own: &Arc<OwnAddresses>) -> Self {
         let stats = ClusterStats::new(store, &config.name);
         let hosts: Vec<Arc<Host>> = match config.discovery {
             Discovery::Static => config
@@ -71,6 +74,7 @@ impl Cluster {
             hosts: ArcSwap::from_pointee(hosts),
             next: AtomicUsize::new(0),
             original_dst: Mutex::new(HashMap::new()),
+            own: own.clone(),
         }
     }
 
@@ -151,6 +155,7 @@ mod tests {
                 eds: None,
             },
             &Store::new(),
+            &Default::default(),
         )
     }
 

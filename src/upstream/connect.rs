@@ -11,6 +11,8 @@ use crate::config::UpstreamSocket;
 pub enum ConnectError {
     Timeout,
     Failed(io::Error),
+    /// The address is one of pilotfish's capture listeners: the connection would loop.
+    Loop,
 }
 
 impl std::fmt::Display for ConnectError {
@@ -18,15 +20,25 @@ impl std::fmt::Display for ConnectError {
         match self {
             ConnectError::Timeout => f.write_str("connection timeout"),
             ConnectError::Failed(e) => write!(f, "remote connection failure: {e}"),
+            ConnectError::Loop => f.write_str(
+                "remote connection failure: the destination is pilotfish's own capture \
+                 listener (refused, it would loop)",
+            ),
         }
     }
 }
 
 /// Connects to `addr` for `cluster`, counting `upstream_cx_total` and the failure
-/// counters.
+/// counters. An address of pilotfish's own capture listeners is refused before any
+/// socket is made (counted in `pilotfish_listener_loop_refused` and as a connect
+/// failure), whatever the cluster's type.
 pub async fn connect(cluster: &Cluster, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
     let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
+    if cluster.own.refuse_upstream(addr) {
+        stats.upstream_cx_connect_fail.inc();
+        return Err(ConnectError::Loop);
+    }
     let attempt = async {
         let socket = socket(addr, &cluster.config.upstream_socket)?;
         socket.connect(addr).await
@@ -89,7 +101,7 @@ mod tests {
             upstream_socket,
             eds: None,
         };
-        Cluster::new(config, &Store::new())
+        Cluster::new(config, &Store::new(), &Default::default())
     }
 
     #[tokio::test]

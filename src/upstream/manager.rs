@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use super::{Cluster, dns};
 use crate::{
     config::{ClusterConfig, Discovery},
+    net::own::OwnAddresses,
     telemetry::stats::Store,
 };
 
@@ -16,6 +17,8 @@ pub type ClusterMap = HashMap<String, Arc<Cluster>>;
 #[derive(Debug, Default)]
 pub struct ClusterManager {
     clusters: ArcSwap<ClusterMap>,
+    /// pilotfish's capture addresses, which no upstream connection may reach.
+    own: Arc<OwnAddresses>,
 }
 
 impl ClusterManager {
@@ -23,6 +26,12 @@ impl ClusterManager {
         let m = ClusterManager::default();
         m.apply(configs.to_vec(), &[], store);
         m
+    }
+
+    /// The capture addresses every cluster refuses to connect to; the listener manager
+    /// keeps them current.
+    pub fn own_addresses(&self) -> &Arc<OwnAddresses> {
+        &self.own
     }
 
     /// The cluster named `name` in the current set.
@@ -61,7 +70,7 @@ impl ClusterManager {
             if next.get(&c.name).is_some_and(|running| running.config == c) {
                 continue;
             }
-            let cluster = Arc::new(Cluster::new(c, store));
+            let cluster = Arc::new(Cluster::new(c, store, &self.own));
             built.push(cluster.clone());
             next.insert(cluster.name().to_owned(), cluster);
         }

@@ -1219,6 +1219,7 @@ mod tests {
             listeners: Arc::new(ListenerManager::new(
                 Arc::new([tokio::runtime::Handle::current()]),
                 watch,
+                clusters.own_addresses().clone(),
             )),
             readiness: readiness.clone(),
         };

@@ -443,7 +443,7 @@ pub fn static_cluster(name: &str, addrs: &[SocketAddr], h2: bool) -> String {
         .iter()
         .map(|a| {
             format!(
-                "\n        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}",
+                "\n        - endpoint: {{ address: {{ socket_address: {{ address: \"{}\", port_value: {} }} }} }}",
                 a.ip(),
                 a.port()
             )
