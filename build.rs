@@ -8,6 +8,7 @@ use prost_types::FileDescriptorSet;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=Cargo.lock");
+    git_sha();
     let src = envoy_types_dir().join("src/generated/types.bin");
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("envoy_descriptors.bin.zz");
     let raw = fs::read(&src).unwrap_or_else(|e| panic!("reading {} failed: {e}", src.display()));
@@ -17,10 +18,75 @@ fn main() {
     for file in &mut set.file {
         file.source_code_info = None;
     }
+    set.file.extend(typed_structs());
     // Stored compressed (0.6 MB -> about 0.1 MB): decoding the pool reads all of it, and
     // every page read stays resident for the life of the process.
     let packed = miniz_oxide::deflate::compress_to_vec_zlib(&set.encode_to_vec(), 9);
     fs::write(&out, packed).unwrap_or_else(|e| panic!("writing {} failed: {e}", out.display()));
+}
+
+/// The commit being built, for the version string (`--version`, `/server_info`), as
+/// Envoy prints its own; 40 zeros outside a git checkout.
+fn git_sha() {
+    let sha = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| s.len() == 40)
+        .unwrap_or_else(|| "0".repeat(40));
+    println!("cargo:rustc-env=PILOTFISH_GIT_SHA={sha}");
+    for f in [".git/HEAD", ".git/refs/heads"] {
+        if std::path::Path::new(f).exists() {
+            println!("cargo:rerun-if-changed={f}");
+        }
+    }
+}
+
+/// `udpa.type.v1.TypedStruct` and `xds.type.v3.TypedStruct`: the wrappers Istio puts
+/// around extension configs (a type URL and the config as a `Struct`). envoy-types does
+/// not carry them; both are two fields, described here rather than compiled from files.
+fn typed_structs() -> Vec<prost_types::FileDescriptorProto> {
+    use prost_types::{
+        DescriptorProto, FieldDescriptorProto, FileDescriptorProto,
+        field_descriptor_proto::{Label, Type},
+    };
+    let file = |name: &str, package: &str| FileDescriptorProto {
+        name: Some(name.into()),
+        package: Some(package.into()),
+        dependency: vec!["google/protobuf/struct.proto".into()],
+        syntax: Some("proto3".into()),
+        message_type: vec![DescriptorProto {
+            name: Some("TypedStruct".into()),
+            field: vec![
+                FieldDescriptorProto {
+                    name: Some("type_url".into()),
+                    json_name: Some("typeUrl".into()),
+                    number: Some(1),
+                    label: Some(Label::Optional as i32),
+                    r#type: Some(Type::String as i32),
+                    ..Default::default()
+                },
+                FieldDescriptorProto {
+                    name: Some("value".into()),
+                    json_name: Some("value".into()),
+                    number: Some(2),
+                    label: Some(Label::Optional as i32),
+                    r#type: Some(Type::Message as i32),
+                    type_name: Some(".google.protobuf.Struct".into()),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    vec![
+        file("udpa/type/v1/typed_struct.proto", "udpa.type.v1"),
+        file("xds/type/v3/typed_struct.proto", "xds.type.v3"),
+    ]
 }
 
 /// The source folder of the `envoy-types` package this build resolved to.

@@ -35,6 +35,7 @@ fn cluster(name: &str, hosts: usize) -> ClusterConfig {
         original_dst_header: None,
         upstream_socket: Default::default(),
         eds: None,
+        ..Default::default()
     }
 }
 

@@ -17,6 +17,7 @@ use crate::{
     http::route_slot::RouteSlots,
     listener::{self, Listener, ListenerManager},
     readiness::Readiness,
+    runtime::Runtime,
     telemetry::{access_log::Sinks, scopes::ServerStats, stats::Store},
     upstream::ClusterManager,
     workers::Workers,
@@ -35,6 +36,14 @@ pub struct Options {
     pub health_addr: Option<SocketAddr>,
     /// Where to write the admin server's bound address (Envoy's `--admin-address-path`).
     pub admin_address_path: Option<std::path::PathBuf>,
+    /// The command line as `/server_info` reports it (Envoy's option names).
+    pub command_line: serde_json::Value,
+    /// `--file-flush-interval-msec` for access logs (zero: write when idle).
+    pub flush_interval: Duration,
+    /// Fields `--allow-unknown-static-fields` dropped (`server.static_unknown_fields`).
+    pub unknown_static_fields: u64,
+    /// `--mode init_only`: start, bind the admin port, exit.
+    pub init_only: bool,
 }
 
 /// Worker count when `--concurrency` is not given: the cgroup CPU quota, else 2.
@@ -61,7 +70,7 @@ fn cgroup_cpu_quota() -> Option<usize> {
 /// `config_dump` is the bootstrap as loaded, for `/config_dump`.
 pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()> {
     let started = Instant::now();
-    let store = Store::new();
+    let store = Store::with_naming(config.server.naming.build());
     let server = Arc::new(ServerStats::new(&store));
     server.concurrency.set(opts.concurrency as i64);
     server.state.set(2);
@@ -82,6 +91,14 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
         clusters.own_addresses().clone(),
     ));
 
+    let runtime = Arc::new(Runtime::new(config.server.runtime_layers.clone()));
+    let sinks = Arc::new(Sinks::with_flush_interval(
+        control.handle().clone(),
+        store.clone(),
+        opts.flush_interval,
+    ));
+    server.static_unknown_fields.add(opts.unknown_static_fields);
+
     // Admin, stats and health come up first, so readiness reads 503 (PRE_INITIALIZING)
     // while clusters resolve, listeners bind and the first xDS config arrives.
     let (commands_tx, mut commands) = mpsc::unbounded_channel();
@@ -93,6 +110,23 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
         xds: OnceLock::new(),
         commands: commands_tx,
         listeners: listeners.clone(),
+        server: admin::ServerInfo {
+            started,
+            command_line: opts.command_line.clone(),
+            node: crate::config::proto::to_json(&xds::node(&config.node.proto)),
+            ..Default::default()
+        },
+        runtime: runtime.clone(),
+        access_logs: {
+            let _enter = control.enter();
+            config
+                .server
+                .admin_access_logs
+                .iter()
+                .map(|l| sinks.open(l))
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow!("admin.access_log: {e}"))?
+        },
     });
     let servers = [
         (config.admin, Role::Admin),
@@ -115,13 +149,25 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
         }
     }
 
+    if opts.init_only {
+        tracing::info!("init_only: exiting");
+        workers.shutdown();
+        control.shutdown_timeout(Duration::from_millis(100));
+        return Ok(());
+    }
     control.block_on(clusters.start_background());
     let ctx = listener::Context {
         clusters: clusters.clone(),
         routes: Arc::new(RouteSlots::default()),
         store: store.clone(),
-        sinks: Arc::new(Sinks::new(control.handle().clone(), store.clone())),
+        sinks,
         drain: watch.clone(),
+        conn_limit: listener::conn_limit::ConnLimit::new(
+            config
+                .server
+                .max_downstream_connections
+                .or_else(|| runtime.get_u64(crate::runtime::keys::GLOBAL_MAX_CONNECTIONS)),
+        ),
     };
     // Build every static listener before binding any, so a bad one fails startup
     // before traffic is taken.
@@ -161,6 +207,7 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
     }
     server.state.set(0);
     server.live.set(1);
+    server.workers_started.set(1);
     // What runs was compiled from `config`; the rest of it, and what loading it
     // allocated, goes back to the kernel.
     drop(config);
@@ -178,12 +225,20 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let quit = tokio::select! {
-            _ = term.recv() => false,
-            _ = int.recv() => false,
-            c = commands.recv() => c == Some(Command::Quit),
-        };
-        anyhow::Ok(quit)
+        loop {
+            let quit = tokio::select! {
+                _ = term.recv() => false,
+                _ = int.recv() => false,
+                c = commands.recv() => match c {
+                    Some(Command::DrainListeners { inbound_only, graceful }) => {
+                        drain_listeners(&listeners, inbound_only, graceful, opts.drain_time);
+                        continue;
+                    }
+                    c => c == Some(Command::Quit) || c.is_none(),
+                },
+            };
+            break anyhow::Ok(quit);
+        }
     })?;
 
     if !quit_now {
@@ -197,7 +252,10 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
             loop {
                 tokio::select! {
                     left = &mut drain => return left,
-                    c = commands.recv() => if c == Some(Command::Quit) { return trigger.active() },
+                    c = commands.recv() => match c {
+                        Some(Command::Quit) | None => return trigger.active(),
+                        Some(Command::DrainListeners { .. }) => {}
+                    },
                 }
             }
         });
@@ -209,6 +267,32 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
     workers.shutdown();
     control.shutdown_timeout(Duration::from_millis(100));
     Ok(())
+}
+
+/// Admin `/drain_listeners`: the listeners drain now; a graceful drain closes their
+/// sockets after the drain time, an immediate one at once. The process keeps running
+/// (pilot-agent drains inbound listeners this way on shutdown, then stops the proxy).
+fn drain_listeners(
+    listeners: &Arc<ListenerManager>,
+    inbound_only: bool,
+    graceful: bool,
+    drain_time: Duration,
+) {
+    let n = listeners.drain_listeners(inbound_only);
+    tracing::info!(
+        "draining {n} listener(s){}{}",
+        if inbound_only { " (inbound only)" } else { "" },
+        if graceful { ", gracefully" } else { "" }
+    );
+    if !graceful {
+        listeners.stop_listeners(inbound_only);
+        return;
+    }
+    let listeners = listeners.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(drain_time).await;
+        listeners.stop_listeners(inbound_only);
+    });
 }
 
 /// One line on what a listener does, for the startup log.

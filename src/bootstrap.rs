@@ -7,7 +7,7 @@ use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use prost::Message;
 use prost_reflect::DynamicMessage;
 
-use crate::config::{Config, compile, proto, support};
+use crate::config::{Config, compile, proto, support, typed_struct};
 
 /// The embedded default: an Istio-style sidecar with no control plane. Outbound capture
 /// on 15001 and inbound capture on 15006 pass TCP to the original destination.
@@ -22,6 +22,41 @@ pub struct Loaded {
     pub config: Config,
     /// True when neither `-c` nor `--config-yaml` was given.
     pub is_default: bool,
+    /// Fields the bootstrap sets that are no fields of Envoy's API, dropped under
+    /// `--allow-unknown-static-fields` (Envoy warns about each and counts them).
+    pub unknown_fields: Vec<String>,
+}
+
+impl Loaded {
+    /// `--stats-tag name:value`: fixed tags on every stat, after the bootstrap's.
+    pub fn add_fixed_tags(&mut self, tags: &[(String, String)]) -> Result<(), String> {
+        use crate::{config::server::NamingConfig, telemetry::tags::TagRule};
+        let old = &self.config.server.naming;
+        let mut rules = old.tags.clone();
+        rules.extend(tags.iter().map(|(name, value)| TagRule::Fixed {
+            name: name.clone(),
+            value: value.clone(),
+        }));
+        self.config.server.naming = std::sync::Arc::new(NamingConfig {
+            use_all_default_tags: old.use_all_default_tags,
+            tags: rules,
+            matcher: old.matcher.clone(),
+            buckets: old.buckets.clone(),
+        });
+        Ok(())
+    }
+}
+
+/// What the command line changes about loading.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `--allow-unknown-static-fields`.
+    pub allow_unknown_fields: bool,
+    /// `--service-node`, `--service-cluster`, `--service-zone`: they override the
+    /// bootstrap's node, as in Envoy.
+    pub node_id: Option<String>,
+    pub node_cluster: Option<String>,
+    pub node_zone: Option<String>,
 }
 
 /// Runs `f` (bootstrap decoding and checks: the work that needs the descriptor pool) on
@@ -47,34 +82,71 @@ pub fn on_decode_thread<T: Clone + Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// Loads the bootstrap the way Envoy's `-c` and `--config-yaml` do.
-pub fn load(path: Option<&Path>, overlay_yaml: Option<&str>) -> Result<Loaded, String> {
+pub fn load(
+    path: Option<&Path>,
+    overlay_yaml: Option<&str>,
+    opts: &LoadOptions,
+) -> Result<Loaded, String> {
     let is_default = path.is_none() && overlay_yaml.is_none();
+    let mut unknown = Vec::new();
+    let allow = opts.allow_unknown_fields;
     let mut msg = match path {
         Some(p) => {
             let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            decode_file(p, &bytes).map_err(|e| format!("{}: {e}", p.display()))?
+            decode_file(p, &bytes, allow, &mut unknown)
+                .map_err(|e| format!("{}: {e}", p.display()))?
         }
         None if overlay_yaml.is_some() => DynamicMessage::new(bootstrap_desc()),
-        None => {
-            parse_text(DEFAULT_BOOTSTRAP, false).expect("the embedded default bootstrap is valid")
-        }
+        None => parse_text(DEFAULT_BOOTSTRAP, false, false, &mut unknown)
+            .expect("the embedded default bootstrap is valid"),
     };
     if let Some(yaml) = overlay_yaml {
-        let overlay = parse_text(yaml, false).map_err(|e| format!("--config-yaml: {e}"))?;
+        let overlay = parse_text(yaml, false, allow, &mut unknown)
+            .map_err(|e| format!("--config-yaml: {e}"))?;
         msg.merge(overlay.encode_to_vec().as_slice())
             .map_err(|e| e.to_string())?;
     }
+    override_node(&mut msg, opts);
     from_message(&msg).map(|(proto, config)| Loaded {
         proto,
         config,
         is_default,
+        unknown_fields: unknown,
     })
+}
+
+/// `--service-node`, `--service-cluster`, `--service-zone` over the bootstrap's node.
+fn override_node(msg: &mut DynamicMessage, opts: &LoadOptions) {
+    use prost_reflect::Value;
+    if opts.node_id.is_none() && opts.node_cluster.is_none() && opts.node_zone.is_none() {
+        return;
+    }
+    let Some(Value::Message(node)) = msg.get_field_by_name_mut("node").map(|v| v.clone()) else {
+        return;
+    };
+    let mut node = node;
+    if let Some(id) = &opts.node_id {
+        node.set_field_by_name("id", Value::String(id.clone()));
+    }
+    if let Some(c) = &opts.node_cluster {
+        node.set_field_by_name("cluster", Value::String(c.clone()));
+    }
+    if let Some(z) = &opts.node_zone
+        && let Some(Value::Message(mut loc)) =
+            node.get_field_by_name("locality").map(|v| v.into_owned())
+    {
+        loc.set_field_by_name("zone", Value::String(z.clone()));
+        node.set_field_by_name("locality", Value::Message(loc));
+    }
+    msg.set_field_by_name("node", Value::Message(node));
 }
 
 /// Checks and compiles a decoded bootstrap.
 pub fn from_message(msg: &DynamicMessage) -> Result<(Bootstrap, Config), String> {
-    support::check(msg, "")?;
-    let proto: Bootstrap = proto::to_typed(msg)?;
+    let mut msg = msg.clone();
+    typed_struct::resolve(&mut msg, "")?;
+    support::check(&msg, "")?;
+    let proto: Bootstrap = proto::to_typed(&msg)?;
     let config = compile::compile(&proto)?;
     Ok((proto, config))
 }
@@ -83,22 +155,34 @@ fn bootstrap_desc() -> prost_reflect::MessageDescriptor {
     proto::descriptor(BOOTSTRAP_TYPE).expect("Bootstrap is in the descriptor pool")
 }
 
-fn decode_file(path: &Path, bytes: &[u8]) -> Result<DynamicMessage, String> {
+fn decode_file(
+    path: &Path,
+    bytes: &[u8],
+    allow_unknown: bool,
+    unknown: &mut Vec<String>,
+) -> Result<DynamicMessage, String> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("pb") => DynamicMessage::decode(bootstrap_desc(), bytes).map_err(|e| e.to_string()),
         Some("json") => {
             let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
-            parse_text(text, true)
+            parse_text(text, true, allow_unknown, unknown)
         }
         _ => {
             let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
-            parse_text(text, false)
+            parse_text(text, false, allow_unknown, unknown)
         }
     }
 }
 
-/// Parses proto3 JSON (or its YAML spelling) as a Bootstrap.
-pub fn parse_text(text: &str, json: bool) -> Result<DynamicMessage, String> {
+/// Parses proto3 JSON (or its YAML spelling) as a Bootstrap. With `allow_unknown`,
+/// keys that are no fields of Envoy's API are dropped and their paths added to
+/// `unknown`; otherwise they are an error naming them.
+pub fn parse_text(
+    text: &str,
+    json: bool,
+    allow_unknown: bool,
+    unknown: &mut Vec<String>,
+) -> Result<DynamicMessage, String> {
     let value: serde_json::Value = if json {
         serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?
     } else {
@@ -106,10 +190,13 @@ pub fn parse_text(text: &str, json: bool) -> Result<DynamicMessage, String> {
             serde_yaml::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
         serde_json::to_value(v).map_err(|e| format!("invalid YAML: {e}"))?
     };
-    let value = if value.is_null() {
+    let mut value = if value.is_null() {
         serde_json::json!({})
     } else {
         value
     };
+    if allow_unknown {
+        unknown.extend(proto::strip_unknown(&bootstrap_desc(), &mut value, ""));
+    }
     proto::from_json(bootstrap_desc(), value)
 }

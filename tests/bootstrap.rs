@@ -124,11 +124,6 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             "node: id and cluster are required with dynamic_resources",
         ),
         (
-            "pipe address outside the xDS cluster",
-            with_cluster("  - name: c\n    load_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [{ endpoint: { address: { pipe: { path: /tmp/x } } } }] }] }\n"),
-            "static_resources.clusters[0].load_assignment: pipe addresses are supported only in the xDS cluster",
-        ),
-        (
             "unimplemented load balancer",
             with_cluster("  - name: c\n    lb_policy: RING_HASH\n"),
             "static_resources.clusters[0].lb_policy: RING_HASH is not supported yet",
@@ -344,7 +339,7 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
         (
             "circuit breaker that would limit",
             with_cluster("  - name: c\n    circuit_breakers: { thresholds: [{ max_connections: 100 }] }\n"),
-            "static_resources.clusters[0].circuit_breakers.thresholds[0].max_connections: 100 would limit traffic",
+            "static_resources.clusters[0].circuit_breakers (DEFAULT).max_connections: 100 would limit traffic",
         ),
         (
             "UDP listener",

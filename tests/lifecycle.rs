@@ -277,7 +277,7 @@ async fn embedded_default_serves_sidecar_ports_and_refuses_loops() {
         ),
         "{prom}"
     );
-    assert!(prom.contains("envoy_server_live 1"), "{prom}");
+    assert!(prom.contains("envoy_server_live{} 1"), "{prom}");
     let (code, dump) = http_get(([127, 0, 0, 1], 15000).into(), "/config_dump")
         .await
         .unwrap();

@@ -45,6 +45,7 @@ pub fn compile(bootstrap: &Bootstrap) -> Result<Config> {
         .map(|n| NodeInfo {
             id: n.id.clone(),
             cluster: n.cluster.clone(),
+            proto: n.clone(),
         })
         .unwrap_or_default();
     let admin = match bootstrap.admin.as_ref().and_then(|a| a.address.as_ref()) {
@@ -54,6 +55,7 @@ pub fn compile(bootstrap: &Bootstrap) -> Result<Config> {
     let mut config = Config {
         node,
         admin,
+        server: super::server::compile(bootstrap)?,
         ..Default::default()
     };
     if let Some(d) = &bootstrap.dynamic_resources {
@@ -85,19 +87,14 @@ pub fn compile(bootstrap: &Bootstrap) -> Result<Config> {
     let mut names = HashSet::new();
     for (i, c) in res.clusters.iter().enumerate() {
         let path = format!("static_resources.clusters[{i}]");
-        let compiled = cluster(c, &path)?;
+        let compiled = compile_cluster(c, &path)?;
+        if ads_cluster.as_deref() != Some(compiled.name.as_str()) {
+            unenforced_breakers(&compiled, &path)?;
+        }
         if !names.insert(compiled.name.clone()) {
             return Err(format!(
                 "{path}.name: duplicate cluster '{}'",
                 compiled.name
-            ));
-        }
-        if compiled.endpoints.iter().any(|e| e.pipe.is_some())
-            && ads_cluster.as_deref() != Some(compiled.name.as_str())
-        {
-            return Err(format!(
-                "{path}.load_assignment: pipe addresses are supported only in the xDS \
-                 cluster (ads_config's envoy_grpc.cluster_name)"
             ));
         }
         config.clusters.push(compiled);
@@ -351,6 +348,9 @@ pub fn listener(l: &Listener, path: &str, clusters: &HashSet<String>) -> Result<
         bind_to_port: l.bind_to_port.as_ref().is_none_or(|b| b.value),
         use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
         reuse_port: l.enable_reuse_port.as_ref().is_none_or(|b| b.value),
+        inbound: l.traffic_direction
+            == envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32,
+        ignore_global_conn_limit: l.ignore_global_conn_limit || l.bypass_overload_manager,
         listener_filters,
         stat_name,
         filter_chains,
@@ -726,8 +726,78 @@ fn http_filters(
 
 // `http2_protocol_options` and `dns_refresh_rate` are deprecated in the API but Envoy
 // still honours them, and so does pilotfish.
-#[allow(deprecated)]
+/// A cluster as CDS delivers it.
 pub fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
+    let mut compiled = compile_cluster(c, path)?;
+    unenforced_breakers(&compiled, path)?;
+    compiled.added_via_api = true;
+    Ok(compiled)
+}
+
+/// Circuit breakers are not enforced yet: thresholds that could bind are refused, as
+/// any unimplemented behaviour is. A bootstrap's xDS cluster is exempt: the ADS client
+/// opens one connection with one stream on it, which no threshold of 1 or more limits.
+fn unenforced_breakers(c: &ClusterConfig, path: &str) -> Result<()> {
+    for (i, l) in [c.breakers.default, c.breakers.high].iter().enumerate() {
+        for (name, v, default) in [
+            ("max_connections", l.max_connections, 1024),
+            ("max_pending_requests", l.max_pending_requests, 1024),
+            ("max_requests", l.max_requests, 1024),
+            ("max_retries", l.max_retries, 3),
+        ] {
+            // Unset thresholds (Envoy's defaults) are not enforced either: accepted as
+            // before, and documented.
+            if v != default && v < OPEN_CIRCUIT {
+                let prio = if i == 0 { "DEFAULT" } else { "HIGH" };
+                return Err(format!(
+                    "{path}.circuit_breakers ({prio}).{name}: {v} would limit traffic; \
+                     pilotfish does not enforce circuit breakers yet and accepts only values of \
+                     at least {OPEN_CIRCUIT}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `circuit_breakers.thresholds` by priority, Envoy's defaults for what is unset.
+fn breakers(
+    cb: Option<&envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers>,
+    path: &str,
+) -> Result<Breakers> {
+    let mut out = Breakers::default();
+    let Some(cb) = cb else { return Ok(out) };
+    let mut seen = [false; 2];
+    for (i, t) in cb.thresholds.iter().enumerate() {
+        let tpath = format!("{path}.thresholds[{i}]");
+        if t.retry_budget.is_some() {
+            return Err(format!("{tpath}.retry_budget: not supported"));
+        }
+        let high = t.priority == 1;
+        if std::mem::replace(&mut seen[usize::from(high)], true) {
+            return Err(format!("{tpath}.priority: given twice"));
+        }
+        let l = if high {
+            &mut out.high
+        } else {
+            &mut out.default
+        };
+        let set = |slot: &mut u32, v: &Option<protobuf::UInt32Value>| {
+            if let Some(v) = v {
+                *slot = v.value;
+            }
+        };
+        set(&mut l.max_connections, &t.max_connections);
+        set(&mut l.max_pending_requests, &t.max_pending_requests);
+        set(&mut l.max_requests, &t.max_requests);
+        set(&mut l.max_retries, &t.max_retries);
+    }
+    Ok(out)
+}
+
+/// A cluster, compiled; the caller decides on its circuit-breaker thresholds.
+#[allow(deprecated)]
+fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     if c.name.is_empty() {
         return Err(format!("{path}.name: required"));
     }
@@ -766,31 +836,10 @@ pub fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         }
     }
 
-    // Limits are not enforced yet, so only thresholds that can never bind (the
-    // "open wide" values benchmarks use) are accepted.
-    if let Some(cb) = &c.circuit_breakers {
-        for (i, t) in cb.thresholds.iter().enumerate() {
-            let values = [
-                ("max_connections", &t.max_connections),
-                ("max_pending_requests", &t.max_pending_requests),
-                ("max_requests", &t.max_requests),
-                ("max_retries", &t.max_retries),
-            ];
-            for (name, v) in values {
-                if let Some(v) = v
-                    && v.value < OPEN_CIRCUIT
-                {
-                    return Err(format!(
-                        "{path}.circuit_breakers.thresholds[{i}].{name}: {} would limit traffic; \
-                         pilotfish does not enforce circuit breakers yet and accepts only \
-                         values of at least {OPEN_CIRCUIT}",
-                        v.value
-                    ));
-                }
-            }
-        }
-    }
-
+    let breakers = breakers(
+        c.circuit_breakers.as_ref(),
+        &format!("{path}.circuit_breakers"),
+    )?;
     let endpoints = match &c.load_assignment {
         Some(la) => endpoints(la, &format!("{path}.load_assignment"), discovery)?,
         None => Vec::new(),
@@ -850,12 +899,20 @@ pub fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     } else {
         UpstreamProtocol::Http1
     };
+    let mut max_requests_per_connection = c.max_requests_per_connection.as_ref().map(|v| v.value);
     for (key, any) in &c.typed_extension_protocol_options {
         let opath = format!("{path}.typed_extension_protocol_options[\"{key}\"]");
         if proto::type_name(&any.type_url) != HTTP_OPTIONS {
             return Err(format!("{opath}: not supported"));
         }
         let opts: HttpProtocolOptions = proto::unpack(any).map_err(|e| format!("{opath}: {e}"))?;
+        if let Some(common) = &opts.common_http_protocol_options {
+            // The allow-list admits only this field of HttpProtocolOptions' common
+            // options; it wins over the deprecated cluster field, as in Envoy.
+            if let Some(m) = &common.max_requests_per_connection {
+                max_requests_per_connection = Some(m.value);
+            }
+        }
         protocol = match opts.upstream_protocol_options {
             Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(e)) => {
                 use http_protocol_options::explicit_http_config::ProtocolConfig;
@@ -910,14 +967,29 @@ pub fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         Some(_) => return Err(format!("{path}: this lb_config is not supported")),
         None => None,
     };
-    let upstream_socket = match &c.upstream_bind_config {
+    let mut upstream_socket = match &c.upstream_bind_config {
         Some(b) => upstream_socket(b, &format!("{path}.upstream_bind_config"))?,
         None => UpstreamSocket::default(),
     };
+    if let Some(k) = c
+        .upstream_connection_options
+        .as_ref()
+        .and_then(|o| o.tcp_keepalive.as_ref())
+    {
+        upstream_socket.keepalive = Some(Keepalive {
+            probes: k.keepalive_probes.as_ref().map(|v| v.value),
+            time: k.keepalive_time.as_ref().map(|v| v.value),
+            interval: k.keepalive_interval.as_ref().map(|v| v.value),
+        });
+    }
     Ok(ClusterConfig {
         original_dst_header,
         upstream_socket,
         eds,
+        alt_stat_name: (!c.alt_stat_name.is_empty()).then(|| c.alt_stat_name.clone()),
+        breakers,
+        added_via_api: false,
+        max_requests_per_connection: max_requests_per_connection.filter(|&m| m > 0),
         name: c.name.clone(),
         discovery,
         connect_timeout: c
@@ -1067,7 +1139,7 @@ const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
 const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
 
-fn access_logs(
+pub(super) fn access_logs(
     logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
     path: &str,
 ) -> Result<Vec<AccessLogConfig>> {

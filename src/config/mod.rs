@@ -5,6 +5,8 @@ pub mod http_filters;
 pub mod model;
 pub mod proto;
 pub mod route_config;
+pub mod server;
 pub mod support;
+pub mod typed_struct;
 
 pub use model::*;

@@ -24,6 +24,8 @@ pub struct Config {
     pub clusters: Vec<ClusterConfig>,
     /// `dynamic_resources`: listeners and clusters from xDS or files.
     pub dynamic: Option<DynamicConfig>,
+    /// Server-wide settings: stats naming, runtime, overload, logging.
+    pub server: super::server::ServerConfig,
 }
 
 /// `dynamic_resources`.
@@ -73,6 +75,8 @@ impl ResourceSource {
 pub struct NodeInfo {
     pub id: String,
     pub cluster: String,
+    /// The bootstrap's node as given (for `/server_info`).
+    pub proto: envoy_types::pb::envoy::config::core::v3::Node,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +95,11 @@ pub struct ListenerConfig {
     pub use_original_dst: bool,
     /// `enable_reuse_port` (default true): a socket per worker, else one shared socket.
     pub reuse_port: bool,
+    /// `traffic_direction: INBOUND` (what `/drain_listeners?inboundonly` drains).
+    pub inbound: bool,
+    /// `ignore_global_conn_limit` or `bypass_overload_manager`: exempt from the global
+    /// downstream connection limit.
+    pub ignore_global_conn_limit: bool,
     pub listener_filters: ListenerFilters,
     /// Envoy's listener stat scope: `stat_prefix`, else the address as `0.0.0.0_15001`.
     pub stat_name: String,
@@ -510,6 +519,66 @@ pub struct ClusterConfig {
     pub upstream_socket: UpstreamSocket,
     /// EDS clusters: where their hosts come from.
     pub eds: Option<EdsConfig>,
+    /// `alt_stat_name`: the cluster's stat scope (`cluster.<alt_stat_name>.…`) and
+    /// observability name, instead of its name. Istio sets `<name>;`.
+    pub alt_stat_name: Option<String>,
+    /// `circuit_breakers.thresholds` per priority (Envoy's defaults when unset).
+    pub breakers: Breakers,
+    /// Arrived over CDS (`/clusters` says `added_via_api`).
+    pub added_via_api: bool,
+    /// `max_requests_per_connection` (the cluster field or `common_http_protocol_options`):
+    /// an upstream HTTP connection is used for at most this many requests.
+    pub max_requests_per_connection: Option<u32>,
+}
+
+impl Default for ClusterConfig {
+    /// A STATIC HTTP/1 cluster with Envoy's defaults, for tests to adjust.
+    fn default() -> Self {
+        ClusterConfig {
+            name: String::new(),
+            discovery: Discovery::Static,
+            connect_timeout: Duration::from_secs(5),
+            protocol: UpstreamProtocol::Http1,
+            dns_refresh_rate: Duration::from_secs(5),
+            dns_family: DnsFamily::Auto,
+            endpoints: Vec::new(),
+            original_dst_header: None,
+            upstream_socket: UpstreamSocket::default(),
+            eds: None,
+            alt_stat_name: None,
+            breakers: Breakers::default(),
+            added_via_api: false,
+            max_requests_per_connection: None,
+        }
+    }
+}
+
+/// A cluster's circuit-breaker thresholds at both routing priorities.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Breakers {
+    pub default: Limits,
+    pub high: Limits,
+}
+
+/// One priority's thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+}
+
+impl Default for Limits {
+    /// Envoy's defaults.
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
 }
 
 /// `eds_cluster_config`: the `ClusterLoadAssignment` name to subscribe to.
@@ -531,6 +600,16 @@ pub struct UpstreamSocket {
     pub sources: Vec<std::net::IpAddr>,
     /// SO_MARK, from `upstream_bind_config.socket_options` or `--upstream-mark`.
     pub mark: Option<u32>,
+    /// `upstream_connection_options.tcp_keepalive`: SO_KEEPALIVE with these settings.
+    pub keepalive: Option<Keepalive>,
+}
+
+/// TCP keepalive probes; `None` fields keep the kernel's defaults, as in Envoy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Keepalive {
+    pub probes: Option<u32>,
+    pub time: Option<u32>,
+    pub interval: Option<u32>,
 }
 
 impl UpstreamSocket {
@@ -552,7 +631,6 @@ pub struct EndpointConfig {
     pub port: u16,
     /// `hostname`, for `auto_host_rewrite` (DNS endpoints default to their name).
     pub hostname: Option<String>,
-    /// A Unix socket (`pipe.path`) instead of `host:port`; only the xDS cluster may
-    /// have one.
+    /// A Unix socket (`pipe.path`) instead of `host:port` (STATIC clusters).
     pub pipe: Option<std::path::PathBuf>,
 }

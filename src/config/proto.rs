@@ -52,6 +52,85 @@ pub fn from_json(
     })
 }
 
+/// Removes the keys of a proto3-JSON value that name no field of `desc` (at any depth,
+/// inside `Any`s by their `@type` too) and returns their paths: Envoy's
+/// `--allow-unknown-static-fields`, which warns about such fields instead of failing.
+pub fn strip_unknown(
+    desc: &MessageDescriptor,
+    value: &mut serde_json::Value,
+    path: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    strip(desc, value, path, &mut out);
+    out
+}
+
+fn strip(
+    desc: &MessageDescriptor,
+    value: &mut serde_json::Value,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    use prost_reflect::Kind;
+    let name = desc.full_name();
+    // Well-known types have JSON forms of their own (a Struct takes any key).
+    if name.starts_with("google.protobuf.") && name != "google.protobuf.Any" {
+        return;
+    }
+    let Some(obj) = value.as_object_mut() else {
+        return;
+    };
+    let desc = if name == "google.protobuf.Any" {
+        match obj
+            .get("@type")
+            .and_then(|t| t.as_str())
+            .and_then(|t| descriptor(type_name(t)))
+        {
+            Some(d) => d,
+            None => return,
+        }
+    } else {
+        desc.clone()
+    };
+    let keys: Vec<String> = obj.keys().cloned().collect();
+    for k in keys {
+        let at = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        if k == "@type" {
+            continue;
+        }
+        let field = desc
+            .get_field_by_name(&k)
+            .or_else(|| desc.get_field_by_json_name(&k));
+        let Some(field) = field else {
+            obj.remove(&k);
+            out.push(at);
+            continue;
+        };
+        let Kind::Message(m) = field.kind() else {
+            continue;
+        };
+        let Some(v) = obj.get_mut(&k) else { continue };
+        if field.is_map() {
+            let value_kind = m.map_entry_value_field().kind();
+            if let (Kind::Message(vm), Some(map)) = (value_kind, v.as_object_mut()) {
+                for (mk, mv) in map.iter_mut() {
+                    strip(&vm, mv, &format!("{at}[\"{mk}\"]"), out);
+                }
+            }
+        } else if let Some(items) = v.as_array_mut() {
+            for (i, item) in items.iter_mut().enumerate() {
+                strip(&m, item, &format!("{at}[{i}]"), out);
+            }
+        } else {
+            strip(&m, v, &at, out);
+        }
+    }
+}
+
 /// Converts a reflective message into the typed struct of the same proto type.
 pub fn to_typed<M: Message + Default>(msg: &DynamicMessage) -> Result<M, String> {
     M::decode(msg.encode_to_vec().as_slice()).map_err(|e| e.to_string())

@@ -30,7 +30,87 @@ pub(super) const OPEN: &[&str] = &[
 const FIELDS: &[(&str, &[&str])] = &[
     (
         "envoy.config.bootstrap.v3.Bootstrap",
-        &["node", "static_resources", "dynamic_resources", "admin"],
+        &[
+            "node",
+            "static_resources",
+            "dynamic_resources",
+            "admin",
+            "stats_config",
+            "layered_runtime",
+            "overload_manager",
+            "application_log_config",
+            "bootstrap_extensions",
+            "cluster_manager",
+            "deferred_stat_options",
+        ],
+    ),
+    (
+        "envoy.config.metrics.v3.StatsConfig",
+        &[
+            "stats_tags",
+            "use_all_default_tags",
+            "stats_matcher",
+            "histogram_bucket_settings",
+        ],
+    ),
+    (
+        "envoy.config.metrics.v3.TagSpecifier",
+        &["tag_name", "regex", "fixed_value"],
+    ),
+    (
+        "envoy.config.metrics.v3.StatsMatcher",
+        &["reject_all", "exclusion_list", "inclusion_list"],
+    ),
+    ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
+    (
+        "envoy.config.metrics.v3.HistogramBucketSettings",
+        &["match", "buckets"],
+    ),
+    ("envoy.config.bootstrap.v3.LayeredRuntime", &["layers"]),
+    (
+        "envoy.config.bootstrap.v3.RuntimeLayer",
+        &["name", "static_layer", "admin_layer"],
+    ),
+    ("envoy.config.bootstrap.v3.RuntimeLayer.AdminLayer", &[]),
+    (
+        "envoy.config.overload.v3.OverloadManager",
+        &["refresh_interval", "resource_monitors"],
+    ),
+    (
+        "envoy.config.overload.v3.ResourceMonitor",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+        &["max_active_downstream_connections"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig",
+        &["log_format"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig.LogFormat",
+        &["json_format", "text_format"],
+    ),
+    (
+        "envoy.config.core.v3.TypedExtensionConfig",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.bootstrap.internal_listener.v3.InternalListener",
+        &["buffer_size_kb"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.ClusterManager",
+        &["outlier_detection", "enable_deferred_cluster_creation"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.ClusterManager.OutlierDetection",
+        &["event_log_path"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.Bootstrap.DeferredStatOptions",
+        &["enable_deferred_creation_stats"],
     ),
     (
         "envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
@@ -66,7 +146,10 @@ const FIELDS: &[(&str, &[&str])] = &[
         "envoy.config.bootstrap.v3.Bootstrap.StaticResources",
         &["listeners", "clusters"],
     ),
-    ("envoy.config.bootstrap.v3.Admin", &["address"]),
+    (
+        "envoy.config.bootstrap.v3.Admin",
+        &["address", "access_log", "profile_path"],
+    ),
     (
         "envoy.config.core.v3.Node",
         &[
@@ -105,6 +188,8 @@ const FIELDS: &[(&str, &[&str])] = &[
             "additional_addresses",
             "default_filter_chain",
             "enable_reuse_port",
+            "ignore_global_conn_limit",
+            "bypass_overload_manager",
         ],
     ),
     ("envoy.config.listener.v3.AdditionalAddress", &["address"]),
@@ -462,7 +547,18 @@ const FIELDS: &[(&str, &[&str])] = &[
             "original_dst_lb_config",
             "upstream_bind_config",
             "eds_cluster_config",
+            "alt_stat_name",
+            "max_requests_per_connection",
+            "upstream_connection_options",
         ],
+    ),
+    (
+        "envoy.config.cluster.v3.UpstreamConnectionOptions",
+        &["tcp_keepalive"],
+    ),
+    (
+        "envoy.config.core.v3.TcpKeepalive",
+        &["keepalive_probes", "keepalive_time", "keepalive_interval"],
     ),
     (
         "envoy.config.cluster.v3.Cluster.EdsClusterConfig",
@@ -511,7 +607,15 @@ const FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        &["explicit_http_config", "use_downstream_protocol_config"],
+        &[
+            "explicit_http_config",
+            "use_downstream_protocol_config",
+            "common_http_protocol_options",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.HttpProtocolOptions",
+        &["max_requests_per_connection"],
     ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",

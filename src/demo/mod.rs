@@ -46,7 +46,7 @@ pub fn run(opts: Options) -> Result<()> {
         .replace("port_value: V1", &format!("port_value: {}", v1.port()))
         .replace("port_value: V2", &format!("port_value: {}", v2.port()));
     let (config, dump) = bootstrap::on_decode_thread(|| {
-        let loaded = bootstrap::load(None, Some(&yaml))?;
+        let loaded = bootstrap::load(None, Some(&yaml), &Default::default())?;
         let dump = config_dump::StaticDump::new(&loaded.proto, SystemTime::now());
         Ok::<_, String>((loaded.config, dump))
     })
@@ -61,6 +61,10 @@ pub fn run(opts: Options) -> Result<()> {
                 stats_addr: None,
                 health_addr: None,
                 admin_address_path: None,
+                command_line: serde_json::json!({}),
+                flush_interval: std::time::Duration::ZERO,
+                unknown_static_fields: 0,
+                init_only: false,
             },
         )
     });

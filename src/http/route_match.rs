@@ -372,6 +372,7 @@ mod tests {
             original_dst_header: None,
             upstream_socket: Default::default(),
             eds: None,
+            ..Default::default()
         };
         let m = crate::upstream::ClusterManager::new(
             &[c("a"), c("b"), c("c"), c("d"), c("e")],

@@ -133,6 +133,37 @@ impl ListenerManager {
         true
     }
 
+    /// Admin `/drain_listeners`: the listeners chosen (all, or the inbound ones) start
+    /// draining: their connections finish what is in flight and close (HTTP/1 responses
+    /// say `connection: close`, HTTP/2 sends GOAWAY), new connections are still accepted
+    /// and drained the same way. Returns how many listeners it touched.
+    pub fn drain_listeners(&self, inbound_only: bool) -> usize {
+        let active = self.active.lock().unwrap();
+        let mut n = 0;
+        for a in active.values() {
+            let l = a.slot.load();
+            if !inbound_only || l.config.inbound {
+                l.retire();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Closes the listening sockets of the listeners chosen (after a drain, or at once
+    /// for an immediate `/drain_listeners`). They stay listed, as Envoy lists stopped
+    /// listeners.
+    pub fn stop_listeners(&self, inbound_only: bool) {
+        let active = self.active.lock().unwrap();
+        for a in active.values() {
+            if !inbound_only || a.slot.load().config.inbound {
+                for task in a.bound.iter().flat_map(|(_, tasks)| tasks) {
+                    task.abort();
+                }
+            }
+        }
+    }
+
     /// The listeners now serving.
     pub fn listeners(&self) -> Vec<Arc<Listener>> {
         let active = self.active.lock().unwrap();

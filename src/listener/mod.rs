@@ -3,6 +3,7 @@
 //! inspection), filter-chain selection, and handing each connection to its chain's
 //! network filter.
 mod chain_select;
+pub mod conn_limit;
 pub mod http_detect;
 mod inspect;
 pub mod manager;
@@ -73,6 +74,8 @@ pub struct Context {
     pub sinks: Arc<Sinks>,
     /// The process's drain.
     pub drain: drain::Watch,
+    /// The global downstream connection limit.
+    pub conn_limit: Arc<conn_limit::ConnLimit>,
 }
 
 #[derive(Debug)]
@@ -84,6 +87,8 @@ pub struct Listener {
     default_filter: Option<Filter>,
     /// This listener's own drain: signaled when LDS replaces or removes it.
     drain: drain::Scoped,
+    /// The global connection limit, unless the listener is exempt.
+    conn_limit: Option<Arc<conn_limit::ConnLimit>>,
 }
 
 impl Listener {
@@ -105,6 +110,7 @@ impl Listener {
             .transpose()?;
         let stats = ListenerStats::new(&ctx.store, &config.stat_name);
         Ok(Listener {
+            conn_limit: (!config.ignore_global_conn_limit).then(|| ctx.conn_limit.clone()),
             config,
             stats,
             filters,
@@ -148,12 +154,23 @@ pub async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let me = slot.load_full();
+                let permit = match &me.conn_limit {
+                    Some(limit) => match limit.acquire() {
+                        Some(p) => p,
+                        None => {
+                            me.stats.downstream_global_cx_overflow.inc();
+                            drop(stream);
+                            continue;
+                        }
+                    },
+                    None => conn_limit::Permit::none(),
+                };
                 let watch = me.drain.watch().clone();
                 let guard = watch.connection();
                 let registry = registry.load_full();
                 tokio::spawn(async move {
                     me.accepted(stream, unmap(peer), &registry, watch).await;
-                    drop(guard);
+                    drop((guard, permit));
                 });
             }
             Err(e) => {

@@ -10,9 +10,78 @@ use std::{
     cell::RefCell,
     io::{self, ErrorKind},
     net::Shutdown,
+    os::fd::AsFd,
 };
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::upstream::connect::Upstream;
+
+/// A stream socket `bidirectional` can copy from and to without buffering of its own:
+/// TCP, or a Unix socket (a `pipe` endpoint).
+pub trait Socket: AsFd {
+    fn readable(&self) -> impl Future<Output = io::Result<()>>;
+    fn writable(&self) -> impl Future<Output = io::Result<()>>;
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+}
+
+macro_rules! socket {
+    ($t:ty) => {
+        impl Socket for $t {
+            fn readable(&self) -> impl Future<Output = io::Result<()>> {
+                <$t>::readable(self)
+            }
+            fn writable(&self) -> impl Future<Output = io::Result<()>> {
+                <$t>::writable(self)
+            }
+            fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+                <$t>::try_read(self, buf)
+            }
+            fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+                <$t>::try_write(self, buf)
+            }
+        }
+    };
+}
+socket!(TcpStream);
+socket!(UnixStream);
+
+impl AsFd for Upstream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Upstream::Tcp(s) => s.as_fd(),
+            Upstream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+impl Socket for Upstream {
+    async fn readable(&self) -> io::Result<()> {
+        match self {
+            Upstream::Tcp(s) => s.readable().await,
+            Upstream::Unix(s) => s.readable().await,
+        }
+    }
+    async fn writable(&self) -> io::Result<()> {
+        match self {
+            Upstream::Tcp(s) => s.writable().await,
+            Upstream::Unix(s) => s.writable().await,
+        }
+    }
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Upstream::Tcp(s) => s.try_read(buf),
+            Upstream::Unix(s) => s.try_read(buf),
+        }
+    }
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Upstream::Tcp(s) => s.try_write(buf),
+            Upstream::Unix(s) => s.try_write(buf),
+        }
+    }
+}
 
 const SCRATCH: usize = 256 << 10;
 
@@ -23,11 +92,11 @@ thread_local! {
 /// Copies both ways until both sides have closed their sending half, passing each
 /// half-close on (`shutdown(SHUT_WR)`) as it comes. Returns the bytes copied `a → b` and
 /// `b → a`; an error on either socket ends both directions.
-pub async fn bidirectional(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)> {
+pub async fn bidirectional(a: &impl Socket, b: &impl Socket) -> io::Result<(u64, u64)> {
     tokio::try_join!(one_way(a, b), one_way(b, a))
 }
 
-async fn one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
+async fn one_way(src: &impl Socket, dst: &impl Socket) -> io::Result<u64> {
     let mut total = 0u64;
     let mut pending: Vec<u8> = Vec::new();
     loop {
@@ -61,8 +130,8 @@ async fn one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
 /// One read from `src` and as much of it written to `dst` as it takes without waiting;
 /// the rest goes to `pending`. `None` at end of stream.
 fn relay(
-    src: &TcpStream,
-    dst: &TcpStream,
+    src: &impl Socket,
+    dst: &impl Socket,
     buf: &mut [u8],
     pending: &mut Vec<u8>,
 ) -> io::Result<Option<usize>> {

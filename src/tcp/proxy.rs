@@ -88,11 +88,11 @@ impl TcpProxy {
         };
         record.upstream_host = Some(host.addr);
         let cs = &cluster.stats;
-        let Ok(up) = connect(&cluster, host.addr).await else {
+        let Ok(up) = connect(&cluster, &host).await else {
             record.response_flags = Some("UF");
             return;
         };
-        record.upstream_local = up.local_addr().ok();
+        record.upstream_local = up.local_addr();
         let _active = GaugeGuard::new(&cs.upstream_cx_active);
         let _ = down.set_nodelay(true);
         if let Ok((sent, received)) = copy::bidirectional(&down, &up).await {

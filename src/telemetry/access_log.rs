@@ -359,14 +359,26 @@ pub struct Sinks {
     runtime: tokio::runtime::Handle,
     store: Arc<Store>,
     writers: Mutex<HashMap<Target, mpsc::Sender<String>>>,
+    /// `--file-flush-interval-msec`: how long a written line may wait in the buffer;
+    /// zero (the default) flushes as soon as the writer has nothing more queued.
+    flush_interval: std::time::Duration,
 }
 
 impl Sinks {
     pub fn new(runtime: tokio::runtime::Handle, store: Arc<Store>) -> Self {
+        Sinks::with_flush_interval(runtime, store, std::time::Duration::ZERO)
+    }
+
+    pub fn with_flush_interval(
+        runtime: tokio::runtime::Handle,
+        store: Arc<Store>,
+        flush_interval: std::time::Duration,
+    ) -> Self {
         Sinks {
             runtime,
             store,
             writers: Mutex::default(),
+            flush_interval,
         }
     }
 
@@ -388,7 +400,8 @@ impl Sinks {
                     ),
                 };
                 let (tx, rx) = mpsc::channel(16 * 1024);
-                self.runtime.spawn(write_lines(rx, out));
+                self.runtime
+                    .spawn(write_lines(rx, out, self.flush_interval));
                 writers.insert(cfg.target.clone(), tx.clone());
                 tx
             }
@@ -406,15 +419,40 @@ impl Sinks {
     }
 }
 
-/// Appends lines, flushing when idle for a moment or when 64 KiB are buffered.
-async fn write_lines(mut rx: mpsc::Receiver<String>, out: Box<dyn std::io::Write + Send>) {
+/// Appends lines; flushes when 64 KiB are buffered, and otherwise `interval` after the
+/// first unflushed line (at once when the queue is empty, for a zero interval).
+async fn write_lines(
+    mut rx: mpsc::Receiver<String>,
+    out: Box<dyn std::io::Write + Send>,
+    interval: std::time::Duration,
+) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    while let Some(line) = rx.recv().await {
+    let mut due: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match due {
+            Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
+                Ok(line) => line,
+                Err(_) => {
+                    let _ = out.flush();
+                    due = None;
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(line) = next else {
+            let _ = out.flush();
+            return;
+        };
         let _ = out.write_all(line.as_bytes());
         while let Ok(more) = rx.try_recv() {
             let _ = out.write_all(more.as_bytes());
         }
-        let _ = out.flush();
+        if interval.is_zero() {
+            let _ = out.flush();
+        } else if due.is_none() {
+            due = Some(tokio::time::Instant::now() + interval);
+        }
     }
 }
 
@@ -480,5 +518,27 @@ mod tests {
             true,
         );
         assert_eq!(r.render(&f), "{\"code\":200,\"flags\":\"-\"}\n");
+    }
+
+    /// With a flush interval, lines reach the file only once it has passed.
+    #[tokio::test(start_paused = true)]
+    async fn lines_wait_for_the_flush_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let sinks = Sinks::with_flush_interval(
+            tokio::runtime::Handle::current(),
+            Store::new(),
+            Duration::from_secs(1),
+        );
+        let cfg = AccessLogConfig {
+            target: Target::File(path.to_str().unwrap().into()),
+            format: Format::Text(parse("line\n").unwrap()),
+        };
+        let log = sinks.open(&cfg).unwrap();
+        log.write(&Record::default());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "line\n");
     }
 }

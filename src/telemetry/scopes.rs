@@ -80,6 +80,8 @@ pub struct ListenerStats {
     /// pilotfish's own: connections refused because their original destination was
     /// one of pilotfish's own listeners (they would loop).
     pub loop_refused: Counter,
+    /// Connections closed because the global downstream connection limit was reached.
+    pub downstream_global_cx_overflow: Counter,
 }
 
 impl ListenerStats {
@@ -117,6 +119,7 @@ impl ListenerStats {
             downstream_pre_cx_active: g("downstream_pre_cx_active"),
             downstream_pre_cx_timeout: c("downstream_pre_cx_timeout"),
             no_filter_chain_match: c("no_filter_chain_match"),
+            downstream_global_cx_overflow: c("downstream_global_cx_overflow"),
             loop_refused: store.counter(
                 format!("pilotfish.listener.{stat_name}.loop_refused"),
                 "pilotfish_listener_loop_refused",
@@ -227,6 +230,12 @@ pub struct ServerStats {
     pub total_connections: Gauge,
     pub active_clusters: Gauge,
     pub total_listeners_active: Gauge,
+    /// `listener_manager.workers_started`: 1 once the workers serve (pilot-agent's
+    /// readiness probe waits for it).
+    pub workers_started: Gauge,
+    /// `server.static_unknown_fields`: bootstrap fields dropped under
+    /// `--allow-unknown-static-fields`.
+    pub static_unknown_fields: Counter,
 }
 
 impl ServerStats {
@@ -245,6 +254,15 @@ impl ServerStats {
             total_listeners_active: g(
                 "listener_manager.total_listeners_active",
                 "envoy_listener_manager_total_listeners_active",
+            ),
+            workers_started: g(
+                "listener_manager.workers_started",
+                "envoy_listener_manager_workers_started",
+            ),
+            static_unknown_fields: store.counter(
+                "server.static_unknown_fields".into(),
+                "envoy_server_static_unknown_fields",
+                &[],
             ),
         }
     }

@@ -9,11 +9,13 @@ use std::{
     fmt::Write,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
 };
 
 use arc_swap::ArcSwap;
+
+use super::naming::Naming;
 
 #[derive(Clone, Debug, Default)]
 pub struct Counter(Arc<AtomicU64>);
@@ -31,20 +33,37 @@ impl Counter {
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct Gauge(Arc<AtomicI64>);
+pub struct Gauge(Arc<GaugeCell>);
+
+#[derive(Debug, Default)]
+struct GaugeCell {
+    value: AtomicI64,
+    /// Set on the first write, for `/stats?usedonly` (a gauge back at 0 was still used).
+    used: AtomicBool,
+}
 
 impl Gauge {
     pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.value.fetch_add(1, Ordering::Relaxed);
+        self.mark_used();
     }
     pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.value.fetch_sub(1, Ordering::Relaxed);
     }
     pub fn set(&self, v: i64) {
-        self.0.store(v, Ordering::Relaxed);
+        self.0.value.store(v, Ordering::Relaxed);
+        self.mark_used();
     }
     pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.value.load(Ordering::Relaxed)
+    }
+    fn mark_used(&self) {
+        if !self.0.used.load(Ordering::Relaxed) {
+            self.0.used.store(true, Ordering::Relaxed);
+        }
+    }
+    fn used(&self) -> bool {
+        self.0.used.load(Ordering::Relaxed)
     }
 }
 
@@ -71,25 +90,45 @@ const BUCKETS: [f64; 19] = [
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
-/// A histogram of millisecond values with Envoy's default buckets.
-#[derive(Clone, Debug, Default)]
+/// A histogram of millisecond values, with Envoy's default buckets unless the
+/// bootstrap's `histogram_bucket_settings` gives its name others.
+#[derive(Clone, Debug)]
 pub struct Histogram(Arc<HistogramCells>);
 
-#[derive(Debug, Default)]
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::with_bounds(None)
+    }
+}
+
+#[derive(Debug)]
 struct HistogramCells {
+    /// Upper bounds, ascending; `None` for Envoy's defaults.
+    bounds: Option<Arc<[f64]>>,
     /// Per bucket (not cumulative), the last one for values above every bound.
-    counts: [AtomicU64; BUCKETS.len() + 1],
+    counts: Box<[AtomicU64]>,
     /// Sum in microseconds.
     sum_us: AtomicU64,
 }
 
 impl Histogram {
+    fn with_bounds(bounds: Option<Arc<[f64]>>) -> Self {
+        let n = bounds.as_ref().map_or(BUCKETS.len(), |b| b.len()) + 1;
+        Histogram(Arc::new(HistogramCells {
+            bounds,
+            counts: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+        }))
+    }
+
+    fn bounds(&self) -> &[f64] {
+        self.0.bounds.as_deref().unwrap_or(&BUCKETS)
+    }
+
     pub fn record(&self, d: std::time::Duration) {
         let ms = d.as_secs_f64() * 1000.0;
-        let i = BUCKETS
-            .iter()
-            .position(|b| ms <= *b)
-            .unwrap_or(BUCKETS.len());
+        let bounds = self.bounds();
+        let i = bounds.iter().position(|b| ms <= *b).unwrap_or(bounds.len());
         self.0.counts[i].fetch_add(1, Ordering::Relaxed);
         self.0
             .sum_us
@@ -117,6 +156,24 @@ enum Value {
 }
 
 impl Value {
+    /// Another handle on the same stat.
+    fn handle(&self) -> Value {
+        match self {
+            Value::Counter(c) => Value::Counter(c.clone()),
+            Value::Gauge(g) => Value::Gauge(g.clone()),
+            Value::Histogram(h) => Value::Histogram(h.clone()),
+        }
+    }
+
+    /// Whether anything was ever recorded: Envoy's `usedonly`.
+    fn used(&self) -> bool {
+        match self {
+            Value::Counter(c) => c.get() > 0,
+            Value::Gauge(g) => g.used(),
+            Value::Histogram(h) => h.count() > 0,
+        }
+    }
+
     /// Whether the store holds the only handle: what counted into it is gone.
     fn is_unheld(&self) -> bool {
         match self {
@@ -142,6 +199,23 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Store {
     entries: Mutex<Entries>,
+    /// The bootstrap's `stats_config`.
+    naming: Naming,
+}
+
+/// Which stats a listing shows: Envoy's `usedonly` and `filter` (a regex searched in
+/// the flat name).
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub used_only: bool,
+    pub regex: Option<regex::Regex>,
+}
+
+impl Filter {
+    fn shows(&self, e: &Entry) -> bool {
+        (!self.used_only || e.value.used())
+            && self.regex.as_ref().is_none_or(|r| r.is_match(&e.flat))
+    }
 }
 
 /// The index maps hash stat names from config, never traffic, and registering the
@@ -202,37 +276,71 @@ impl Store {
         Arc::new(Store::default())
     }
 
+    /// A store whose names, labels, buckets and existence follow a `stats_config`.
+    pub fn with_naming(naming: Naming) -> Arc<Self> {
+        Arc::new(Store {
+            naming,
+            ..Default::default()
+        })
+    }
+
     /// A counter named `flat` in Envoy's flat form, published to Prometheus as `prom`
-    /// with `labels`. Registering the same flat name twice returns the same counter.
+    /// with `labels` (or as the configured tags make it). Registering the same flat
+    /// name twice returns the same counter.
     pub fn counter(&self, flat: String, prom: &str, labels: &[(&str, &str)]) -> Counter {
-        let mut entries = self.entries.lock().unwrap();
-        if let Some(Value::Counter(c)) = entries.find(&flat) {
-            return c.clone();
+        match self.register(flat, prom, labels, || Value::Counter(Counter::default())) {
+            Value::Counter(c) => c,
+            _ => Counter::default(),
         }
-        let c = Counter::default();
-        entries.push(flat, prom, labels, Value::Counter(c.clone()));
-        c
     }
 
     pub fn gauge(&self, flat: String, prom: &str, labels: &[(&str, &str)]) -> Gauge {
-        let mut entries = self.entries.lock().unwrap();
-        if let Some(Value::Gauge(g)) = entries.find(&flat) {
-            return g.clone();
+        match self.register(flat, prom, labels, || Value::Gauge(Gauge::default())) {
+            Value::Gauge(g) => g,
+            _ => Gauge::default(),
         }
-        let g = Gauge::default();
-        entries.push(flat, prom, labels, Value::Gauge(g.clone()));
-        g
     }
 
     /// A histogram of milliseconds (Envoy's `update_duration` and the like).
     pub fn histogram(&self, flat: String, prom: &str, labels: &[(&str, &str)]) -> Histogram {
-        let mut entries = self.entries.lock().unwrap();
-        if let Some(Value::Histogram(h)) = entries.find(&flat) {
-            return h.clone();
+        let bounds = self.naming.buckets_for(&flat);
+        match self.register(flat, prom, labels, || {
+            Value::Histogram(Histogram::with_bounds(bounds))
+        }) {
+            Value::Histogram(h) => h,
+            _ => Histogram::default(),
         }
-        let h = Histogram::default();
-        entries.push(flat, prom, labels, Value::Histogram(h.clone()));
-        h
+    }
+
+    /// The stat named `flat`, made by `make` if new. A name the `stats_matcher` rejects
+    /// gets a handle of its own that nothing lists, as Envoy's null stats.
+    fn register(
+        &self,
+        flat: String,
+        prom: &str,
+        labels: &[(&str, &str)],
+        make: impl FnOnce() -> Value,
+    ) -> Value {
+        if !self.naming.accepts(&flat) {
+            return make();
+        }
+        let mut entries = self.entries.lock().unwrap();
+        if let Some(v) = entries.find(&flat) {
+            return v.handle();
+        }
+        let v = make();
+        let handle = v.handle();
+        match self.naming.prometheus(&flat) {
+            Some((prom, labels)) => {
+                let labels: Vec<(&str, &str)> = labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                entries.push(flat, &prom, &labels, v);
+            }
+            None => entries.push(flat, prom, labels, v),
+        }
+        handle
     }
 
     /// Drops the stats nothing holds any more: those of removed clusters, listeners
@@ -260,33 +368,61 @@ impl Store {
         released
     }
 
-    /// Envoy's `/stats` text: `name: value`, sorted by name.
-    pub fn render_text(&self) -> String {
+    /// Envoy's `/stats` text: counters and gauges as `name: value` sorted by name, then
+    /// histograms.
+    pub fn render_text(&self, filter: &Filter) -> String {
+        self.rows(filter)
+            .into_iter()
+            .fold(String::new(), |mut out, (name, v)| {
+                let _ = writeln!(out, "{name}: {v}");
+                out
+            })
+    }
+
+    /// `/stats?format=json`: `{"stats":[{"name":…,"value":…}]}` in the text order.
+    pub fn render_json(&self, filter: &Filter) -> String {
+        let stats: Vec<serde_json::Value> = self
+            .rows(filter)
+            .into_iter()
+            .map(|(name, v)| match v.parse::<i64>() {
+                Ok(n) => serde_json::json!({ "name": name, "value": n }),
+                Err(_) => serde_json::json!({ "name": name, "value": v }),
+            })
+            .collect();
+        serde_json::json!({ "stats": stats }).to_string()
+    }
+
+    fn rows(&self, filter: &Filter) -> Vec<(String, String)> {
         let entries = self.entries.lock().unwrap();
-        let mut rows: Vec<(&str, String)> = entries
+        let mut rows: Vec<(bool, &str, String)> = entries
             .list
             .iter()
-            .map(|e| {
-                let v = match &e.value {
-                    Value::Counter(c) => c.get().to_string(),
-                    Value::Gauge(g) => g.get().to_string(),
-                    Value::Histogram(h) => format!("count={} sum={}", h.count(), h.sum_ms()),
-                };
-                (&*e.flat, v)
+            .filter(|e| filter.shows(e))
+            .map(|e| match &e.value {
+                Value::Counter(c) => (false, &*e.flat, c.get().to_string()),
+                Value::Gauge(g) => (false, &*e.flat, g.get().to_string()),
+                Value::Histogram(h) => (
+                    true,
+                    &*e.flat,
+                    if h.count() == 0 {
+                        "No recorded values".to_owned()
+                    } else {
+                        format!("count={} sum={}", h.count(), h.sum_ms())
+                    },
+                ),
             })
             .collect();
         rows.sort();
-        let mut out = String::with_capacity(rows.len() * 48);
-        for (name, v) in rows {
-            let _ = writeln!(out, "{name}: {v}");
-        }
-        out
+        rows.into_iter()
+            .map(|(_, n, v)| (n.to_owned(), v))
+            .collect()
     }
 
-    /// Prometheus text exposition (version 0.0.4), grouped by metric name.
-    pub fn render_prometheus(&self) -> String {
+    /// Prometheus text exposition (version 0.0.4), grouped by metric name. A sample
+    /// without labels is written `name{} value`, as Envoy writes it.
+    pub fn render_prometheus(&self, filter: &Filter) -> String {
         let entries = self.entries.lock().unwrap();
-        let mut order: Vec<&Entry> = entries.list.iter().collect();
+        let mut order: Vec<&Entry> = entries.list.iter().filter(|e| filter.shows(e)).collect();
         order.sort_by(|a, b| a.prom.cmp(&b.prom).then(a.labels.cmp(&b.labels)));
         let mut out = String::with_capacity(order.len() * 96);
         let mut last = "";
@@ -301,7 +437,8 @@ impl Store {
                     }
                     let sep = if e.labels.is_empty() { "" } else { "," };
                     let mut total = 0;
-                    for (i, bound) in BUCKETS
+                    for (i, bound) in h
+                        .bounds()
                         .iter()
                         .map(|b| b.to_string())
                         .chain(["+Inf".to_owned()])
@@ -314,11 +451,7 @@ impl Store {
                             e.prom, e.labels
                         );
                     }
-                    let labels = if e.labels.is_empty() {
-                        String::new()
-                    } else {
-                        format!("{{{}}}", e.labels)
-                    };
+                    let labels = format!("{{{}}}", e.labels);
                     let _ = writeln!(out, "{}_sum{labels} {}", e.prom, h.sum_ms());
                     let _ = writeln!(out, "{}_count{labels} {total}", e.prom);
                     continue;
@@ -328,18 +461,15 @@ impl Store {
                 let _ = writeln!(out, "# TYPE {} {kind}", e.prom);
                 last = &e.prom;
             }
-            if e.labels.is_empty() {
-                let _ = writeln!(out, "{} {v}", e.prom);
-            } else {
-                let _ = writeln!(out, "{}{{{}}} {v}", e.prom, e.labels);
-            }
+            let _ = writeln!(out, "{}{{{}}} {v}", e.prom, e.labels);
         }
         out
     }
 }
 
+/// Envoy's sanitizing: every character outside `[a-zA-Z0-9_]` becomes `_`.
 fn prom_name(name: &str, out: &mut String) {
-    let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let valid = |c: char| c.is_ascii_alphanumeric() || c == '_';
     if name.bytes().all(|b| valid(char::from(b))) {
         out.push_str(name);
         return;
@@ -481,10 +611,10 @@ mod tests {
         codes.record(200);
         codes.record(204);
         codes.record(200);
-        let text = store.render_text();
+        let text = store.render_text(&Filter::default());
         assert!(text.contains("cluster.x.upstream_rq_200: 2\n"), "{text}");
         assert!(text.contains("cluster.x.upstream_rq_2xx: 3\n"), "{text}");
-        let prom = store.render_prometheus();
+        let prom = store.render_prometheus(&Filter::default());
         assert!(
             prom.contains("# TYPE envoy_cluster_upstream_rq counter\n"),
             "{prom}"
@@ -568,7 +698,7 @@ mod tests {
         assert_eq!(store.release_unheld(), 0, "everything is held");
         drop((a, a_h));
         assert_eq!(store.release_unheld(), 2);
-        let text = store.render_text();
+        let text = store.render_text(&Filter::default());
         assert!(!text.contains("cluster.a."), "{text}");
         assert!(text.contains("cluster.b.upstream_rq_total: 3\n"), "{text}");
         {

@@ -20,7 +20,10 @@ use crate::{
 
 #[derive(Debug)]
 pub struct Host {
+    /// Where to connect; `0.0.0.0:0` for a pipe host.
     pub addr: SocketAddr,
+    /// A `pipe` endpoint: the Unix socket to connect to instead of `addr`.
+    pub pipe: Option<std::path::PathBuf>,
     /// The endpoint's hostname (its DNS name, or `hostname`), for `auto_host_rewrite`.
     pub hostname: Option<Arc<str>>,
     pub pool: HostPool,
@@ -34,7 +37,18 @@ impl Host {
     pub fn named(addr: SocketAddr, hostname: Option<Arc<str>>) -> Arc<Self> {
         Arc::new(Host {
             addr,
+            pipe: None,
             hostname,
+            pool: HostPool::default(),
+        })
+    }
+
+    /// A host reached over the Unix socket at `path`.
+    pub fn pipe(path: std::path::PathBuf) -> Arc<Self> {
+        Arc::new(Host {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            pipe: Some(path),
+            hostname: None,
             pool: HostPool::default(),
         })
     }
@@ -54,12 +68,18 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(config: ClusterConfig, store: &Arc<Store>, own: &Arc<OwnAddresses>) -> Self {
-        let stats = ClusterStats::new(store, &config.name);
+        let stats = ClusterStats::new(
+            store,
+            config.alt_stat_name.as_deref().unwrap_or(&config.name),
+        );
         let hosts: Vec<Arc<Host>> = match config.discovery {
             Discovery::Static => config
                 .endpoints
                 .iter()
                 .filter_map(|e| {
+                    if let Some(p) = &e.pipe {
+                        return Some(Host::pipe(p.clone()));
+                    }
                     let addr = SocketAddr::new(e.host.parse().ok()?, e.port);
                     Some(Host::named(addr, e.hostname.as_deref().map(Arc::from)))
                 })
@@ -80,6 +100,14 @@ impl Cluster {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The cluster's stat scope and observability name: `alt_stat_name`, else its name.
+    pub fn stat_name(&self) -> &str {
+        self.config
+            .alt_stat_name
+            .as_deref()
+            .unwrap_or(&self.config.name)
     }
 
     /// Chooses the host for a request or connection: round robin over the current
@@ -153,6 +181,7 @@ mod tests {
                 original_dst_header: None,
                 upstream_socket: Default::default(),
                 eds: None,
+                ..Default::default()
             },
             &Store::new(),
             &Default::default(),

@@ -1,11 +1,95 @@
-//! Opening upstream TCP connections with the cluster's connect timeout, source address
-//! and socket mark, counting Envoy's connection stats.
-use std::{io, net::SocketAddr};
+//! Opening upstream connections (TCP, or a Unix socket for a `pipe` endpoint) with the
+//! cluster's connect timeout, source address, socket mark and keepalive, counting
+//! Envoy's connection stats.
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+};
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpSocket, TcpStream, UnixStream},
+};
 
-use super::Cluster;
+use super::{Cluster, Host};
 use crate::config::UpstreamSocket;
+
+/// An upstream connection.
+#[derive(Debug)]
+pub enum Upstream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Upstream {
+    /// The local address, for access logs (none for a Unix socket).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Upstream::Tcp(s) => s.local_addr().ok(),
+            Upstream::Unix(_) => None,
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Upstream::Tcp($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Upstream::Unix($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Upstream::Tcp(s) => s.is_write_vectored(),
+            Upstream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub enum ConnectError {
@@ -28,26 +112,33 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-/// Connects to `addr` for `cluster`, counting `upstream_cx_total` and the failure
+/// Connects to `host` for `cluster`, counting `upstream_cx_total` and the failure
 /// counters. An address of pilotfish's own capture listeners is refused before any
 /// socket is made (counted in `pilotfish_listener_loop_refused` and as a connect
 /// failure), whatever the cluster's type.
-pub async fn connect(cluster: &Cluster, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
+pub async fn connect(cluster: &Cluster, host: &Host) -> Result<Upstream, ConnectError> {
     let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
-    if cluster.own.refuse_upstream(addr) {
+    let addr = host.addr;
+    if host.pipe.is_none() && cluster.own.refuse_upstream(addr) {
         stats.upstream_cx_connect_fail.inc();
         return Err(ConnectError::Loop);
     }
     let attempt = async {
-        let socket = socket(addr, &cluster.config.upstream_socket)?;
-        socket.connect(addr).await
+        if let Some(path) = &host.pipe {
+            return UnixStream::connect(path).await.map(Upstream::Unix);
+        }
+        let opts = &cluster.config.upstream_socket;
+        let socket = socket(addr, opts)?;
+        let s = socket.connect(addr).await?;
+        let _ = s.set_nodelay(true);
+        if let Some(k) = &opts.keepalive {
+            keepalive(&s, k)?;
+        }
+        Ok(Upstream::Tcp(s))
     };
     match tokio::time::timeout(cluster.config.connect_timeout, attempt).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
+        Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => {
             stats.upstream_cx_connect_fail.inc();
             Err(ConnectError::Failed(e))
@@ -58,6 +149,22 @@ pub async fn connect(cluster: &Cluster, addr: SocketAddr) -> Result<TcpStream, C
             Err(ConnectError::Timeout)
         }
     }
+}
+
+/// `upstream_connection_options.tcp_keepalive`: SO_KEEPALIVE, and the probe settings
+/// given (the kernel's defaults for the rest).
+fn keepalive(s: &TcpStream, k: &crate::config::Keepalive) -> io::Result<()> {
+    let mut ka = socket2::TcpKeepalive::new();
+    if let Some(t) = k.time {
+        ka = ka.with_time(std::time::Duration::from_secs(t.into()));
+    }
+    if let Some(i) = k.interval {
+        ka = ka.with_interval(std::time::Duration::from_secs(i.into()));
+    }
+    if let Some(p) = k.probes {
+        ka = ka.with_retries(p);
+    }
+    socket2::SockRef::from(s).set_tcp_keepalive(&ka)
 }
 
 /// A socket for `addr` with the source address bound and the mark set, as configured.
@@ -100,6 +207,7 @@ mod tests {
             original_dst_header: None,
             upstream_socket,
             eds: None,
+            ..Default::default()
         };
         Cluster::new(config, &Store::new(), &Default::default())
     }
@@ -110,8 +218,11 @@ mod tests {
         let c = cluster(UpstreamSocket {
             sources: vec!["::1".parse().unwrap(), "127.0.0.6".parse().unwrap()],
             mark: None,
+            keepalive: None,
         });
-        let s = connect(&c, l.local_addr().unwrap()).await.unwrap();
+        let s = connect(&c, &Host::new(l.local_addr().unwrap()))
+            .await
+            .unwrap();
         let (_, peer) = l.accept().await.unwrap();
         assert_eq!(peer.ip(), "127.0.0.6".parse::<std::net::IpAddr>().unwrap());
         assert_eq!(s.local_addr().unwrap().ip(), peer.ip());
@@ -124,15 +235,66 @@ mod tests {
         let c = cluster(UpstreamSocket {
             sources: Vec::new(),
             mark: Some(1337),
+            keepalive: None,
         });
-        let res = connect(&c, l.local_addr().unwrap()).await;
+        let res = connect(&c, &Host::new(l.local_addr().unwrap())).await;
         if nix::unistd::geteuid().is_root() {
-            let s = res.unwrap();
+            let Upstream::Tcp(s) = res.unwrap() else {
+                panic!("a TCP connection")
+            };
             assert_eq!(socket2::SockRef::from(&s).mark().unwrap(), 1337);
         } else {
             // Never an unmarked connection that iptables could capture again.
             assert!(matches!(res, Err(ConnectError::Failed(_))));
             assert_eq!(c.stats.upstream_cx_connect_fail.get(), 1);
         }
+    }
+
+    #[tokio::test]
+    async fn keepalive_is_set_as_configured() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = cluster(UpstreamSocket {
+            keepalive: Some(crate::config::Keepalive {
+                probes: Some(4),
+                time: Some(300),
+                interval: Some(7),
+            }),
+            ..Default::default()
+        });
+        let Upstream::Tcp(s) = connect(&c, &Host::new(l.local_addr().unwrap()))
+            .await
+            .unwrap()
+        else {
+            panic!("a TCP connection")
+        };
+        let sock = socket2::SockRef::from(&s);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap().as_secs(), 300);
+        assert_eq!(sock.tcp_keepalive_interval().unwrap().as_secs(), 7);
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_pipe_host_connects_over_its_unix_socket() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let l = tokio::net::UnixListener::bind(&path).unwrap();
+        let c = cluster(UpstreamSocket::default());
+        let mut up = connect(&c, &Host::pipe(path.clone())).await.unwrap();
+        let (mut server, _) = l.accept().await.unwrap();
+        up.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        assert!(up.local_addr().is_none());
+        // A missing socket is a connect failure like any other.
+        drop(l);
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            connect(&c, &Host::pipe(path)).await,
+            Err(ConnectError::Failed(_))
+        ));
+        assert_eq!(c.stats.upstream_cx_connect_fail.get(), 1);
     }
 }

@@ -29,8 +29,10 @@ pub struct HostPool {
 #[derive(Debug, Default)]
 #[repr(align(64))]
 struct WorkerPool {
-    h1_idle: Mutex<Vec<http1::SendRequest<Body>>>,
-    h2: Mutex<Option<http2::SendRequest<Body>>>,
+    /// Idle HTTP/1.1 connections and how many requests each has carried.
+    h1_idle: Mutex<Vec<(http1::SendRequest<Body>, u32)>>,
+    /// The HTTP/2 connection new streams go to, and how many it has carried.
+    h2: Mutex<Option<(http2::SendRequest<Body>, u32)>>,
     /// Serializes HTTP/2 connection setup so concurrent requests share one connection.
     h2_connect: tokio::sync::Mutex<()>,
 }
@@ -50,8 +52,12 @@ impl HostPool {
     pub fn is_idle_empty(&self) -> bool {
         self.workers.get().is_none_or(|all| {
             all.iter().all(|p| {
-                p.h1_idle.lock().unwrap().iter().all(|s| s.is_closed())
-                    && p.h2.lock().unwrap().as_ref().is_none_or(|s| s.is_closed())
+                p.h1_idle.lock().unwrap().iter().all(|(s, _)| s.is_closed())
+                    && p.h2
+                        .lock()
+                        .unwrap()
+                        .as_ref()
+                        .is_none_or(|(s, _)| s.is_closed())
             })
         })
     }
@@ -85,17 +91,20 @@ async fn send_h1(
     host: &Arc<Host>,
     mut req: Request<Body>,
 ) -> Result<Response<PooledBody>, SendError> {
+    let max = cluster.config.max_requests_per_connection;
     // Reuse an idle connection; one that turns out closed hands the request back.
     loop {
         let idle = host.pool.mine().h1_idle.lock().unwrap().pop();
-        let Some(mut sender) = idle else { break };
+        let Some((mut sender, served)) = idle else {
+            break;
+        };
         // A connection goes back to the pool as its last response ends, a moment
         // before its task has taken note: wait for that rather than dropping it.
         if sender.is_closed() || sender.ready().await.is_err() {
             continue;
         }
         match sender.try_send_request(req).await {
-            Ok(resp) => return Ok(pooled(resp, host, sender)),
+            Ok(resp) => return Ok(pooled(resp, host, sender, served + 1, max)),
             Err(mut e) => match e.take_message() {
                 Some(r) => req = r,
                 None => return Err(SendError::Reset(e.into_error())),
@@ -109,18 +118,22 @@ async fn send_h1(
         drop(guard);
     });
     let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
-    Ok(pooled(resp, host, sender))
+    Ok(pooled(resp, host, sender, 1, max))
 }
 
+/// A response whose connection goes back to the pool when its body ends, unless it has
+/// carried `max_requests_per_connection` requests (then it closes).
 fn pooled(
     resp: Response<Incoming>,
     host: &Arc<Host>,
     sender: http1::SendRequest<Body>,
+    served: u32,
+    max: Option<u32>,
 ) -> Response<PooledBody> {
-    resp.map(|body| PooledBody {
-        body,
-        back: Some((host.clone(), sender)),
-    })
+    let back = max
+        .is_none_or(|m| served < m)
+        .then(|| (host.clone(), sender, served));
+    resp.map(|body| PooledBody { body, back })
 }
 
 pin_project_lite::pin_project! {
@@ -130,7 +143,7 @@ pin_project_lite::pin_project! {
     pub struct PooledBody {
         #[pin]
         body: Incoming,
-        back: Option<(Arc<Host>, http1::SendRequest<Body>)>,
+        back: Option<(Arc<Host>, http1::SendRequest<Body>, u32)>,
     }
 
     impl PinnedDrop for PooledBody {
@@ -170,8 +183,10 @@ impl hyper::body::Body for PooledBody {
     }
 }
 
-fn put_back(back: Option<(Arc<Host>, http1::SendRequest<Body>)>) {
-    let Some((host, sender)) = back else { return };
+fn put_back(back: Option<(Arc<Host>, http1::SendRequest<Body>, u32)>) {
+    let Some((host, sender, served)) = back else {
+        return;
+    };
     if sender.is_closed() {
         return;
     }
@@ -179,11 +194,11 @@ fn put_back(back: Option<(Arc<Host>, http1::SendRequest<Body>)>) {
     // Checkout skips closed connections. Sweeping them out on every return would touch
     // every idle connection per request; upstreams close the longest idle first, so
     // sweep when the oldest has closed, or when the pool is full.
-    if idle.first().is_some_and(|s| s.is_closed()) || idle.len() >= MAX_IDLE_H1 {
-        idle.retain(|s| !s.is_closed());
+    if idle.first().is_some_and(|(s, _)| s.is_closed()) || idle.len() >= MAX_IDLE_H1 {
+        idle.retain(|(s, _)| !s.is_closed());
     }
     if idle.len() < MAX_IDLE_H1 {
-        idle.push(sender);
+        idle.push((sender, served));
     }
 }
 
@@ -211,13 +226,11 @@ async fn open_h1(
 ) -> Result<
     (
         http1::SendRequest<Body>,
-        http1::Connection<TokioIo<tokio::net::TcpStream>, Body>,
+        http1::Connection<TokioIo<super::connect::Upstream>, Body>,
     ),
     SendError,
 > {
-    let stream = connect(cluster, host.addr)
-        .await
-        .map_err(SendError::Connect)?;
+    let stream = connect(cluster, host).await.map_err(SendError::Connect)?;
     http1::handshake(TokioIo::new(stream))
         .await
         .map_err(SendError::Reset)
@@ -228,16 +241,15 @@ async fn send_h2(
     host: &Arc<Host>,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, SendError> {
-    let mut sender = match live_h2(host) {
+    let max = cluster.config.max_requests_per_connection;
+    let mut sender = match live_h2(host, max) {
         Some(s) => s,
         None => {
             let _gate = host.pool.mine().h2_connect.lock().await;
-            match live_h2(host) {
+            match live_h2(host, max) {
                 Some(s) => s,
                 None => {
-                    let stream = connect(cluster, host.addr)
-                        .await
-                        .map_err(SendError::Connect)?;
+                    let stream = connect(cluster, host).await.map_err(SendError::Connect)?;
                     let (sender, conn) =
                         http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                             .await
@@ -247,7 +259,10 @@ async fn send_h2(
                         let _ = conn.await;
                         drop(guard);
                     });
-                    *host.pool.mine().h2.lock().unwrap() = Some(sender.clone());
+                    // A connection allowed one request only is never shared.
+                    if max != Some(1) {
+                        *host.pool.mine().h2.lock().unwrap() = Some((sender.clone(), 1));
+                    }
                     sender
                 }
             }
@@ -256,15 +271,17 @@ async fn send_h2(
     sender.send_request(req).await.map_err(SendError::Reset)
 }
 
-fn live_h2(host: &Host) -> Option<http2::SendRequest<Body>> {
-    host.pool
-        .mine()
-        .h2
-        .lock()
-        .unwrap()
-        .as_ref()
-        .filter(|s| !s.is_closed())
-        .cloned()
+/// The worker's open HTTP/2 connection to `host`, counted for one more stream; it
+/// leaves the pool (its streams finish, then it closes) once it has carried `max`.
+fn live_h2(host: &Host, max: Option<u32>) -> Option<http2::SendRequest<Body>> {
+    let mut slot = host.pool.mine().h2.lock().unwrap();
+    let (sender, served) = slot.as_mut().filter(|(s, _)| !s.is_closed())?;
+    *served += 1;
+    let out = sender.clone();
+    if max.is_some_and(|m| *served >= m) {
+        *slot = None;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -282,7 +299,7 @@ mod tests {
 
     async fn closed(host: &Host, i: usize) {
         for _ in 0..1000 {
-            if host.pool.mine().h1_idle.lock().unwrap()[i].is_closed() {
+            if host.pool.mine().h1_idle.lock().unwrap()[i].0.is_closed() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -297,7 +314,7 @@ mod tests {
         let mut peers = Vec::new();
         for _ in 0..3 {
             let (sender, peer) = connection().await;
-            put_back(Some((host.clone(), sender)));
+            put_back(Some((host.clone(), sender, 1)));
             peers.push(Some(peer));
         }
         assert_eq!(idle(), 3);
@@ -305,13 +322,13 @@ mod tests {
         peers[1] = None;
         closed(&host, 1).await;
         let (sender, _peer3) = connection().await;
-        put_back(Some((host.clone(), sender)));
+        put_back(Some((host.clone(), sender, 1)));
         assert_eq!(idle(), 4);
         // The oldest closing sweeps out every closed one.
         peers[0] = None;
         closed(&host, 0).await;
         let (sender, _peer4) = connection().await;
-        put_back(Some((host.clone(), sender)));
+        put_back(Some((host.clone(), sender, 1)));
         assert_eq!(idle(), 3);
         assert!(
             host.pool
@@ -320,7 +337,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .iter()
-                .all(|s| !s.is_closed())
+                .all(|(s, _)| !s.is_closed())
         );
     }
 
@@ -342,7 +359,7 @@ mod tests {
         let h = host.clone();
         let _peer = on(&w[0], async move {
             let (sender, peer) = connection().await;
-            put_back(Some((h, sender)));
+            put_back(Some((h, sender, 1)));
             peer
         });
         let idle = |i: usize| {

@@ -141,6 +141,7 @@ mod tests {
             original_dst_header: None,
             upstream_socket: Default::default(),
             eds: None,
+            ..Default::default()
         }
     }
 

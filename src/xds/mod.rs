@@ -106,7 +106,7 @@ pub fn start(
 
 /// The node as sent to the control plane: the bootstrap's, with the agent's name and
 /// version and the client features pilotfish supports filled in as Envoy does.
-fn node(
+pub fn node(
     bootstrap: &envoy_types::pb::envoy::config::core::v3::Node,
 ) -> envoy_types::pb::envoy::config::core::v3::Node {
     use envoy_types::pb::envoy::{

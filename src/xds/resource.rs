@@ -4,7 +4,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use prost_reflect::DynamicMessage;
 
-use crate::config::{encoded_check, proto, support};
+use crate::config::{encoded_check, proto, support, typed_struct};
 
 /// A resource type, in the order Envoy requests them: clusters, their endpoints, then
 /// listeners and their routes.
@@ -81,23 +81,31 @@ pub fn decode_typed<M: Message + Name + Default>(kind: Kind, any: &Any) -> Resul
     M::decode(any.value.as_slice()).map_err(|e| format!("cannot decode {}: {e}", M::full_name()))
 }
 
-/// Fails on the first field pilotfish does not implement, naming its path.
-pub fn check(any: &Any) -> Result<(), String> {
+/// Checks `typed` (decoded from `any`) field by field, failing on the first field
+/// pilotfish does not implement with its path. Returns it with every `TypedStruct`
+/// wrapper inside resolved into the config it names.
+pub fn check<M: Message + Default>(any: &Any, typed: M) -> Result<M, String> {
     let name = proto::type_name(&any.type_url);
+    // The common case: allow-listed throughout, and so free of wrappers.
     if encoded_check::check(name, &any.value) {
-        return Ok(());
+        return Ok(typed);
     }
     let desc = proto::descriptor(name).ok_or_else(|| format!("unknown type {name}"))?;
-    let dynamic = DynamicMessage::decode(desc, any.value.as_slice())
+    let mut dynamic = DynamicMessage::decode(desc, any.value.as_slice())
         .map_err(|e| format!("cannot decode {name}: {e}"))?;
-    support::check(&dynamic, "")
+    let resolved = typed_struct::resolve(&mut dynamic, "")?;
+    support::check(&dynamic, "")?;
+    if resolved {
+        proto::to_typed(&dynamic)
+    } else {
+        Ok(typed)
+    }
 }
 
 /// Decodes `any` as `M` and checks it field by field. Errors name the resource.
 pub fn decode<M: Message + Name + Default>(kind: Kind, any: &Any) -> Result<M, String> {
     let msg = decode_typed(kind, any)?;
-    check(any)?;
-    Ok(msg)
+    check(any, msg)
 }
 
 /// Packs a typed message, as the config dump lists resources.

@@ -457,7 +457,7 @@ impl State {
             } else if !seen.insert(name.clone()) {
                 Err("given twice in one response".to_owned())
             } else {
-                resource::check(&any).and_then(|()| compile(self, typed))
+                resource::check(&any, typed).and_then(|typed| compile(self, typed))
             };
             match checked {
                 Ok(value) => out.push(Prepared {
@@ -1213,6 +1213,7 @@ mod tests {
             store: store.clone(),
             sinks: Arc::new(Sinks::new(tokio::runtime::Handle::current(), store)),
             drain: watch.clone(),
+            conn_limit: Default::default(),
         };
         let rt = Runtime {
             ctx,
