@@ -73,8 +73,8 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
     let store = Store::with_naming(config.server.naming.build());
     let server = Arc::new(ServerStats::new(&store));
     server.concurrency.set(opts.concurrency as i64);
-    server.state.set(2);
     let readiness = Arc::new(Readiness::default());
+    readiness.report_to(server.state.clone(), server.workers_started.clone());
     let (trigger, watch) = drain::channel();
 
     let control = tokio::runtime::Builder::new_multi_thread()
@@ -205,9 +205,7 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
         }
         None => readiness.set_initialized(),
     }
-    server.state.set(0);
     server.live.set(1);
-    server.workers_started.set(1);
     // What runs was compiled from `config`; the rest of it, and what loading it
     // allocated, goes back to the kernel.
     drop(config);
@@ -244,7 +242,6 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
     if !quit_now {
         tracing::info!("draining for up to {:?}", opts.drain_time);
         readiness.set_draining();
-        server.state.set(1);
         server.live.set(0);
         let left = control.block_on(async {
             let drain = trigger.drain(opts.drain_time);

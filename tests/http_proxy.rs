@@ -574,3 +574,53 @@ async fn listener_and_http_stats_after_known_traffic() {
         "{prom}"
     );
 }
+
+/// `max_requests_per_connection` (the deprecated cluster field Istio's bootstrap sets,
+/// and `common_http_protocol_options`): an upstream connection carries at most that
+/// many requests, HTTP/1.1 and HTTP/2 alike.
+#[tokio::test]
+async fn upstream_connections_carry_at_most_max_requests_per_connection() {
+    for (h2, limit, field) in [
+        (false, 1, "    max_requests_per_connection: 1\n"),
+        (
+            false,
+            3,
+            "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        common_http_protocol_options: { max_requests_per_connection: 3 }\n        explicit_http_config: { http_protocol_options: {} }\n",
+        ),
+        (
+            true,
+            2,
+            "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        common_http_protocol_options: { max_requests_per_connection: 2 }\n        explicit_http_config: { http2_protocol_options: {} }\n",
+        ),
+    ] {
+        let up = Upstream::start("a").await;
+        let routes = r#"              - match: { prefix: "/" }
+                route: { cluster: backend }"#;
+        let cluster = static_cluster("backend", &[up.addr], false)
+            .replace("    type: STATIC\n", &format!("    type: STATIC\n{field}"));
+        let proxy = Proxy::start(&http_bootstrap(routes, &cluster)).await;
+        let mut client = h1_client(&proxy).await;
+        for i in 0..6 {
+            client.ready().await.unwrap();
+            let resp = client
+                .send_request(
+                    Request::get(format!("/echo/{i}"))
+                        .header("host", "svc.local")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap();
+        }
+        assert_eq!(
+            up.connections.load(Ordering::SeqCst),
+            6 / limit,
+            "h2 {h2}, limit {limit}"
+        );
+        if h2 {
+            assert!(up.requests().iter().all(|r| r.version == Version::HTTP_2));
+        }
+    }
+}

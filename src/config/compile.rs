@@ -1,6 +1,6 @@
 //! Compiles a checked Envoy bootstrap into the runtime [`Config`]. Errors name the
 //! field path, as `static_resources.clusters[1].load_assignment: …`.
-use std::{collections::HashSet, net::SocketAddr, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 
 use envoy_types::pb::envoy::{
     config::{
@@ -708,11 +708,23 @@ fn http_filters(
             (Some(super::http_filters::CORS), _) => HttpFilter::Cors {
                 name: f.name.clone(),
             },
+            (
+                Some(super::http_filters::COMPRESSOR),
+                Some(http_filter::ConfigType::TypedConfig(any)),
+            ) => HttpFilter::Compressor {
+                name: f.name.clone(),
+                config: Arc::new(super::http_filters::compressor(
+                    any,
+                    &format!("{fpath}.typed_config"),
+                )?),
+            },
             _ => return Err(format!("{fpath} ({}): not supported", f.name)),
         };
-        if out
-            .iter()
-            .any(|o| std::mem::discriminant(o) == std::mem::discriminant(&filter))
+        let several = matches!(filter, HttpFilter::Compressor { .. });
+        if !several
+            && out
+                .iter()
+                .any(|o| std::mem::discriminant(o) == std::mem::discriminant(&filter))
         {
             return Err(format!(
                 "{fpath} ({}): only one filter of this kind is supported",

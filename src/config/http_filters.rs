@@ -21,11 +21,15 @@ use super::{
     proto,
     route_config::{header_matcher, string_matcher},
 };
-use crate::http::fault::{Abort, AbortKind, Delay, DelayKind};
+use crate::http::filters::fault::{Abort, AbortKind, Delay, DelayKind};
 
 type Result<T> = std::result::Result<T, String>;
 
 pub const FAULT: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
+pub const COMPRESSOR: &str = "envoy.extensions.filters.http.compressor.v3.Compressor";
+const GZIP: &str = "envoy.extensions.compression.gzip.compressor.v3.Gzip";
+const BROTLI: &str = "envoy.extensions.compression.brotli.compressor.v3.Brotli";
+const ZSTD: &str = "envoy.extensions.compression.zstd.compressor.v3.Zstd";
 pub const CORS: &str = "envoy.extensions.filters.http.cors.v3.Cors";
 const CORS_POLICY: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy";
 
@@ -56,6 +60,107 @@ pub fn per_filter(map: &HashMap<String, Any>, path: &str) -> Result<PerFilter> {
         }
     }
     Ok(out)
+}
+
+/// A compiled `Compressor` (`any` holds it).
+#[allow(deprecated)]
+pub fn compressor(any: &Any, path: &str) -> Result<CompressorConfig> {
+    use crate::http::filters::compressor::Library;
+    use envoy_types::pb::envoy::extensions::{
+        compression::{
+            brotli::compressor::v3::Brotli, gzip::compressor::v3::Gzip, zstd::compressor::v3::Zstd,
+        },
+        filters::http::compressor::v3::Compressor,
+    };
+    let c: Compressor = proto::unpack(any).map_err(|e| format!("{path}: {e}"))?;
+    if c.request_direction_config.is_some() {
+        return Err(format!("{path}.request_direction_config: not supported"));
+    }
+    let lib = c
+        .compressor_library
+        .as_ref()
+        .ok_or_else(|| format!("{path}.compressor_library: required"))?;
+    let lpath = format!("{path}.compressor_library");
+    let lany = lib
+        .typed_config
+        .as_ref()
+        .ok_or_else(|| format!("{lpath}.typed_config: required"))?;
+    let err = |e: String| format!("{lpath}: {e}");
+    let library = match proto::type_name(&lany.type_url) {
+        GZIP => {
+            let g: Gzip = proto::unpack(lany).map_err(err)?;
+            Library::Gzip {
+                level: match g.compression_level {
+                    0 => 6,
+                    l => l as u32,
+                },
+            }
+        }
+        BROTLI => {
+            let b: Brotli = proto::unpack(lany).map_err(err)?;
+            Library::Brotli {
+                quality: b.quality.map_or(3, |q| q.value),
+                window_bits: b.window_bits.map_or(18, |w| w.value),
+            }
+        }
+        ZSTD => {
+            let z: Zstd = proto::unpack(lany).map_err(err)?;
+            if z.dictionary.is_some() {
+                return Err(format!("{lpath}.typed_config.dictionary: not supported"));
+            }
+            Library::Zstd {
+                level: z.compression_level.map_or(3, |l| l.value as i32),
+                checksum: z.enable_checksum,
+            }
+        }
+        other => return Err(format!("{lpath} ({other}): not supported")),
+    };
+    let resp = c.response_direction_config.clone().unwrap_or_default();
+    if resp.status_header_enabled {
+        return Err(format!(
+            "{path}.response_direction_config.status_header_enabled: not supported"
+        ));
+    }
+    let common = resp.common_config.clone().unwrap_or_default();
+    let cpath = format!("{path}.response_direction_config.common_config");
+    // The deprecated top-level fields stand in for the response direction's.
+    let content_types = if common.content_type.is_empty() {
+        c.content_type.clone()
+    } else {
+        common.content_type.clone()
+    };
+    let enabled = common
+        .enabled
+        .as_ref()
+        .or(c.runtime_enabled.as_ref())
+        .and_then(|f| f.default_value.as_ref())
+        .is_none_or(|b| b.value);
+    Ok(CompressorConfig {
+        library_name: lib.name.clone(),
+        library,
+        enabled,
+        min_content_length: common
+            .min_content_length
+            .or(c.content_length)
+            .map_or(30, |v| u64::from(v.value)),
+        content_types,
+        content_type_matchers: common
+            .content_type_matcher
+            .iter()
+            .enumerate()
+            .map(|(i, m)| string_matcher(m, &format!("{cpath}.content_type_matcher[{i}]")))
+            .collect::<Result<_>>()?,
+        disable_on_etag_header: resp.disable_on_etag_header || c.disable_on_etag_header,
+        weaken_etag_on_compress: resp.weaken_etag_on_compress,
+        remove_accept_encoding_header: resp.remove_accept_encoding_header
+            || c.remove_accept_encoding_header,
+        uncompressible_response_codes: resp
+            .uncompressible_response_codes
+            .iter()
+            .map(|&c| c as u16)
+            .collect(),
+        choose_first: c.choose_first,
+    })
 }
 
 /// A compiled `CorsPolicy`.

@@ -4,8 +4,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 pub use crate::{
     http::{
-        cors::CorsPolicy,
-        fault::FaultConfig,
+        filters::{compressor::CompressorConfig, cors::CorsPolicy, fault::FaultConfig},
         forwarded::ForwardedConfig,
         header_mutation::HeaderMutations,
         matchers::{HeaderMatcher, QueryParameterMatcher},
@@ -270,6 +269,11 @@ pub enum HttpFilter {
     Fault { name: String, config: FaultConfig },
     /// `envoy.filters.http.cors`: acts on per-route `CorsPolicy` configs only.
     Cors { name: String },
+    /// `envoy.filters.http.compressor` (several may be chained, one per encoding).
+    Compressor {
+        name: String,
+        config: Arc<CompressorConfig>,
+    },
 }
 
 #[derive(Debug, Clone, Default)]

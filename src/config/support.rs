@@ -299,6 +299,72 @@ const FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "envoy.extensions.filters.http.compressor.v3.Compressor",
+        &[
+            "content_length",
+            "content_type",
+            "disable_on_etag_header",
+            "remove_accept_encoding_header",
+            "runtime_enabled",
+            "compressor_library",
+            "response_direction_config",
+            "choose_first",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig",
+        &[
+            "common_config",
+            "disable_on_etag_header",
+            "weaken_etag_on_compress",
+            "remove_accept_encoding_header",
+            "uncompressible_response_codes",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.compressor.v3.Compressor.CommonDirectionConfig",
+        &[
+            "enabled",
+            "min_content_length",
+            "content_type",
+            "content_type_matcher",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.RuntimeFeatureFlag",
+        &["default_value", "runtime_key"],
+    ),
+    (
+        "envoy.extensions.compression.gzip.compressor.v3.Gzip",
+        &[
+            "memory_level",
+            "compression_level",
+            "compression_strategy",
+            "window_bits",
+            "chunk_size",
+        ],
+    ),
+    (
+        "envoy.extensions.compression.brotli.compressor.v3.Brotli",
+        &[
+            "quality",
+            "encoder_mode",
+            "window_bits",
+            "input_block_bits",
+            "chunk_size",
+            "disable_literal_context_modeling",
+        ],
+    ),
+    (
+        "envoy.extensions.compression.zstd.compressor.v3.Zstd",
+        &[
+            "compression_level",
+            "enable_checksum",
+            "strategy",
+            "chunk_size",
+        ],
+    ),
+    (
         "envoy.extensions.filters.http.fault.v3.HTTPFault",
         &[
             "delay",

@@ -1,7 +1,6 @@
 //! Downstream HTTP: connection serving, route selection, the router and local replies.
 pub mod body;
-pub mod cors;
-pub mod fault;
+pub mod filters;
 pub mod forwarded;
 pub mod header_mutation;
 pub mod headers;

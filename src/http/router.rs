@@ -18,8 +18,11 @@ use hyper::body::Incoming;
 
 use super::{
     body::{self, Body, Guarded, Observer},
-    cors::{self, CorsStats},
-    fault::{FaultConfig, FaultStats},
+    filters::{
+        compressor,
+        cors::{self, CorsStats},
+        fault::{FaultConfig, FaultStats},
+    },
     header_mutation, headers,
     idle::Activity,
     local_reply::{self, ResponseFlag},
@@ -56,6 +59,8 @@ pub struct HttpConnectionManager {
     access_logs: Arc<[AccessLog]>,
     /// The HTTP filters before the router, in chain order, with their stats.
     filters: Vec<Filter>,
+    /// The compressor filters, in chain order (they act on the response).
+    compressors: Vec<compressor::Compressor>,
 }
 
 /// An HTTP filter (by its name in `http_filters`, which per-route configs use).
@@ -109,16 +114,29 @@ impl HttpConnectionManager {
         let filters = config
             .filters
             .iter()
-            .map(|f| match f {
-                HttpFilter::Fault { name, config: c } => Filter::Fault {
+            .filter_map(|f| match f {
+                HttpFilter::Fault { name, config: c } => Some(Filter::Fault {
                     name: name.clone(),
                     config: c.clone(),
                     stats: FaultStats::new(store, &config.stat_prefix),
-                },
-                HttpFilter::Cors { name } => Filter::Cors {
+                }),
+                HttpFilter::Cors { name } => Some(Filter::Cors {
                     name: name.clone(),
                     stats: CorsStats::new(store, &config.stat_prefix),
-                },
+                }),
+                HttpFilter::Compressor { .. } => None,
+            })
+            .collect();
+        let compressors = config
+            .filters
+            .iter()
+            .filter_map(|f| match f {
+                HttpFilter::Compressor { config: c, .. } => Some(compressor::Compressor::new(
+                    c.clone(),
+                    store,
+                    &config.stat_prefix,
+                )),
+                _ => None,
             })
             .collect();
         let server_name = HeaderValue::from_str(&config.server_name).map_err(|_| {
@@ -135,6 +153,7 @@ impl HttpConnectionManager {
             server_name,
             access_logs,
             filters,
+            compressors,
         })
     }
 
@@ -164,6 +183,14 @@ impl HttpConnectionManager {
             self.finish(&Picked::default(), down, grpc, &mut resp);
             return resp;
         }
+        // What the compressors need of the request, before anything forwards it.
+        let compress = (!self.compressors.is_empty()).then(|| {
+            let accept = req.headers().get(header::ACCEPT_ENCODING).cloned();
+            for c in &self.compressors {
+                c.on_request(req.headers_mut());
+            }
+            (accept, req.method() == http::Method::HEAD)
+        });
         // The connection manager's own request headers, before routing (as Envoy).
         let h = req.headers_mut();
         self.config.forwarded.apply(h, down.peer);
@@ -176,6 +203,7 @@ impl HttpConnectionManager {
                 .forward(view, down, req.map(body::boxed), &mut picked)
                 .await;
             self.finish(&picked, down, grpc, &mut resp);
+            self.compress(compress, &mut resp);
             let (parts, b) = resp.into_parts();
             return Response::from_parts(parts, body::boxed(Guarded::new(b, active, None)));
         }
@@ -199,6 +227,7 @@ impl HttpConnectionManager {
         let mut picked = Picked::default();
         let mut resp = self.forward(view, down, req, &mut picked).await;
         self.finish(&picked, down, grpc, &mut resp);
+        self.compress(compress, &mut resp);
         record.response_code = resp.status().as_u16();
         record.response_flags = flags(
             resp.extensions().get::<ResponseFlag>().copied(),
@@ -220,6 +249,15 @@ impl HttpConnectionManager {
         };
         let (parts, b) = resp.into_parts();
         Response::from_parts(parts, body::boxed(Guarded::new(b, end, None)))
+    }
+
+    /// The compressor filters on the response (`compress` is what they noted of the
+    /// request: its `accept-encoding`, and whether it was a HEAD).
+    fn compress(&self, compress: Option<(Option<HeaderValue>, bool)>, resp: &mut Response<Body>) {
+        if let Some((accept, head)) = compress {
+            let bodiless = head || hyper::body::Body::is_end_stream(resp.body());
+            compressor::on_response(&self.compressors, accept.as_ref(), bodiless, resp);
+        }
     }
 
     /// `normalize_path` / `merge_slashes` on the request's path, before routing and

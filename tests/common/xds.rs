@@ -403,8 +403,11 @@ impl AggregatedDiscoveryService for Svc {
             // Per type: wildcard?, subscribed names, versions the client has.
             let mut subs: HashMap<String, (bool, HashSet<String>, HashMap<String, String>)> =
                 HashMap::new();
+            // `first`: a type just subscribed, answered even with nothing in it (as
+            // istiod answers a new wildcard subscription) once the test has set it.
             let push =
-                |subs: &mut HashMap<String, (bool, HashSet<String>, HashMap<String, String>)>| {
+                |subs: &mut HashMap<String, (bool, HashSet<String>, HashMap<String, String>)>,
+                 first: Option<&str>| {
                     let mut s = store.lock().unwrap();
                     let mut out = Vec::new();
                     for (ty, (wild, names, has)) in subs.iter_mut() {
@@ -433,7 +436,11 @@ impl AggregatedDiscoveryService for Svc {
                         for n in &removed {
                             has.remove(n);
                         }
-                        if !resources.is_empty() || !removed.is_empty() {
+                        let known = s.types.contains_key(ty);
+                        if !resources.is_empty()
+                            || !removed.is_empty()
+                            || (known && first == Some(ty.as_str()))
+                        {
                             out.push((ty.clone(), resources, removed));
                         }
                     }
@@ -472,11 +479,12 @@ impl AggregatedDiscoveryService for Svc {
                             e.1.remove(n);
                             e.2.remove(n);
                         }
-                        push(&mut subs);
+                        let ty = r.type_url.clone();
+                        push(&mut subs, first.then_some(ty.as_str()));
                     }
                     c = changed.changed() => {
                         if c.is_err() || *changed.borrow() == u64::MAX { return }
-                        push(&mut subs);
+                        push(&mut subs, None);
                     }
                 }
             }

@@ -13,7 +13,7 @@ use std::{
 
 use http::{HeaderMap, Response, StatusCode};
 
-use super::{
+use crate::http::{
     body::Body,
     local_reply::{self, GrpcStatus, ResponseFlag},
     matchers::{HeaderMatcher, RequestHead},

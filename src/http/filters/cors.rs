@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, Response, header};
 
-use super::{
+use crate::http::{
     body::{self, Body},
     matchers::StringMatcher,
 };
