@@ -11,6 +11,7 @@ pub mod listener;
 pub mod logging;
 pub mod memory;
 pub mod net;
+pub mod rbac;
 pub mod readiness;
 pub mod runtime;
 pub mod tcp;

@@ -119,7 +119,9 @@ pub fn compile(bootstrap: &Bootstrap) -> Result<Config> {
                 compiled.name
             ));
         }
-        for a in compiled.addresses() {
+        // Port 0 asks the kernel for a port of its own: several listeners may, as in
+        // Envoy.
+        for a in compiled.addresses().filter(|a| a.port() != 0) {
             if !addresses.insert(a) {
                 return Err(format!(
                     "{path}.address: {a} is already used by another listener"
@@ -455,20 +457,50 @@ fn filter_chain(
         Some(m) => chain_match(m, &format!("{path}.filter_chain_match"))?,
         None => ChainMatch::default(),
     };
-    let filter = match chain.filters.as_slice() {
-        [f] => network_filter(f, &format!("{path}.filters[0]"), clusters)?,
-        [] => return Err(format!("{path}.filters: a terminal filter is required")),
-        _ => {
-            return Err(format!(
-                "{path}.filters: only one (terminal) network filter is supported"
-            ));
-        }
+    let Some((last, read)) = chain.filters.split_last() else {
+        return Err(format!("{path}.filters: a terminal filter is required"));
     };
+    let read_filters = read
+        .iter()
+        .enumerate()
+        .map(|(i, f)| read_filter(f, &format!("{path}.filters[{i}]")))
+        .collect::<Result<_>>()?;
+    let filter = network_filter(
+        last,
+        &format!("{path}.filters[{}]", chain.filters.len() - 1),
+        clusters,
+    )?;
     Ok(FilterChain {
         name: chain.name.clone(),
         matcher,
+        read_filters,
         filter,
     })
+}
+
+/// A network filter before the terminal one. A terminal filter here is an error, as in
+/// Envoy (nothing after it would run).
+fn read_filter(
+    f: &envoy_types::pb::envoy::config::listener::v3::Filter,
+    path: &str,
+) -> Result<ReadFilter> {
+    let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+        return Err(format!("{path} ({}): typed_config is required", f.name));
+    };
+    match proto::type_name(&any.type_url) {
+        super::rbac::NETWORK_RBAC => {
+            let (config, stat_prefix) = super::rbac::network(any, &format!("{path}.typed_config"))?;
+            Ok(ReadFilter::Rbac {
+                config: Arc::new(config),
+                stat_prefix,
+            })
+        }
+        TCP_PROXY | HCM => Err(format!(
+            "{path} ({}): a terminal filter must be the chain's last",
+            f.name
+        )),
+        _ => Err(format!("{path} ({}): not supported", f.name)),
+    }
 }
 
 fn chain_match(
@@ -708,6 +740,14 @@ fn http_filters(
             (Some(super::http_filters::CORS), _) => HttpFilter::Cors {
                 name: f.name.clone(),
             },
+            (Some(super::rbac::HTTP_RBAC), Some(http_filter::ConfigType::TypedConfig(any))) => {
+                let r: envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac =
+                    proto::unpack(any).map_err(|e| format!("{fpath}: {e}"))?;
+                HttpFilter::Rbac {
+                    name: f.name.clone(),
+                    config: Arc::new(super::rbac::http(&r, &format!("{fpath}.typed_config"))?),
+                }
+            }
             (
                 Some(super::http_filters::COMPRESSOR),
                 Some(http_filter::ConfigType::TypedConfig(any)),
@@ -720,7 +760,13 @@ fn http_filters(
             },
             _ => return Err(format!("{fpath} ({}): not supported", f.name)),
         };
-        let several = matches!(filter, HttpFilter::Compressor { .. });
+        // Envoy chains any number of filters; pilotfish's filters act once each, except
+        // the compressors (one per encoding) and RBAC (Istio's ALLOW, DENY and audit
+        // policies come as separate filters).
+        let several = matches!(
+            filter,
+            HttpFilter::Compressor { .. } | HttpFilter::Rbac { .. }
+        );
         if !several
             && out
                 .iter()

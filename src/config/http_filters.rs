@@ -56,6 +56,16 @@ pub fn per_filter(map: &HashMap<String, Any>, path: &str) -> Result<PerFilter> {
                     FilterOverride::Cors(Arc::new(cors(&c, &fpath)?)),
                 ));
             }
+            super::rbac::HTTP_RBAC_PER_ROUTE => {
+                let r: envoy_types::pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute =
+                    proto::unpack(any).map_err(|e| format!("{fpath}: {e}"))?;
+                let config = r
+                    .rbac
+                    .as_ref()
+                    .map(|c| super::rbac::http(c, &format!("{fpath}.rbac")).map(Arc::new))
+                    .transpose()?;
+                out.push((name.clone(), FilterOverride::Rbac(config)));
+            }
             other => return Err(format!("{fpath} ({other}): not supported")),
         }
     }

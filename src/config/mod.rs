@@ -4,6 +4,7 @@ pub mod encoded_check;
 pub mod http_filters;
 pub mod model;
 pub mod proto;
+pub mod rbac;
 pub mod route_config;
 pub mod server;
 pub mod support;

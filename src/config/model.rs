@@ -164,7 +164,20 @@ impl ConnPredicate {
 pub struct FilterChain {
     pub name: String,
     pub matcher: ChainMatch,
+    /// The network filters before the terminal one, in order.
+    pub read_filters: Vec<ReadFilter>,
+    /// The terminal network filter.
     pub filter: NetworkFilter,
+}
+
+/// A network filter that runs before the terminal one and may close the connection.
+#[derive(Debug, Clone)]
+pub enum ReadFilter {
+    /// `envoy.filters.network.rbac` with its `stat_prefix`.
+    Rbac {
+        config: Arc<crate::rbac::RbacConfig>,
+        stat_prefix: String,
+    },
 }
 
 /// `filter_chain_match`. Empty lists and `None` match anything.
@@ -269,6 +282,11 @@ pub enum HttpFilter {
     Fault { name: String, config: FaultConfig },
     /// `envoy.filters.http.cors`: acts on per-route `CorsPolicy` configs only.
     Cors { name: String },
+    /// `envoy.filters.http.rbac`.
+    Rbac {
+        name: String,
+        config: Arc<crate::rbac::RbacConfig>,
+    },
     /// `envoy.filters.http.compressor` (several may be chained, one per encoding).
     Compressor {
         name: String,
@@ -294,6 +312,8 @@ pub type PerFilter = Vec<(String, FilterOverride)>;
 pub enum FilterOverride {
     Fault(Arc<FaultConfig>),
     Cors(Arc<CorsPolicy>),
+    /// `RBACPerRoute`: other rules for this route, or `None` (no `rbac`): off here.
+    Rbac(Option<Arc<crate::rbac::RbacConfig>>),
 }
 
 /// Header mutations of one level, both directions.

@@ -299,6 +299,71 @@ const FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "envoy.extensions.filters.network.rbac.v3.RBAC",
+        &[
+            "rules",
+            "shadow_rules",
+            "shadow_rules_stat_prefix",
+            "stat_prefix",
+            "enforcement_type",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.rbac.v3.RBAC",
+        &[
+            "rules",
+            "rules_stat_prefix",
+            "shadow_rules",
+            "shadow_rules_stat_prefix",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+        &["rbac"],
+    ),
+    ("envoy.config.rbac.v3.RBAC", &["action", "policies"]),
+    (
+        "envoy.config.rbac.v3.Policy",
+        &["permissions", "principals"],
+    ),
+    (
+        "envoy.config.rbac.v3.Permission",
+        &[
+            "and_rules",
+            "or_rules",
+            "any",
+            "header",
+            "url_path",
+            "destination_ip",
+            "destination_port",
+            "destination_port_range",
+            "not_rule",
+            "requested_server_name",
+        ],
+    ),
+    ("envoy.config.rbac.v3.Permission.Set", &["rules"]),
+    (
+        "envoy.config.rbac.v3.Principal",
+        &[
+            "and_ids",
+            "or_ids",
+            "any",
+            "authenticated",
+            "source_ip",
+            "direct_remote_ip",
+            "remote_ip",
+            "header",
+            "url_path",
+            "not_id",
+        ],
+    ),
+    ("envoy.config.rbac.v3.Principal.Set", &["ids"]),
+    (
+        "envoy.config.rbac.v3.Principal.Authenticated",
+        &["principal_name"],
+    ),
+    ("envoy.type.matcher.v3.PathMatcher", &["path"]),
+    (
         "envoy.extensions.filters.http.compressor.v3.Compressor",
         &[
             "content_length",
@@ -909,6 +974,11 @@ mod tests {
             (
                 "envoy.config.listener.v3.Listener",
                 "name: l\nfilter_chains: [{ filters: [{ name: t, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC, stat_prefix: x } }] }]\n",
+                true,
+            ),
+            (
+                "envoy.config.listener.v3.Listener",
+                "name: l\nfilter_chains: [{ filters: [{ name: t, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit, stat_prefix: x } }] }]\n",
                 false,
             ),
             (

@@ -46,6 +46,27 @@ const INTERNAL_HEADERS: [&str; 13] = [
 ];
 
 impl ForwardedConfig {
+    /// The client's address as Envoy's connection manager determines it (RBAC's
+    /// `remote_ip`): with `use_remote_address`, the peer or, with trusted hops, the
+    /// N-th address from the right of `x-forwarded-for`; without it, the last address
+    /// of `x-forwarded-for` after the trusted hops, else the peer. Read before [`apply`].
+    pub fn remote_address(&self, h: &HeaderMap, peer: SocketAddr) -> SocketAddr {
+        let hops = self.xff_num_trusted_hops as usize;
+        if self.use_remote_address && hops == 0 {
+            return peer;
+        }
+        let nth = if self.use_remote_address {
+            hops - 1
+        } else {
+            hops
+        };
+        xff(h)
+            .as_deref()
+            .and_then(|x| x.rsplit(',').nth(nth))
+            .and_then(|a| a.trim().parse::<IpAddr>().ok())
+            .map_or(peer, |ip| SocketAddr::new(ip, 0))
+    }
+
     /// Applies the rules to a request from `peer`. Runs before the connection manager
     /// adds its own headers (`x-request-id`, the expected timeout).
     pub fn apply(&self, h: &mut HeaderMap, peer: SocketAddr) {

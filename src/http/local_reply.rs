@@ -26,6 +26,8 @@ pub enum ResponseFlag {
     NoClusterFound,
     /// The route's `idle_timeout` passed without activity.
     StreamIdleTimeout,
+    /// Refused by the RBAC filter.
+    RbacAccessDenied,
 }
 
 impl ResponseFlag {
@@ -40,6 +42,8 @@ impl ResponseFlag {
             ResponseFlag::FaultInjected => "FI",
             ResponseFlag::NoClusterFound => "NC",
             ResponseFlag::StreamIdleTimeout => "SI",
+            // Envoy has no flag for it; access logs print `-`.
+            ResponseFlag::RbacAccessDenied => "-",
         }
     }
 }
@@ -81,6 +85,7 @@ pub fn reply(flag: ResponseFlag) -> Response<Body> {
         ResponseFlag::NoClusterFound => (StatusCode::SERVICE_UNAVAILABLE, ""),
         // 504 once the request is upstream (408 is for a request still arriving).
         ResponseFlag::StreamIdleTimeout => (StatusCode::GATEWAY_TIMEOUT, "stream timeout"),
+        ResponseFlag::RbacAccessDenied => (StatusCode::FORBIDDEN, "RBAC: access denied"),
     };
     with_body(status, text, flag)
 }

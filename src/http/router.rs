@@ -75,6 +75,11 @@ enum Filter {
         config: FaultConfig,
         stats: FaultStats,
     },
+    Rbac {
+        name: String,
+        config: Arc<crate::rbac::RbacConfig>,
+        stats: crate::rbac::RbacStats,
+    },
 }
 
 /// What routing chose for a request, for the access log.
@@ -123,6 +128,15 @@ impl HttpConnectionManager {
                 HttpFilter::Cors { name } => Some(Filter::Cors {
                     name: name.clone(),
                     stats: CorsStats::new(store, &config.stat_prefix),
+                }),
+                HttpFilter::Rbac { name, config: c } => Some(Filter::Rbac {
+                    name: name.clone(),
+                    stats: crate::rbac::RbacStats::new(
+                        store,
+                        &format!("http.{}.", config.stat_prefix),
+                        c,
+                    ),
+                    config: c.clone(),
                 }),
                 HttpFilter::Compressor { .. } => None,
             })
@@ -191,6 +205,12 @@ impl HttpConnectionManager {
             }
             (accept, req.method() == http::Method::HEAD)
         });
+        // The client as the connection manager sees it (RBAC's `remote_ip`), read
+        // before its own headers change `x-forwarded-for`.
+        let remote = self
+            .config
+            .forwarded
+            .remote_address(req.headers(), down.peer);
         // The connection manager's own request headers, before routing (as Envoy).
         let h = req.headers_mut();
         self.config.forwarded.apply(h, down.peer);
@@ -200,7 +220,7 @@ impl HttpConnectionManager {
         if self.access_logs.is_empty() {
             let mut picked = Picked::default();
             let mut resp = self
-                .forward(view, down, req.map(body::boxed), &mut picked)
+                .forward(view, down, remote, req.map(body::boxed), &mut picked)
                 .await;
             self.finish(&picked, down, grpc, &mut resp);
             self.compress(compress, &mut resp);
@@ -225,7 +245,7 @@ impl HttpConnectionManager {
         let received = Arc::new(AtomicU64::new(0));
         let req = req.map(|b| body::boxed(Guarded::new(b, ByteCount(received.clone()), None)));
         let mut picked = Picked::default();
-        let mut resp = self.forward(view, down, req, &mut picked).await;
+        let mut resp = self.forward(view, down, remote, req, &mut picked).await;
         self.finish(&picked, down, grpc, &mut resp);
         self.compress(compress, &mut resp);
         record.response_code = resp.status().as_u16();
@@ -316,6 +336,7 @@ impl HttpConnectionManager {
         &'a self,
         (routes, clusters): (Option<&'a Routes>, &'a ClusterMap),
         down: Downstream,
+        remote: SocketAddr,
         mut req: Request<Body>,
         picked: &mut Picked<'a>,
     ) -> Response<Body> {
@@ -369,6 +390,29 @@ impl HttpConnectionManager {
                     if let Some(abort) = outcome.abort {
                         stats.aborts_injected.inc();
                         return abort;
+                    }
+                }
+                Filter::Rbac {
+                    name,
+                    config,
+                    stats,
+                } => {
+                    let cfg = match matched.filter_override(name) {
+                        Some(FilterOverride::Rbac(Some(c))) => c.as_ref(),
+                        // `RBACPerRoute` without rules: off for this route.
+                        Some(FilterOverride::Rbac(None)) => continue,
+                        _ => config.as_ref(),
+                    };
+                    let subject = crate::rbac::Subject {
+                        peer: down.peer,
+                        remote,
+                        local: down.local,
+                        server_name: None,
+                        peer_principal: None,
+                        request: Some(&head),
+                    };
+                    if !cfg.check(&subject, stats).0 {
+                        return local_reply::reply(ResponseFlag::RbacAccessDenied);
                     }
                 }
             }
@@ -639,6 +683,8 @@ fn flags(flag: Option<ResponseFlag>, delayed: bool) -> Option<&'static str> {
     match (flag, delayed) {
         (None, false) => None,
         (None, true) => Some("DI"),
+        // Envoy has no response flag for an RBAC denial (its details name the policy).
+        (Some(ResponseFlag::RbacAccessDenied), d) => d.then_some("DI"),
         (Some(f), false) => Some(f.as_str()),
         (Some(ResponseFlag::FaultInjected), true) => Some("DI,FI"),
         (Some(ResponseFlag::NoHealthyUpstream), true) => Some("UH,DI"),

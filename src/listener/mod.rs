@@ -42,10 +42,69 @@ use crate::{
     upstream::ClusterManager,
 };
 
+/// A filter chain at run time: the read filters, then the terminal filter.
+#[derive(Debug)]
+pub struct Chain {
+    read: Vec<ReadFilter>,
+    terminal: Filter,
+}
+
 #[derive(Debug)]
 pub enum Filter {
     Tcp(TcpProxy),
     Http(Arc<HttpConnectionManager>),
+}
+
+/// A network filter before the terminal one.
+#[derive(Debug)]
+enum ReadFilter {
+    /// `envoy.filters.network.rbac`: decided when the connection reaches the chain, with
+    /// what the listener knows (addresses, SNI); a denied connection is closed before
+    /// the terminal filter runs (Envoy decides on the connection's first bytes, so a
+    /// server-first upstream may have been connected to by then).
+    Rbac {
+        config: Arc<crate::rbac::RbacConfig>,
+        stats: crate::rbac::RbacStats,
+    },
+}
+
+impl Chain {
+    fn new(c: &FilterChain, ctx: &Context) -> Result<Self, String> {
+        let read = c
+            .read_filters
+            .iter()
+            .map(|r| match r {
+                crate::config::ReadFilter::Rbac {
+                    config,
+                    stat_prefix,
+                } => ReadFilter::Rbac {
+                    stats: crate::rbac::RbacStats::new(&ctx.store, stat_prefix, config),
+                    config: config.clone(),
+                },
+            })
+            .collect();
+        Ok(Chain {
+            read,
+            terminal: Filter::new(&c.filter, ctx)?,
+        })
+    }
+
+    /// Runs the read filters; false when one closed the connection.
+    fn admit(&self, peer: SocketAddr, dst: SocketAddr, server_name: Option<&str>) -> bool {
+        self.read.iter().all(|f| match f {
+            ReadFilter::Rbac { config, stats } => {
+                let subject = crate::rbac::Subject {
+                    peer,
+                    remote: peer,
+                    local: dst,
+                    server_name,
+                    peer_principal: None,
+                    request: None,
+                };
+                config.check(&subject, stats).0
+            }
+        })
+    }
 }
 
 impl Filter {
@@ -82,9 +141,9 @@ pub struct Context {
 pub struct Listener {
     pub config: ListenerConfig,
     pub stats: ListenerStats,
-    /// The filter chains' network filters, in `config.filter_chains` order.
-    filters: Vec<Filter>,
-    default_filter: Option<Filter>,
+    /// The filter chains, in `config.filter_chains` order.
+    chains: Vec<Chain>,
+    default_chain: Option<Chain>,
     /// This listener's own drain: signaled when LDS replaces or removes it.
     drain: drain::Scoped,
     /// The global connection limit, unless the listener is exempt.
@@ -94,16 +153,15 @@ pub struct Listener {
 impl Listener {
     pub fn new(config: ListenerConfig, ctx: &Context) -> Result<Self, String> {
         let chain = |c: &FilterChain, what: String| {
-            Filter::new(&c.filter, ctx)
-                .map_err(|e| format!("listener '{}' {what}: {e}", config.name))
+            Chain::new(c, ctx).map_err(|e| format!("listener '{}' {what}: {e}", config.name))
         };
-        let filters = config
+        let chains = config
             .filter_chains
             .iter()
             .enumerate()
             .map(|(i, c)| chain(c, format!("filter_chains[{i}]")))
             .collect::<Result<_, _>>()?;
-        let default_filter = config
+        let default_chain = config
             .default_chain
             .as_ref()
             .map(|c| chain(c, "default_filter_chain".into()))
@@ -113,18 +171,18 @@ impl Listener {
             conn_limit: (!config.ignore_global_conn_limit).then(|| ctx.conn_limit.clone()),
             config,
             stats,
-            filters,
-            default_filter,
+            chains,
+            default_chain,
             drain: ctx.drain.scoped(),
         })
     }
 
     /// The RDS route configurations this listener's connection managers use.
     pub fn route_slots(&self) -> impl Iterator<Item = &Arc<RouteSlot>> {
-        self.filters
+        self.chains
             .iter()
-            .chain(&self.default_filter)
-            .filter_map(|f| match f {
+            .chain(&self.default_chain)
+            .filter_map(|c| match &c.terminal {
                 Filter::Http(h) => h.routes.slot(),
                 Filter::Tcp(_) => None,
             })
@@ -233,10 +291,10 @@ impl Listener {
         dst: SocketAddr,
         drain: drain::Watch,
     ) {
-        let (filter, facts) = {
+        let (chain, facts) = {
             let _pre = GaugeGuard::new(&self.stats.downstream_pre_cx_active);
             match self.choose(&stream, peer, dst).await {
-                Ok((Some(f), facts)) => (f, facts),
+                Ok((Some(c), facts)) => (c, facts),
                 Ok((None, _)) => {
                     self.stats.no_filter_chain_match.inc();
                     tracing::debug!(listener = %self.config.name, %peer, %dst, "no filter chain matches");
@@ -252,7 +310,11 @@ impl Listener {
         };
         self.stats.downstream_cx_total.inc();
         let _active = GaugeGuard::new(&self.stats.downstream_cx_active);
-        match filter {
+        if !chain.admit(peer, dst, facts.server_name.as_deref()) {
+            self.stats.downstream_cx_destroy.inc();
+            return;
+        }
+        match &chain.terminal {
             Filter::Tcp(t) => t.handle(stream, peer, dst, facts.server_name).await,
             Filter::Http(h) => {
                 server::serve(stream, h.clone(), Downstream { peer, local: dst }, drain).await
@@ -268,7 +330,7 @@ impl Listener {
         stream: &TcpStream,
         peer: SocketAddr,
         dst: SocketAddr,
-    ) -> io::Result<(Option<&Filter>, inspect::Facts)> {
+    ) -> io::Result<(Option<&Chain>, inspect::Facts)> {
         let chains = &self.config.filter_chains;
         let cands = chain_select::by_destination(chains, dst);
         let facts = if chain_select::needs_inspection(chains, &cands) {
@@ -295,8 +357,8 @@ impl Listener {
             inspect::Facts::default()
         };
         let chosen = chain_select::finish(chains, cands, &facts, peer, dst)
-            .map(|i| &self.filters[i])
-            .or(self.default_filter.as_ref());
+            .map(|i| &self.chains[i])
+            .or(self.default_chain.as_ref());
         Ok((chosen, facts))
     }
 }

@@ -294,6 +294,24 @@ impl Store {
         }
     }
 
+    /// A counter whose Prometheus name and labels are what Envoy's default tag
+    /// extractors make of `flat` (for stats whose names the extractors take apart in
+    /// ways not worth spelling out by hand, such as RBAC's).
+    pub fn counter_tagged_by_default(&self, flat: String) -> Counter {
+        static DEFAULT: std::sync::OnceLock<super::tags::TagProducer> = std::sync::OnceLock::new();
+        let producer = DEFAULT.get_or_init(|| {
+            super::tags::TagProducer::new(true, &[]).expect("the built-in extractors compile")
+        });
+        let (name, tags) = producer.produce(&flat);
+        let tags: Vec<(String, String)> = tags
+            .into_iter()
+            .map(|(k, v)| (super::naming::sanitize(&k), v))
+            .collect();
+        let labels: Vec<(&str, &str)> =
+            tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.counter(flat, &format!("envoy_{name}"), &labels)
+    }
+
     pub fn gauge(&self, flat: String, prom: &str, labels: &[(&str, &str)]) -> Gauge {
         match self.register(flat, prom, labels, || Value::Gauge(Gauge::default())) {
             Value::Gauge(g) => g,
