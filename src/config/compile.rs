@@ -637,6 +637,20 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
     if hcm.stat_prefix.is_empty() {
         return Err(format!("{path}.stat_prefix: required"));
     }
+    // The UUID request id is what pilotfish generates anyway; its two settings act on
+    // tracing decisions, and with no `tracing` there are none.
+    if let Some(ext) = &hcm.request_id_extension {
+        let name = ext
+            .typed_config
+            .as_ref()
+            .map(|a| proto::type_name(&a.type_url))
+            .unwrap_or("");
+        if name != "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig" {
+            return Err(format!(
+                "{path}.request_id_extension.typed_config ({name}): not supported"
+            ));
+        }
+    }
     let codec = match hcm.codec_type() {
         http_connection_manager::CodecType::Auto => Codec::Auto,
         http_connection_manager::CodecType::Http1 => Codec::Http1,

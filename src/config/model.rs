@@ -302,6 +302,8 @@ pub struct RouteTable {
     /// `most_specific_header_mutations_wins`: apply the levels least specific first.
     pub most_specific_wins: bool,
     pub per_filter: PerFilter,
+    /// `ignore_port_in_host_matching`: `Host: name:port` matches the domain `name`.
+    pub ignore_port_in_host_matching: bool,
 }
 
 /// `typed_per_filter_config`: per-route replacements of HTTP filters' configs, by the
@@ -330,6 +332,10 @@ pub struct VirtualHost {
     pub routes: Vec<Route>,
     pub headers: Headers,
     pub per_filter: PerFilter,
+    /// `include_request_attempt_count`: `x-envoy-attempt-count` on upstream requests.
+    pub attempt_count_request: bool,
+    /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on responses.
+    pub attempt_count_response: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -360,6 +366,31 @@ pub struct Forward {
     pub upgrades: Vec<(String, bool)>,
     /// `idle_timeout`: the stream ends after this long without activity.
     pub idle_timeout: Option<Duration>,
+    /// How a gRPC request's `grpc-timeout` replaces `timeout` (`max_grpc_timeout` or
+    /// `max_stream_duration.grpc_timeout_header_max`); `None`: it does not.
+    pub grpc_timeout: Option<GrpcTimeout>,
+}
+
+/// Envoy's rule for gRPC requests: the `grpc-timeout` header (less `offset`), or no
+/// timeout without one, capped by `max` (`None`: no cap, as `0s` configures it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GrpcTimeout {
+    pub max: Option<Duration>,
+    pub offset: Duration,
+}
+
+impl GrpcTimeout {
+    /// The timeout for a gRPC request whose `grpc-timeout` header says `header`.
+    pub fn apply(&self, header: Option<Duration>) -> Option<Duration> {
+        let t = header
+            .map(|h| h.saturating_sub(self.offset))
+            .filter(|t| !t.is_zero());
+        match (t, self.max) {
+            (Some(t), Some(m)) => Some(t.min(m)),
+            (None, m) => m,
+            (t, None) => t,
+        }
+    }
 }
 
 impl Forward {
@@ -370,6 +401,7 @@ impl Forward {
             timeout: None,
             upgrades: Vec::new(),
             idle_timeout: None,
+            grpc_timeout: None,
         }
     }
 }

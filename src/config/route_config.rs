@@ -43,6 +43,11 @@ pub fn route_table(
         .as_ref()
         .map_or(validate_by_default, |b| b.value);
     let clusters = validate.then_some(known);
+    // Envoy's default limit on an inline direct response body: 4 KiB.
+    let max_body = rc
+        .max_direct_response_body_size_bytes
+        .as_ref()
+        .map_or(4096, |v| v.value as usize);
     let mut seen = HashSet::new();
     let mut virtual_hosts = Vec::new();
     for (v, vh) in rc.virtual_hosts.iter().enumerate() {
@@ -63,7 +68,12 @@ pub fn route_table(
         }
         let mut routes = Vec::new();
         for (r, rt) in vh.routes.iter().enumerate() {
-            routes.push(route(rt, &format!("{vpath}.routes[{r}]"), clusters)?);
+            routes.push(route(
+                rt,
+                &format!("{vpath}.routes[{r}]"),
+                clusters,
+                max_body,
+            )?);
         }
         virtual_hosts.push(VirtualHost {
             name: vh.name.clone(),
@@ -75,6 +85,8 @@ pub fn route_table(
                 (&vh.response_headers_to_add, &vh.response_headers_to_remove),
             )?,
             per_filter: per_filter(&vh.typed_per_filter_config, &vpath)?,
+            attempt_count_request: vh.include_request_attempt_count,
+            attempt_count_response: vh.include_attempt_count_in_response,
         });
     }
     Ok(RouteTable {
@@ -87,6 +99,7 @@ pub fn route_table(
         )?,
         most_specific_wins: rc.most_specific_header_mutations_wins,
         per_filter: per_filter(&rc.typed_per_filter_config, path)?,
+        ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
     })
 }
 
@@ -94,7 +107,15 @@ fn route(
     rt: &envoy_types::pb::envoy::config::route::v3::Route,
     path: &str,
     clusters: Option<&HashSet<String>>,
+    max_body: usize,
 ) -> Result<Route> {
+    // `decorator` names the request's span: with no tracing configured (pilotfish
+    // rejects the connection manager's `tracing`) there is no span, as in Envoy.
+    if let Some(d) = &rt.decorator
+        && d.operation.is_empty()
+    {
+        return Err(format!("{path}.decorator.operation: required"));
+    }
     let m = rt
         .r#match
         .as_ref()
@@ -108,7 +129,7 @@ fn route(
             RouteAction::Redirect(redirect(r, &format!("{path}.redirect"))?)
         }
         Some(route::Action::DirectResponse(d)) => {
-            RouteAction::Direct(direct(d, &format!("{path}.direct_response"))?)
+            RouteAction::Direct(direct(d, &format!("{path}.direct_response"), max_body)?)
         }
         _ => {
             return Err(format!(
@@ -194,6 +215,7 @@ fn forward(
         })
         .collect();
     Ok(Forward {
+        grpc_timeout: grpc_timeout(action, apath)?,
         cluster,
         rewrite,
         timeout,
@@ -204,6 +226,53 @@ fn forward(
             .map(super::compile::duration)
             .filter(|d| !d.is_zero()),
     })
+}
+
+/// `max_grpc_timeout` / `grpc_timeout_offset` (legacy, what istiod sends), else
+/// `max_stream_duration.grpc_timeout_header_max` / `_offset`.
+#[allow(deprecated)]
+fn grpc_timeout(
+    action: &envoy_types::pb::envoy::config::route::v3::RouteAction,
+    apath: &str,
+) -> Result<Option<GrpcTimeout>> {
+    let dur = |d: &envoy_types::pb::google::protobuf::Duration| {
+        Some(super::compile::duration(d)).filter(|d| !d.is_zero())
+    };
+    if let Some(msd) = &action.max_stream_duration
+        && msd
+            .max_stream_duration
+            .as_ref()
+            .is_some_and(|d| dur(d).is_some())
+    {
+        return Err(format!(
+            "{apath}.max_stream_duration.max_stream_duration: only 0s (no limit) is supported"
+        ));
+    }
+    if let Some(max) = &action.max_grpc_timeout {
+        return Ok(Some(GrpcTimeout {
+            max: dur(max),
+            offset: action
+                .grpc_timeout_offset
+                .as_ref()
+                .and_then(dur)
+                .unwrap_or_default(),
+        }));
+    }
+    if action.grpc_timeout_offset.is_some() {
+        return Err(format!(
+            "{apath}.grpc_timeout_offset: only with max_grpc_timeout"
+        ));
+    }
+    Ok(action.max_stream_duration.as_ref().and_then(|m| {
+        m.grpc_timeout_header_max.as_ref().map(|max| GrpcTimeout {
+            max: dur(max),
+            offset: m
+                .grpc_timeout_header_offset
+                .as_ref()
+                .and_then(dur)
+                .unwrap_or_default(),
+        })
+    }))
 }
 
 /// `prefix_rewrite` or `regex_rewrite` (not both), as routes and redirects have them.
@@ -269,7 +338,7 @@ fn redirect(r: &RedirectAction, path: &str) -> Result<Redirect> {
     })
 }
 
-fn direct(d: &DirectResponseAction, path: &str) -> Result<DirectResponse> {
+fn direct(d: &DirectResponseAction, path: &str, max_body: usize) -> Result<DirectResponse> {
     use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
     if !(200..600).contains(&d.status) {
         return Err(format!("{path}.status: {} is not in [200, 600)", d.status));
@@ -289,6 +358,14 @@ fn direct(d: &DirectResponseAction, path: &str) -> Result<DirectResponse> {
                 .map_err(|_| format!("{path}.body.environment_variable: {v} is not set"))?,
         ),
     };
+    if let Some(b) = &body
+        && b.len() > max_body
+    {
+        return Err(format!(
+            "{path}.body: response body size is {} bytes; maximum is {max_body}",
+            b.len()
+        ));
+    }
     Ok(DirectResponse {
         status: d.status as u16,
         body: body.filter(|b| !b.is_empty()),

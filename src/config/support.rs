@@ -269,6 +269,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "skip_xff_append",
             "xff_num_trusted_hops",
             "preserve_external_request_id",
+            "request_id_extension",
         ],
     ),
     (
@@ -501,6 +502,8 @@ const FIELDS: &[(&str, &[&str])] = &[
             "most_specific_header_mutations_wins",
             "typed_per_filter_config",
             "validate_clusters",
+            "ignore_port_in_host_matching",
+            "max_direct_response_body_size_bytes",
         ],
     ),
     (
@@ -514,6 +517,8 @@ const FIELDS: &[(&str, &[&str])] = &[
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
+            "include_request_attempt_count",
+            "include_attempt_count_in_response",
         ],
     ),
     (
@@ -530,6 +535,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
+            "decorator",
         ],
     ),
     (
@@ -621,6 +627,9 @@ const FIELDS: &[(&str, &[&str])] = &[
             "timeout",
             "idle_timeout",
             "upgrade_configs",
+            "max_grpc_timeout",
+            "grpc_timeout_offset",
+            "max_stream_duration",
         ],
     ),
     (
@@ -681,7 +690,29 @@ const FIELDS: &[(&str, &[&str])] = &[
             "alt_stat_name",
             "max_requests_per_connection",
             "upstream_connection_options",
+            "common_lb_config",
         ],
+    ),
+    ("envoy.config.cluster.v3.Cluster.CommonLbConfig", &[]),
+    (
+        "envoy.config.route.v3.Decorator",
+        &["operation", "propagate"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.MaxStreamDuration",
+        &[
+            "max_stream_duration",
+            "grpc_timeout_header_max",
+            "grpc_timeout_header_offset",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.RequestIDExtension",
+        &["typed_config"],
+    ),
+    (
+        "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+        &["pack_trace_reason", "use_request_id_for_trace_sampling"],
     ),
     (
         "envoy.config.cluster.v3.UpstreamConnectionOptions",

@@ -7,8 +7,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use super::{header_mutation::HeaderMutations, matchers::RequestHead};
 use crate::{
     config::{
-        ClusterSpec, DirectResponse, FilterOverride, Headers, PathMatch, PerFilter, Redirect,
-        Rewrite, RouteAction, RouteMatch, RouteTable,
+        ClusterSpec, DirectResponse, FilterOverride, GrpcTimeout, Headers, PathMatch, PerFilter,
+        Redirect, Rewrite, RouteAction, RouteMatch, RouteTable,
     },
     upstream::{Cluster, manager::ClusterMap},
 };
@@ -31,6 +31,7 @@ pub enum Action {
         timeout: Option<Duration>,
         upgrades: Vec<(String, bool)>,
         idle_timeout: Option<Duration>,
+        grpc_timeout: Option<GrpcTimeout>,
     },
     Redirect(Redirect),
     Direct(DirectResponse),
@@ -58,6 +59,8 @@ pub struct VirtualHost {
     routes: Vec<Route>,
     headers: Headers,
     per_filter: PerFilter,
+    /// `include_request_attempt_count`, `include_attempt_count_in_response`.
+    pub attempt_count: (bool, bool),
 }
 
 /// A routing decision: the virtual host and route, and the cluster picked for this
@@ -81,6 +84,7 @@ pub enum Target<'a> {
         /// The route's upgrade overrides.
         upgrades: &'a [(String, bool)],
         idle_timeout: Option<Duration>,
+        grpc_timeout: Option<GrpcTimeout>,
     },
     Redirect(&'a Redirect),
     Direct(&'a DirectResponse),
@@ -99,6 +103,12 @@ impl<'a> Matched<'a> {
         ]
         .into_iter()
         .find_map(|p| p.iter().find(|(n, _)| n == filter).map(|(_, o)| o))
+    }
+
+    /// The virtual host's `include_request_attempt_count` and
+    /// `include_attempt_count_in_response`.
+    pub fn attempt_count(&self) -> (bool, bool) {
+        self.vhost.attempt_count
     }
 
     /// The cluster picked for this request; `None` for redirects and direct responses.
@@ -136,6 +146,8 @@ pub struct Routes {
     headers: Headers,
     most_specific_wins: bool,
     per_filter: PerFilter,
+    /// `ignore_port_in_host_matching`.
+    ignore_port: bool,
     exact: HashMap<String, usize>,
     /// `*suffix` domains (stored without the `*`), longest first.
     suffixes: Vec<(String, usize)>,
@@ -152,6 +164,7 @@ impl Routes {
             headers: table.headers.clone(),
             most_specific_wins: table.most_specific_wins,
             per_filter: table.per_filter.clone(),
+            ignore_port: table.ignore_port_in_host_matching,
             ..Routes::default()
         };
         for (i, vh) in table.virtual_hosts.iter().enumerate() {
@@ -182,6 +195,7 @@ impl Routes {
                         timeout: f.timeout,
                         upgrades: f.upgrades.clone(),
                         idle_timeout: f.idle_timeout,
+                        grpc_timeout: f.grpc_timeout,
                     },
                     RouteAction::Redirect(r) => Action::Redirect(r.clone()),
                     RouteAction::Direct(d) => Action::Direct(d.clone()),
@@ -199,6 +213,7 @@ impl Routes {
                 routes,
                 headers: vh.headers.clone(),
                 per_filter: vh.per_filter.clone(),
+                attempt_count: (vh.attempt_count_request, vh.attempt_count_response),
             });
             for d in &vh.domains {
                 if d == "*" {
@@ -219,6 +234,11 @@ impl Routes {
 
     /// The virtual host for a `Host`/`:authority` value.
     pub fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+        let host = if self.ignore_port {
+            strip_port(host)
+        } else {
+            host
+        };
         let lower;
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             lower = host.to_ascii_lowercase();
@@ -258,6 +278,7 @@ impl Routes {
                 timeout,
                 upgrades,
                 idle_timeout,
+                grpc_timeout,
             } => match targets.pick(req.headers, clusters) {
                 Some((cluster, w)) => {
                     let target = Target::Forward {
@@ -266,6 +287,7 @@ impl Routes {
                         timeout: *timeout,
                         upgrades,
                         idle_timeout: *idle_timeout,
+                        grpc_timeout: *grpc_timeout,
                     };
                     (target, w)
                 }
@@ -281,6 +303,23 @@ impl Routes {
             target,
             weighted,
         })
+    }
+}
+
+/// `host[:port]` without the port (`[v6]:port` keeps its brackets).
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i)
+            if !host[i + 1..].is_empty() && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            let h = &host[..i];
+            if h.starts_with('[') || !h.contains(':') {
+                h
+            } else {
+                host
+            }
+        }
+        _ => host,
     }
 }
 
@@ -421,6 +460,8 @@ mod tests {
             routes,
             headers: Headers::default(),
             per_filter: Vec::new(),
+            attempt_count_request: false,
+            attempt_count_response: false,
         }
     }
 
@@ -722,5 +763,30 @@ mod tests {
             .filter(|_| pick(&t, "h", "/", &[]).as_deref() == Some("a"))
             .count();
         assert!((73_500..=76_500).contains(&a), "{a} of {n} went to a");
+    }
+
+    #[test]
+    fn ports_can_be_ignored_in_host_matching() {
+        assert_eq!(strip_port("reviews:9080"), "reviews");
+        assert_eq!(strip_port("reviews"), "reviews");
+        assert_eq!(strip_port("[fd00::1]:80"), "[fd00::1]");
+        assert_eq!(strip_port("fd00::1"), "fd00::1");
+        assert_eq!(strip_port("host:"), "host:");
+        let mut table = RouteTable {
+            name: "t".into(),
+            virtual_hosts: vec![vh(
+                "reviews",
+                &["reviews", "10.96.0.7"],
+                vec![route(PathMatch::Prefix("/".into()), "a", true)],
+            )],
+            ..Default::default()
+        };
+        let hit = |t: &Routes, host: &str| t.virtual_host(host).map(|v| v.name.clone());
+        let strict = Routes::new(&table).unwrap();
+        assert_eq!(hit(&strict, "reviews:9080"), None);
+        table.ignore_port_in_host_matching = true;
+        let loose = Routes::new(&table).unwrap();
+        assert_eq!(hit(&loose, "reviews:9080").as_deref(), Some("reviews"));
+        assert_eq!(hit(&loose, "10.96.0.7:9080").as_deref(), Some("reviews"));
     }
 }

@@ -311,6 +311,10 @@ impl HttpConnectionManager {
             cors.apply(resp.headers_mut());
         }
         if let Some(m) = &picked.matched {
+            if m.attempt_count().1 && picked.host.is_some() {
+                resp.headers_mut()
+                    .insert(headers::X_ENVOY_ATTEMPT_COUNT, headers::decimal(1));
+            }
             let levels = || m.header_levels(false);
             if levels().next().is_some() {
                 let ctx = levels().any(|l| l.is_formatted()).then(|| Record {
@@ -423,10 +427,16 @@ impl HttpConnectionManager {
                 timeout,
                 upgrades,
                 idle_timeout,
+                grpc_timeout,
                 ..
             } => (
                 cluster.clone(),
-                *timeout,
+                match grpc_timeout {
+                    Some(g) if headers::is_grpc(req.headers()) => {
+                        g.apply(headers::grpc_timeout(req.headers()))
+                    }
+                    _ => *timeout,
+                },
                 *upgrades,
                 idle_timeout.map(Activity::new),
             ),
@@ -473,10 +483,11 @@ impl HttpConnectionManager {
                 UpstreamProtocol::Http2 => true,
                 UpstreamProtocol::Downstream => req.version() == Version::HTTP_2,
             };
-        let mut upstream_req = match self.upstream_request(req, &matched, down, authority, h2) {
-            Ok(r) => r,
-            Err(resp) => return resp,
-        };
+        let mut upstream_req =
+            match self.upstream_request(req, &matched, down, authority, h2, timeout) {
+                Ok(r) => r,
+                Err(resp) => return resp,
+            };
         if let Some(activity) = &idle {
             // Request data counts as activity for the route's idle timeout.
             let activity = activity.clone();
@@ -590,12 +601,11 @@ impl HttpConnectionManager {
         down: Downstream,
         mut authority: Option<String>,
         h2: bool,
+        timeout: Option<std::time::Duration>,
     ) -> Result<Request<Body>, Response<Body>> {
-        let (rewrite, timeout) = match matched.target {
-            Target::Forward {
-                rewrite, timeout, ..
-            } => (Some(rewrite), timeout),
-            _ => (None, None),
+        let rewrite = match matched.target {
+            Target::Forward { rewrite, .. } => Some(rewrite),
+            _ => None,
         };
         let (mut parts, body) = req.into_parts();
         let route = matched.route;
@@ -626,6 +636,10 @@ impl HttpConnectionManager {
                 headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
                 headers::decimal(t.as_millis() as u64),
             );
+        }
+        if matched.attempt_count().0 {
+            // One attempt: pilotfish does not retry yet.
+            h.insert(headers::X_ENVOY_ATTEMPT_COUNT, headers::decimal(1));
         }
         let levels = || matched.header_levels(true);
         if levels().next().is_some() {
