@@ -48,6 +48,8 @@ fn table(routes: Vec<Route>) -> RouteTable {
             routes,
             headers: Default::default(),
             per_filter: Vec::new(),
+            attempt_count_request: false,
+            attempt_count_response: false,
         }],
         ..Default::default()
     }
