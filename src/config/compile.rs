@@ -754,6 +754,13 @@ fn http_filters(
             (Some(super::http_filters::CORS), _) => HttpFilter::Cors {
                 name: f.name.clone(),
             },
+            (
+                Some(super::http_filters::GRPC_STATS),
+                Some(http_filter::ConfigType::TypedConfig(any)),
+            ) => HttpFilter::GrpcStats {
+                name: f.name.clone(),
+                config: super::http_filters::grpc_stats(any, &format!("{fpath}.typed_config"))?,
+            },
             (Some(super::rbac::HTTP_RBAC), Some(http_filter::ConfigType::TypedConfig(any))) => {
                 let r: envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac =
                     proto::unpack(any).map_err(|e| format!("{fpath}: {e}"))?;

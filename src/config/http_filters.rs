@@ -72,6 +72,40 @@ pub fn per_filter(map: &HashMap<String, Any>, path: &str) -> Result<PerFilter> {
     Ok(out)
 }
 
+pub const GRPC_STATS: &str = "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig";
+
+/// A compiled grpc_stats `FilterConfig` (`any` holds it). `emit_filter_state` is
+/// accepted: the object it would leave is read by access-log operators and Istio's
+/// stats filter, neither of which reads it yet.
+pub fn grpc_stats(
+    any: &Any,
+    path: &str,
+) -> Result<crate::http::filters::grpc_stats::GrpcStatsConfig> {
+    use crate::http::filters::grpc_stats::{GrpcStatsConfig, Methods};
+    use envoy_types::pb::envoy::extensions::filters::http::grpc_stats::v3::{
+        FilterConfig, filter_config::PerMethodStatSpecifier as P,
+    };
+    let c: FilterConfig = proto::unpack(any).map_err(|e| format!("{path}: {e}"))?;
+    if c.enable_upstream_stats {
+        return Err(format!("{path}.enable_upstream_stats: not supported"));
+    }
+    let methods = match c.per_method_stat_specifier {
+        None => Methods::None,
+        Some(P::StatsForAllMethods(b)) if b.value => Methods::All,
+        Some(P::StatsForAllMethods(_)) => Methods::None,
+        Some(P::IndividualMethodStatsAllowlist(l)) => Methods::Allowlist(
+            l.services
+                .into_iter()
+                .map(|s| (s.name, s.method_names))
+                .collect(),
+        ),
+    };
+    Ok(GrpcStatsConfig {
+        methods,
+        replace_dots: c.replace_dots_in_grpc_service_name,
+    })
+}
+
 /// A compiled `Compressor` (`any` holds it).
 #[allow(deprecated)]
 pub fn compressor(any: &Any, path: &str) -> Result<CompressorConfig> {

@@ -282,6 +282,11 @@ pub enum HttpFilter {
     Fault { name: String, config: FaultConfig },
     /// `envoy.filters.http.cors`: acts on per-route `CorsPolicy` configs only.
     Cors { name: String },
+    /// `envoy.filters.http.grpc_stats`.
+    GrpcStats {
+        name: String,
+        config: crate::http::filters::grpc_stats::GrpcStatsConfig,
+    },
     /// `envoy.filters.http.rbac`.
     Rbac {
         name: String,

@@ -300,6 +300,20 @@ const FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+        &[
+            "emit_filter_state",
+            "individual_method_stats_allowlist",
+            "stats_for_all_methods",
+            "replace_dots_in_grpc_service_name",
+        ],
+    ),
+    ("envoy.config.core.v3.GrpcMethodList", &["services"]),
+    (
+        "envoy.config.core.v3.GrpcMethodList.Service",
+        &["name", "method_names"],
+    ),
+    (
         "envoy.extensions.filters.network.rbac.v3.RBAC",
         &[
             "rules",

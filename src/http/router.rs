@@ -22,6 +22,7 @@ use super::{
         compressor,
         cors::{self, CorsStats},
         fault::{FaultConfig, FaultStats},
+        grpc_stats,
     },
     header_mutation, headers,
     idle::Activity,
@@ -61,6 +62,8 @@ pub struct HttpConnectionManager {
     filters: Vec<Filter>,
     /// The compressor filters, in chain order (they act on the response).
     compressors: Vec<compressor::Compressor>,
+    /// `envoy.filters.http.grpc_stats`, counting gRPC calls.
+    grpc_stats: Option<grpc_stats::GrpcStats>,
 }
 
 /// An HTTP filter (by its name in `http_filters`, which per-route configs use).
@@ -91,6 +94,8 @@ struct Picked<'a> {
     delayed: bool,
     /// The CORS headers the response gets, if the CORS filter allowed the request.
     cors: Option<cors::ResponseHeaders<'a>>,
+    /// A gRPC call the grpc_stats filter counts.
+    grpc_call: Option<Arc<grpc_stats::Call>>,
 }
 
 /// What the listener knows about the downstream connection.
@@ -138,9 +143,15 @@ impl HttpConnectionManager {
                     ),
                     config: c.clone(),
                 }),
-                HttpFilter::Compressor { .. } => None,
+                HttpFilter::Compressor { .. } | HttpFilter::GrpcStats { .. } => None,
             })
             .collect();
+        let grpc_stats = config.filters.iter().find_map(|f| match f {
+            HttpFilter::GrpcStats { config: c, .. } => {
+                Some(grpc_stats::GrpcStats::new(c.clone(), store))
+            }
+            _ => None,
+        });
         let compressors = config
             .filters
             .iter()
@@ -168,6 +179,7 @@ impl HttpConnectionManager {
             access_logs,
             filters,
             compressors,
+            grpc_stats,
         })
     }
 
@@ -217,13 +229,17 @@ impl HttpConnectionManager {
         if self.config.generate_request_id && !h.contains_key(headers::X_REQUEST_ID) {
             h.insert(headers::X_REQUEST_ID, headers::request_id());
         }
+        let grpc_call = (grpc && self.grpc_stats.is_some()).then(Arc::<grpc_stats::Call>::default);
         if self.access_logs.is_empty() {
-            let mut picked = Picked::default();
-            let mut resp = self
-                .forward(view, down, remote, req.map(body::boxed), &mut picked)
-                .await;
+            let mut picked = Picked {
+                grpc_call: grpc_call.clone(),
+                ..Default::default()
+            };
+            let req = Self::count_grpc_request(&grpc_call, req.map(body::boxed));
+            let mut resp = self.forward(view, down, remote, req, &mut picked).await;
             self.finish(&picked, down, grpc, &mut resp);
             self.compress(compress, &mut resp);
+            let resp = Self::count_grpc_response(&grpc_call, resp);
             let (parts, b) = resp.into_parts();
             return Response::from_parts(parts, body::boxed(Guarded::new(b, active, None)));
         }
@@ -244,10 +260,15 @@ impl HttpConnectionManager {
         };
         let received = Arc::new(AtomicU64::new(0));
         let req = req.map(|b| body::boxed(Guarded::new(b, ByteCount(received.clone()), None)));
-        let mut picked = Picked::default();
+        let req = Self::count_grpc_request(&grpc_call, req);
+        let mut picked = Picked {
+            grpc_call: grpc_call.clone(),
+            ..Default::default()
+        };
         let mut resp = self.forward(view, down, remote, req, &mut picked).await;
         self.finish(&picked, down, grpc, &mut resp);
         self.compress(compress, &mut resp);
+        let resp = Self::count_grpc_response(&grpc_call, resp);
         record.response_code = resp.status().as_u16();
         record.response_flags = flags(
             resp.extensions().get::<ResponseFlag>().copied(),
@@ -269,6 +290,35 @@ impl HttpConnectionManager {
         };
         let (parts, b) = resp.into_parts();
         Response::from_parts(parts, body::boxed(Guarded::new(b, end, None)))
+    }
+
+    /// The grpc_stats filter's view of a gRPC request body (its messages).
+    fn count_grpc_request(
+        call: &Option<Arc<grpc_stats::Call>>,
+        req: Request<Body>,
+    ) -> Request<Body> {
+        match call {
+            Some(c) => {
+                let c = c.clone();
+                req.map(|b| grpc_stats::request_body(c, b))
+            }
+            None => req,
+        }
+    }
+
+    /// ... and of its response (messages, and the call's outcome).
+    fn count_grpc_response(
+        call: &Option<Arc<grpc_stats::Call>>,
+        resp: Response<Body>,
+    ) -> Response<Body> {
+        match call {
+            Some(c) => {
+                let (parts, b) = resp.into_parts();
+                let b = grpc_stats::response(c.clone(), &parts.headers, b);
+                Response::from_parts(parts, b)
+            }
+            None => resp,
+        }
     }
 
     /// The compressor filters on the response (`compress` is what they noted of the
@@ -451,6 +501,9 @@ impl HttpConnectionManager {
                 return local_reply::reply(ResponseFlag::NoClusterFound);
             }
         };
+        if let (Some(gs), Some(call)) = (&self.grpc_stats, &picked.grpc_call) {
+            gs.routed(call, cluster.stat_name(), head.path_and_query);
+        }
         let Some(host) = cluster.pick(Some(original_dst(&cluster.config, &req, down.local))) else {
             cluster.stats.upstream_cx_none_healthy.inc();
             cluster.stats.upstream_rq.record(503);

@@ -3,3 +3,4 @@
 pub mod compressor;
 pub mod cors;
 pub mod fault;
+pub mod grpc_stats;

@@ -1,0 +1,192 @@
+//! `envoy.filters.http.grpc_stats`, pilotfish and Envoy 1.40 on the same calls: unary
+//! calls that succeed and fail, and a bidirectional stream, counted under the three
+//! ways the filter names its stats (Istio's `stats_for_all_methods: false`, all
+//! methods, an allowlist).
+mod common;
+
+use std::{net::SocketAddr, pin::Pin};
+
+use common::*;
+use envoy_types::pb::envoy::service::{
+    auth::v3::{
+        CheckRequest, CheckResponse,
+        authorization_client::AuthorizationClient,
+        authorization_server::{Authorization, AuthorizationServer},
+    },
+    discovery::v3::{
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+        aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+        aggregated_discovery_service_server::{
+            AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+        },
+    },
+};
+use futures_util::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+struct Svc;
+
+#[tonic::async_trait]
+impl Authorization for Svc {
+    async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let denied = req
+            .into_inner()
+            .attributes
+            .and_then(|a| a.request)
+            .and_then(|r| r.http)
+            .is_some_and(|h| h.path == "/deny");
+        if denied {
+            return Err(Status::permission_denied("no"));
+        }
+        Ok(Response::new(CheckResponse::default()))
+    }
+}
+
+type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Svc {
+    type StreamAggregatedResourcesStream = Out<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = Out<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let out = req.into_inner().map(|r| {
+            r.map(|r| DiscoveryResponse {
+                nonce: r.type_url,
+                ..Default::default()
+            })
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented("delta"))
+    }
+}
+
+async fn grpc_server() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AuthorizationServer::new(Svc))
+            .add_service(AggregatedDiscoveryServiceServer::new(Svc))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    addr
+}
+
+fn bootstrap(server: SocketAddr, filter: &str) -> String {
+    let routes = r#"              - match: { prefix: "/" }
+                route: { cluster: grpc }"#;
+    http_bootstrap(routes, &static_cluster("grpc", &[server], true)).replace(
+        "          http_filters:\n",
+        &format!(
+            "          http_filters:\n          - name: envoy.filters.http.grpc_stats\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig\n{filter}"
+        ),
+    )
+}
+
+fn check_request(path: &str) -> CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    path: path.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Three successful calls, one failed, one stream of four messages each way.
+async fn traffic(p: &Proxy) {
+    let url = format!("http://{}", p.listener("http"));
+    let mut auth = AuthorizationClient::connect(url.clone()).await.unwrap();
+    for _ in 0..3 {
+        auth.check(check_request("/ok")).await.unwrap();
+    }
+    auth.check(check_request("/deny")).await.unwrap_err();
+    let mut ads = AggregatedDiscoveryServiceClient::connect(url)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut responses = ads
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..4 {
+        tx.send(DiscoveryRequest {
+            type_url: format!("t{i}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        responses.message().await.unwrap().unwrap();
+    }
+    drop(tx);
+    assert!(responses.message().await.unwrap().is_none());
+}
+
+/// The `cluster.grpc.grpc.*` stats, and their Prometheus forms.
+async fn grpc_stats(p: &Proxy) -> (Vec<String>, Vec<String>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, text) = p.admin_get("/stats").await;
+        let mut flat: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("cluster.grpc.grpc."))
+            .map(str::to_owned)
+            .collect();
+        flat.sort();
+        let prom = p.prometheus().await;
+        let mut prom: Vec<String> = prom
+            .lines()
+            .filter(|l| l.starts_with("envoy_cluster_grpc_"))
+            .map(str::to_owned)
+            .collect();
+        prom.sort();
+        // Counted when a call ends, which may be just after the client saw its end.
+        if flat.iter().any(|l| l.contains("total: ")) || std::time::Instant::now() > deadline {
+            return (flat, prom);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn grpc_calls_are_counted_as_envoy_counts_them() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let server = grpc_server().await;
+    let mut diff = Differences::default();
+    for filter in [
+        // Istio's.
+        "              emit_filter_state: true\n              stats_for_all_methods: false\n",
+        "              stats_for_all_methods: true\n",
+        "              individual_method_stats_allowlist:\n                services:\n                - name: envoy.service.auth.v3.Authorization\n                  method_names: [Check]\n",
+    ] {
+        let yaml = bootstrap(server, filter);
+        let theirs = Proxy::start_bin(&envoy, &yaml, &["--disable-hot-restart"]).await;
+        let ours = Proxy::start(&yaml).await;
+        traffic(&theirs).await;
+        traffic(&ours).await;
+        let (e, o) = (grpc_stats(&theirs).await, grpc_stats(&ours).await);
+        assert!(!e.0.is_empty(), "Envoy counted nothing for {filter}");
+        diff.check(format!("flat stats with\n{filter}"), e.0, o.0);
+        diff.check(format!("prometheus with\n{filter}"), e.1, o.1);
+    }
+    diff.assert_none();
+}
