@@ -222,19 +222,37 @@ impl RbacStats {
     }
 }
 
+/// One RBAC filter's decision.
+#[derive(Debug, Default)]
+pub struct Decision<'a> {
+    /// Whether the request or connection may go on.
+    pub allowed: bool,
+    /// The enforced policy that matched (for the reply details).
+    pub policy: Option<&'a str>,
+    /// The shadow rules' verdict and the shadow policy that matched, when there are
+    /// shadow rules: the dynamic metadata the HTTP filter leaves (Istio's CUSTOM
+    /// action reads it).
+    pub shadow: Option<(bool, Option<&'a str>)>,
+}
+
 impl RbacConfig {
-    /// Decides for `s`, counting; returns whether it may go on (and the enforced
-    /// policy that matched, for the reply details).
-    pub fn check(&self, s: &Subject<'_>, stats: &RbacStats) -> (bool, Option<String>) {
-        if let Some(shadow) = &self.shadow {
-            if shadow.decide(s).0 {
+    /// Decides for `s`, counting.
+    pub fn check(&self, s: &Subject<'_>, stats: &RbacStats) -> Decision<'_> {
+        let shadow = self.shadow.as_ref().map(|shadow| {
+            let (allowed, policy) = shadow.decide(s);
+            if allowed {
                 stats.shadow_allowed.inc();
             } else {
                 stats.shadow_denied.inc();
             }
-        }
+            (allowed, policy)
+        });
         let Some(rules) = &self.rules else {
-            return (true, None);
+            return Decision {
+                allowed: true,
+                policy: None,
+                shadow,
+            };
         };
         let (allowed, policy) = rules.decide(s);
         if allowed {
@@ -242,7 +260,24 @@ impl RbacConfig {
         } else {
             stats.denied.inc();
         }
-        (allowed, policy.map(str::to_owned))
+        Decision {
+            allowed,
+            policy,
+            shadow,
+        }
+    }
+
+    /// The dynamic metadata keys the HTTP filter writes the shadow decision under
+    /// (`<shadow_rules_stat_prefix>shadow_effective_policy_id` / `…shadow_engine_result`).
+    pub fn shadow_metadata(&self, shadow: (bool, Option<&str>)) -> Vec<(String, String)> {
+        let p = &self.shadow_rules_stat_prefix;
+        let mut out = Vec::with_capacity(2);
+        if let Some(policy) = shadow.1 {
+            out.push((format!("{p}shadow_effective_policy_id"), policy.to_owned()));
+        }
+        let result = if shadow.0 { "allowed" } else { "denied" };
+        out.push((format!("{p}shadow_engine_result"), result.to_owned()));
+        out
     }
 }
 

@@ -250,6 +250,26 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             "http_filters[0].typed_config.abort.http_status: 99 is not in [200, 600)",
         ),
         (
+            "ext_authz over google_grpc",
+            hcm(
+                "",
+                &format!(
+                    "          - name: envoy.filters.http.ext_authz\n            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz, grpc_service: {{ google_grpc: {{ target_uri: x, stat_prefix: y }} }} }}\n{ROUTER}"
+                ),
+            ),
+            "http_filters[0].typed_config.grpc_service.google_grpc: not supported",
+        ),
+        (
+            "ext_authz asking to re-route",
+            hcm(
+                "",
+                &format!(
+                    "          - name: envoy.filters.http.ext_authz\n            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz, clear_route_cache: true, grpc_service: {{ envoy_grpc: {{ cluster_name: c }} }} }}\n{ROUTER}"
+                ),
+            ),
+            "http_filters[0].typed_config.clear_route_cache: not supported",
+        ),
+        (
             "per-route config of an unsupported filter",
             hcm("", ROUTER).replace(
                 "route: { cluster: c }",

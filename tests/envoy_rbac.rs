@@ -240,20 +240,11 @@ async fn rbac_decides_as_envoy_does() {
         );
     }
     // The counters, under Envoy's default tags.
-    let prom = |p: &Proxy| {
-        let p = p.admin;
-        async move {
-            let (_, text) = http_get(p, "/stats/prometheus").await.unwrap();
-            let mut lines: Vec<String> = text
-                .lines()
-                .filter(|l| l.contains("rbac") && !l.starts_with('#'))
-                .map(str::to_owned)
-                .collect();
-            lines.sort();
-            lines
-        }
-    };
-    diff.check("rbac counters", prom(&theirs).await, prom(&ours).await);
+    diff.check(
+        "rbac counters",
+        theirs.prometheus_lines("rbac").await,
+        ours.prometheus_lines("rbac").await,
+    );
     diff.assert_none();
     // Not a vacuous agreement: some pass, some are refused.
     assert_eq!(

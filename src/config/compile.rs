@@ -178,7 +178,19 @@ fn dynamic(
                 ));
             }
             let cluster = match a.grpc_services.as_slice() {
+                [g] if g.timeout.is_some() || !g.initial_metadata.is_empty() => {
+                    return Err(format!(
+                        "{apath}.grpc_services[0]: timeout and initial_metadata are not \
+                         supported for the xDS stream"
+                    ));
+                }
                 [g] => match &g.target_specifier {
+                    Some(TargetSpecifier::EnvoyGrpc(e)) if !e.authority.is_empty() => {
+                        return Err(format!(
+                            "{apath}.grpc_services[0].envoy_grpc.authority: not supported \
+                             for the xDS stream"
+                        ));
+                    }
                     Some(TargetSpecifier::EnvoyGrpc(e)) if !e.cluster_name.is_empty() => {
                         e.cluster_name.clone()
                     }
@@ -769,6 +781,16 @@ fn http_filters(
                     config: Arc::new(super::rbac::http(&r, &format!("{fpath}.typed_config"))?),
                 }
             }
+            (
+                Some(super::http_filters::EXT_AUTHZ),
+                Some(http_filter::ConfigType::TypedConfig(any)),
+            ) => HttpFilter::ExtAuthz {
+                name: f.name.clone(),
+                config: Arc::new(super::http_filters::ext_authz(
+                    any,
+                    &format!("{fpath}.typed_config"),
+                )?),
+            },
             (
                 Some(super::http_filters::COMPRESSOR),
                 Some(http_filter::ConfigType::TypedConfig(any)),

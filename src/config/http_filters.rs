@@ -22,6 +22,7 @@ use super::{
     route_config::{header_matcher, string_matcher},
 };
 use crate::http::filters::fault::{Abort, AbortKind, Delay, DelayKind};
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher;
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -66,6 +67,10 @@ pub fn per_filter(map: &HashMap<String, Any>, path: &str) -> Result<PerFilter> {
                     .transpose()?;
                 out.push((name.clone(), FilterOverride::Rbac(config)));
             }
+            EXT_AUTHZ_PER_ROUTE => out.push((
+                name.clone(),
+                FilterOverride::ExtAuthz(Arc::new(ext_authz_per_route(any, &fpath)?)),
+            )),
             other => return Err(format!("{fpath} ({other}): not supported")),
         }
     }
@@ -324,4 +329,248 @@ pub fn per_million(p: Option<&FractionalPercent>, path: &str) -> Result<u32> {
         Err(_) => return Err(format!("{path}.denominator: unknown value")),
     };
     Ok(p.numerator.saturating_mul(scale).min(1_000_000))
+}
+
+pub const EXT_AUTHZ: &str = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+pub const EXT_AUTHZ_PER_ROUTE: &str = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute";
+
+/// A compiled `ExtAuthz` (`any` holds it). `transport_api_version` must be V3 (or
+/// unset); `include_peer_certificate` is accepted and sends nothing until pilotfish
+/// terminates TLS.
+pub fn ext_authz(any: &Any, path: &str) -> Result<crate::http::filters::ext_authz::ExtAuthzConfig> {
+    use crate::http::filters::ext_authz::{ExtAuthzConfig, MetadataGate, Service};
+    use envoy_types::pb::envoy::{
+        config::core::v3::{ApiVersion, grpc_service::TargetSpecifier, http_uri},
+        extensions::filters::http::ext_authz::v3::{ExtAuthz, ext_authz::Services},
+        r#type::matcher::v3::{metadata_matcher, value_matcher},
+    };
+    let c: ExtAuthz = proto::unpack(any).map_err(|e| format!("{path}: {e}"))?;
+    if !matches!(
+        ApiVersion::try_from(c.transport_api_version),
+        Ok(ApiVersion::Auto | ApiVersion::V3)
+    ) {
+        return Err(format!(
+            "{path}.transport_api_version: only V3 is supported"
+        ));
+    }
+    let list = |l: &Option<envoy_types::pb::envoy::r#type::matcher::v3::ListStringMatcher>,
+                p: &str|
+     -> Result<Option<Vec<crate::http::matchers::StringMatcher>>> {
+        l.as_ref()
+            .map(|l| {
+                l.patterns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        // Header names are matched lowercase, as Envoy keeps them.
+                        let mut m = m.clone();
+                        if let Some(string_matcher::MatchPattern::Exact(v)) = &mut m.match_pattern {
+                            *v = v.to_ascii_lowercase();
+                        }
+                        string_matcher(&m, &format!("{p}.patterns[{i}]"))
+                    })
+                    .collect()
+            })
+            .transpose()
+    };
+    let headers_to_add = |hs: &[envoy_types::pb::envoy::config::core::v3::HeaderValue],
+                          p: &str|
+     -> Result<Vec<(http::HeaderName, http::HeaderValue)>> {
+        hs.iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let name = http::HeaderName::from_bytes(h.key.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| format!("{p}[{i}].key: '{}' is not a header name", h.key))?;
+                let raw = if h.raw_value.is_empty() {
+                    h.value.as_bytes()
+                } else {
+                    &h.raw_value
+                };
+                let value = http::HeaderValue::from_bytes(raw)
+                    .map_err(|_| format!("{p}[{i}].value: not a header value"))?;
+                Ok((name, value))
+            })
+            .collect()
+    };
+    let mut allowed_headers = list(&c.allowed_headers, &format!("{path}.allowed_headers"))?;
+    let service = match &c.services {
+        Some(Services::GrpcService(g)) => {
+            let gpath = format!("{path}.grpc_service");
+            let Some(TargetSpecifier::EnvoyGrpc(e)) = &g.target_specifier else {
+                return Err(format!(
+                    "{gpath}: an envoy_grpc is required (google_grpc is not supported)"
+                ));
+            };
+            if e.cluster_name.is_empty() {
+                return Err(format!("{gpath}.envoy_grpc.cluster_name: required"));
+            }
+            Service::Grpc {
+                cluster: e.cluster_name.clone(),
+                authority: if e.authority.is_empty() {
+                    e.cluster_name.clone()
+                } else {
+                    e.authority.clone()
+                },
+                timeout: g
+                    .timeout
+                    .as_ref()
+                    .map_or(Duration::from_millis(200), super::compile::duration),
+                initial_metadata: headers_to_add(
+                    &g.initial_metadata,
+                    &format!("{gpath}.initial_metadata"),
+                )?,
+            }
+        }
+        Some(Services::HttpService(h)) => {
+            let hpath = format!("{path}.http_service");
+            let uri = h
+                .server_uri
+                .as_ref()
+                .ok_or_else(|| format!("{hpath}.server_uri: required"))?;
+            let cluster = match &uri.http_upstream_type {
+                Some(http_uri::HttpUpstreamType::Cluster(c)) if !c.is_empty() => c.clone(),
+                _ => return Err(format!("{hpath}.server_uri.cluster: required")),
+            };
+            let timeout = uri
+                .timeout
+                .as_ref()
+                .map(super::compile::duration)
+                .ok_or_else(|| format!("{hpath}.server_uri.timeout: required"))?;
+            let req = h.authorization_request.as_ref();
+            let resp = h.authorization_response.as_ref();
+            // The older place for the HTTP service's allowed headers.
+            #[allow(deprecated)]
+            if let Some(l) = req.and_then(|r| r.allowed_headers.as_ref()) {
+                let p = format!("{hpath}.authorization_request.allowed_headers");
+                allowed_headers = list(&Some(l.clone()), &p)?;
+            }
+            let resp_list = |f: fn(
+                &envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::AuthorizationResponse,
+            ) -> &Option<envoy_types::pb::envoy::r#type::matcher::v3::ListStringMatcher>,
+                             name: &str|
+             -> Result<Vec<crate::http::matchers::StringMatcher>> {
+                Ok(list(
+                    &resp.and_then(|r| f(r).clone()),
+                    &format!("{hpath}.authorization_response.{name}"),
+                )?
+                .unwrap_or_default())
+            };
+            Service::Http {
+                cluster,
+                timeout,
+                path_prefix: h.path_prefix.clone(),
+                headers_to_add: headers_to_add(
+                    req.map_or(&[][..], |r| &r.headers_to_add),
+                    &format!("{hpath}.authorization_request.headers_to_add"),
+                )?,
+                allowed_upstream_headers: resp_list(
+                    |r| &r.allowed_upstream_headers,
+                    "allowed_upstream_headers",
+                )?,
+                allowed_upstream_headers_to_append: resp_list(
+                    |r| &r.allowed_upstream_headers_to_append,
+                    "allowed_upstream_headers_to_append",
+                )?,
+                allowed_client_headers: resp_list(
+                    |r| &r.allowed_client_headers,
+                    "allowed_client_headers",
+                )?,
+                allowed_client_headers_on_success: resp_list(
+                    |r| &r.allowed_client_headers_on_success,
+                    "allowed_client_headers_on_success",
+                )?,
+            }
+        }
+        None => {
+            return Err(format!(
+                "{path}: one of grpc_service or http_service is required"
+            ));
+        }
+    };
+    let enabled_metadata = match &c.filter_enabled_metadata {
+        None => None,
+        Some(m) => {
+            let mpath = format!("{path}.filter_enabled_metadata");
+            let keys = m
+                .path
+                .iter()
+                .map(|seg| match &seg.segment {
+                    Some(metadata_matcher::path_segment::Segment::Key(k)) => Ok(k.clone()),
+                    None => Err(format!("{mpath}.path: a key is required")),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if keys.is_empty() {
+                return Err(format!("{mpath}.path: required"));
+            }
+            let value = match m.value.as_ref().and_then(|v| v.match_pattern.as_ref()) {
+                Some(value_matcher::MatchPattern::StringMatch(s)) => {
+                    Some(string_matcher(s, &format!("{mpath}.value.string_match"))?)
+                }
+                Some(value_matcher::MatchPattern::PresentMatch(true)) => None,
+                _ => {
+                    return Err(format!(
+                        "{mpath}.value: only string_match and present_match are supported"
+                    ));
+                }
+            };
+            Some(MetadataGate {
+                filter: m.filter.clone(),
+                path: keys,
+                value,
+                invert: m.invert,
+            })
+        }
+    };
+    let status_on_error = match c.status_on_error.as_ref().map(|s| s.code) {
+        None | Some(0) => http::StatusCode::FORBIDDEN,
+        Some(code) => u16::try_from(code)
+            .ok()
+            .and_then(|c| http::StatusCode::from_u16(c).ok())
+            .ok_or_else(|| format!("{path}.status_on_error.code: {code} is not an HTTP status"))?,
+    };
+    Ok(ExtAuthzConfig {
+        service,
+        failure_mode_allow: c.failure_mode_allow,
+        failure_mode_allow_header_add: c.failure_mode_allow_header_add,
+        with_request_body: c.with_request_body.as_ref().map(buffer_settings),
+        status_on_error,
+        stat_prefix: c.stat_prefix.clone(),
+        allowed_headers,
+        disallowed_headers: list(&c.disallowed_headers, &format!("{path}.disallowed_headers"))?
+            .unwrap_or_default(),
+        enabled_metadata,
+    })
+}
+
+fn buffer_settings(
+    b: &envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::BufferSettings,
+) -> crate::http::filters::ext_authz::BufferSettings {
+    crate::http::filters::ext_authz::BufferSettings {
+        max_request_bytes: b.max_request_bytes as usize,
+        allow_partial_message: b.allow_partial_message,
+        pack_as_bytes: b.pack_as_bytes,
+    }
+}
+
+/// A compiled `ExtAuthzPerRoute`.
+pub fn ext_authz_per_route(
+    any: &Any,
+    path: &str,
+) -> Result<crate::http::filters::ext_authz::PerRoute> {
+    use crate::http::filters::ext_authz::PerRoute;
+    use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
+        ExtAuthzPerRoute, ext_authz_per_route::Override,
+    };
+    let r: ExtAuthzPerRoute = proto::unpack(any).map_err(|e| format!("{path}: {e}"))?;
+    match r.r#override {
+        Some(Override::Disabled(true)) => Ok(PerRoute::Disabled),
+        Some(Override::Disabled(false)) => Err(format!(
+            "{path}.disabled: must be true (a filter disabled by default is not supported)"
+        )),
+        Some(Override::CheckSettings(c)) => Ok(PerRoute::Check {
+            context_extensions: c.context_extensions,
+            disable_request_body_buffering: c.disable_request_body_buffering,
+        }),
+        None => Err(format!("{path}: disabled or check_settings is required")),
+    }
 }

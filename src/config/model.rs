@@ -292,6 +292,11 @@ pub enum HttpFilter {
         name: String,
         config: Arc<crate::rbac::RbacConfig>,
     },
+    /// `envoy.filters.http.ext_authz`.
+    ExtAuthz {
+        name: String,
+        config: Arc<crate::http::filters::ext_authz::ExtAuthzConfig>,
+    },
     /// `envoy.filters.http.compressor` (several may be chained, one per encoding).
     Compressor {
         name: String,
@@ -321,6 +326,8 @@ pub enum FilterOverride {
     Cors(Arc<CorsPolicy>),
     /// `RBACPerRoute`: other rules for this route, or `None` (no `rbac`): off here.
     Rbac(Option<Arc<crate::rbac::RbacConfig>>),
+    /// `ExtAuthzPerRoute`: off here, or the check's per-route settings.
+    ExtAuthz(Arc<crate::http::filters::ext_authz::PerRoute>),
 }
 
 /// Header mutations of one level, both directions.

@@ -125,10 +125,13 @@ const FIELDS: &[(&str, &[&str])] = &[
             "set_node_on_first_message_only",
         ],
     ),
-    ("envoy.config.core.v3.GrpcService", &["envoy_grpc"]),
+    (
+        "envoy.config.core.v3.GrpcService",
+        &["envoy_grpc", "timeout", "initial_metadata"],
+    ),
     (
         "envoy.config.core.v3.GrpcService.EnvoyGrpc",
-        &["cluster_name"],
+        &["cluster_name", "authority"],
     ),
     (
         "envoy.config.core.v3.ConfigSource",
@@ -309,6 +312,78 @@ const FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.config.core.v3.GrpcMethodList", &["services"]),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        &[
+            "grpc_service",
+            "http_service",
+            "transport_api_version",
+            "failure_mode_allow",
+            "failure_mode_allow_header_add",
+            "with_request_body",
+            "status_on_error",
+            "stat_prefix",
+            "allowed_headers",
+            "disallowed_headers",
+            "filter_enabled_metadata",
+            "include_peer_certificate",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.BufferSettings",
+        &[
+            "max_request_bytes",
+            "allow_partial_message",
+            "pack_as_bytes",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.HttpService",
+        &[
+            "server_uri",
+            "path_prefix",
+            "authorization_request",
+            "authorization_response",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest",
+        &["allowed_headers", "headers_to_add"],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse",
+        &[
+            "allowed_upstream_headers",
+            "allowed_upstream_headers_to_append",
+            "allowed_client_headers",
+            "allowed_client_headers_on_success",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+        &["disabled", "check_settings"],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.CheckSettings",
+        &["context_extensions", "disable_request_body_buffering"],
+    ),
+    (
+        "envoy.config.core.v3.HttpUri",
+        &["uri", "cluster", "timeout"],
+    ),
+    ("envoy.type.v3.HttpStatus", &["code"]),
+    (
+        "envoy.type.matcher.v3.MetadataMatcher",
+        &["filter", "path", "value", "invert"],
+    ),
+    (
+        "envoy.type.matcher.v3.MetadataMatcher.PathSegment",
+        &["key"],
+    ),
+    (
+        "envoy.type.matcher.v3.ValueMatcher",
+        &["string_match", "present_match"],
+    ),
     (
         "envoy.config.core.v3.GrpcMethodList.Service",
         &["name", "method_names"],

@@ -28,6 +28,8 @@ pub enum ResponseFlag {
     StreamIdleTimeout,
     /// Refused by the RBAC filter.
     RbacAccessDenied,
+    /// Refused by the ext_authz filter (or its service failed).
+    UnauthorizedExternalService,
 }
 
 impl ResponseFlag {
@@ -44,6 +46,7 @@ impl ResponseFlag {
             ResponseFlag::StreamIdleTimeout => "SI",
             // Envoy has no flag for it; access logs print `-`.
             ResponseFlag::RbacAccessDenied => "-",
+            ResponseFlag::UnauthorizedExternalService => "UAEX",
         }
     }
 }
@@ -86,6 +89,7 @@ pub fn reply(flag: ResponseFlag) -> Response<Body> {
         // 504 once the request is upstream (408 is for a request still arriving).
         ResponseFlag::StreamIdleTimeout => (StatusCode::GATEWAY_TIMEOUT, "stream timeout"),
         ResponseFlag::RbacAccessDenied => (StatusCode::FORBIDDEN, "RBAC: access denied"),
+        ResponseFlag::UnauthorizedExternalService => (StatusCode::FORBIDDEN, ""),
     };
     with_body(status, text, flag)
 }

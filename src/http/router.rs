@@ -18,9 +18,11 @@ use hyper::body::Incoming;
 
 use super::{
     body::{self, Body, Guarded, Observer},
+    dynamic_metadata::{self, DynamicMetadata},
     filters::{
         compressor,
         cors::{self, CorsStats},
+        ext_authz::{self, ExtAuthzConfig, ExtAuthzStats},
         fault::{FaultConfig, FaultStats},
         grpc_stats,
     },
@@ -83,6 +85,11 @@ enum Filter {
         config: Arc<crate::rbac::RbacConfig>,
         stats: crate::rbac::RbacStats,
     },
+    ExtAuthz {
+        name: String,
+        config: Arc<ExtAuthzConfig>,
+        stats: ExtAuthzStats,
+    },
 }
 
 /// What routing chose for a request, for the access log.
@@ -96,6 +103,8 @@ struct Picked<'a> {
     cors: Option<cors::ResponseHeaders<'a>>,
     /// A gRPC call the grpc_stats filter counts.
     grpc_call: Option<Arc<grpc_stats::Call>>,
+    /// Headers the ext_authz service asked to add to the response.
+    authz_response: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 /// What the listener knows about the downstream connection.
@@ -141,6 +150,11 @@ impl HttpConnectionManager {
                         &format!("http.{}.", config.stat_prefix),
                         c,
                     ),
+                    config: c.clone(),
+                }),
+                HttpFilter::ExtAuthz { name, config: c } => Some(Filter::ExtAuthz {
+                    name: name.clone(),
+                    stats: ExtAuthzStats::new(store, &config.stat_prefix, c),
                     config: c.clone(),
                 }),
                 HttpFilter::Compressor { .. } | HttpFilter::GrpcStats { .. } => None,
@@ -360,6 +374,9 @@ impl HttpConnectionManager {
         if let Some(cors) = &picked.cors {
             cors.apply(resp.headers_mut());
         }
+        for (k, v) in &picked.authz_response {
+            resp.headers_mut().append(k.clone(), v.clone());
+        }
         if let Some(m) = &picked.matched {
             if m.attempt_count().1 && picked.host.is_some() {
                 resp.headers_mut()
@@ -394,6 +411,11 @@ impl HttpConnectionManager {
         mut req: Request<Body>,
         picked: &mut Picked<'a>,
     ) -> Response<Body> {
+        // The body stays aside while filters look at the request (ext_authz may
+        // buffer it), and goes back before it is forwarded.
+        let mut body_slot = std::mem::replace(req.body_mut(), body::empty());
+        let mut metadata = DynamicMetadata::default();
+        let mut authorized: Option<ext_authz::Allowed> = None;
         let authority = request_authority(&req);
         let path = req
             .uri()
@@ -465,8 +487,48 @@ impl HttpConnectionManager {
                         peer_principal: None,
                         request: Some(&head),
                     };
-                    if !cfg.check(&subject, stats).0 {
+                    let decision = cfg.check(&subject, stats);
+                    if let Some(shadow) = decision.shadow {
+                        for (k, v) in cfg.shadow_metadata(shadow) {
+                            metadata.set(dynamic_metadata::HTTP_RBAC, k, v);
+                        }
+                    }
+                    if !decision.allowed {
                         return local_reply::reply(ResponseFlag::RbacAccessDenied);
+                    }
+                }
+                Filter::ExtAuthz {
+                    name,
+                    config,
+                    stats,
+                } => {
+                    let per_route = match matched.filter_override(name) {
+                        Some(FilterOverride::ExtAuthz(p)) => Some(p.as_ref()),
+                        _ => None,
+                    };
+                    let attrs = ext_authz::Attributes {
+                        peer: down.peer,
+                        local: down.local,
+                        protocol: protocol_name(req.version()),
+                        cluster: matched.cluster().map(|c| c.stat_name()),
+                    };
+                    let verdict = config
+                        .check(
+                            clusters,
+                            &req,
+                            &mut body_slot,
+                            &attrs,
+                            per_route,
+                            &metadata,
+                            stats,
+                        )
+                        .await;
+                    match verdict {
+                        ext_authz::Verdict::Reply(resp) => return resp,
+                        ext_authz::Verdict::Allow(a) => {
+                            picked.authz_response.extend(a.response.iter().cloned());
+                            authorized = Some(a);
+                        }
                     }
                 }
             }
@@ -503,6 +565,10 @@ impl HttpConnectionManager {
         };
         if let (Some(gs), Some(call)) = (&self.grpc_stats, &picked.grpc_call) {
             gs.routed(call, cluster.stat_name(), head.path_and_query);
+        }
+        *req.body_mut() = body_slot;
+        if let Some(a) = &authorized {
+            a.apply(req.headers_mut());
         }
         let Some(host) = cluster.pick(Some(original_dst(&cluster.config, &req, down.local))) else {
             cluster.stats.upstream_cx_none_healthy.inc();
@@ -762,6 +828,7 @@ fn flags(flag: Option<ResponseFlag>, delayed: bool) -> Option<&'static str> {
         (Some(ResponseFlag::NoRouteFound), true) => Some("NR,DI"),
         (Some(ResponseFlag::NoClusterFound), true) => Some("NC,DI"),
         (Some(ResponseFlag::StreamIdleTimeout), true) => Some("SI,DI"),
+        (Some(ResponseFlag::UnauthorizedExternalService), true) => Some("DI,UAEX"),
     }
 }
 

@@ -101,7 +101,7 @@ impl Chain {
                     peer_principal: None,
                     request: None,
                 };
-                config.check(&subject, stats).0
+                config.check(&subject, stats).allowed
             }
         })
     }

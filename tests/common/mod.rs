@@ -141,6 +141,19 @@ impl Proxy {
         self.admin_get("/stats/prometheus").await.1
     }
 
+    /// The Prometheus samples whose line contains `needle`, sorted.
+    pub async fn prometheus_lines(&self, needle: &str) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .prometheus()
+            .await
+            .lines()
+            .filter(|l| l.contains(needle) && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    }
+
     /// The value of one Prometheus sample line, e.g. `envoy_cluster_upstream_rq_total{envoy_cluster_name="a"}`.
     pub async fn metric(&self, sample: &str) -> Option<i64> {
         let text = self.prometheus().await;

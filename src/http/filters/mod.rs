@@ -2,5 +2,6 @@
 //! compiled into and what they do to a request and its response.
 pub mod compressor;
 pub mod cors;
+pub mod ext_authz;
 pub mod fault;
 pub mod grpc_stats;
