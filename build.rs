@@ -26,16 +26,24 @@ fn main() {
 }
 
 /// The commit being built, for the version string (`--version`, `/server_info`), as
-/// Envoy prints its own; 40 zeros outside a git checkout.
+/// Envoy prints its own: `$PILOTFISH_GIT_SHA` when set (image builds have no `.git`),
+/// else git's HEAD, else 40 zeros.
 fn git_sha() {
-    let sha = Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output()
+    println!("cargo:rerun-if-env-changed=PILOTFISH_GIT_SHA");
+    let given = env::var("PILOTFISH_GIT_SHA")
         .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| s.len() == 40)
+        .filter(|s| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()));
+    let sha = given
+        .or_else(|| {
+            Command::new("git")
+                .args(["rev-parse", "HEAD"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| String::from_utf8(o.stdout).ok())
+                .map(|s| s.trim().to_owned())
+                .filter(|s| s.len() == 40)
+        })
         .unwrap_or_else(|| "0".repeat(40));
     println!("cargo:rustc-env=PILOTFISH_GIT_SHA={sha}");
     for f in [".git/HEAD", ".git/refs/heads"] {

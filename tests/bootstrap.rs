@@ -463,24 +463,9 @@ fn unknown_flags_are_named() {
 #[test]
 fn envoy_flags_from_istio_agent_are_accepted() {
     let out = Command::new(BIN)
+        .args(["--mode", "validate"])
+        .args(common::istio::AGENT_FLAGS)
         .args([
-            "--mode",
-            "validate",
-            "--drain-time-s",
-            "45",
-            "--drain-strategy",
-            "immediate",
-            "--local-address-ip-version",
-            "v4",
-            "--file-flush-interval-msec",
-            "1000",
-            "--disable-hot-restart",
-            "-l",
-            "warning",
-            "--component-log-level",
-            "misc:error",
-            "--concurrency",
-            "2",
             "--service-node",
             "sidecar~10.0.0.1~app.ns~ns.svc.cluster.local",
             "--service-cluster",
