@@ -250,6 +250,19 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             "http_filters[0].typed_config.abort.http_status: 99 is not in [200, 600)",
         ),
         (
+            "a stream idle timeout",
+            hcm("", ROUTER).replace("stat_prefix: h", "stat_prefix: h\n          stream_idle_timeout: 300s"),
+            "typed_config.stream_idle_timeout: only 0s (none) is supported",
+        ),
+        (
+            "escaped slashes unescaped",
+            hcm("", ROUTER).replace(
+                "stat_prefix: h",
+                "stat_prefix: h\n          path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD",
+            ),
+            "typed_config.path_with_escaped_slashes_action: only KEEP_UNCHANGED is supported",
+        ),
+        (
             "ext_authz over google_grpc",
             hcm(
                 "",

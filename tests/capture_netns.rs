@@ -6,16 +6,15 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
-    thread,
-    time::{Duration, Instant},
+    io::{Read, Write},
+    net::Shutdown,
+    path::Path,
+    process::{Command, Stdio},
 };
 
 use common::{
     netns::{self, Netns, sh},
+    pod::*,
     *,
 };
 use pilotfish::listener::tls_hello::client_hello_bytes;
@@ -25,15 +24,9 @@ const REMOTE: &str = "pf-remote";
 
 #[test]
 fn sidecar_capture_in_network_namespaces() {
-    let tools = ["iptables", "ip6tables", "setpriv"].iter().all(|t| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
     if !require(
         "root, iproute2, iptables, ip6tables and setpriv for the capture test",
-        netns::available() && tools,
+        netns::available_with(&["iptables", "ip6tables", "setpriv"]),
     ) {
         return;
     }
@@ -61,14 +54,30 @@ fn sidecar_capture_in_network_namespaces() {
     .join()
     .unwrap();
 
-    let proxy = Sidecar::start(&pod, &format!("{root}/tests/data/istio-sidecar.yaml"));
+    let config = format!("{root}/tests/data/istio-sidecar.yaml");
+    let proxy = Sidecar::start(
+        &pod,
+        &[
+            BIN,
+            "-c",
+            &config,
+            "--concurrency",
+            "1",
+            "--stats-port",
+            "15090",
+            "--health-port",
+            "15021",
+        ],
+        Path::new(root),
+        ("127.0.0.1:15021", "/healthz/ready"),
+    );
 
     let outbound = pod
         .run(|| {
             vec![
                 // Routed by the per-port listener 0.0.0.0_9080: the header picks v2.
-                http_get("10.77.0.2:9080", &[]),
-                http_get("10.77.0.2:9080", &[("end-user", "jason")]),
+                get_body("10.77.0.2:9080", &[]),
+                get_body("10.77.0.2:9080", &[("end-user", "jason")]),
                 // No listener for 7070: passed through to the original destination.
                 line("10.77.0.2:7070", "hello"),
                 // Server speaks first; the chain is plain TCP, so no inspection wait.
@@ -78,7 +87,7 @@ fn sidecar_capture_in_network_namespaces() {
                 tls_passthrough("10.77.0.3:443", "api.remote.example"),
                 tls_passthrough("10.77.0.3:443", "other.example"),
                 // IPv6: the same listeners answer for [::]:<port>.
-                http_get("[fd77::2]:9080", &[("end-user", "jason")]),
+                get_body("[fd77::2]:9080", &[("end-user", "jason")]),
                 line("[fd77::2]:7070", "hello6"),
             ]
         })
@@ -87,9 +96,9 @@ fn sidecar_capture_in_network_namespaces() {
     let inbound = remote
         .run(|| {
             vec![
-                http_get("10.77.0.1:8080", &[]),
+                get_body("10.77.0.1:8080", &[]),
                 greeting("10.77.0.1:9000"),
-                http_get("[fd77::1]:8080", &[]),
+                get_body("[fd77::1]:8080", &[]),
             ]
         })
         .join()
@@ -121,7 +130,7 @@ fn sidecar_capture_in_network_namespaces() {
         assert_eq!(got, "", "a connection to the sidecar's own {addr}");
     }
     // Still serving afterwards.
-    let after_loops = pod.run(|| http_get("10.77.0.2:9080", &[])).join().unwrap();
+    let after_loops = pod.run(|| get_body("10.77.0.2:9080", &[])).join().unwrap();
     let stats_after = pod.run(scrape).join().unwrap();
     let counters = sh(&[
         "ip",
@@ -265,226 +274,6 @@ fn network() -> (Netns, Netns) {
         ns.exec(&["ip", "link", "set", dev, "up"]);
     }
     (pod, remote)
-}
-
-/// pilotfish in the pod as uid/gid 1337, its stdout (the access logs) collected.
-struct Sidecar {
-    child: Child,
-    out: Arc<Mutex<String>>,
-}
-
-impl Sidecar {
-    fn start(pod: &Netns, config: &str) -> Sidecar {
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &pod.0,
-                "setpriv",
-                "--reuid=1337",
-                "--regid=1337",
-                "--clear-groups",
-                BIN,
-            ])
-            .args([
-                "-c",
-                config,
-                "--concurrency",
-                "1",
-                "--stats-port",
-                "15090",
-                "--health-port",
-                "15021",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = Arc::new(Mutex::new(String::new()));
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let out = out.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut o = out.lock().unwrap();
-                    o.push_str(&line);
-                    o.push('\n');
-                }
-            });
-        }
-        let ready = pod
-            .run(|| {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while Instant::now() < deadline {
-                    if raw_get("127.0.0.1:15021", "/healthz/ready", &[])
-                        .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
-                    {
-                        return true;
-                    }
-                    thread::sleep(Duration::from_millis(50));
-                }
-                false
-            })
-            .join()
-            .unwrap();
-        let sidecar = Sidecar { child, out };
-        assert!(
-            ready,
-            "pilotfish did not become ready:\n{}",
-            sidecar.output()
-        );
-        sidecar
-    }
-
-    fn output(&self) -> String {
-        self.out.lock().unwrap().clone()
-    }
-
-    fn stop(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        thread::sleep(Duration::from_millis(100));
-        self.output()
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-// ---- servers (run on threads inside a namespace) ----
-
-fn serve(addr: &str, handle: impl Fn(TcpStream, SocketAddr) + Send + Sync + 'static) {
-    let a: SocketAddr = addr.parse().unwrap();
-    let sock =
-        socket2::Socket::new(socket2::Domain::for_address(a), socket2::Type::STREAM, None).unwrap();
-    if a.is_ipv6() {
-        // Next to a 0.0.0.0 socket on the same port.
-        sock.set_only_v6(true).unwrap();
-    }
-    sock.set_reuse_address(true).unwrap();
-    sock.bind(&a.into())
-        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-    sock.listen(128).unwrap();
-    let l: TcpListener = sock.into();
-    let handle = Arc::new(handle);
-    thread::spawn(move || {
-        for s in l.incoming().map_while(Result::ok) {
-            let peer = s.peer_addr().unwrap();
-            let handle = handle.clone();
-            thread::spawn(move || {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
-                handle(s, peer)
-            });
-        }
-    });
-}
-
-/// HTTP/1.1 answering `<name> saw <peer ip>`.
-fn http_server(addr: &str, name: &'static str) {
-    serve(addr, move |mut s, peer| {
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
-            head.push(b[0]);
-        }
-        let body = format!("{name} saw {}", peer.ip());
-        let _ = write!(
-            s,
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-    });
-}
-
-/// Reads a line and answers `echo <line> from <peer ip>`.
-fn line_echo(addr: &str) {
-    serve(addr, |s, peer| {
-        let mut line = String::new();
-        let _ = BufReader::new(&s).read_line(&mut line);
-        let _ = write!(&s, "echo {} from {}", line.trim(), peer.ip());
-    });
-}
-
-/// Speaks first, like MySQL.
-fn server_first(addr: &str) {
-    serve(addr, |mut s, peer| {
-        let _ = write!(s, "mysql banner to {}", peer.ip());
-    });
-}
-
-/// Greets on connect with `<name> saw <peer ip>`.
-fn greeter(addr: &str, name: &'static str) {
-    serve(addr, move |mut s, peer| {
-        let _ = write!(s, "{name} saw {}", peer.ip());
-    });
-}
-
-/// Reads everything the client sends and returns it after `<name>\n`.
-fn recorder(addr: &str, name: &'static str) {
-    serve(addr, move |mut s, peer| {
-        let mut got = Vec::new();
-        let _ = s.read_to_end(&mut got);
-        let mut reply = format!("{name} {}\n", peer.ip()).into_bytes();
-        reply.extend(got);
-        let _ = s.write_all(&reply);
-    });
-}
-
-// ---- clients ----
-
-fn connect(addr: &str) -> TcpStream {
-    let s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s
-}
-
-fn raw_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(5)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    let mut req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
-
-/// The body of a GET, or the whole response when it is not a 200.
-fn http_get(addr: &str, headers: &[(&str, &str)]) -> String {
-    let r = raw_get(addr, "/", headers).unwrap_or_else(|| format!("GET {addr} failed"));
-    match (r.starts_with("HTTP/1.1 200"), r.split_once("\r\n\r\n")) {
-        (true, Some((_, body))) => body.to_owned(),
-        _ => r,
-    }
-}
-
-fn line(addr: &str, text: &str) -> String {
-    let mut s = connect(addr);
-    writeln!(s, "{text}").unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
-/// What a server-first service says before the client sends anything.
-fn banner(addr: &str) -> String {
-    greeting(addr)
-}
-
-fn greeting(addr: &str) -> String {
-    let mut s = connect(addr);
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 /// Sends a ClientHello with `sni` and reports which server got it and whether the bytes

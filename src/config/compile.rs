@@ -330,11 +330,8 @@ pub fn listener(l: &Listener, path: &str, clusters: &HashSet<String>) -> Result<
     let default_chain = match &l.default_filter_chain {
         Some(c) => {
             let dpath = format!("{path}.default_filter_chain");
-            if c.filter_chain_match.is_some() {
-                return Err(format!(
-                    "{dpath}.filter_chain_match: not allowed on the default chain"
-                ));
-            }
+            // Envoy ignores a default chain's `filter_chain_match` (istiod sends an
+            // empty one).
             Some(filter_chain(c, &dpath, clusters)?)
         }
         None => None,
@@ -703,8 +700,31 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
             return Err(format!("{path}: route_config or rds is required"));
         }
     };
+    // What pilotfish does is these fields' values istiod sends: no stream idle timeout
+    // (`0s`), escaped slashes left as they are.
+    if hcm
+        .stream_idle_timeout
+        .as_ref()
+        .is_some_and(|d| d.seconds != 0 || d.nanos != 0)
+    {
+        return Err(format!(
+            "{path}.stream_idle_timeout: only 0s (none) is supported"
+        ));
+    }
+    {
+        use http_connection_manager::PathWithEscapedSlashesAction as A;
+        match A::try_from(hcm.path_with_escaped_slashes_action) {
+            Ok(A::ImplementationSpecificDefault | A::KeepUnchanged) => {}
+            _ => {
+                return Err(format!(
+                    "{path}.path_with_escaped_slashes_action: only KEEP_UNCHANGED is supported"
+                ));
+            }
+        }
+    }
     Ok(HttpConfig {
         stat_prefix: hcm.stat_prefix,
+        proxy_100_continue: hcm.proxy_100_continue,
         codec,
         generate_request_id: hcm.generate_request_id.as_ref().is_none_or(|b| b.value),
         access_logs,
@@ -1091,6 +1111,12 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         breakers,
         added_via_api: false,
         max_requests_per_connection: max_requests_per_connection.filter(|&m| m > 0),
+        cleanup_interval: c
+            .cleanup_interval
+            .as_ref()
+            .map(duration)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(5)),
         name: c.name.clone(),
         discovery,
         connect_timeout: c

@@ -249,6 +249,9 @@ pub enum Codec {
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub stat_prefix: String,
+    /// `proxy_100_continue`: `Expect: 100-continue` goes upstream; otherwise it is
+    /// removed (the `100 Continue` comes from pilotfish either way: see the router).
+    pub proxy_100_continue: bool,
     pub codec: Codec,
     pub generate_request_id: bool,
     /// The `server` header on every response (Envoy overwrites the upstream's).
@@ -597,6 +600,9 @@ pub struct ClusterConfig {
     /// `max_requests_per_connection` (the cluster field or `common_http_protocol_options`):
     /// an upstream HTTP connection is used for at most this many requests.
     pub max_requests_per_connection: Option<u32>,
+    /// ORIGINAL_DST `cleanup_interval`: how often hosts no connection uses are dropped
+    /// (Envoy's default 5s; istiod's inbound clusters ask for ~292 years, i.e. never).
+    pub cleanup_interval: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -617,6 +623,7 @@ impl Default for ClusterConfig {
             breakers: Breakers::default(),
             added_via_api: false,
             max_requests_per_connection: None,
+            cleanup_interval: Duration::from_secs(5),
         }
     }
 }

@@ -193,12 +193,19 @@ const FIELDS: &[(&str, &[&str])] = &[
             "enable_reuse_port",
             "ignore_global_conn_limit",
             "bypass_overload_manager",
+            "max_connections_to_accept_per_socket_event",
         ],
     ),
     ("envoy.config.listener.v3.AdditionalAddress", &["address"]),
     (
         "envoy.config.listener.v3.FilterChain",
-        &["filters", "name", "metadata", "filter_chain_match"],
+        &[
+            "filters",
+            "name",
+            "metadata",
+            "filter_chain_match",
+            "transport_socket_connect_timeout",
+        ],
     ),
     (
         "envoy.config.listener.v3.FilterChainMatch",
@@ -240,7 +247,7 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("envoy.type.v3.Int32Range", &["start", "end"]),
     (
         "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
-        &[],
+        &["initial_read_buffer_size"],
     ),
     (
         "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
@@ -273,6 +280,9 @@ const FIELDS: &[(&str, &[&str])] = &[
             "xff_num_trusted_hops",
             "preserve_external_request_id",
             "request_id_extension",
+            "stream_idle_timeout",
+            "path_with_escaped_slashes_action",
+            "proxy_100_continue",
         ],
     ),
     (
@@ -780,6 +790,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "max_requests_per_connection",
             "upstream_connection_options",
             "common_lb_config",
+            "cleanup_interval",
         ],
     ),
     ("envoy.config.cluster.v3.Cluster.CommonLbConfig", &[]),

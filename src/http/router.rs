@@ -750,6 +750,15 @@ impl HttpConnectionManager {
         }
         headers::strip_hop_by_hop(&mut parts.headers);
         let h = &mut parts.headers;
+        // `Expect: 100-continue` stays only with `proxy_100_continue`. The downstream's
+        // `100 Continue` is sent by pilotfish when it starts reading the body (hyper has
+        // no way to relay the upstream's), so the client gets it either way.
+        if !self.config.proxy_100_continue
+            && h.get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        {
+            h.remove(header::EXPECT);
+        }
         if let Some(t) = timeout {
             h.insert(
                 headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,

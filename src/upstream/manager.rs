@@ -109,9 +109,11 @@ pub async fn start(clusters: &[Arc<Cluster>]) {
         .filter(|c| c.config.discovery == Discovery::OriginalDst)
     {
         let weak = Arc::downgrade(c);
+        let every = c.config.cleanup_interval;
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                // tokio caps a sleep past its horizon (istiod's ~292 years) at ~30 years.
+                tokio::time::sleep(every).await;
                 let Some(c) = weak.upgrade() else { return };
                 c.cleanup_original_dst();
             }
@@ -158,5 +160,26 @@ mod tests {
         m.apply(vec![], &["a".into()], &store);
         assert!(m.get("a").is_none());
         assert_eq!(m.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn original_dst_hosts_are_dropped_at_the_cleanup_interval() {
+        let store = Store::new();
+        let c = ClusterConfig {
+            discovery: Discovery::OriginalDst,
+            endpoints: vec![],
+            cleanup_interval: Duration::from_secs(60),
+            ..config("passthrough", 0)
+        };
+        let m = ClusterManager::new(&[c], &store);
+        let cluster = m.get("passthrough").unwrap();
+        start(std::slice::from_ref(&cluster)).await;
+        let dst = "10.0.0.9:80".parse().unwrap();
+        let host = Arc::downgrade(&cluster.pick(Some(dst)).unwrap());
+        // Envoy's 5s default would have dropped it by now; this cluster asks for 60s.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(host.upgrade().is_some());
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(host.upgrade().is_none());
     }
 }

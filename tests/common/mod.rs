@@ -4,6 +4,7 @@
 
 pub mod istio;
 pub mod netns;
+pub mod pod;
 pub mod xds;
 
 use std::{
@@ -534,6 +535,10 @@ impl Differences {
                 "{case}:\n  envoy:     {envoy:?}\n  pilotfish: {ours:?}"
             ));
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.found.is_empty()
     }
 
     pub fn assert_none(self) {

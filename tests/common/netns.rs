@@ -64,6 +64,17 @@ pub fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// True when root can create network namespaces (iproute2) and run `tools` from PATH.
+pub fn available_with(tools: &[&str]) -> bool {
+    available()
+        && tools.iter().all(|t| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+}
+
 /// True when this process can create network namespaces (root with iproute2).
 pub fn available() -> bool {
     nix::unistd::geteuid().is_root()
