@@ -4,83 +4,15 @@
 //! methods, an allowlist).
 mod common;
 
-use std::{net::SocketAddr, pin::Pin};
+use std::net::SocketAddr;
 
-use common::*;
+use common::{grpc_services::*, *};
 use envoy_types::pb::envoy::service::{
-    auth::v3::{
-        CheckRequest, CheckResponse,
-        authorization_client::AuthorizationClient,
-        authorization_server::{Authorization, AuthorizationServer},
-    },
+    auth::v3::authorization_client::AuthorizationClient,
     discovery::v3::{
-        DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-        aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
-        aggregated_discovery_service_server::{
-            AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-        },
+        DiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
     },
 };
-use futures_util::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
-
-struct Svc;
-
-#[tonic::async_trait]
-impl Authorization for Svc {
-    async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        let denied = req
-            .into_inner()
-            .attributes
-            .and_then(|a| a.request)
-            .and_then(|r| r.http)
-            .is_some_and(|h| h.path == "/deny");
-        if denied {
-            return Err(Status::permission_denied("no"));
-        }
-        Ok(Response::new(CheckResponse::default()))
-    }
-}
-
-type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Svc {
-    type StreamAggregatedResourcesStream = Out<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = Out<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        req: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let out = req.into_inner().map(|r| {
-            r.map(|r| DiscoveryResponse {
-                nonce: r.type_url,
-                ..Default::default()
-            })
-        });
-        Ok(Response::new(Box::pin(out)))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        _: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented("delta"))
-    }
-}
-
-async fn grpc_server() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AuthorizationServer::new(Svc))
-            .add_service(AggregatedDiscoveryServiceServer::new(Svc))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
-    );
-    addr
-}
 
 fn bootstrap(server: SocketAddr, filter: &str) -> String {
     let routes = r#"              - match: { prefix: "/" }
@@ -91,22 +23,6 @@ fn bootstrap(server: SocketAddr, filter: &str) -> String {
             "          http_filters:\n          - name: envoy.filters.http.grpc_stats\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig\n{filter}"
         ),
     )
-}
-
-fn check_request(path: &str) -> CheckRequest {
-    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    path: path.into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
 }
 
 /// Three successful calls, one failed, one stream of four messages each way.
