@@ -195,23 +195,12 @@ pub fn network(
             "{path}.enforcement_type: only ONE_TIME_ON_FIRST_BYTE is supported"
         ));
     }
-    Ok((
-        RbacConfig {
-            rules: r
-                .rules
-                .as_ref()
-                .map(|x| rules(x, &format!("{path}.rules")))
-                .transpose()?,
-            shadow: r
-                .shadow_rules
-                .as_ref()
-                .map(|x| rules(x, &format!("{path}.shadow_rules")))
-                .transpose()?,
-            rules_stat_prefix: String::new(),
-            shadow_rules_stat_prefix: r.shadow_rules_stat_prefix.clone(),
-        },
-        r.stat_prefix,
-    ))
+    let config = both(
+        (r.rules.as_ref(), ""),
+        (r.shadow_rules.as_ref(), &r.shadow_rules_stat_prefix),
+        path,
+    )?;
+    Ok((config, r.stat_prefix))
 }
 
 /// `envoy.filters.http.rbac`.
@@ -225,18 +214,27 @@ pub fn http(
     if r.track_per_rule_stats {
         return Err(format!("{path}.track_per_rule_stats: not supported"));
     }
+    both(
+        (r.rules.as_ref(), &r.rules_stat_prefix),
+        (r.shadow_rules.as_ref(), &r.shadow_rules_stat_prefix),
+        path,
+    )
+}
+
+/// The enforced and shadow rules of either filter, with their stat prefixes.
+fn both(
+    (enforced, enforced_prefix): (Option<&RbacPb>, &str),
+    (shadow, shadow_prefix): (Option<&RbacPb>, &str),
+    path: &str,
+) -> Result<RbacConfig> {
     Ok(RbacConfig {
-        rules: r
-            .rules
-            .as_ref()
+        rules: enforced
             .map(|x| rules(x, &format!("{path}.rules")))
             .transpose()?,
-        shadow: r
-            .shadow_rules
-            .as_ref()
+        shadow: shadow
             .map(|x| rules(x, &format!("{path}.shadow_rules")))
             .transpose()?,
-        rules_stat_prefix: r.rules_stat_prefix.clone(),
-        shadow_rules_stat_prefix: r.shadow_rules_stat_prefix.clone(),
+        rules_stat_prefix: enforced_prefix.to_owned(),
+        shadow_rules_stat_prefix: shadow_prefix.to_owned(),
     })
 }
