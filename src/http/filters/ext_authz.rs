@@ -162,7 +162,9 @@ impl ExtAuthzStats {
     }
 
     /// Envoy counts each outcome twice: in the connection manager's scope and in the
-    /// route's target cluster's (`cluster.<name>.ext_authz.<outcome>`).
+    /// route's target cluster's (`cluster.<name>.ext_authz.<outcome>`). The cluster's
+    /// counter is looked up by name per check: cheap next to the call to the service
+    /// that every check makes, and it spares holding counters for every route target.
     fn count(&self, which: &Counter, name: &str, cfg: &ExtAuthzConfig, cluster: Option<&str>) {
         which.inc();
         if let Some(c) = cluster {
