@@ -13,7 +13,8 @@
 //!    name, FQDN and ClusterIP through `virtualOutbound` → the per-port listener → RDS →
 //!    the subset the VirtualService picks (`end-user: jason` → reviews v2, else v1), a
 //!    TCP service by its ClusterIP listener, unknown destinations through
-//!    `PassthroughCluster`; inbound HTTP on the service port and passthrough to other
+//!    `PassthroughCluster`; istiod's retry policy recovering a gRPC `unavailable`;
+//!    inbound HTTP on the service port and passthrough to other
 //!    ports, from 127.0.0.6.
 //! 3. The same requests through Envoy 1.40, on the same bootstrap and the same served
 //!    configuration: the same answers.
@@ -439,7 +440,7 @@ fn traffic(pod: &Netns, cluster: &Netns) -> BTreeMap<&'static str, String> {
                     ),
                 ),
                 (
-                    "ratings by ClusterIP",
+                    "ratings by ClusterIP, retried on gRPC unavailable",
                     get("10.96.10.13:9080", "10.96.10.13:9080", &[]),
                 ),
                 (
@@ -530,7 +531,8 @@ async fn productpage_sidecar_as_istiod_configures_it() {
     cluster
         .run(|| {
             http_server("10.244.0.21:9080", "details-v1");
-            http_server("10.244.0.22:9080", "ratings-v1");
+            // Fails every other request the way istiod's retry policy retries.
+            unavailable_every_other("10.244.0.22:9080", "ratings-v1");
             http_server("10.244.0.23:9080", "reviews-v1");
             http_server("10.244.0.24:9080", "reviews-v2");
             http_server("10.244.0.25:9080", "reviews-v3");
@@ -626,7 +628,10 @@ async fn productpage_sidecar_as_istiod_configures_it() {
         ("reviews by name", "reviews-v1 saw 10.244.0.10"),
         ("reviews for jason", "reviews-v2 saw 10.244.0.10"),
         ("details by FQDN", "details-v1 saw 10.244.0.10"),
-        ("ratings by ClusterIP", "ratings-v1 saw 10.244.0.10"),
+        (
+            "ratings by ClusterIP, retried on gRPC unavailable",
+            "ratings-v1 saw 10.244.0.10",
+        ),
         ("HTTP to a host outside the mesh", "outside saw 10.244.0.10"),
         ("mysqldb by ClusterIP (TCP)", "mysql banner to 10.244.0.10"),
         ("TCP outside the mesh", "echo hello from 10.244.0.10"),

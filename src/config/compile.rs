@@ -327,7 +327,7 @@ pub fn listener(l: &Listener, path: &str, clusters: &HashSet<String>) -> Result<
         }
         filter_chains.push(compiled);
     }
-    let default_chain = match &l.default_filter_chain {
+    let mut default_chain = match &l.default_filter_chain {
         Some(c) => {
             let dpath = format!("{path}.default_filter_chain");
             // Envoy ignores a default chain's `filter_chain_match` (istiod sends an
@@ -340,6 +340,13 @@ pub fn listener(l: &Listener, path: &str, clusters: &HashSet<String>) -> Result<
         return Err(format!(
             "{path}.filter_chains: at least one filter chain (or a default_filter_chain) is required"
         ));
+    }
+    if let Some(limit) = &l.per_connection_buffer_limit_bytes {
+        for chain in filter_chains.iter_mut().chain(default_chain.as_mut()) {
+            if let NetworkFilter::Http(h) = &mut chain.filter {
+                h.buffer_limit = limit.value as usize;
+            }
+        }
     }
     let stat_name = if l.stat_prefix.is_empty() {
         format!("{}_{}", address.ip(), address.port())
@@ -749,6 +756,7 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
             xff_num_trusted_hops: hcm.xff_num_trusted_hops,
             preserve_external_request_id: hcm.preserve_external_request_id,
         },
+        buffer_limit: 1 << 20,
     })
 }
 
@@ -855,8 +863,8 @@ pub fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     Ok(compiled)
 }
 
-/// Circuit breakers are not enforced yet: thresholds that could bind are refused, as
-/// any unimplemented behaviour is. A bootstrap's xDS cluster is exempt: the ADS client
+/// Circuit breakers other than `max_retries` (and `retry_budget`) are not enforced
+/// yet: thresholds that could bind are refused, as any unimplemented behaviour is. A bootstrap's xDS cluster is exempt: the ADS client
 /// opens one connection with one stream on it, which no threshold of 1 or more limits.
 fn unenforced_breakers(c: &ClusterConfig, path: &str) -> Result<()> {
     for (i, l) in [c.breakers.default, c.breakers.high].iter().enumerate() {
@@ -864,7 +872,6 @@ fn unenforced_breakers(c: &ClusterConfig, path: &str) -> Result<()> {
             ("max_connections", l.max_connections, 1024),
             ("max_pending_requests", l.max_pending_requests, 1024),
             ("max_requests", l.max_requests, 1024),
-            ("max_retries", l.max_retries, 3),
         ] {
             // Unset thresholds (Envoy's defaults) are not enforced either: accepted as
             // before, and documented.
@@ -891,9 +898,6 @@ fn breakers(
     let mut seen = [false; 2];
     for (i, t) in cb.thresholds.iter().enumerate() {
         let tpath = format!("{path}.thresholds[{i}]");
-        if t.retry_budget.is_some() {
-            return Err(format!("{tpath}.retry_budget: not supported"));
-        }
         let high = t.priority == 1;
         if std::mem::replace(&mut seen[usize::from(high)], true) {
             return Err(format!("{tpath}.priority: given twice"));
@@ -912,6 +916,18 @@ fn breakers(
         set(&mut l.max_pending_requests, &t.max_pending_requests);
         set(&mut l.max_requests, &t.max_requests);
         set(&mut l.max_retries, &t.max_retries);
+        if let Some(b) = &t.retry_budget {
+            let percent = b.budget_percent.as_ref().map_or(20.0, |p| p.value);
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(format!(
+                    "{tpath}.retry_budget.budget_percent: {percent} is not within 0..100"
+                ));
+            }
+            l.retry_budget = Some(crate::config::model::RetryBudget {
+                budget_percent: percent,
+                min_retry_concurrency: b.min_retry_concurrency.as_ref().map_or(3, |v| v.value),
+            });
+        }
     }
     Ok(out)
 }

@@ -2,9 +2,11 @@
 pub mod compile;
 pub mod encoded_check;
 pub mod http_filters;
+pub mod mirror;
 pub mod model;
 pub mod proto;
 pub mod rbac;
+pub mod retry;
 pub mod route_config;
 pub mod server;
 pub mod support;

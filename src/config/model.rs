@@ -265,6 +265,9 @@ pub struct HttpConfig {
     pub normalize_path: bool,
     pub merge_slashes: bool,
     pub forwarded: ForwardedConfig,
+    /// The listener's `per_connection_buffer_limit_bytes` (Envoy's default 1 MiB): how
+    /// much of a request body is kept to replay it on a retry.
+    pub buffer_limit: usize,
 }
 
 /// Where a connection manager's routes come from.
@@ -384,6 +387,11 @@ pub struct Forward {
     /// How a gRPC request's `grpc-timeout` replaces `timeout` (`max_grpc_timeout` or
     /// `max_stream_duration.grpc_timeout_header_max`); `None`: it does not.
     pub grpc_timeout: Option<GrpcTimeout>,
+    /// The route's `retry_policy`, else its virtual host's.
+    pub retry: Option<Arc<crate::http::retry::RetryPolicy>>,
+    /// `request_mirror_policies`: the route's, else its virtual host's, else the route
+    /// configuration's.
+    pub mirrors: Vec<crate::http::mirror::MirrorPolicy>,
 }
 
 /// Envoy's rule for gRPC requests: the `grpc-timeout` header (less `offset`), or no
@@ -417,6 +425,8 @@ impl Forward {
             upgrades: Vec::new(),
             idle_timeout: None,
             grpc_timeout: None,
+            retry: None,
+            mirrors: Vec::new(),
         }
     }
 }
@@ -629,19 +639,31 @@ impl Default for ClusterConfig {
 }
 
 /// A cluster's circuit-breaker thresholds at both routing priorities.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Breakers {
     pub default: Limits,
     pub high: Limits,
 }
 
 /// One priority's thresholds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     pub max_connections: u32,
     pub max_pending_requests: u32,
     pub max_requests: u32,
     pub max_retries: u32,
+    /// `retry_budget`: replaces `max_retries` when set.
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// `retry_budget`: concurrent retries allowed as a share of the cluster's active and
+/// pending requests, never fewer than `min_retry_concurrency`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    /// Percent (Envoy's default 20).
+    pub budget_percent: f64,
+    /// Envoy's default 3.
+    pub min_retry_concurrency: u32,
 }
 
 impl Default for Limits {
@@ -652,6 +674,7 @@ impl Default for Limits {
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
+            retry_budget: None,
         }
     }
 }

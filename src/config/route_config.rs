@@ -48,6 +48,7 @@ pub fn route_table(
         .max_direct_response_body_size_bytes
         .as_ref()
         .map_or(4096, |v| v.value as usize);
+    let rc_mirrors = super::mirror::mirror_policies(&rc.request_mirror_policies, path)?;
     let mut seen = HashSet::new();
     let mut virtual_hosts = Vec::new();
     for (v, vh) in rc.virtual_hosts.iter().enumerate() {
@@ -66,6 +67,23 @@ pub fn route_table(
             }
             domains.push(d);
         }
+        // A route's retry policy replaces the virtual host's, as in Envoy.
+        let vh_retry = vh
+            .retry_policy
+            .as_ref()
+            .map(|p| super::retry::retry_policy(p, &format!("{vpath}.retry_policy")))
+            .transpose()?
+            .map(std::sync::Arc::new);
+        // The most specific non-empty mirror policies apply, not merged (as Envoy).
+        let vh_mirrors = super::mirror::mirror_policies(&vh.request_mirror_policies, &vpath)?;
+        let inherited = Inherited {
+            retry: vh_retry.as_ref(),
+            mirrors: if vh_mirrors.is_empty() {
+                &rc_mirrors
+            } else {
+                &vh_mirrors
+            },
+        };
         let mut routes = Vec::new();
         for (r, rt) in vh.routes.iter().enumerate() {
             routes.push(route(
@@ -73,6 +91,7 @@ pub fn route_table(
                 &format!("{vpath}.routes[{r}]"),
                 clusters,
                 max_body,
+                &inherited,
             )?);
         }
         virtual_hosts.push(VirtualHost {
@@ -103,11 +122,19 @@ pub fn route_table(
     })
 }
 
+/// What a route takes from its virtual host (or route configuration) when it sets
+/// nothing itself.
+struct Inherited<'a> {
+    retry: Option<&'a std::sync::Arc<crate::http::retry::RetryPolicy>>,
+    mirrors: &'a [crate::http::mirror::MirrorPolicy],
+}
+
 fn route(
     rt: &envoy_types::pb::envoy::config::route::v3::Route,
     path: &str,
     clusters: Option<&HashSet<String>>,
     max_body: usize,
+    inherited: &Inherited<'_>,
 ) -> Result<Route> {
     // `decorator` names the request's span: with no tracing configured (pilotfish
     // rejects the connection manager's `tracing`) there is no span, as in Envoy.
@@ -123,7 +150,14 @@ fn route(
     let matcher = route_match(m, &format!("{path}.match"))?;
     let action = match &rt.action {
         Some(route::Action::Route(a)) => {
-            RouteAction::Forward(forward(a, &format!("{path}.route"), clusters)?)
+            let mut f = forward(a, &format!("{path}.route"), clusters)?;
+            if f.retry.is_none() {
+                f.retry = inherited.retry.cloned();
+            }
+            if f.mirrors.is_empty() {
+                f.mirrors = inherited.mirrors.to_vec();
+            }
+            RouteAction::Forward(f)
         }
         Some(route::Action::Redirect(r)) => {
             RouteAction::Redirect(redirect(r, &format!("{path}.redirect"))?)
@@ -214,7 +248,15 @@ fn forward(
             )
         })
         .collect();
+    let retry = action
+        .retry_policy
+        .as_ref()
+        .map(|p| super::retry::retry_policy(p, &format!("{apath}.retry_policy")))
+        .transpose()?
+        .map(std::sync::Arc::new);
     Ok(Forward {
+        mirrors: super::mirror::mirror_policies(&action.request_mirror_policies, apath)?,
+        retry,
         grpc_timeout: grpc_timeout(action, apath)?,
         cluster,
         rewrite,

@@ -603,6 +603,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "validate_clusters",
             "ignore_port_in_host_matching",
             "max_direct_response_body_size_bytes",
+            "request_mirror_policies",
         ],
     ),
     (
@@ -618,6 +619,8 @@ const FIELDS: &[(&str, &[&str])] = &[
             "response_headers_to_remove",
             "include_request_attempt_count",
             "include_attempt_count_in_response",
+            "retry_policy",
+            "request_mirror_policies",
         ],
     ),
     (
@@ -729,7 +732,64 @@ const FIELDS: &[(&str, &[&str])] = &[
             "max_grpc_timeout",
             "grpc_timeout_offset",
             "max_stream_duration",
+            "retry_policy",
+            "request_mirror_policies",
         ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
+        &[
+            "cluster",
+            "cluster_header",
+            "runtime_fraction",
+            "trace_sampled",
+            "disable_shadow_host_suffix_append",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy",
+        &[
+            "retry_on",
+            "num_retries",
+            "per_try_timeout",
+            "per_try_idle_timeout",
+            "retry_priority",
+            "retry_host_predicate",
+            "host_selection_retry_max_attempts",
+            "retriable_status_codes",
+            "retry_back_off",
+            "rate_limited_retry_back_off",
+            "retriable_headers",
+            "retriable_request_headers",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.RetryHostPredicate",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.RetryPriority",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+        &[],
+    ),
+    (
+        "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+        &["update_frequency"],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.RetryBackOff",
+        &["base_interval", "max_interval"],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.RateLimitedRetryBackOff",
+        &["reset_headers", "max_interval"],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.ResetHeader",
+        &["name", "format"],
     ),
     (
         "envoy.config.route.v3.RouteAction.UpgradeConfig",
@@ -849,7 +909,13 @@ const FIELDS: &[(&str, &[&str])] = &[
             "max_requests",
             "max_retries",
             "track_remaining",
+            "retry_budget",
         ],
+    ),
+    ("envoy.type.v3.Percent", &["value"]),
+    (
+        "envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget",
+        &["budget_percent", "min_retry_concurrency"],
     ),
     (
         "envoy.config.endpoint.v3.ClusterLoadAssignment",
@@ -1119,7 +1185,7 @@ mod tests {
             ),
             (
                 "envoy.config.route.v3.RouteConfiguration",
-                "name: r\nvirtual_hosts: [{ name: v, domains: [\"*\"], routes: [{ match: { prefix: / }, route: { cluster: c, retry_policy: { num_retries: 2 } } }] }]\n",
+                "name: r\nvirtual_hosts: [{ name: v, domains: [\"*\"], routes: [{ match: { prefix: / }, route: { cluster: c, hedge_policy: { hedge_on_per_try_timeout: true } } }] }]\n",
                 false,
             ),
         ];

@@ -134,6 +134,23 @@ fn appended_address(peer: IpAddr) -> IpAddr {
     local_address(peer.is_ipv4()).unwrap_or(peer)
 }
 
+/// What Envoy's internal client adds to a request it makes itself (a mirror's copy):
+/// `x-envoy-internal: true`, and this host's address appended to `x-forwarded-for`
+/// (its first non-loopback IPv4 address, as Envoy's local node address, read once).
+pub fn mark_internal(h: &mut HeaderMap) {
+    static LOCAL: std::sync::OnceLock<Option<IpAddr>> = std::sync::OnceLock::new();
+    h.insert("x-envoy-internal", HeaderValue::from_static("true"));
+    if let Some(ip) = LOCAL.get_or_init(|| local_address(true)) {
+        let value = match xff(h) {
+            Some(x) => format!("{x},{ip}"),
+            None => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(X_FORWARDED_FOR, v);
+        }
+    }
+}
+
 fn local_address(v4: bool) -> Option<IpAddr> {
     let addrs = nix::ifaddrs::getifaddrs().ok()?;
     addrs

@@ -51,10 +51,53 @@ impl ResponseFlag {
     }
 }
 
+/// The retry flags of a response (upstream or local): `URX` when retries ran out on a
+/// retriable outcome, `UO` when the retry breaker refused one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryFlags {
+    pub limit_exceeded: bool,
+    pub overflow: bool,
+}
+
+impl RetryFlags {
+    /// Notes the flags on the response, for the access log.
+    pub fn mark<B>(self, resp: &mut Response<B>) {
+        if self != RetryFlags::default() {
+            resp.extensions_mut().insert(self);
+        }
+    }
+}
+
+/// `%RESPONSE_FLAGS%` as Envoy 1.40 prints them: in the order they were set. The
+/// fault filter's `DI` comes first, then the router's retry verdict (`UO`, `URX`),
+/// then the flag of the local reply that ended the request.
+pub fn flags_text(flag: Option<ResponseFlag>, delayed: bool, retry: RetryFlags) -> Option<String> {
+    let primary = flag.map(ResponseFlag::as_str).filter(|f| *f != "-");
+    let set: Vec<&str> = [
+        delayed.then_some("DI"),
+        retry.overflow.then_some("UO"),
+        retry.limit_exceeded.then_some("URX"),
+        primary,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!set.is_empty()).then(|| set.join(","))
+}
+
 pub const CONNECT_FAILURE: &str = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
 pub const CONNECT_TIMEOUT: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection timeout";
 pub const CONNECTION_TERMINATION: &str = "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+
+pub const REFUSED_STREAM: &str = "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset";
+
+/// The same replies after retries, as Envoy words them.
+pub const RETRIED_CONNECT_FAILURE: &str = "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure";
+pub const RETRIED_CONNECT_TIMEOUT: &str = "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection timeout";
+pub const RETRIED_CONNECTION_TERMINATION: &str = "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection termination";
+
+pub const RETRIED_REFUSED_STREAM: &str = "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote refused stream reset";
 
 pub const FAULT_ABORT: &str = "fault filter abort";
 
@@ -147,5 +190,42 @@ fn http_to_grpc_status(status: u16) -> u32 {
         404 => 12,                   // UNIMPLEMENTED
         429 | 502 | 503 | 504 => 14, // UNAVAILABLE
         _ => 2,                      // UNKNOWN
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Envoy 1.40 prints flags in the order they were set (checked in
+    /// tests/envoy_retries.rs and tests/envoy_fault.rs).
+    #[test]
+    fn flags_print_in_the_order_envoy_sets_them() {
+        let urx = RetryFlags {
+            limit_exceeded: true,
+            overflow: false,
+        };
+        assert_eq!(
+            flags_text(Some(ResponseFlag::UpstreamRequestTimeout), false, urx).as_deref(),
+            Some("URX,UT")
+        );
+        assert_eq!(
+            flags_text(
+                Some(ResponseFlag::FaultInjected),
+                true,
+                RetryFlags::default()
+            )
+            .as_deref(),
+            Some("DI,FI")
+        );
+        assert_eq!(flags_text(None, false, urx).as_deref(), Some("URX"));
+        assert_eq!(
+            flags_text(
+                Some(ResponseFlag::RbacAccessDenied),
+                false,
+                RetryFlags::default()
+            ),
+            None
+        );
     }
 }

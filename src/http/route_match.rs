@@ -4,7 +4,10 @@
 //! fraction all match wins.
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use super::{header_mutation::HeaderMutations, matchers::RequestHead};
+use super::{
+    header_mutation::HeaderMutations, matchers::RequestHead, mirror::MirrorPolicy,
+    retry::RetryPolicy,
+};
 use crate::{
     config::{
         ClusterSpec, DirectResponse, FilterOverride, GrpcTimeout, Headers, PathMatch, PerFilter,
@@ -32,6 +35,8 @@ pub enum Action {
         upgrades: Vec<(String, bool)>,
         idle_timeout: Option<Duration>,
         grpc_timeout: Option<GrpcTimeout>,
+        retry: Option<Arc<RetryPolicy>>,
+        mirrors: Vec<MirrorPolicy>,
     },
     Redirect(Redirect),
     Direct(DirectResponse),
@@ -85,6 +90,8 @@ pub enum Target<'a> {
         upgrades: &'a [(String, bool)],
         idle_timeout: Option<Duration>,
         grpc_timeout: Option<GrpcTimeout>,
+        retry: Option<&'a RetryPolicy>,
+        mirrors: &'a [MirrorPolicy],
     },
     Redirect(&'a Redirect),
     Direct(&'a DirectResponse),
@@ -196,6 +203,8 @@ impl Routes {
                         upgrades: f.upgrades.clone(),
                         idle_timeout: f.idle_timeout,
                         grpc_timeout: f.grpc_timeout,
+                        retry: f.retry.clone(),
+                        mirrors: f.mirrors.clone(),
                     },
                     RouteAction::Redirect(r) => Action::Redirect(r.clone()),
                     RouteAction::Direct(d) => Action::Direct(d.clone()),
@@ -279,6 +288,8 @@ impl Routes {
                 upgrades,
                 idle_timeout,
                 grpc_timeout,
+                retry,
+                mirrors,
             } => match targets.pick(req.headers, clusters) {
                 Some((cluster, w)) => {
                     let target = Target::Forward {
@@ -288,6 +299,8 @@ impl Routes {
                         upgrades,
                         idle_timeout: *idle_timeout,
                         grpc_timeout: *grpc_timeout,
+                        retry: retry.as_deref(),
+                        mirrors,
                     };
                     (target, w)
                 }

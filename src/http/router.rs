@@ -28,9 +28,11 @@ use super::{
     },
     header_mutation, headers,
     idle::Activity,
-    local_reply::{self, ResponseFlag},
+    local_reply::{self, ResponseFlag, RetryFlags},
     matchers::RequestHead,
-    path_normalize, redirect, rewrite,
+    mirror, path_normalize, redirect,
+    retry::{Decision, Failure, Replay, RetryState},
+    rewrite,
     route_match::{Matched, Routes, Target},
     route_slot::{RouteSlots, RoutesHandle},
     upgrade,
@@ -44,8 +46,9 @@ use crate::{
     },
     upstream::{
         ClusterManager,
+        cluster::{Cluster, Host},
         connect::ConnectError,
-        http_pool::{self, SendError},
+        http_pool::{self, PooledBody, SendError},
         manager::ClusterMap,
     },
 };
@@ -105,6 +108,8 @@ struct Picked<'a> {
     grpc_call: Option<Arc<grpc_stats::Call>>,
     /// Headers the ext_authz service asked to add to the response.
     authz_response: Vec<(http::HeaderName, HeaderValue)>,
+    /// Attempts sent upstream (`x-envoy-attempt-count`).
+    attempts: u32,
 }
 
 /// What the listener knows about the downstream connection.
@@ -284,9 +289,13 @@ impl HttpConnectionManager {
         self.compress(compress, &mut resp);
         let resp = Self::count_grpc_response(&grpc_call, resp);
         record.response_code = resp.status().as_u16();
-        record.response_flags = flags(
+        record.response_flags = local_reply::flags_text(
             resp.extensions().get::<ResponseFlag>().copied(),
             picked.delayed,
+            resp.extensions()
+                .get::<RetryFlags>()
+                .copied()
+                .unwrap_or_default(),
         );
         record.response_headers = Some(resp.headers().clone());
         record.upstream_host = picked.host;
@@ -378,9 +387,11 @@ impl HttpConnectionManager {
             resp.headers_mut().append(k.clone(), v.clone());
         }
         if let Some(m) = &picked.matched {
-            if m.attempt_count().1 && picked.host.is_some() {
-                resp.headers_mut()
-                    .insert(headers::X_ENVOY_ATTEMPT_COUNT, headers::decimal(1));
+            if m.attempt_count().1 && picked.attempts > 0 {
+                resp.headers_mut().insert(
+                    headers::X_ENVOY_ATTEMPT_COUNT,
+                    headers::decimal(u64::from(picked.attempts)),
+                );
             }
             let levels = || m.header_levels(false);
             if levels().next().is_some() {
@@ -570,7 +581,8 @@ impl HttpConnectionManager {
         if let Some(a) = &authorized {
             a.apply(req.headers_mut());
         }
-        let Some(host) = cluster.pick(Some(original_dst(&cluster.config, &req, down.local))) else {
+        let dst = original_dst(&cluster.config, &req, down.local);
+        let Some(host) = cluster.pick(Some(dst)) else {
             cluster.stats.upstream_cx_none_healthy.inc();
             cluster.stats.upstream_rq.record(503);
             return local_reply::reply(ResponseFlag::NoHealthyUpstream);
@@ -602,83 +614,271 @@ impl HttpConnectionManager {
                 UpstreamProtocol::Http2 => true,
                 UpstreamProtocol::Downstream => req.version() == Version::HTTP_2,
             };
-        let mut upstream_req =
-            match self.upstream_request(req, &matched, down, authority, h2, timeout) {
-                Ok(r) => r,
-                Err(resp) => return resp,
+        // The route's retry policy (an upgrade is never retried: its body is a tunnel).
+        let policy = match &matched.target {
+            Target::Forward { retry, .. } if upgrade.is_none() => *retry,
+            _ => None,
+        };
+        let mut retry = policy.and_then(|p| {
+            let head = RequestHead {
+                method: req.method().as_str(),
+                scheme: "http",
+                authority: authority.as_deref().unwrap_or(""),
+                path_and_query: req.uri().path_and_query().map_or("/", PathAndQuery::as_str),
+                headers: req.headers(),
             };
-        if let Some(activity) = &idle {
-            // Request data counts as activity for the route's idle timeout.
-            let activity = activity.clone();
-            upstream_req = upstream_req.map(|b| body::boxed(Guarded::new(b, activity, None)));
-        }
-        if let Some(kind) = &upgrade {
-            upgrade::restore_headers(upstream_req.headers_mut(), kind.clone());
+            RetryState::new(p, &head, None)
+        });
+        let (per_try, per_try_idle) = retry.as_ref().map_or((None, None), |r| {
+            (r.policy().per_try_timeout, r.policy().per_try_idle_timeout)
+        });
+        // The upstream is told the time it has: the per-try timeout when shorter.
+        let expected = match (timeout, per_try) {
+            (Some(t), Some(p)) => Some(t.min(p)),
+            (t, p) => t.or(p),
+        };
+        // The mirrors this request is copied to (chosen on the downstream headers).
+        let mirror_to: Vec<(Arc<Cluster>, bool)> = match &matched.target {
+            Target::Forward { mirrors, .. } if upgrade.is_none() => mirrors
+                .iter()
+                .filter_map(|m| m.pick(req.headers(), clusters).map(|c| (c, m.keep_host)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let upstream_req = match self.upstream_request(req, &matched, down, authority, h2, expected)
+        {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        };
+        // With retries or mirrors the head is kept to send again and the body made
+        // replayable.
+        let mut first = None;
+        let resend = if retry.is_some() || !mirror_to.is_empty() {
+            Some(Resend::new(
+                upstream_req,
+                self.config.buffer_limit,
+                &cluster.stats.retry_or_shadow_abandoned,
+            ))
+        } else {
+            first = Some(upstream_req);
+            None
+        };
+        if let Some(r) = &resend {
+            for (mirror, keep_host) in mirror_to {
+                mirror::send(mirror, r.copy(timeout, dst), keep_host);
+            }
         }
 
         let stats = &cluster.stats;
-        stats.upstream_rq_total.inc();
-        let active = GaugeGuard::new(&stats.upstream_rq_active);
-        let start = Instant::now();
-        // One timer serves the whole request: response headers, then the body.
+        // One timer serves the whole request, retries included: response headers,
+        // then the body.
         let mut deadline = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
-        // Pinned where they are, in a block that ends them: the request's futures are
-        // large, and each move into a `select!` would copy them.
-        let result = {
-            let sent = std::pin::pin!(async {
-                match upgrade {
-                    Some(_) => http_pool::send_upgrade(&cluster, &host, upstream_req).await,
-                    None => http_pool::send(&cluster, &host, upstream_req, h2).await,
-                }
-            });
-            let waited = std::pin::pin!(async {
-                match deadline.as_mut() {
-                    Some(d) => tokio::select! {
-                        biased;
-                        r = sent => Some(r),
-                        () = d.as_mut() => None,
-                    },
-                    None => Some(sent.await),
-                }
-            });
-            let went_idle = std::pin::pin!(async {
-                match &idle {
-                    Some(activity) => activity.expired().await,
-                    None => std::future::pending().await,
-                }
-            });
-            tokio::select! {
-                r = waited => r,
-                () = went_idle => return local_reply::reply(ResponseFlag::StreamIdleTimeout),
+        let mut host = host;
+        let mut attempt = 1;
+        let mut retry_flags = RetryFlags::default();
+        let (outcome, active, start, try_deadline) = loop {
+            picked.host = Some(host.addr);
+            picked.attempts = attempt;
+            let mut upstream_req = match (&resend, first.take()) {
+                (Some(r), _) => r.request(attempt, matched.attempt_count().0),
+                (None, Some(r)) => r,
+                (None, None) => unreachable!("a request without retries is sent once"),
+            };
+            if let Some(activity) = &idle {
+                // Request data counts as activity for the route's idle timeout.
+                let activity = activity.clone();
+                upstream_req = upstream_req.map(|b| body::boxed(Guarded::new(b, activity, None)));
             }
-        };
-        let resp = match result {
-            None => {
+            let try_idle = per_try_idle.map(Activity::new);
+            if let Some(activity) = &try_idle {
+                let activity = activity.clone();
+                upstream_req = upstream_req.map(|b| body::boxed(Guarded::new(b, activity, None)));
+            }
+            if let Some(kind) = &upgrade {
+                upgrade::restore_headers(upstream_req.headers_mut(), kind.clone());
+            }
+            let active = GaugeGuard::new(&stats.upstream_rq_active);
+            let start = Instant::now();
+            let mut try_deadline = per_try.map(|t| Box::pin(tokio::time::sleep(t)));
+            // Pinned where they are, in a block that ends them: the request's futures
+            // are large, and each move into a `select!` would copy them.
+            let outcome = {
+                let sent = std::pin::pin!(async {
+                    match upgrade {
+                        Some(_) => http_pool::send_upgrade(&cluster, &host, upstream_req).await,
+                        None => http_pool::send(&cluster, &host, upstream_req, h2).await,
+                    }
+                });
+                let timers = std::pin::pin!(async {
+                    let route = async {
+                        match deadline.as_mut() {
+                            Some(d) => d.as_mut().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    let this_try = async {
+                        match try_deadline.as_mut() {
+                            Some(d) => d.as_mut().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    let try_quiet = async {
+                        match &try_idle {
+                            Some(a) => a.expired().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    let went_idle = async {
+                        match &idle {
+                            Some(activity) => activity.expired().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        () = route => Outcome::RouteTimeout,
+                        () = this_try => Outcome::PerTryTimeout,
+                        () = try_quiet => Outcome::PerTryIdle,
+                        () = went_idle => Outcome::StreamIdle,
+                    }
+                });
+                tokio::select! {
+                    biased;
+                    r = sent => Outcome::Sent(r),
+                    o = timers => o,
+                }
+            };
+            // After a retry, Envoy's reset replies say so.
+            let retried = attempt > 1;
+            let reset_reply = |fresh: &'static str, again: &'static str, flag| {
+                local_reply::with_body(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    if retried { again } else { fresh },
+                    flag,
+                )
+            };
+            let outcome = match outcome {
+                Outcome::Sent(Ok(resp)) => Ok(resp),
+                Outcome::Sent(Err(SendError::Connect(ConnectError::Timeout))) => Err((
+                    Failure::ConnectFailure,
+                    reset_reply(
+                        local_reply::CONNECT_TIMEOUT,
+                        local_reply::RETRIED_CONNECT_TIMEOUT,
+                        ResponseFlag::UpstreamConnectionFailure,
+                    ),
+                )),
+                Outcome::Sent(Err(SendError::Connect(
+                    ConnectError::Failed(_) | ConnectError::Loop,
+                ))) => Err((
+                    Failure::ConnectFailure,
+                    reset_reply(
+                        local_reply::CONNECT_FAILURE,
+                        local_reply::RETRIED_CONNECT_FAILURE,
+                        ResponseFlag::UpstreamConnectionFailure,
+                    ),
+                )),
+                Outcome::Sent(Err(SendError::Reset(e))) => {
+                    tracing::debug!(
+                        cluster = cluster.name(),
+                        "upstream reset before headers: {e}"
+                    );
+                    let refused = refused_stream(&e);
+                    let reply = if refused {
+                        reset_reply(
+                            local_reply::REFUSED_STREAM,
+                            local_reply::RETRIED_REFUSED_STREAM,
+                            ResponseFlag::UpstreamRemoteReset,
+                        )
+                    } else {
+                        reset_reply(
+                            local_reply::CONNECTION_TERMINATION,
+                            local_reply::RETRIED_CONNECTION_TERMINATION,
+                            ResponseFlag::UpstreamConnectionTermination,
+                        )
+                    };
+                    Err((Failure::Reset { refused }, reply))
+                }
+                Outcome::PerTryTimeout | Outcome::PerTryIdle => {
+                    if matches!(outcome, Outcome::PerTryIdle) {
+                        stats.upstream_rq_per_try_idle_timeout.inc();
+                    } else {
+                        stats.upstream_rq_per_try_timeout.inc();
+                    }
+                    Err((
+                        Failure::PerTryTimeout,
+                        local_reply::reply(ResponseFlag::UpstreamRequestTimeout),
+                    ))
+                }
+                // The route's timeout ends the request, whatever retries remain.
+                Outcome::RouteTimeout => {
+                    stats.upstream_rq_timeout.inc();
+                    stats.upstream_rq.record(504);
+                    let mut resp = local_reply::reply(ResponseFlag::UpstreamRequestTimeout);
+                    retry_flags.mark(&mut resp);
+                    return resp;
+                }
+                Outcome::StreamIdle => return local_reply::reply(ResponseFlag::StreamIdleTimeout),
+            };
+            // Past the buffer limit the body cannot be sent again: no more retries.
+            if resend.as_ref().is_some_and(|r| !r.replayable()) {
+                retry = None;
+            }
+            let decision = match (&mut retry, &outcome) {
+                (Some(rs), Ok(resp)) => rs.on_response(resp.status(), resp.headers(), &cluster),
+                (Some(rs), Err((f, _))) => rs.on_failure(*f, &cluster),
+                (None, _) => Decision::No,
+            };
+            let wait = match decision {
+                Decision::Retry(wait) => wait,
+                Decision::No => break (outcome, active, start, try_deadline),
+                Decision::LimitExceeded => {
+                    retry_flags.limit_exceeded = true;
+                    break (outcome, active, start, try_deadline);
+                }
+                Decision::Overflow => {
+                    retry_flags.overflow = true;
+                    break (outcome, active, start, try_deadline);
+                }
+            };
+            // Retried: this attempt's response is dropped (its connection with it), and
+            // its status is not counted (Envoy counts the one that ends the request).
+            drop((outcome, active));
+            let Some(rs) = retry.as_mut() else {
+                unreachable!("only a request with retries is retried")
+            };
+            rs.tried.push(host.addr);
+            let backoff = tokio::time::sleep(wait);
+            let timed_out = match deadline.as_mut() {
+                Some(d) => tokio::select! {
+                    biased;
+                    () = d.as_mut() => true,
+                    () = backoff => false,
+                },
+                None => {
+                    backoff.await;
+                    false
+                }
+            };
+            if timed_out {
                 stats.upstream_rq_timeout.inc();
                 stats.upstream_rq.record(504);
                 return local_reply::reply(ResponseFlag::UpstreamRequestTimeout);
             }
-            Some(Err(SendError::Connect(ConnectError::Timeout))) => {
-                stats.upstream_rq.record(503);
-                return local_reply::with_body(
-                    http::StatusCode::SERVICE_UNAVAILABLE,
-                    local_reply::CONNECT_TIMEOUT,
-                    ResponseFlag::UpstreamConnectionFailure,
-                );
+            let Some(next) = retry_host(&cluster, rs, dst) else {
+                cluster.stats.upstream_cx_none_healthy.inc();
+                cluster.stats.upstream_rq.record(503);
+                return local_reply::reply(ResponseFlag::NoHealthyUpstream);
+            };
+            host = next;
+            attempt += 1;
+        };
+        let resp = match outcome {
+            Ok(resp) => resp,
+            Err((_, mut reply)) => {
+                stats.upstream_rq.record(reply.status().as_u16());
+                retry_flags.mark(&mut reply);
+                return reply;
             }
-            Some(Err(SendError::Connect(ConnectError::Failed(_) | ConnectError::Loop))) => {
-                stats.upstream_rq.record(503);
-                return local_reply::reply(ResponseFlag::UpstreamConnectionFailure);
-            }
-            Some(Err(SendError::Reset(e))) => {
-                tracing::debug!(
-                    cluster = cluster.name(),
-                    "upstream reset before headers: {e}"
-                );
-                stats.upstream_rq.record(503);
-                return local_reply::reply(ResponseFlag::UpstreamConnectionTermination);
-            }
-            Some(Ok(resp)) => resp,
         };
         stats.upstream_rq.record(resp.status().as_u16());
         stats.upstream_rq_completed.inc();
@@ -706,8 +906,16 @@ impl HttpConnectionManager {
             headers::X_ENVOY_UPSTREAM_SERVICE_TIME,
             headers::decimal(start.elapsed().as_millis() as u64),
         );
+        // The body is bounded by the route's timeout and this attempt's, whichever
+        // ends first.
+        let deadline = match (deadline, try_deadline) {
+            (Some(d), Some(t)) => Some(if t.deadline() < d.deadline() { t } else { d }),
+            (d, t) => d.or(t),
+        };
         let body = Guarded::new(incoming, active, deadline).with_idle(idle);
-        Response::from_parts(parts, body::boxed(body))
+        let mut resp = Response::from_parts(parts, body::boxed(body));
+        retry_flags.mark(&mut resp);
+        resp
     }
 
     /// The request as the upstream gets it: origin-form with `host` for HTTP/1.1, absolute
@@ -766,7 +974,7 @@ impl HttpConnectionManager {
             );
         }
         if matched.attempt_count().0 {
-            // One attempt: pilotfish does not retry yet.
+            // The first attempt; a retry's is set as it is sent.
             h.insert(headers::X_ENVOY_ATTEMPT_COUNT, headers::decimal(1));
         }
         let levels = || matched.header_levels(true);
@@ -816,28 +1024,6 @@ impl HttpConnectionManager {
             parts.version = Version::HTTP_11;
         }
         Ok(Request::from_parts(parts, body))
-    }
-}
-
-/// `%RESPONSE_FLAGS%`: the local reply's flag and `DI` for an injected delay, in
-/// Envoy's order (the upstream flags, then `DI`, then `FI`).
-fn flags(flag: Option<ResponseFlag>, delayed: bool) -> Option<&'static str> {
-    match (flag, delayed) {
-        (None, false) => None,
-        (None, true) => Some("DI"),
-        // Envoy has no response flag for an RBAC denial (its details name the policy).
-        (Some(ResponseFlag::RbacAccessDenied), d) => d.then_some("DI"),
-        (Some(f), false) => Some(f.as_str()),
-        (Some(ResponseFlag::FaultInjected), true) => Some("DI,FI"),
-        (Some(ResponseFlag::NoHealthyUpstream), true) => Some("UH,DI"),
-        (Some(ResponseFlag::UpstreamRequestTimeout), true) => Some("UT,DI"),
-        (Some(ResponseFlag::UpstreamConnectionFailure), true) => Some("UF,DI"),
-        (Some(ResponseFlag::UpstreamConnectionTermination), true) => Some("UC,DI"),
-        (Some(ResponseFlag::UpstreamRemoteReset), true) => Some("UR,DI"),
-        (Some(ResponseFlag::NoRouteFound), true) => Some("NR,DI"),
-        (Some(ResponseFlag::NoClusterFound), true) => Some("NC,DI"),
-        (Some(ResponseFlag::StreamIdleTimeout), true) => Some("SI,DI"),
-        (Some(ResponseFlag::UnauthorizedExternalService), true) => Some("DI,UAEX"),
     }
 }
 
@@ -902,6 +1088,122 @@ impl Drop for RequestEnd {
             log.write(&self.record);
         }
     }
+}
+
+/// What ended the wait for an attempt's response headers.
+enum Outcome {
+    Sent(Result<Response<PooledBody>, SendError>),
+    /// The route's `timeout` (it spans every attempt).
+    RouteTimeout,
+    /// The retry policy's `per_try_timeout`.
+    PerTryTimeout,
+    /// The retry policy's `per_try_idle_timeout`.
+    PerTryIdle,
+    /// The route's `idle_timeout`.
+    StreamIdle,
+}
+
+/// A request kept to be sent again: its head, and its body made replayable (none for
+/// a request without a body).
+struct Resend {
+    method: http::Method,
+    uri: Uri,
+    version: Version,
+    headers: http::HeaderMap,
+    body: Option<Replay>,
+}
+
+impl Resend {
+    fn new(req: Request<Body>, limit: usize, abandoned: &crate::telemetry::stats::Counter) -> Self {
+        let (parts, b) = req.into_parts();
+        let body = (!hyper::body::Body::is_end_stream(&b))
+            .then(|| Replay::new(b, limit, abandoned.clone()));
+        Resend {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        self.body.as_ref().is_none_or(Replay::replayable)
+    }
+
+    /// The request for a mirror.
+    fn copy(&self, timeout: Option<std::time::Duration>, dst: SocketAddr) -> mirror::Copy {
+        let authority = self
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                self.headers
+                    .get(HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        mirror::Copy {
+            method: self.method.clone(),
+            path: self
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            authority,
+            headers: self.headers.clone(),
+            body: self.body.as_ref().map(Replay::whole),
+            timeout,
+            dst,
+        }
+    }
+
+    /// The request for attempt number `attempt` (1 is the first).
+    fn request(&self, attempt: u32, count_header: bool) -> Request<Body> {
+        let body = match &self.body {
+            Some(r) => body::boxed(r.attempt()),
+            None => body::empty(),
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        if count_header {
+            req.headers_mut().insert(
+                headers::X_ENVOY_ATTEMPT_COUNT,
+                headers::decimal(u64::from(attempt)),
+            );
+        }
+        req
+    }
+}
+
+/// The host for a retry: with `previous_hosts`, picks again (up to
+/// `host_selection_retry_max_attempts` times) while the pick was tried before, then
+/// takes the last pick, as Envoy's load balancers do.
+fn retry_host(cluster: &Cluster, rs: &RetryState<'_>, dst: SocketAddr) -> Option<Arc<Host>> {
+    let mut host = cluster.pick(Some(dst))?;
+    for _ in 0..rs.policy().host_selection_max_attempts {
+        if !rs.rejects(host.addr) {
+            break;
+        }
+        host = cluster.pick(Some(dst))?;
+    }
+    Some(host)
+}
+
+/// Whether an HTTP/2 upstream refused the stream (`REFUSED_STREAM`).
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The destination an ORIGINAL_DST cluster connects to: the request header's `ip:port`

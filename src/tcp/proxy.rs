@@ -77,19 +77,19 @@ impl TcpProxy {
     async fn proxy(&self, down: TcpStream, dst: SocketAddr, record: &mut Record) {
         let Some(cluster) = self.clusters.get(&self.cluster) else {
             self.stats.downstream_cx_no_route.inc();
-            record.response_flags = Some("NC");
+            record.response_flags = Some("NC".into());
             return;
         };
         record.upstream_cluster = Some(cluster.name().to_owned());
         let Some(host) = cluster.pick(Some(dst)) else {
             cluster.stats.upstream_cx_none_healthy.inc();
-            record.response_flags = Some("UH");
+            record.response_flags = Some("UH".into());
             return;
         };
         record.upstream_host = Some(host.addr);
         let cs = &cluster.stats;
         let Ok(up) = connect(&cluster, &host).await else {
-            record.response_flags = Some("UF");
+            record.response_flags = Some("UF".into());
             return;
         };
         record.upstream_local = up.local_addr();

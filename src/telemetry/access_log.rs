@@ -178,7 +178,7 @@ pub struct Record {
     pub request_headers: Option<HeaderMap>,
     pub response_headers: Option<HeaderMap>,
     pub response_code: u16,
-    pub response_flags: Option<&'static str>,
+    pub response_flags: Option<String>,
     pub response_code_details: Option<&'static str>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
@@ -227,7 +227,7 @@ impl Record {
             Op::Protocol => self.protocol.map(str::to_owned),
             Op::ResponseCode => Some(self.response_code.to_string()),
             Op::ResponseCodeDetails => self.response_code_details.map(str::to_owned),
-            Op::ResponseFlags => Some(self.response_flags.unwrap_or("-").to_owned()),
+            Op::ResponseFlags => Some(self.response_flags.as_deref().unwrap_or("-").to_owned()),
             Op::BytesReceived => Some(self.bytes_received.to_string()),
             Op::BytesSent => Some(self.bytes_sent.to_string()),
             Op::Duration => Some(self.duration.as_millis().to_string()),
@@ -491,7 +491,7 @@ mod tests {
             protocol: Some("HTTP/1.1"),
             request_headers: Some(h),
             response_code: 503,
-            response_flags: Some("UH"),
+            response_flags: Some("UH".into()),
             bytes_sent: 19,
             ..Default::default()
         };

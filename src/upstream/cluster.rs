@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -64,6 +64,18 @@ pub struct Cluster {
     original_dst: Mutex<HashMap<SocketAddr, Arc<Host>>>,
     /// pilotfish's capture addresses: connecting to one would loop.
     pub(super) own: Arc<OwnAddresses>,
+    /// Retries scheduled and not yet answered (the `max_retries` breaker).
+    retries: Arc<AtomicU64>,
+}
+
+/// A slot of the cluster's retry breaker, given back when dropped.
+#[derive(Debug)]
+pub struct RetryPermit(Arc<AtomicU64>);
+
+impl Drop for RetryPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Cluster {
@@ -95,7 +107,28 @@ impl Cluster {
             next: AtomicUsize::new(0),
             original_dst: Mutex::new(HashMap::new()),
             own: own.clone(),
+            retries: Arc::default(),
         }
+    }
+
+    /// A slot for one more retry, if the breaker allows: `max_retries` concurrent
+    /// retries, or with a `retry_budget` that share of the active requests (at least
+    /// `min_retry_concurrency`), as Envoy's resource manager counts them.
+    pub fn retry_permit(&self) -> Option<RetryPermit> {
+        let limits = &self.config.breakers.default;
+        let max = match limits.retry_budget {
+            Some(b) => {
+                let active = self.stats.upstream_rq_active.get().max(0) as f64;
+                ((active * b.budget_percent / 100.0) as u64).max(u64::from(b.min_retry_concurrency))
+            }
+            None => u64::from(limits.max_retries),
+        };
+        let n = self.retries.fetch_add(1, Ordering::Relaxed);
+        if n >= max {
+            self.retries.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(RetryPermit(self.retries.clone()))
     }
 
     pub fn name(&self) -> &str {

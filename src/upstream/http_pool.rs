@@ -71,7 +71,8 @@ pub enum SendError {
     Reset(hyper::Error),
 }
 
-/// Sends `req` to `host` over a pooled connection of the given protocol.
+/// Sends `req` to `host` over a pooled connection of the given protocol. The request
+/// counts in the cluster's `upstream_rq_total` once it has a connection, as in Envoy.
 pub async fn send(
     cluster: &Cluster,
     host: &Arc<Host>,
@@ -92,6 +93,7 @@ async fn send_h1(
     mut req: Request<Body>,
 ) -> Result<Response<PooledBody>, SendError> {
     let max = cluster.config.max_requests_per_connection;
+    let mut counted = false;
     // Reuse an idle connection; one that turns out closed hands the request back.
     loop {
         let idle = host.pool.mine().h1_idle.lock().unwrap().pop();
@@ -102,6 +104,9 @@ async fn send_h1(
         // before its task has taken note: wait for that rather than dropping it.
         if sender.is_closed() || sender.ready().await.is_err() {
             continue;
+        }
+        if !std::mem::replace(&mut counted, true) {
+            cluster.stats.upstream_rq_total.inc();
         }
         match sender.try_send_request(req).await {
             Ok(resp) => return Ok(pooled(resp, host, sender, served + 1, max)),
@@ -117,6 +122,9 @@ async fn send_h1(
         let _ = conn.await;
         drop(guard);
     });
+    if !counted {
+        cluster.stats.upstream_rq_total.inc();
+    }
     let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
     Ok(pooled(resp, host, sender, 1, max))
 }
@@ -215,6 +223,7 @@ pub async fn send_upgrade(
         let _ = conn.with_upgrades().await;
         drop(guard);
     });
+    cluster.stats.upstream_rq_total.inc();
     let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
     Ok(resp.map(|body| PooledBody { body, back: None }))
 }
@@ -268,6 +277,7 @@ async fn send_h2(
             }
         }
     };
+    cluster.stats.upstream_rq_total.inc();
     sender.send_request(req).await.map_err(SendError::Reset)
 }
 

@@ -338,16 +338,7 @@ impl Upstream {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| {
-                req.headers()
-                    .get("host")
-                    .map(|h| h.to_str().unwrap().to_owned())
-            })
-            .unwrap_or_default();
+        let authority = authority(&req);
         let path = req
             .uri()
             .path_and_query()
@@ -397,6 +388,36 @@ impl Upstream {
             .unwrap_or_default();
         builder.body(full(body)).unwrap()
     }
+}
+
+/// A request's `:authority`, else its `host`.
+pub fn authority<B>(req: &Request<B>) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get("host")
+                .map(|h| h.to_str().unwrap().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// Accepts connections on a fresh local port, each handed to `serve` on a task of its
+/// own; returns the port's address.
+pub async fn accept_each<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
 }
 
 pub fn full(b: impl Into<Bytes>) -> Body {

@@ -131,6 +131,35 @@ pub fn http_server(addr: &str, name: &'static str) {
     });
 }
 
+/// Like [`http_server`], but every odd-numbered request gets a trailers-only gRPC
+/// `unavailable` (`200` with `grpc-status: 14`, no body): what istiod's default retry
+/// policy retries.
+pub fn unavailable_every_other(addr: &str, name: &'static str) {
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    serve(addr, move |mut s, peer| {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
+            head.push(b[0]);
+        }
+        if n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            .is_multiple_of(2)
+        {
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 14\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            return;
+        }
+        let body = format!("{name} saw {}", peer.ip());
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+}
+
 /// Reads a line and answers `echo <line> from <peer ip>`.
 pub fn line_echo(addr: &str) {
     serve(addr, |s, peer| {

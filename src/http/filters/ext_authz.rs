@@ -727,7 +727,6 @@ async fn send(
 ) -> Option<(http::response::Parts, Bytes, Option<HeaderMap>)> {
     let cluster = clusters.get(cluster)?;
     let host = cluster.pick(None)?;
-    cluster.stats.upstream_rq_total.inc();
     let call = async {
         let resp = http_pool::send(cluster, &host, req, h2).await.ok()?;
         let (parts, body) = resp.into_parts();

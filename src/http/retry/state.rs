@@ -1,0 +1,495 @@
+//! One request's retries: whether an attempt's outcome is retried, how many retries
+//! remain, how long to back off, and which hosts were tried — Envoy's rules.
+use std::{net::SocketAddr, time::Duration};
+
+use http::{HeaderMap, HeaderName, StatusCode};
+
+use super::policy::{ResetFormat, RetryOn, RetryPolicy};
+use crate::{
+    http::matchers::{HeaderMatch, HeaderMatcher, RequestHead},
+    upstream::cluster::{Cluster, RetryPermit},
+};
+
+/// How an attempt failed without a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No connection could be made (refused, or the connect timed out).
+    ConnectFailure,
+    /// The connection or stream ended before response headers; `refused` when HTTP/2
+    /// refused the stream.
+    Reset { refused: bool },
+    /// The attempt's `per_try_timeout` or `per_try_idle_timeout` passed.
+    PerTryTimeout,
+}
+
+/// What to do after an attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Try again after this wait.
+    Retry(Duration),
+    /// The outcome is not one the policy retries.
+    No,
+    /// It is, but no retries remain (`URX`).
+    LimitExceeded,
+    /// It is, but the cluster's retry breaker or budget is full (`UO`).
+    Overflow,
+}
+
+/// The state of one request's retries.
+#[derive(Debug)]
+pub struct RetryState<'a> {
+    policy: &'a RetryPolicy,
+    on: RetryOn,
+    remaining: u32,
+    /// `x-envoy-retriable-status-codes`, added to the policy's.
+    extra_codes: Vec<u16>,
+    /// `x-envoy-retriable-header-names`, added to the policy's `retriable_headers`.
+    extra_headers: Vec<HeaderName>,
+    /// The next exponential back-off ceiling (Envoy's jittered exponential strategy).
+    next_backoff: Duration,
+    /// Hosts tried so far, for `previous_hosts`.
+    pub tried: Vec<SocketAddr>,
+    /// The retry breaker's slot, held from a retry's scheduling until its outcome.
+    permit: Option<RetryPermit>,
+    pub retries: u32,
+}
+
+impl<'a> RetryState<'a> {
+    /// The retry state of a request, or `None` when nothing would ever be retried: no
+    /// conditions (from the policy or, when the request is trusted, its headers), or
+    /// the request matches none of `retriable_request_headers`.
+    pub fn new(
+        policy: &'a RetryPolicy,
+        req: &RequestHead<'_>,
+        trusted: Option<&HeaderMap>,
+    ) -> Option<Self> {
+        let mut on = policy.retry_on;
+        let mut remaining = policy.num_retries;
+        let mut extra_codes = Vec::new();
+        let mut extra_headers = Vec::new();
+        if let Some(h) = trusted {
+            let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+            if let Some(v) = text("x-envoy-retry-on") {
+                on = on | RetryOn::parse_header(v, false);
+            }
+            if let Some(v) = text("x-envoy-retry-grpc-on") {
+                on = on | RetryOn::parse_header(v, true);
+            }
+            if let Some(v) = text("x-envoy-retriable-status-codes") {
+                extra_codes = v.split(',').filter_map(|c| c.trim().parse().ok()).collect();
+            }
+            if let Some(v) = text("x-envoy-retriable-header-names") {
+                extra_headers = v
+                    .split(',')
+                    .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                    .collect();
+            }
+            if !on.is_empty()
+                && let Some(n) = text("x-envoy-max-retries").and_then(|v| v.parse().ok())
+            {
+                remaining = n;
+            }
+        }
+        if on.is_empty() {
+            return None;
+        }
+        if !policy.retriable_request_headers.is_empty()
+            && !policy
+                .retriable_request_headers
+                .iter()
+                .any(|m| m.matches(req))
+        {
+            return None;
+        }
+        Some(RetryState {
+            policy,
+            on,
+            remaining,
+            extra_codes,
+            extra_headers,
+            next_backoff: policy.back_off.0,
+            tried: Vec::new(),
+            permit: None,
+            retries: 0,
+        })
+    }
+
+    pub fn policy(&self) -> &RetryPolicy {
+        self.policy
+    }
+
+    /// Whether a response with these headers is one the policy retries.
+    pub fn retriable_response(&self, status: StatusCode, h: &HeaderMap) -> bool {
+        let on = self.on;
+        // A response rate-limited by an upstream Envoy is retried only on
+        // `envoy-ratelimited`, whatever its status.
+        if h.contains_key("x-envoy-ratelimited") {
+            return on.contains(RetryOn::ENVOY_RATELIMITED);
+        }
+        let code = status.as_u16();
+        (on.contains(RetryOn::FIVE_XX) && status.is_server_error())
+            || (on.contains(RetryOn::GATEWAY_ERROR) && matches!(code, 502..=504))
+            || (on.contains(RetryOn::RETRIABLE_4XX) && code == 409)
+            || (on.contains(RetryOn::RETRIABLE_STATUS_CODES)
+                && (self.policy.retriable_status_codes.contains(&code)
+                    || self.extra_codes.contains(&code)))
+            || (on.contains(RetryOn::RETRIABLE_HEADERS) && self.header_matches(h))
+            || self.grpc_retriable(h)
+    }
+
+    fn header_matches(&self, h: &HeaderMap) -> bool {
+        let head = RequestHead {
+            method: "",
+            scheme: "",
+            authority: "",
+            path_and_query: "",
+            headers: h,
+        };
+        self.policy
+            .retriable_headers
+            .iter()
+            .any(|m| m.matches(&head))
+            || self.extra_headers.iter().any(|n| {
+                HeaderMatcher {
+                    name: n.as_str().to_owned(),
+                    kind: HeaderMatch::Any,
+                    invert: false,
+                    treat_missing_as_empty: false,
+                }
+                .matches(&head)
+            })
+    }
+
+    /// The gRPC conditions, on a `grpc-status` in the response headers (a
+    /// trailers-only response), as Envoy reads it.
+    fn grpc_retriable(&self, h: &HeaderMap) -> bool {
+        let Some(status) = h
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        let on = self.on;
+        match status {
+            1 => on.contains(RetryOn::GRPC_CANCELLED),
+            4 => on.contains(RetryOn::GRPC_DEADLINE_EXCEEDED),
+            8 => on.contains(RetryOn::GRPC_RESOURCE_EXHAUSTED),
+            13 => on.contains(RetryOn::GRPC_INTERNAL),
+            14 => on.contains(RetryOn::GRPC_UNAVAILABLE),
+            _ => false,
+        }
+    }
+
+    /// Whether a failure without a response is one the policy retries (Envoy's
+    /// reset rules: `5xx`, `gateway-error` and `reset` take any reset, a per-try
+    /// timeout included; the narrower conditions their own kind).
+    pub fn retriable_failure(&self, f: Failure) -> bool {
+        let on = self.on;
+        if on.any(RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET) {
+            return true;
+        }
+        match f {
+            Failure::ConnectFailure => {
+                on.any(RetryOn::CONNECT_FAILURE | RetryOn::RESET_BEFORE_REQUEST)
+            }
+            Failure::Reset { refused } => refused && on.contains(RetryOn::REFUSED_STREAM),
+            Failure::PerTryTimeout => false,
+        }
+    }
+
+    /// After a response: retry it, or not, and why not.
+    pub fn on_response(
+        &mut self,
+        status: StatusCode,
+        h: &HeaderMap,
+        cluster: &Cluster,
+    ) -> Decision {
+        let retriable = self.retriable_response(status, h);
+        let wait = retriable.then(|| self.rate_limited_wait(h)).flatten();
+        self.decide(retriable, wait, cluster)
+    }
+
+    /// After a failure without a response.
+    pub fn on_failure(&mut self, f: Failure, cluster: &Cluster) -> Decision {
+        let retriable = self.retriable_failure(f);
+        self.decide(retriable, None, cluster)
+    }
+
+    fn decide(&mut self, retriable: bool, wait: Option<Duration>, cluster: &Cluster) -> Decision {
+        let stats = &cluster.stats;
+        // A retry that was scheduled ends here; if this outcome is not retried, the
+        // retry succeeded (Envoy counts it so, whatever the outcome).
+        if self.permit.take().is_some() && !retriable {
+            stats.upstream_rq_retry_success.inc();
+        }
+        if !retriable {
+            return Decision::No;
+        }
+        if self.remaining == 0 {
+            stats.upstream_rq_retry_limit_exceeded.inc();
+            return Decision::LimitExceeded;
+        }
+        self.remaining -= 1;
+        let Some(permit) = cluster.retry_permit() else {
+            stats.upstream_rq_retry_overflow.inc();
+            return Decision::Overflow;
+        };
+        self.permit = Some(permit);
+        self.retries += 1;
+        stats.upstream_rq_retry.inc();
+        let wait = match wait {
+            Some(w) => {
+                stats.upstream_rq_retry_backoff_ratelimited.inc();
+                w
+            }
+            None => {
+                stats.upstream_rq_retry_backoff_exponential.inc();
+                self.backoff()
+            }
+        };
+        Decision::Retry(wait)
+    }
+
+    /// Envoy's jittered exponential back-off: a random wait below the current
+    /// ceiling, which starts at the base and doubles up to the maximum.
+    fn backoff(&mut self) -> Duration {
+        let (_, max) = self.policy.back_off;
+        let ceiling = self.next_backoff;
+        self.next_backoff = if ceiling < max / 2 { ceiling * 2 } else { max };
+        let ms = ceiling.as_millis() as u64;
+        Duration::from_millis(if ms == 0 { 0 } else { fastrand::u64(..ms) }).min(max)
+    }
+
+    /// `rate_limited_retry_back_off`: the wait the first parsable reset header asks
+    /// for, if within `max_interval`.
+    fn rate_limited_wait(&self, h: &HeaderMap) -> Option<Duration> {
+        let rl = self.policy.rate_limited_back_off.as_ref()?;
+        rl.reset_headers.iter().find_map(|(name, format)| {
+            let v: u64 = h.get(name)?.to_str().ok()?.trim().parse().ok()?;
+            let wait = match format {
+                ResetFormat::Seconds => Duration::from_secs(v),
+                ResetFormat::UnixTimestamp => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()?;
+                    Duration::from_secs(v).checked_sub(now)?
+                }
+            };
+            (wait <= rl.max_interval).then_some(wait)
+        })
+    }
+
+    /// With `previous_hosts`, whether `host` was tried already.
+    pub fn rejects(&self, host: SocketAddr) -> bool {
+        self.policy.previous_hosts && self.tried.contains(&host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::ClusterConfig, telemetry::stats::Store};
+
+    fn cluster(max_retries: u32) -> Cluster {
+        let mut config = ClusterConfig {
+            name: "c".into(),
+            ..Default::default()
+        };
+        config.breakers.default.max_retries = max_retries;
+        Cluster::new(config, &Store::new(), &Default::default())
+    }
+
+    fn head(h: &HeaderMap) -> RequestHead<'_> {
+        RequestHead {
+            method: "GET",
+            scheme: "http",
+            authority: "a",
+            path_and_query: "/",
+            headers: h,
+        }
+    }
+
+    /// istiod's default: retry_on with gRPC names, 2 retries, 503 retriable.
+    fn istio() -> RetryPolicy {
+        RetryPolicy {
+            retry_on: RetryOn::parse_config(
+                "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+            )
+            .unwrap(),
+            num_retries: 2,
+            retriable_status_codes: vec![503],
+            previous_hosts: true,
+            host_selection_max_attempts: 5,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn istio_default_retries_503_twice_then_gives_up() {
+        let p = istio();
+        let h = HeaderMap::new();
+        let c = cluster(3);
+        let mut s = RetryState::new(&p, &head(&h), None).unwrap();
+        let r = HeaderMap::new();
+        assert!(matches!(
+            s.on_response(StatusCode::SERVICE_UNAVAILABLE, &r, &c),
+            Decision::Retry(_)
+        ));
+        assert!(matches!(
+            s.on_response(StatusCode::SERVICE_UNAVAILABLE, &r, &c),
+            Decision::Retry(_)
+        ));
+        assert_eq!(
+            s.on_response(StatusCode::SERVICE_UNAVAILABLE, &r, &c),
+            Decision::LimitExceeded
+        );
+        assert_eq!(c.stats.upstream_rq_retry.get(), 2);
+        assert_eq!(c.stats.upstream_rq_retry_limit_exceeded.get(), 1);
+        assert_eq!(c.stats.upstream_rq_retry_success.get(), 0);
+    }
+
+    #[test]
+    fn what_each_condition_retries() {
+        let h = HeaderMap::new();
+        let c = cluster(u32::MAX);
+        let state = |on: &str| {
+            let p = Box::leak(Box::new(RetryPolicy {
+                retry_on: RetryOn::parse_config(on).unwrap(),
+                ..Default::default()
+            }));
+            RetryState::new(p, &head(&h), None).unwrap()
+        };
+        let r = HeaderMap::new();
+        let s = state("5xx");
+        assert!(s.retriable_response(StatusCode::INTERNAL_SERVER_ERROR, &r));
+        assert!(s.retriable_failure(Failure::PerTryTimeout));
+        assert!(s.retriable_failure(Failure::Reset { refused: false }));
+        let s = state("gateway-error");
+        assert!(!s.retriable_response(StatusCode::INTERNAL_SERVER_ERROR, &r));
+        assert!(s.retriable_response(StatusCode::GATEWAY_TIMEOUT, &r));
+        let s = state("reset");
+        assert!(!s.retriable_response(StatusCode::SERVICE_UNAVAILABLE, &r));
+        assert!(s.retriable_failure(Failure::ConnectFailure));
+        let s = state("connect-failure");
+        assert!(s.retriable_failure(Failure::ConnectFailure));
+        assert!(!s.retriable_failure(Failure::Reset { refused: true }));
+        assert!(!s.retriable_failure(Failure::PerTryTimeout));
+        let s = state("refused-stream");
+        assert!(s.retriable_failure(Failure::Reset { refused: true }));
+        assert!(!s.retriable_failure(Failure::Reset { refused: false }));
+        let s = state("retriable-4xx");
+        assert!(s.retriable_response(StatusCode::CONFLICT, &r));
+        assert!(!s.retriable_response(StatusCode::NOT_FOUND, &r));
+        let mut grpc = HeaderMap::new();
+        grpc.insert("grpc-status", "14".parse().unwrap());
+        assert!(state("unavailable").retriable_response(StatusCode::OK, &grpc));
+        assert!(!state("cancelled").retriable_response(StatusCode::OK, &grpc));
+        let mut limited = HeaderMap::new();
+        limited.insert("x-envoy-ratelimited", "true".parse().unwrap());
+        assert!(!state("5xx").retriable_response(StatusCode::TOO_MANY_REQUESTS, &limited));
+        assert!(state("envoy-ratelimited").retriable_response(StatusCode::OK, &limited));
+        let _ = c;
+    }
+
+    #[test]
+    fn a_retried_attempt_that_is_not_retried_again_counts_a_success() {
+        let p = istio();
+        let h = HeaderMap::new();
+        let c = cluster(3);
+        let mut s = RetryState::new(&p, &head(&h), None).unwrap();
+        assert!(matches!(
+            s.on_failure(Failure::ConnectFailure, &c),
+            Decision::Retry(_)
+        ));
+        assert_eq!(
+            s.on_response(StatusCode::OK, &HeaderMap::new(), &c),
+            Decision::No
+        );
+        assert_eq!(c.stats.upstream_rq_retry_success.get(), 1);
+    }
+
+    #[test]
+    fn the_breaker_holds_a_retry_until_its_outcome() {
+        let p = istio();
+        let h = HeaderMap::new();
+        let c = cluster(1);
+        let mut a = RetryState::new(&p, &head(&h), None).unwrap();
+        let mut b = RetryState::new(&p, &head(&h), None).unwrap();
+        assert!(matches!(
+            a.on_failure(Failure::ConnectFailure, &c),
+            Decision::Retry(_)
+        ));
+        assert_eq!(
+            b.on_failure(Failure::ConnectFailure, &c),
+            Decision::Overflow
+        );
+        assert_eq!(c.stats.upstream_rq_retry_overflow.get(), 1);
+        // a's retry answered: the slot is free again.
+        a.on_response(StatusCode::OK, &HeaderMap::new(), &c);
+        let mut d = RetryState::new(&p, &head(&h), None).unwrap();
+        assert!(matches!(
+            d.on_failure(Failure::ConnectFailure, &c),
+            Decision::Retry(_)
+        ));
+    }
+
+    #[test]
+    fn headers_widen_the_policy_when_trusted() {
+        let p = RetryPolicy::default();
+        let mut h = HeaderMap::new();
+        assert!(RetryState::new(&p, &head(&h), Some(&h)).is_none());
+        h.insert("x-envoy-retry-on", "5xx".parse().unwrap());
+        h.insert("x-envoy-max-retries", "3".parse().unwrap());
+        assert!(RetryState::new(&p, &head(&h), None).is_none());
+        let s = RetryState::new(&p, &head(&h), Some(&h)).unwrap();
+        assert_eq!(s.remaining, 3);
+        assert!(s.retriable_response(StatusCode::BAD_GATEWAY, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn backoff_ceiling_doubles_to_the_cap_and_waits_stay_below_it() {
+        let p = RetryPolicy::default();
+        let h = HeaderMap::new();
+        let mut s = RetryState::new(
+            &p,
+            &head(&h),
+            Some(&{
+                let mut t = HeaderMap::new();
+                t.insert("x-envoy-retry-on", "5xx".parse().unwrap());
+                t
+            }),
+        )
+        .unwrap();
+        let mut ceilings = Vec::new();
+        for _ in 0..6 {
+            ceilings.push(s.next_backoff.as_millis());
+            let w = s.backoff();
+            assert!(w < Duration::from_millis(250));
+        }
+        assert_eq!(ceilings, [25, 50, 100, 200, 250, 250]);
+    }
+
+    #[test]
+    fn rate_limited_backoff_reads_reset_headers_within_the_cap() {
+        use super::super::policy::RateLimitedBackOff;
+        let p = RetryPolicy {
+            retry_on: RetryOn::parse_config("retriable-status-codes").unwrap(),
+            retriable_status_codes: vec![429],
+            rate_limited_back_off: Some(RateLimitedBackOff {
+                reset_headers: vec![(HeaderName::from_static("retry-after"), ResetFormat::Seconds)],
+                max_interval: Duration::from_secs(5),
+            }),
+            ..Default::default()
+        };
+        let h = HeaderMap::new();
+        let c = cluster(3);
+        let mut s = RetryState::new(&p, &head(&h), None).unwrap();
+        let mut r = HeaderMap::new();
+        r.insert("retry-after", "2".parse().unwrap());
+        assert_eq!(
+            s.on_response(StatusCode::TOO_MANY_REQUESTS, &r, &c),
+            Decision::Retry(Duration::from_secs(2))
+        );
+        assert_eq!(c.stats.upstream_rq_retry_backoff_ratelimited.get(), 1);
+    }
+}
