@@ -250,9 +250,12 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             "http_filters[0].typed_config.abort.http_status: 99 is not in [200, 600)",
         ),
         (
-            "a stream idle timeout",
-            hcm("", ROUTER).replace("stat_prefix: h", "stat_prefix: h\n          stream_idle_timeout: 300s"),
-            "typed_config.stream_idle_timeout: only 0s (none) is supported",
+            "a connection limit on requests downstream",
+            hcm("", ROUTER).replace(
+                "stat_prefix: h",
+                "stat_prefix: h\n          common_http_protocol_options: { max_requests_per_connection: 5 }",
+            ),
+            "typed_config.common_http_protocol_options.max_requests_per_connection: not supported downstream",
         ),
         (
             "escaped slashes unescaped",

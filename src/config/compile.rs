@@ -637,6 +637,15 @@ fn network_filter(
                 stat_prefix: tp.stat_prefix,
                 cluster,
                 access_logs,
+                idle_timeout: match &tp.idle_timeout {
+                    None => Some(Duration::from_secs(3600)),
+                    Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
+                },
+                max_downstream_connection_duration: tp
+                    .max_downstream_connection_duration
+                    .as_ref()
+                    .map(duration)
+                    .filter(|d| !d.is_zero()),
             }))
         }
         HCM => {
@@ -707,17 +716,37 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
             return Err(format!("{path}: route_config or rds is required"));
         }
     };
-    // What pilotfish does is these fields' values istiod sends: no stream idle timeout
-    // (`0s`), escaped slashes left as they are.
-    if hcm
+    // Envoy's defaults: a stream idle for 5 minutes ends, a connection without
+    // requests for an hour closes; `0s` turns either off.
+    let off_when_zero = |d: Duration| Some(d).filter(|d| !d.is_zero());
+    let stream_idle_timeout = hcm
         .stream_idle_timeout
         .as_ref()
-        .is_some_and(|d| d.seconds != 0 || d.nanos != 0)
-    {
-        return Err(format!(
-            "{path}.stream_idle_timeout: only 0s (none) is supported"
-        ));
+        .map_or(Some(Duration::from_secs(300)), |d| {
+            off_when_zero(duration(d))
+        });
+    let common = hcm.common_http_protocol_options.as_ref();
+    if let Some(c) = common {
+        let cpath = format!("{path}.common_http_protocol_options");
+        if c.max_requests_per_connection.is_some() {
+            return Err(format!(
+                "{cpath}.max_requests_per_connection: not supported downstream"
+            ));
+        }
     }
+    let idle_timeout = common
+        .and_then(|c| c.idle_timeout.as_ref())
+        .map_or(Some(Duration::from_secs(3600)), |d| {
+            off_when_zero(duration(d))
+        });
+    let max_connection_duration = common
+        .and_then(|c| c.max_connection_duration.as_ref())
+        .and_then(|d| off_when_zero(duration(d)));
+    let drain_timeout = hcm
+        .drain_timeout
+        .as_ref()
+        .map_or(Duration::from_secs(5), duration);
+    // Escaped slashes are left as they are (what istiod sends).
     {
         use http_connection_manager::PathWithEscapedSlashesAction as A;
         match A::try_from(hcm.path_with_escaped_slashes_action) {
@@ -757,6 +786,10 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
             preserve_external_request_id: hcm.preserve_external_request_id,
         },
         buffer_limit: 1 << 20,
+        stream_idle_timeout,
+        idle_timeout,
+        max_connection_duration,
+        drain_timeout,
     })
 }
 
@@ -1044,8 +1077,16 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         }
         let opts: HttpProtocolOptions = proto::unpack(any).map_err(|e| format!("{opath}: {e}"))?;
         if let Some(common) = &opts.common_http_protocol_options {
-            // The allow-list admits only this field of HttpProtocolOptions' common
-            // options; it wins over the deprecated cluster field, as in Envoy.
+            // The connection manager's connection timeouts share this message; upstream
+            // they are not implemented yet.
+            let cpath = format!("{opath}.common_http_protocol_options");
+            if common.idle_timeout.is_some() {
+                return Err(format!("{cpath}.idle_timeout: not supported"));
+            }
+            if common.max_connection_duration.is_some() {
+                return Err(format!("{cpath}.max_connection_duration: not supported"));
+            }
+            // It wins over the deprecated cluster field, as in Envoy.
             if let Some(m) = &common.max_requests_per_connection {
                 max_requests_per_connection = Some(m.value);
             }

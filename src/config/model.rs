@@ -237,6 +237,9 @@ pub struct TcpProxyConfig {
     pub stat_prefix: String,
     pub cluster: String,
     pub access_logs: Vec<AccessLogConfig>,
+    /// `idle_timeout`: Envoy's default 1 h; `None` when `0s`.
+    pub idle_timeout: Option<Duration>,
+    pub max_downstream_connection_duration: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,6 +271,18 @@ pub struct HttpConfig {
     /// The listener's `per_connection_buffer_limit_bytes` (Envoy's default 1 MiB): how
     /// much of a request body is kept to replay it on a retry.
     pub buffer_limit: usize,
+    /// `stream_idle_timeout` (Envoy's default 5 min; `None` when `0s`); a route's
+    /// `idle_timeout` overrides it.
+    pub stream_idle_timeout: Option<Duration>,
+    /// `common_http_protocol_options.idle_timeout`: a connection without a new request
+    /// for this long is closed (Envoy's default 1 h; `None` when `0s`).
+    pub idle_timeout: Option<Duration>,
+    /// `common_http_protocol_options.max_connection_duration`: then the connection
+    /// drains.
+    pub max_connection_duration: Option<Duration>,
+    /// `drain_timeout` (default 5 s): how long a draining HTTP/1 connection may stay
+    /// idle before it is closed.
+    pub drain_timeout: Duration,
 }
 
 /// Where a connection manager's routes come from.
@@ -382,7 +397,8 @@ pub struct Forward {
     /// The route's `upgrade_configs`: per upgrade type, enabled or not, overriding the
     /// connection manager's.
     pub upgrades: Vec<(String, bool)>,
-    /// `idle_timeout`: the stream ends after this long without activity.
+    /// `idle_timeout`: the stream ends after this long without activity; it replaces
+    /// the connection manager's `stream_idle_timeout` (`0s`: no idle timeout).
     pub idle_timeout: Option<Duration>,
     /// How a gRPC request's `grpc-timeout` replaces `timeout` (`max_grpc_timeout` or
     /// `max_stream_duration.grpc_timeout_header_max`); `None`: it does not.

@@ -262,11 +262,8 @@ fn forward(
         rewrite,
         timeout,
         upgrades,
-        idle_timeout: action
-            .idle_timeout
-            .as_ref()
-            .map(super::compile::duration)
-            .filter(|d| !d.is_zero()),
+        // `0s` is kept: it turns the connection manager's stream idle timeout off.
+        idle_timeout: action.idle_timeout.as_ref().map(super::compile::duration),
     })
 }
 

@@ -259,7 +259,13 @@ const FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-        &["stat_prefix", "cluster", "access_log"],
+        &[
+            "stat_prefix",
+            "cluster",
+            "access_log",
+            "idle_timeout",
+            "max_downstream_connection_duration",
+        ],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -283,6 +289,8 @@ const FIELDS: &[(&str, &[&str])] = &[
             "stream_idle_timeout",
             "path_with_escaped_slashes_action",
             "proxy_100_continue",
+            "common_http_protocol_options",
+            "drain_timeout",
         ],
     ),
     (
@@ -943,7 +951,11 @@ const FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.HttpProtocolOptions",
-        &["max_requests_per_connection"],
+        &[
+            "max_requests_per_connection",
+            "idle_timeout",
+            "max_connection_duration",
+        ],
     ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
@@ -1155,7 +1167,7 @@ mod tests {
             ),
             (
                 "envoy.config.cluster.v3.Cluster",
-                "name: c\ntyped_extension_protocol_options:\n  x:\n    \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n    common_http_protocol_options: { idle_timeout: 1s }\n",
+                "name: c\ntyped_extension_protocol_options:\n  x:\n    \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n    common_http_protocol_options: { max_headers_count: 10 }\n",
                 false,
             ),
             (
@@ -1165,7 +1177,7 @@ mod tests {
             ),
             (
                 "envoy.config.listener.v3.Listener",
-                "name: l\nfilter_chains: [{ filters: [{ name: t, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, cluster: c, idle_timeout: 1s } }] }]\n",
+                "name: l\nfilter_chains: [{ filters: [{ name: t, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, cluster: c, max_connect_attempts: 2 } }] }]\n",
                 false,
             ),
             (

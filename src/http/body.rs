@@ -71,7 +71,7 @@ pin_project_lite::pin_project! {
         inner: B,
         guard: Option<G>,
         deadline: Option<Pin<Box<Sleep>>>,
-        idle: Option<(Activity, Pin<Box<Sleep>>)>,
+        idle: Option<(Activity, Option<Pin<Box<Sleep>>>)>,
     }
 }
 
@@ -88,10 +88,8 @@ impl<B, G> Guarded<B, G> {
     /// Also ends the body when the stream has been idle for `activity`'s timeout; data
     /// frames of this body count as activity.
     pub fn with_idle(mut self, activity: Option<Activity>) -> Self {
-        self.idle = activity.map(|a| {
-            let sleep = Box::pin(tokio::time::sleep_until(a.deadline()));
-            (a, sleep)
-        });
+        // The timer is made the first time the body waits.
+        self.idle = activity.map(|a| (a, None));
         self
     }
 }
@@ -122,6 +120,9 @@ where
                     return Poll::Ready(Some(Err(Box::new(DeadlineExceeded))));
                 }
                 if let Some((activity, sleep)) = this.idle.as_mut() {
+                    let sleep = sleep.get_or_insert_with(|| {
+                        Box::pin(tokio::time::sleep_until(activity.deadline()))
+                    });
                     // The other direction may have moved since the timer was set.
                     while sleep.as_mut().poll(cx).is_ready() {
                         let next = activity.deadline();

@@ -561,7 +561,11 @@ impl HttpConnectionManager {
                     _ => *timeout,
                 },
                 *upgrades,
-                idle_timeout.map(Activity::new),
+                // The route's `idle_timeout` replaces the connection manager's.
+                idle_timeout
+                    .or(self.config.stream_idle_timeout)
+                    .filter(|d| !d.is_zero())
+                    .map(Activity::new),
             ),
             Target::Redirect(r) => {
                 let location =
@@ -817,7 +821,10 @@ impl HttpConnectionManager {
                     retry_flags.mark(&mut resp);
                     return resp;
                 }
-                Outcome::StreamIdle => return local_reply::reply(ResponseFlag::StreamIdleTimeout),
+                Outcome::StreamIdle => {
+                    self.stats.downstream_rq_idle_timeout.inc();
+                    return local_reply::reply(ResponseFlag::StreamIdleTimeout);
+                }
             };
             // Past the buffer limit the body cannot be sent again: no more retries.
             if resend.as_ref().is_some_and(|r| !r.replayable()) {

@@ -5,7 +5,7 @@ use std::{
     io,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -14,7 +14,10 @@ use hyper::{server::conn::http1, server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::router::{Downstream, HttpConnectionManager};
+use super::{
+    idle::Activity,
+    router::{Downstream, HttpConnectionManager},
+};
 use crate::{config::Codec, drain, telemetry::stats::GaugeGuard};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -41,12 +44,20 @@ pub async fn serve(
     // Set once this connection drains: an HTTP/1 response then says `connection: close`.
     // A flag of the connection's own, so requests touch no shared drain state.
     let closing = Arc::new(AtomicBool::new(false));
+    // When the connection last started a request, and how many are being handled.
+    let idle = hcm
+        .config
+        .idle_timeout
+        .map(|t| Arc::new((Activity::new(t), AtomicUsize::new(0))));
     let svc_hcm = hcm.clone();
     let svc_closing = closing.clone();
+    let svc_idle = idle.clone();
     let svc = service_fn(move |req| {
         let hcm = svc_hcm.clone();
         let closing = svc_closing.clone();
+        let idle = svc_idle.clone();
         async move {
+            let _busy = idle.as_deref().map(Busy::new);
             let mut resp = hcm.handle(down, req).await;
             if closing.load(Ordering::Relaxed) {
                 resp.headers_mut().insert(
@@ -58,6 +69,27 @@ pub async fn serve(
         }
     });
     let io = TokioIo::new(stream);
+    let started = tokio::time::Instant::now();
+    // Why the connection stops taking requests, if it does before it closes.
+    let stop = async {
+        let went_idle = async {
+            match &idle {
+                Some(i) => quiet(i).await,
+                None => std::future::pending().await,
+            }
+        };
+        let lifetime = async {
+            match hcm.config.max_connection_duration {
+                Some(d) => tokio::time::sleep_until(started + d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = drain.signaled_quietly() => Stop::Drain,
+            () = went_idle => Stop::Idle,
+            () = lifetime => Stop::MaxDuration,
+        }
+    };
     if h2 {
         stats.downstream_cx_http2_total.inc();
         let conn = http2::Builder::new(TokioExecutor::new())
@@ -66,7 +98,8 @@ pub async fn serve(
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}
-            _ = drain.signaled_quietly() => {
+            why = stop => {
+                why.count(stats);
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }
@@ -81,15 +114,18 @@ pub async fn serve(
             .serve_connection(io, svc)
             .with_upgrades();
         tokio::pin!(conn);
-        tokio::select! {
+        let why = tokio::select! {
             _ = conn.as_mut() => return,
-            _ = drain.signaled_quietly() => closing.store(true, Ordering::Relaxed),
-        }
-        // A listener replaced by LDS gives an idle keep-alive connection time for the
-        // request its client may be sending already (its response says `close`); a
-        // process drain closes idle connections at once.
-        if !drain.is_process_draining() {
-            let grace = tokio::time::sleep(LISTENER_DRAIN_GRACE);
+            why = stop => why,
+        };
+        why.count(stats);
+        closing.store(true, Ordering::Relaxed);
+        // A listener replaced by LDS, a connection at its maximum duration or idle
+        // timeout (as Envoy's drain sequence) gives a keep-alive connection
+        // `drain_timeout` for the request its client may be sending already (its
+        // response says `close`); a process drain closes it at once.
+        if !(why == Stop::Drain && drain.is_process_draining()) {
+            let grace = tokio::time::sleep(hcm.config.drain_timeout);
             tokio::select! {
                 _ = conn.as_mut() => return,
                 _ = grace => {}
@@ -100,9 +136,55 @@ pub async fn serve(
     }
 }
 
-/// How long an HTTP/1 connection of a replaced listener may stay idle (Envoy's
-/// connection manager `drain_timeout` default).
-const LISTENER_DRAIN_GRACE: Duration = Duration::from_secs(5);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Drain,
+    /// `common_http_protocol_options.idle_timeout`: no request for that long.
+    Idle,
+    /// `common_http_protocol_options.max_connection_duration`.
+    MaxDuration,
+}
+
+impl Stop {
+    fn count(self, stats: &crate::telemetry::scopes::HttpStats) {
+        match self {
+            Stop::Drain => {}
+            Stop::Idle => stats.downstream_cx_idle_timeout.inc(),
+            Stop::MaxDuration => stats.downstream_cx_max_duration_reached.inc(),
+        }
+    }
+}
+
+/// A request being handled on the connection: not idle meanwhile.
+struct Busy<'a>(&'a (Activity, AtomicUsize));
+
+impl<'a> Busy<'a> {
+    fn new(idle: &'a (Activity, AtomicUsize)) -> Self {
+        idle.0.touch();
+        idle.1.fetch_add(1, Ordering::Relaxed);
+        Busy(idle)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.0.touch();
+        self.0.1.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Resolves once no request has started or been handled for the idle timeout. A
+/// response still streaming its body counts as idle: the connection then closes
+/// gracefully after it (HTTP/1 `connection: close`, HTTP/2 GOAWAY).
+async fn quiet(idle: &(Activity, AtomicUsize)) {
+    loop {
+        idle.0.expired().await;
+        if idle.1.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        idle.0.touch();
+    }
+}
 
 /// Peeks (without consuming) whether the client opened with the HTTP/2 preface.
 async fn starts_with_h2_preface(stream: &TcpStream) -> io::Result<bool> {

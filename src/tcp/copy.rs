@@ -11,11 +11,12 @@ use std::{
     io::{self, ErrorKind},
     net::Shutdown,
     os::fd::AsFd,
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::upstream::connect::Upstream;
+use crate::{http::idle::Activity, upstream::connect::Upstream};
 
 /// A stream socket `bidirectional` can copy from and to without buffering of its own:
 /// TCP, or a Unix socket (a `pipe` endpoint).
@@ -93,11 +94,52 @@ thread_local! {
 /// half-close on (`shutdown(SHUT_WR)`) as it comes. Returns the bytes copied `a → b` and
 /// `b → a`; an error on either socket ends both directions.
 pub async fn bidirectional(a: &impl Socket, b: &impl Socket) -> io::Result<(u64, u64)> {
-    tokio::try_join!(one_way(a, b), one_way(b, a))
+    let moved = Moved::default();
+    tracked(a, b, &moved).await?;
+    Ok(moved.totals())
 }
 
-async fn one_way(src: &impl Socket, dst: &impl Socket) -> io::Result<u64> {
-    let mut total = 0u64;
+/// What a copy has moved so far, readable while it runs (or after it was cut short by
+/// a timeout), and when it last moved anything.
+#[derive(Debug, Default)]
+pub struct Moved {
+    a_to_b: AtomicU64,
+    b_to_a: AtomicU64,
+    pub activity: Option<Activity>,
+}
+
+impl Moved {
+    pub fn new(activity: Option<Activity>) -> Self {
+        Moved {
+            activity,
+            ..Default::default()
+        }
+    }
+
+    /// Bytes copied `a → b` and `b → a`.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.a_to_b.load(Ordering::Relaxed),
+            self.b_to_a.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// [`bidirectional`], counting into `moved` as it goes.
+pub async fn tracked(a: &impl Socket, b: &impl Socket, moved: &Moved) -> io::Result<()> {
+    tokio::try_join!(
+        one_way(a, b, &moved.a_to_b, moved.activity.as_ref()),
+        one_way(b, a, &moved.b_to_a, moved.activity.as_ref())
+    )?;
+    Ok(())
+}
+
+async fn one_way(
+    src: &impl Socket,
+    dst: &impl Socket,
+    total: &AtomicU64,
+    activity: Option<&Activity>,
+) -> io::Result<()> {
     let mut pending: Vec<u8> = Vec::new();
     loop {
         let mut written = 0;
@@ -115,13 +157,19 @@ async fn one_way(src: &impl Socket, dst: &impl Socket) -> io::Result<u64> {
         src.readable().await?;
         let read = SCRATCH_BUF.with_borrow_mut(|buf| relay(src, dst, buf, &mut pending))?;
         match read {
-            Some(n) => total += n as u64,
+            Some(0) => {}
+            Some(n) => {
+                total.fetch_add(n as u64, Ordering::Relaxed);
+                if let Some(a) = activity {
+                    a.touch();
+                }
+            }
             None => {
                 match socket2::SockRef::from(dst).shutdown(Shutdown::Write) {
                     Err(e) if e.kind() != ErrorKind::NotConnected => return Err(e),
                     _ => {}
                 }
-                return Ok(total);
+                return Ok(());
             }
         }
     }

@@ -3,14 +3,17 @@
 use std::{
     net::SocketAddr,
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
+
+use tokio::time::Instant;
 
 use tokio::net::TcpStream;
 
 use super::copy;
 use crate::{
     config::TcpProxyConfig,
+    http::idle::Activity,
     telemetry::{
         access_log::{AccessLog, Record, Sinks},
         scopes::TcpStats,
@@ -27,6 +30,10 @@ pub struct TcpProxy {
     cluster: String,
     clusters: Arc<ClusterManager>,
     access_logs: Vec<AccessLog>,
+    /// `idle_timeout` (Envoy's default 1 h; `None` when `0s`).
+    idle_timeout: Option<Duration>,
+    /// `max_downstream_connection_duration`.
+    max_duration: Option<Duration>,
 }
 
 impl TcpProxy {
@@ -40,6 +47,8 @@ impl TcpProxy {
             stats: TcpStats::new(store, &config.stat_prefix),
             cluster: config.cluster.clone(),
             clusters: clusters.clone(),
+            idle_timeout: config.idle_timeout,
+            max_duration: config.max_downstream_connection_duration,
             access_logs: config
                 .access_logs
                 .iter()
@@ -65,7 +74,7 @@ impl TcpProxy {
             requested_server_name: server_name,
             ..Default::default()
         };
-        self.proxy(down, dst, &mut record).await;
+        self.proxy(down, dst, started, &mut record).await;
         if !self.access_logs.is_empty() {
             record.duration = started.elapsed();
             for log in &self.access_logs {
@@ -74,7 +83,7 @@ impl TcpProxy {
         }
     }
 
-    async fn proxy(&self, down: TcpStream, dst: SocketAddr, record: &mut Record) {
+    async fn proxy(&self, down: TcpStream, dst: SocketAddr, started: Instant, record: &mut Record) {
         let Some(cluster) = self.clusters.get(&self.cluster) else {
             self.stats.downstream_cx_no_route.inc();
             record.response_flags = Some("NC".into());
@@ -95,13 +104,32 @@ impl TcpProxy {
         record.upstream_local = up.local_addr();
         let _active = GaugeGuard::new(&cs.upstream_cx_active);
         let _ = down.set_nodelay(true);
-        if let Ok((sent, received)) = copy::bidirectional(&down, &up).await {
-            self.stats.downstream_cx_rx_bytes_total.add(sent);
-            self.stats.downstream_cx_tx_bytes_total.add(received);
-            cs.upstream_cx_tx_bytes_total.add(sent);
-            cs.upstream_cx_rx_bytes_total.add(received);
-            record.bytes_received = sent;
-            record.bytes_sent = received;
+        let moved = copy::Moved::new(self.idle_timeout.map(Activity::new));
+        // The copy ends when both sides have closed, or on the idle timeout or the
+        // connection's maximum duration: then both sockets close.
+        let idle = async {
+            match &moved.activity {
+                Some(a) => a.expired().await,
+                None => std::future::pending().await,
+            }
+        };
+        let lifetime = async {
+            match self.max_duration {
+                Some(d) => tokio::time::sleep_until(started + d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = copy::tracked(&down, &up, &moved) => {}
+            () = idle => self.stats.idle_timeout.inc(),
+            () = lifetime => self.stats.max_downstream_connection_duration.inc(),
         }
+        let (sent, received) = moved.totals();
+        self.stats.downstream_cx_rx_bytes_total.add(sent);
+        self.stats.downstream_cx_tx_bytes_total.add(received);
+        cs.upstream_cx_tx_bytes_total.add(sent);
+        cs.upstream_cx_rx_bytes_total.add(received);
+        record.bytes_received = sent;
+        record.bytes_sent = received;
     }
 }

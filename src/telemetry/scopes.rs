@@ -165,6 +165,9 @@ pub struct HttpStats {
     pub downstream_cx_upgrades_total: Counter,
     pub downstream_cx_upgrades_active: Gauge,
     pub downstream_rq_ws_on_non_ws_route: Counter,
+    pub downstream_rq_idle_timeout: Counter,
+    pub downstream_cx_idle_timeout: Counter,
+    pub downstream_cx_max_duration_reached: Counter,
 }
 
 impl HttpStats {
@@ -206,6 +209,9 @@ impl HttpStats {
             downstream_cx_upgrades_total: c("downstream_cx_upgrades_total"),
             downstream_cx_upgrades_active: g("downstream_cx_upgrades_active"),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
+            downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
+            downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
         }
     }
 }
@@ -217,6 +223,8 @@ pub struct TcpStats {
     pub downstream_cx_rx_bytes_total: Counter,
     pub downstream_cx_tx_bytes_total: Counter,
     pub upstream_flush_total: Counter,
+    pub idle_timeout: Counter,
+    pub max_downstream_connection_duration: Counter,
 }
 
 impl TcpStats {
@@ -235,6 +243,8 @@ impl TcpStats {
             downstream_cx_rx_bytes_total: c("downstream_cx_rx_bytes_total"),
             downstream_cx_tx_bytes_total: c("downstream_cx_tx_bytes_total"),
             upstream_flush_total: c("upstream_flush_total"),
+            idle_timeout: c("idle_timeout"),
+            max_downstream_connection_duration: c("max_downstream_connection_duration"),
         }
     }
 }

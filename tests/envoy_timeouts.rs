@@ -1,0 +1,230 @@
+//! Connection and stream timeouts, differentially: the connection manager's
+//! `stream_idle_timeout` (and a route's `idle_timeout` replacing it), its connection
+//! `idle_timeout` and `max_connection_duration`, and tcp_proxy's `idle_timeout` and
+//! `max_downstream_connection_duration`, in Envoy 1.40 and pilotfish. What is compared
+//! is what the client sees (status, body, the connection closed) and the stats, never
+//! how long anything took.
+mod common;
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+fn http(a: SocketAddr) -> String {
+    let routes = "              - match: { prefix: \"/quiet-route/\" }\n                route: { cluster: a, idle_timeout: 0s }\n              - match: { prefix: \"/\" }\n                route: { cluster: a }\n";
+    let log = stdout_log("%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:PATH)%\\n");
+    let hcm = format!(
+        "          stream_idle_timeout: 0.3s\n          common_http_protocol_options: {{ idle_timeout: 0.5s }}\n          drain_timeout: 0.2s\n{log}"
+    );
+    http_bootstrap_logged(routes, &static_cluster("a", &[a], false), &hcm)
+}
+
+fn http_with_max_duration(a: SocketAddr) -> String {
+    let routes =
+        "              - match: { prefix: \"/\" }\n                route: { cluster: a }\n";
+    let hcm = "          common_http_protocol_options: { max_connection_duration: 0.5s }\n          drain_timeout: 0.2s\n";
+    http_bootstrap_logged(routes, &static_cluster("a", &[a], false), hcm)
+}
+
+fn tcp(upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: tcp
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: t
+          cluster: backend
+{extra}
+  clusters:
+{}"#,
+        static_cluster("backend", &[upstream], false)
+    )
+}
+
+/// An upstream that echoes each read and never closes.
+async fn echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Echoes one line through the proxy, then waits (bounded) for the proxy to close the
+/// connection; `true` when it did.
+async fn closed_after_echo(proxy: SocketAddr) -> bool {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.unwrap();
+    let mut rest = [0u8; 16];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read(&mut rest)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[derive(Debug, PartialEq)]
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+async fn get(proxy: &Proxy, path: &str) -> Reply {
+    let (status, body) = http_get(proxy.listener("http"), path).await.unwrap();
+    Reply {
+        status,
+        body: if status == 200 { String::new() } else { body },
+    }
+}
+
+/// An HTTP/1.1 keep-alive connection: one request, then (bounded) wait for the proxy
+/// to close the idle connection. `true` when it did.
+async fn idle_connection_closed(addr: SocketAddr, h2: bool) -> bool {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let io = TokioIo::new(stream);
+    let req = || {
+        Request::get(if h2 { "http://svc/" } else { "/" })
+            .header("host", "svc")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    if h2 {
+        let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        let conn = tokio::spawn(conn);
+        let mut r = req();
+        r.headers_mut().remove("host");
+        let resp = s.send_request(r).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .is_ok()
+    } else {
+        let (mut s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let resp = s.send_request(req()).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .is_ok()
+    }
+}
+
+#[tokio::test]
+async fn connection_manager_timeouts_match_envoy() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let a = Upstream::start("a").await;
+    let yaml = http(a.addr);
+    let ours = Proxy::start(&yaml).await;
+    let theirs = Proxy::start_bin(
+        &envoy,
+        &yaml,
+        &["--disable-hot-restart", "--file-flush-interval-msec", "50"],
+    )
+    .await;
+    let mut diffs = Differences::default();
+    // The stream idle timeout ends a request whose upstream is silent; a route's
+    // `idle_timeout: 0s` turns it off; a quick answer is untouched.
+    for path in ["/slow/1000", "/quiet-route/slow/1000", "/fast"] {
+        diffs.check(path, get(&theirs, path).await, get(&ours, path).await);
+    }
+    // The connection idle timeout closes an idle keep-alive connection, HTTP/1.1 and
+    // HTTP/2 (GOAWAY).
+    for h2 in [false, true] {
+        diffs.check(
+            format!("idle connection closed (h2: {h2})"),
+            idle_connection_closed(theirs.listener("http"), h2).await,
+            idle_connection_closed(ours.listener("http"), h2).await,
+        );
+    }
+    diffs.assert_none();
+    let (want, got) = (theirs.stdout_lines(3).await, ours.stdout_lines(3).await);
+    assert_eq!(got, want, "access log lines (pilotfish left, Envoy right)");
+    assert_same_samples(
+        &ours,
+        &theirs,
+        &[
+            "envoy_http_downstream_rq_idle_timeout{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+            "envoy_http_downstream_cx_idle_timeout{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn max_connection_duration_matches_envoy() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let a = Upstream::start("a").await;
+    let yaml = http_with_max_duration(a.addr);
+    let ours = Proxy::start(&yaml).await;
+    let theirs = Proxy::start_bin(&envoy, &yaml, &["--disable-hot-restart"]).await;
+    for h2 in [false, true] {
+        assert!(idle_connection_closed(theirs.listener("http"), h2).await);
+        assert!(
+            idle_connection_closed(ours.listener("http"), h2).await,
+            "h2: {h2}"
+        );
+    }
+    assert_same_samples(
+        &ours,
+        &theirs,
+        &["envoy_http_downstream_cx_max_duration_reached{envoy_http_conn_manager_prefix=\"ingress_http\"}"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn tcp_proxy_timeouts_match_envoy() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let up = echo().await;
+    for (extra, stat) in [
+        ("          idle_timeout: 0.3s", "idle_timeout"),
+        (
+            "          max_downstream_connection_duration: 0.3s",
+            "max_downstream_connection_duration",
+        ),
+    ] {
+        let yaml = tcp(up, extra);
+        let ours = Proxy::start(&yaml).await;
+        let theirs = Proxy::start_bin(&envoy, &yaml, &["--disable-hot-restart"]).await;
+        assert!(closed_after_echo(theirs.listener("tcp")).await, "{stat}");
+        assert!(closed_after_echo(ours.listener("tcp")).await, "{stat}");
+        let sample = format!("envoy_tcp_{stat}{{envoy_tcp_prefix=\"t\"}}");
+        assert_same_samples(&ours, &theirs, &[&sample]).await;
+        assert_eq!(ours.metric(&sample).await, Some(1), "{sample}");
+    }
+}
