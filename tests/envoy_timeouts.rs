@@ -35,26 +35,7 @@ fn http_with_max_duration(a: SocketAddr) -> String {
 }
 
 fn tcp(upstream: SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: tcp
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: t
-          cluster: backend
-{extra}
-  clusters:
-{}"#,
-        static_cluster("backend", &[upstream], false)
-    )
+    tcp_proxy_bootstrap(upstream, "t", extra)
 }
 
 /// An upstream that echoes each read and never closes.

@@ -12,25 +12,7 @@ use tokio::{
 };
 
 fn tcp_bootstrap(upstream: SocketAddr) -> String {
-    format!(
-        r#"
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: tcp
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: tcp_stats
-          cluster: backend
-  clusters:
-{}"#,
-        static_cluster("backend", &[upstream], false)
-    )
+    tcp_proxy_bootstrap(upstream, "tcp_stats", "")
 }
 
 /// An upstream that reads until EOF, then answers with the SHA-256 of what it read and

@@ -474,6 +474,31 @@ static_resources:
     )
 }
 
+/// A bootstrap with one tcp_proxy listener `tcp` (port 0) to cluster `backend` at
+/// `upstream`; `extra` adds TcpProxy fields (indented YAML lines).
+pub fn tcp_proxy_bootstrap(upstream: SocketAddr, stat_prefix: &str, extra: &str) -> String {
+    format!(
+        r#"
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: tcp
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: {stat_prefix}
+          cluster: backend
+{extra}
+  clusters:
+{}"#,
+        static_cluster("backend", &[upstream], false)
+    )
+}
+
 /// A STATIC cluster YAML list item; `h2` selects HTTP/2 upstream.
 pub fn static_cluster(name: &str, addrs: &[SocketAddr], h2: bool) -> String {
     let endpoints: String = addrs
