@@ -27,6 +27,8 @@ struct Hit {
     upstream: &'static str,
     attempt_count: Option<String>,
     expected_timeout: Option<String>,
+    /// Envoy's control headers the upstream got (other than the two above).
+    envoy_headers: Vec<String>,
     body: Bytes,
 }
 
@@ -38,7 +40,9 @@ type Hits = Arc<Mutex<HashMap<String, Vec<Hit>>>>;
 /// - `status-<code>`: answers `<code>` (body `flaky <code>`);
 /// - `reset`: drops the connection before answering;
 /// - `stall`: answers only after 1 s;
-/// - `grpc`: a trailers-only gRPC `unavailable` (`grpc-status: 14`).
+/// - `grpc`: a trailers-only gRPC `unavailable` (`grpc-status: 14`);
+/// - `slowfirst`: the first attempt answers `first` after 0.3 s, later ones `second`
+///   after 1.5 s (with `n` ≥ 1).
 async fn flaky(name: &'static str, hits: Hits) -> SocketAddr {
     accept_each(move |stream| {
         let hits = hits.clone();
@@ -63,6 +67,17 @@ async fn answer(
     let header = |n: &str| req.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
     let attempt_count = header("x-envoy-attempt-count");
     let expected_timeout = header("x-envoy-expected-rq-timeout-ms");
+    let mut envoy_headers: Vec<String> = req
+        .headers()
+        .keys()
+        .map(|k| k.as_str().to_owned())
+        .filter(|k| {
+            k.starts_with("x-envoy-")
+                && k != "x-envoy-attempt-count"
+                && k != "x-envoy-expected-rq-timeout-ms"
+        })
+        .collect();
+    envoy_headers.sort();
     let body = req.into_body().collect().await.unwrap().to_bytes();
     // `/<route>/<mode>/<n>/<id>`: the last three segments say what to do.
     let parts: Vec<&str> = path.rsplitn(4, '/').collect();
@@ -76,6 +91,7 @@ async fn answer(
             upstream: name,
             attempt_count,
             expected_timeout,
+            envoy_headers,
             body: body.clone(),
         });
         list.len()
@@ -99,6 +115,14 @@ async fn answer(
         "stall" => {
             tokio::time::sleep(Duration::from_secs(1)).await;
             Ok(reply(200, "late".into()))
+        }
+        "slowfirst" if seen == 1 => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(reply(200, "first".into()))
+        }
+        "slowfirst" => {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(reply(200, "second".into()))
         }
         "grpc" => Ok(Response::builder()
             .header("content-type", "application/grpc")
@@ -136,6 +160,7 @@ async fn refusing(hits: Hits) -> SocketAddr {
                             .get("x-envoy-attempt-count")
                             .map(|v| v.to_str().unwrap().to_owned()),
                         expected_timeout: None,
+                        envoy_headers: Vec::new(),
                         body: Bytes::new(),
                     });
                     list.len()
@@ -202,6 +227,18 @@ fn bootstrap(a: SocketAddr, b: SocketAddr, dead: SocketAddr, h2: SocketAddr) -> 
             "a",
             "",
             "retry_on: \"unavailable,cancelled\", num_retries: 2",
+        ),
+        route(
+            "/hedge/",
+            "a",
+            ", hedge_policy: { hedge_on_per_try_timeout: true }",
+            "retry_on: 5xx, num_retries: 1, per_try_timeout: 0.1s",
+        ),
+        route(
+            "/nohedge/",
+            "a",
+            "",
+            "retry_on: 5xx, num_retries: 1, per_try_timeout: 0.1s",
         ),
         route("/dead/", "dead", "", ISTIO),
         route("/refused/", "h2", "", ISTIO),
@@ -301,6 +338,10 @@ const CASES: &[Case] = &[
         body: 0,
         grpc: true,
     },
+    // Hedging: the first attempt, past its per-try timeout, keeps running beside the
+    // retry and its answer wins; without hedging it is reset and the retry answers.
+    get("/hedge/slowfirst/1"),
+    get("/nohedge/slowfirst/1"),
     // A refused connection, retried until the limit.
     get("/dead/status-503/0"),
     // An HTTP/2 stream refused: `refused-stream`, and any reset for `gateway-error`.
@@ -483,4 +524,83 @@ async fn expected_timeout_is_the_per_try_timeout() {
     let seen = hits.lock().unwrap()["t1"].clone();
     let timeouts: Vec<_> = seen.iter().map(|h| h.expected_timeout.clone()).collect();
     assert_eq!(timeouts, [Some("200".to_owned()), Some("200".to_owned())]);
+}
+
+/// Envoy's control headers (`x-envoy-retry-on`, `x-envoy-max-retries`,
+/// `x-envoy-retriable-status-codes`, `x-envoy-upstream-rq-timeout-ms`,
+/// `x-envoy-upstream-rq-per-try-timeout-ms`) act on a request the connection manager
+/// trusts (`internal_address_config`), and are dropped from any other; either way the
+/// upstream gets what Envoy sends it.
+#[tokio::test]
+async fn trusted_control_headers_match_envoy() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let hits = Hits::default();
+    let a = flaky("a", hits.clone()).await;
+    let routes =
+        "              - match: { prefix: \"/\" }\n                route: { cluster: a }\n";
+    let internal = "          use_remote_address: true\n          internal_address_config: { cidr_ranges: [{ address_prefix: 127.0.0.0, prefix_len: 8 }] }\n";
+    let external = "          use_remote_address: true\n";
+    const CASES: &[(&str, &[(&str, &str)])] = &[
+        ("/status-503/1", &[("x-envoy-retry-on", "5xx")]),
+        (
+            "/status-503/1",
+            &[("x-envoy-retry-on", "5xx"), ("x-envoy-max-retries", "0")],
+        ),
+        (
+            "/status-418/1",
+            &[
+                ("x-envoy-retry-on", "retriable-status-codes"),
+                ("x-envoy-retriable-status-codes", "418"),
+            ],
+        ),
+        ("/stall/1", &[("x-envoy-upstream-rq-timeout-ms", "200")]),
+        (
+            "/stall/1",
+            &[
+                ("x-envoy-retry-on", "5xx"),
+                ("x-envoy-upstream-rq-per-try-timeout-ms", "100"),
+            ],
+        ),
+    ];
+    let mut diffs = Differences::default();
+    for (kind, extra) in [("internal", internal), ("external", external)] {
+        let yaml = http_bootstrap_logged(routes, &static_cluster("a", &[a], false), extra);
+        let ours = Proxy::start(&yaml).await;
+        let theirs = Proxy::start_bin(&envoy, &yaml, &["--disable-hot-restart"]).await;
+        for (i, (path, headers)) in CASES.iter().enumerate() {
+            let mut outcomes = Vec::new();
+            for (tag, proxy) in [("envoy", &theirs), ("ours", &ours)] {
+                let id = format!("{kind}-{tag}-{i}");
+                let mut req = Request::get(format!("/x{path}/{id}")).header("host", "svc");
+                for (k, v) in *headers {
+                    req = req.header(*k, *v);
+                }
+                let (status, _, body) = send(
+                    proxy.listener("http"),
+                    false,
+                    req.body(Full::new(Bytes::new())).unwrap(),
+                )
+                .await
+                .unwrap();
+                let seen = hits.lock().unwrap().get(&id).cloned().unwrap_or_default();
+                outcomes.push((
+                    status.as_u16(),
+                    String::from_utf8_lossy(&body).into_owned(),
+                    seen.iter()
+                        // The time left differs by the milliseconds each took.
+                        .map(|h| (h.envoy_headers.clone(), h.expected_timeout.is_some()))
+                        .collect::<Vec<_>>(),
+                ));
+            }
+            let ours = outcomes.pop().unwrap();
+            diffs.check(
+                format!("{kind} {path} {headers:?}"),
+                outcomes.pop().unwrap(),
+                ours,
+            );
+        }
+    }
+    diffs.assert_none();
 }

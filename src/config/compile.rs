@@ -784,6 +784,20 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
             skip_xff_append: hcm.skip_xff_append,
             xff_num_trusted_hops: hcm.xff_num_trusted_hops,
             preserve_external_request_id: hcm.preserve_external_request_id,
+            internal: match &hcm.internal_address_config {
+                Some(c) => c
+                    .cidr_ranges
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        super::rbac::cidr(
+                            r,
+                            &format!("{path}.internal_address_config.cidr_ranges[{i}]"),
+                        )
+                    })
+                    .collect::<Result<_>>()?,
+                None => Vec::new(),
+            },
         },
         buffer_limit: 1 << 20,
         stream_idle_timeout,

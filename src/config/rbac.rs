@@ -65,7 +65,10 @@ fn policy(p: &PolicyPb, path: &str) -> Result<Policy> {
     })
 }
 
-fn cidr(c: &envoy_types::pb::envoy::config::core::v3::CidrRange, path: &str) -> Result<Cidr> {
+pub(super) fn cidr(
+    c: &envoy_types::pb::envoy::config::core::v3::CidrRange,
+    path: &str,
+) -> Result<Cidr> {
     let ip = c.address_prefix.parse().map_err(|_| {
         format!(
             "{path}.address_prefix: '{}' is not an IP address",

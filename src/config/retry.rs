@@ -142,6 +142,25 @@ pub fn retry_policy(p: &RetryPolicyPb, path: &str) -> Result<RetryPolicy> {
     Ok(out)
 }
 
+/// `hedge_policy`: only `hedge_on_per_try_timeout` (Envoy implements no other part);
+/// `initial_requests` other than 1 and `additional_request_chance` are rejected.
+pub fn hedge_on_per_try_timeout(
+    h: &envoy_types::pb::envoy::config::route::v3::HedgePolicy,
+    path: &str,
+) -> Result<bool> {
+    if h.initial_requests.as_ref().is_some_and(|v| v.value != 1) {
+        return Err(format!(
+            "{path}.initial_requests: only 1 is supported (as in Envoy)"
+        ));
+    }
+    if h.additional_request_chance.is_some() {
+        return Err(format!(
+            "{path}.additional_request_chance: not supported (as in Envoy)"
+        ));
+    }
+    Ok(h.hedge_on_per_try_timeout)
+}
+
 fn typed_name(any: Option<&envoy_types::pb::google::protobuf::Any>) -> Option<&str> {
     any.map(|a| proto::type_name(&a.type_url))
 }

@@ -76,7 +76,13 @@ pub fn route_table(
             .map(std::sync::Arc::new);
         // The most specific non-empty mirror policies apply, not merged (as Envoy).
         let vh_mirrors = super::mirror::mirror_policies(&vh.request_mirror_policies, &vpath)?;
+        let vh_hedge = vh
+            .hedge_policy
+            .as_ref()
+            .map(|h| super::retry::hedge_on_per_try_timeout(h, &format!("{vpath}.hedge_policy")))
+            .transpose()?;
         let inherited = Inherited {
+            hedge: vh_hedge,
             retry: vh_retry.as_ref(),
             mirrors: if vh_mirrors.is_empty() {
                 &rc_mirrors
@@ -125,6 +131,8 @@ pub fn route_table(
 /// What a route takes from its virtual host (or route configuration) when it sets
 /// nothing itself.
 struct Inherited<'a> {
+    /// The virtual host's `hedge_policy.hedge_on_per_try_timeout`, if it has one.
+    hedge: Option<bool>,
     retry: Option<&'a std::sync::Arc<crate::http::retry::RetryPolicy>>,
     mirrors: &'a [crate::http::mirror::MirrorPolicy],
 }
@@ -156,6 +164,20 @@ fn route(
             }
             if f.mirrors.is_empty() {
                 f.mirrors = inherited.mirrors.to_vec();
+            }
+            // The route's hedge policy, else its virtual host's, applies to whichever
+            // retry policy the route ends up with.
+            let hedge = match &a.hedge_policy {
+                Some(h) => Some(super::retry::hedge_on_per_try_timeout(
+                    h,
+                    &format!("{path}.route.hedge_policy"),
+                )?),
+                None => inherited.hedge,
+            };
+            if let (Some(hedge), Some(retry)) = (hedge, f.retry.as_mut())
+                && hedge != retry.hedge_on_per_try_timeout
+            {
+                std::sync::Arc::make_mut(retry).hedge_on_per_try_timeout = hedge;
             }
             RouteAction::Forward(f)
         }

@@ -291,7 +291,12 @@ const FIELDS: &[(&str, &[&str])] = &[
             "proxy_100_continue",
             "common_http_protocol_options",
             "drain_timeout",
+            "internal_address_config",
         ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",
+        &["unix_sockets", "cidr_ranges"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.Rds",
@@ -629,6 +634,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "include_attempt_count_in_response",
             "retry_policy",
             "request_mirror_policies",
+            "hedge_policy",
         ],
     ),
     (
@@ -742,7 +748,12 @@ const FIELDS: &[(&str, &[&str])] = &[
             "max_stream_duration",
             "retry_policy",
             "request_mirror_policies",
+            "hedge_policy",
         ],
+    ),
+    (
+        "envoy.config.route.v3.HedgePolicy",
+        &["initial_requests", "hedge_on_per_try_timeout"],
     ),
     (
         "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
@@ -1197,7 +1208,7 @@ mod tests {
             ),
             (
                 "envoy.config.route.v3.RouteConfiguration",
-                "name: r\nvirtual_hosts: [{ name: v, domains: [\"*\"], routes: [{ match: { prefix: / }, route: { cluster: c, hedge_policy: { hedge_on_per_try_timeout: true } } }] }]\n",
+                "name: r\nvirtual_hosts: [{ name: v, domains: [\"*\"], routes: [{ match: { prefix: / }, route: { cluster: c, hash_policy: [{ header: { header_name: x } }] } }] }]\n",
                 false,
             ),
         ];

@@ -26,22 +26,28 @@ pub struct ForwardedConfig {
     pub skip_xff_append: bool,
     pub xff_num_trusted_hops: u32,
     pub preserve_external_request_id: bool,
+    /// `internal_address_config.cidr_ranges`: a request from one of these is internal.
+    pub internal: Vec<crate::net::cidr::Cidr>,
 }
 
 /// Request headers only Envoy itself may set; a request that is not internal loses them.
-const INTERNAL_HEADERS: [&str; 13] = [
+const INTERNAL_HEADERS: [&str; 17] = [
     "x-envoy-decorator-operation",
     "x-envoy-downstream-service-cluster",
     "x-envoy-downstream-service-node",
     "x-envoy-expected-rq-timeout-ms",
     "x-envoy-external-address",
     "x-envoy-force-trace",
+    "x-envoy-hedge-on-per-try-timeout",
     "x-envoy-internal",
     "x-envoy-ip-tags",
     "x-envoy-max-retries",
+    "x-envoy-retriable-header-names",
+    "x-envoy-retriable-status-codes",
     "x-envoy-retry-grpc-on",
     "x-envoy-retry-on",
     "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
     "x-envoy-upstream-rq-timeout-ms",
 ];
 
@@ -67,13 +73,34 @@ impl ForwardedConfig {
             .map_or(peer, |ip| SocketAddr::new(ip, 0))
     }
 
-    /// Applies the rules to a request from `peer`. Runs before the connection manager
-    /// adds its own headers (`x-request-id`, the expected timeout).
-    pub fn apply(&self, h: &mut HeaderMap, peer: SocketAddr) {
-        // No request is internal (no `internal_address_config`), so Envoy's control
-        // headers from the client are never trusted.
-        // One pass over the names is cheaper than a lookup per internal header.
-        if h.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+    /// Whether a request is internal, as Envoy decides it: its client address (the
+    /// peer with `use_remote_address`, else the last `x-forwarded-for` address after
+    /// the trusted hops) is in `internal_address_config`, and it is trustworthy: with
+    /// `use_remote_address` the request came without `x-forwarded-for`, without it the
+    /// header holds that one address. Read before [`apply`](Self::apply).
+    pub fn is_internal(&self, h: &HeaderMap, peer: SocketAddr) -> bool {
+        if self.internal.is_empty() {
+            return false;
+        }
+        let trustworthy = if self.use_remote_address {
+            !h.contains_key(X_FORWARDED_FOR)
+        } else {
+            self.xff_num_trusted_hops == 0
+                && xff(h).is_some_and(|x| !x.contains(',') && x.trim().parse::<IpAddr>().is_ok())
+        };
+        let ip = self.remote_address(h, peer).ip();
+        trustworthy && self.internal.iter().any(|c| c.contains(ip))
+    }
+
+    /// Applies the rules to a request from `peer`; `internal` is what
+    /// [`is_internal`](Self::is_internal) said of it. Runs before the connection
+    /// manager adds its own headers (`x-request-id`, the expected timeout).
+    pub fn apply(&self, h: &mut HeaderMap, peer: SocketAddr, internal: bool) {
+        if internal {
+            // Envoy's control headers from an internal client are trusted.
+            h.insert("x-envoy-internal", HeaderValue::from_static("true"));
+        } else if h.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+            // One pass over the names is cheaper than a lookup per internal header.
             for name in INTERNAL_HEADERS {
                 h.remove(HeaderName::from_static(name));
             }
@@ -103,11 +130,15 @@ impl ForwardedConfig {
                 h.insert(X_FORWARDED_FOR, v);
             }
         }
-        if let Some(Ok(v)) = trusted.map(|t| HeaderValue::from_str(&t)) {
-            h.insert(X_ENVOY_EXTERNAL_ADDRESS, v);
-        }
         if self.xff_num_trusted_hops == 0 || !h.contains_key(X_FORWARDED_PROTO) {
             h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        // What only an external (edge) request gets.
+        if internal {
+            return;
+        }
+        if let Some(Ok(v)) = trusted.map(|t| HeaderValue::from_str(&t)) {
+            h.insert(X_ENVOY_EXTERNAL_ADDRESS, v);
         }
         if !self.preserve_external_request_id {
             h.remove(X_REQUEST_ID);
@@ -179,7 +210,9 @@ mod tests {
                 )
             })
             .collect();
-        cfg.apply(&mut h, "10.0.0.9:5555".parse().unwrap());
+        let peer = "10.0.0.9:5555".parse().unwrap();
+        let internal = cfg.is_internal(&h, peer);
+        cfg.apply(&mut h, peer, internal);
         h
     }
 
@@ -239,5 +272,40 @@ mod tests {
         let h = apply(&skip, &[]);
         assert!(!h.contains_key("x-forwarded-for"));
         assert_eq!(h["x-envoy-external-address"], "10.0.0.9");
+    }
+
+    #[test]
+    fn internal_requests_keep_envoy_headers() {
+        let cfg = ForwardedConfig {
+            use_remote_address: true,
+            internal: vec![crate::net::cidr::Cidr::new("10.0.0.0".parse().unwrap(), 8).unwrap()],
+            ..Default::default()
+        };
+        let h = apply(
+            &cfg,
+            &[("x-envoy-retry-on", "5xx"), ("x-request-id", "abc")],
+        );
+        assert_eq!(h["x-envoy-retry-on"], "5xx");
+        assert_eq!(h["x-envoy-internal"], "true");
+        assert_eq!(h["x-request-id"], "abc");
+        assert!(!h.contains_key("x-envoy-external-address"));
+        // A request that already went through a proxy is not trusted.
+        let h = apply(
+            &cfg,
+            &[("x-envoy-retry-on", "5xx"), ("x-forwarded-for", "10.1.1.1")],
+        );
+        assert!(!h.contains_key("x-envoy-retry-on"));
+        // Without use_remote_address: the one address in x-forwarded-for decides.
+        let cfg = ForwardedConfig {
+            internal: vec![crate::net::cidr::Cidr::new("10.0.0.0".parse().unwrap(), 8).unwrap()],
+            ..Default::default()
+        };
+        let h = apply(
+            &cfg,
+            &[("x-envoy-retry-on", "5xx"), ("x-forwarded-for", "10.1.1.1")],
+        );
+        assert_eq!(h["x-envoy-retry-on"], "5xx");
+        let h = apply(&cfg, &[("x-envoy-retry-on", "5xx")]);
+        assert!(!h.contains_key("x-envoy-retry-on"));
     }
 }

@@ -110,6 +110,9 @@ struct Picked<'a> {
     authz_response: Vec<(http::HeaderName, HeaderValue)>,
     /// Attempts sent upstream (`x-envoy-attempt-count`).
     attempts: u32,
+    /// The request is internal (`internal_address_config`): Envoy's control headers
+    /// (`x-envoy-retry-on`, `x-envoy-upstream-rq-timeout-ms`, …) apply.
+    internal: bool,
 }
 
 /// What the listener knows about the downstream connection.
@@ -243,8 +246,9 @@ impl HttpConnectionManager {
             .forwarded
             .remote_address(req.headers(), down.peer);
         // The connection manager's own request headers, before routing (as Envoy).
+        let internal = self.config.forwarded.is_internal(req.headers(), down.peer);
         let h = req.headers_mut();
-        self.config.forwarded.apply(h, down.peer);
+        self.config.forwarded.apply(h, down.peer, internal);
         if self.config.generate_request_id && !h.contains_key(headers::X_REQUEST_ID) {
             h.insert(headers::X_REQUEST_ID, headers::request_id());
         }
@@ -252,6 +256,7 @@ impl HttpConnectionManager {
         if self.access_logs.is_empty() {
             let mut picked = Picked {
                 grpc_call: grpc_call.clone(),
+                internal,
                 ..Default::default()
             };
             let req = Self::count_grpc_request(&grpc_call, req.map(body::boxed));
@@ -282,6 +287,7 @@ impl HttpConnectionManager {
         let req = Self::count_grpc_request(&grpc_call, req);
         let mut picked = Picked {
             grpc_call: grpc_call.clone(),
+            internal,
             ..Default::default()
         };
         let mut resp = self.forward(view, down, remote, req, &mut picked).await;
@@ -618,9 +624,13 @@ impl HttpConnectionManager {
                 UpstreamProtocol::Http2 => true,
                 UpstreamProtocol::Downstream => req.version() == Version::HTTP_2,
             };
-        // The route's retry policy (an upgrade is never retried: its body is a tunnel).
+        // The route's retry policy (an upgrade is never retried: its body is a tunnel);
+        // an internal request's headers may ask for retries on a route without one.
+        let trusted = picked.internal.then(|| req.headers());
         let policy = match &matched.target {
-            Target::Forward { retry, .. } if upgrade.is_none() => *retry,
+            Target::Forward { retry, .. } if upgrade.is_none() => {
+                (*retry).or(trusted.is_some().then(|| &*DEFAULT_RETRY))
+            }
             _ => None,
         };
         let mut retry = policy.and_then(|p| {
@@ -631,11 +641,35 @@ impl HttpConnectionManager {
                 path_and_query: req.uri().path_and_query().map_or("/", PathAndQuery::as_str),
                 headers: req.headers(),
             };
-            RetryState::new(p, &head, None)
+            RetryState::new(p, &head, trusted)
         });
-        let (per_try, per_try_idle) = retry.as_ref().map_or((None, None), |r| {
+        let (mut per_try, per_try_idle) = retry.as_ref().map_or((None, None), |r| {
             (r.policy().per_try_timeout, r.policy().per_try_idle_timeout)
         });
+        let mut timeout = timeout;
+        if let Some(h) = trusted {
+            // `x-envoy-upstream-rq-timeout-ms` replaces the route's timeout (0: none),
+            // `x-envoy-upstream-rq-per-try-timeout-ms` the per-try timeout.
+            let ms = |name: &str| {
+                h.get(name)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .map(std::time::Duration::from_millis)
+            };
+            if let Some(t) = ms("x-envoy-upstream-rq-timeout-ms") {
+                timeout = Some(t).filter(|t| !t.is_zero());
+            }
+            if retry.is_some()
+                && let Some(t) = ms("x-envoy-upstream-rq-per-try-timeout-ms")
+            {
+                per_try = Some(t).filter(|t| !t.is_zero());
+            }
+        }
+        // Envoy's control headers are spent here; the upstream does not get them.
+        if trusted.is_some() {
+            for name in ROUTER_HEADERS {
+                req.headers_mut().remove(name);
+            }
+        }
         // The upstream is told the time it has: the per-try timeout when shorter.
         let expected = match (timeout, per_try) {
             (Some(t), Some(p)) => Some(t.min(p)),
@@ -680,204 +714,199 @@ impl HttpConnectionManager {
         let mut host = host;
         let mut attempt = 1;
         let mut retry_flags = RetryFlags::default();
-        let (outcome, active, start, try_deadline) = loop {
-            picked.host = Some(host.addr);
-            picked.attempts = attempt;
-            let mut upstream_req = match (&resend, first.take()) {
-                (Some(r), _) => r.request(attempt, matched.attempt_count().0),
-                (None, Some(r)) => r,
-                (None, None) => unreachable!("a request without retries is sent once"),
+        // Hedging on per-try timeouts runs attempts side by side (never an upgrade).
+        let hedge = match (&mut retry, &resend) {
+            (Some(rs), Some(r))
+                if rs.policy().hedge_on_per_try_timeout
+                    && rs.policy().per_try_timeout.is_some()
+                    && upgrade.is_none() =>
+            {
+                Some((rs, r))
+            }
+            _ => None,
+        };
+        let (outcome, active, start, try_deadline) = if let Some((rs, r)) = hedge {
+            let hedging = Hedging {
+                cluster: &cluster,
+                resend: r,
+                idle: idle.as_ref(),
+                h2,
+                dst,
+                count_header: matched.attempt_count().0,
             };
-            if let Some(activity) = &idle {
-                // Request data counts as activity for the route's idle timeout.
-                let activity = activity.clone();
-                upstream_req = upstream_req.map(|b| body::boxed(Guarded::new(b, activity, None)));
+            match self
+                .hedged(hedging, host, rs, &mut deadline, picked, &mut retry_flags)
+                .await
+            {
+                Ok((outcome, active, start)) => (outcome, active, start, None),
+                Err(reply) => return reply,
             }
-            let try_idle = per_try_idle.map(Activity::new);
-            if let Some(activity) = &try_idle {
-                let activity = activity.clone();
-                upstream_req = upstream_req.map(|b| body::boxed(Guarded::new(b, activity, None)));
-            }
-            if let Some(kind) = &upgrade {
-                upgrade::restore_headers(upstream_req.headers_mut(), kind.clone());
-            }
-            let active = GaugeGuard::new(&stats.upstream_rq_active);
-            let start = Instant::now();
-            let mut try_deadline = per_try.map(|t| Box::pin(tokio::time::sleep(t)));
-            // Pinned where they are, in a block that ends them: the request's futures
-            // are large, and each move into a `select!` would copy them.
-            let outcome = {
-                let sent = std::pin::pin!(async {
-                    match upgrade {
-                        Some(_) => http_pool::send_upgrade(&cluster, &host, upstream_req).await,
-                        None => http_pool::send(&cluster, &host, upstream_req, h2).await,
+        } else {
+            loop {
+                picked.host = Some(host.addr);
+                picked.attempts = attempt;
+                let mut upstream_req = match (&resend, first.take()) {
+                    (Some(r), _) => {
+                        // What is left of the route's timeout, or the per-try timeout if
+                        // shorter.
+                        let left = deadline.as_ref().map(|d| {
+                            d.deadline()
+                                .saturating_duration_since(Instant::now().into())
+                        });
+                        let expected = match (left, per_try) {
+                            (Some(l), Some(p)) => Some(l.min(p)),
+                            (l, p) => l.or(p),
+                        };
+                        r.request(attempt, matched.attempt_count().0, expected)
                     }
-                });
-                let timers = std::pin::pin!(async {
-                    let route = async {
-                        match deadline.as_mut() {
-                            Some(d) => d.as_mut().await,
-                            None => std::future::pending().await,
+                    (None, Some(r)) => r,
+                    (None, None) => unreachable!("a request without retries is sent once"),
+                };
+                if let Some(activity) = &idle {
+                    // Request data counts as activity for the route's idle timeout.
+                    let activity = activity.clone();
+                    upstream_req =
+                        upstream_req.map(|b| body::boxed(Guarded::new(b, activity, None)));
+                }
+                let try_idle = per_try_idle.map(Activity::new);
+                if let Some(activity) = &try_idle {
+                    let activity = activity.clone();
+                    upstream_req =
+                        upstream_req.map(|b| body::boxed(Guarded::new(b, activity, None)));
+                }
+                if let Some(kind) = &upgrade {
+                    upgrade::restore_headers(upstream_req.headers_mut(), kind.clone());
+                }
+                let active = GaugeGuard::new(&stats.upstream_rq_active);
+                let start = Instant::now();
+                let mut try_deadline = per_try.map(|t| Box::pin(tokio::time::sleep(t)));
+                // Pinned where they are, in a block that ends them: the request's futures
+                // are large, and each move into a `select!` would copy them.
+                let outcome = {
+                    let sent = std::pin::pin!(async {
+                        match upgrade {
+                            Some(_) => http_pool::send_upgrade(&cluster, &host, upstream_req).await,
+                            None => http_pool::send(&cluster, &host, upstream_req, h2).await,
                         }
-                    };
-                    let this_try = async {
-                        match try_deadline.as_mut() {
-                            Some(d) => d.as_mut().await,
-                            None => std::future::pending().await,
+                    });
+                    let timers = std::pin::pin!(async {
+                        let route = async {
+                            match deadline.as_mut() {
+                                Some(d) => d.as_mut().await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        let this_try = async {
+                            match try_deadline.as_mut() {
+                                Some(d) => d.as_mut().await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        let try_quiet = async {
+                            match &try_idle {
+                                Some(a) => a.expired().await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        let went_idle = async {
+                            match &idle {
+                                Some(activity) => activity.expired().await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        tokio::select! {
+                            biased;
+                            () = route => Outcome::RouteTimeout,
+                            () = this_try => Outcome::PerTryTimeout,
+                            () = try_quiet => Outcome::PerTryIdle,
+                            () = went_idle => Outcome::StreamIdle,
                         }
-                    };
-                    let try_quiet = async {
-                        match &try_idle {
-                            Some(a) => a.expired().await,
-                            None => std::future::pending().await,
-                        }
-                    };
-                    let went_idle = async {
-                        match &idle {
-                            Some(activity) => activity.expired().await,
-                            None => std::future::pending().await,
-                        }
-                    };
+                    });
                     tokio::select! {
                         biased;
-                        () = route => Outcome::RouteTimeout,
-                        () = this_try => Outcome::PerTryTimeout,
-                        () = try_quiet => Outcome::PerTryIdle,
-                        () = went_idle => Outcome::StreamIdle,
+                        r = sent => Outcome::Sent(r),
+                        o = timers => o,
                     }
-                });
-                tokio::select! {
-                    biased;
-                    r = sent => Outcome::Sent(r),
-                    o = timers => o,
-                }
-            };
-            // After a retry, Envoy's reset replies say so.
-            let retried = attempt > 1;
-            let reset_reply = |fresh: &'static str, again: &'static str, flag| {
-                local_reply::with_body(
-                    http::StatusCode::SERVICE_UNAVAILABLE,
-                    if retried { again } else { fresh },
-                    flag,
-                )
-            };
-            let outcome = match outcome {
-                Outcome::Sent(Ok(resp)) => Ok(resp),
-                Outcome::Sent(Err(SendError::Connect(ConnectError::Timeout))) => Err((
-                    Failure::ConnectFailure,
-                    reset_reply(
-                        local_reply::CONNECT_TIMEOUT,
-                        local_reply::RETRIED_CONNECT_TIMEOUT,
-                        ResponseFlag::UpstreamConnectionFailure,
-                    ),
-                )),
-                Outcome::Sent(Err(SendError::Connect(
-                    ConnectError::Failed(_) | ConnectError::Loop,
-                ))) => Err((
-                    Failure::ConnectFailure,
-                    reset_reply(
-                        local_reply::CONNECT_FAILURE,
-                        local_reply::RETRIED_CONNECT_FAILURE,
-                        ResponseFlag::UpstreamConnectionFailure,
-                    ),
-                )),
-                Outcome::Sent(Err(SendError::Reset(e))) => {
-                    tracing::debug!(
-                        cluster = cluster.name(),
-                        "upstream reset before headers: {e}"
-                    );
-                    let refused = refused_stream(&e);
-                    let reply = if refused {
-                        reset_reply(
-                            local_reply::REFUSED_STREAM,
-                            local_reply::RETRIED_REFUSED_STREAM,
-                            ResponseFlag::UpstreamRemoteReset,
-                        )
-                    } else {
-                        reset_reply(
-                            local_reply::CONNECTION_TERMINATION,
-                            local_reply::RETRIED_CONNECTION_TERMINATION,
-                            ResponseFlag::UpstreamConnectionTermination,
-                        )
-                    };
-                    Err((Failure::Reset { refused }, reply))
-                }
-                Outcome::PerTryTimeout | Outcome::PerTryIdle => {
-                    if matches!(outcome, Outcome::PerTryIdle) {
-                        stats.upstream_rq_per_try_idle_timeout.inc();
-                    } else {
-                        stats.upstream_rq_per_try_timeout.inc();
+                };
+                let outcome = match outcome {
+                    Outcome::Sent(r) => sent_outcome(r, attempt > 1, cluster.name()),
+                    Outcome::PerTryTimeout | Outcome::PerTryIdle => {
+                        if matches!(outcome, Outcome::PerTryIdle) {
+                            stats.upstream_rq_per_try_idle_timeout.inc();
+                        } else {
+                            stats.upstream_rq_per_try_timeout.inc();
+                        }
+                        Err((
+                            Failure::PerTryTimeout,
+                            local_reply::reply(ResponseFlag::UpstreamRequestTimeout),
+                        ))
                     }
-                    Err((
-                        Failure::PerTryTimeout,
-                        local_reply::reply(ResponseFlag::UpstreamRequestTimeout),
-                    ))
+                    // The route's timeout ends the request, whatever retries remain.
+                    Outcome::RouteTimeout => {
+                        stats.upstream_rq_timeout.inc();
+                        stats.upstream_rq.record(504);
+                        let mut resp = local_reply::reply(ResponseFlag::UpstreamRequestTimeout);
+                        retry_flags.mark(&mut resp);
+                        return resp;
+                    }
+                    Outcome::StreamIdle => {
+                        self.stats.downstream_rq_idle_timeout.inc();
+                        return local_reply::reply(ResponseFlag::StreamIdleTimeout);
+                    }
+                };
+                // Past the buffer limit the body cannot be sent again: no more retries.
+                if resend.as_ref().is_some_and(|r| !r.replayable()) {
+                    retry = None;
                 }
-                // The route's timeout ends the request, whatever retries remain.
-                Outcome::RouteTimeout => {
+                let decision = match (&mut retry, &outcome) {
+                    (Some(rs), Ok(resp)) => rs.on_response(resp.status(), resp.headers(), &cluster),
+                    (Some(rs), Err((f, _))) => rs.on_failure(*f, &cluster),
+                    (None, _) => Decision::No,
+                };
+                let wait = match decision {
+                    Decision::Retry(wait) => wait,
+                    Decision::No => break (outcome, active, start, try_deadline),
+                    Decision::LimitExceeded => {
+                        retry_flags.limit_exceeded = true;
+                        break (outcome, active, start, try_deadline);
+                    }
+                    Decision::Overflow => {
+                        retry_flags.overflow = true;
+                        break (outcome, active, start, try_deadline);
+                    }
+                };
+                // Retried: this attempt's response is dropped (its connection with it), and
+                // its status is not counted (Envoy counts the one that ends the request).
+                drop((outcome, active));
+                let Some(rs) = retry.as_mut() else {
+                    unreachable!("only a request with retries is retried")
+                };
+                rs.tried.push(host.addr);
+                let backoff = tokio::time::sleep(wait);
+                let timed_out = match deadline.as_mut() {
+                    Some(d) => tokio::select! {
+                        biased;
+                        () = d.as_mut() => true,
+                        () = backoff => false,
+                    },
+                    None => {
+                        backoff.await;
+                        false
+                    }
+                };
+                if timed_out {
                     stats.upstream_rq_timeout.inc();
                     stats.upstream_rq.record(504);
-                    let mut resp = local_reply::reply(ResponseFlag::UpstreamRequestTimeout);
-                    retry_flags.mark(&mut resp);
-                    return resp;
+                    return local_reply::reply(ResponseFlag::UpstreamRequestTimeout);
                 }
-                Outcome::StreamIdle => {
-                    self.stats.downstream_rq_idle_timeout.inc();
-                    return local_reply::reply(ResponseFlag::StreamIdleTimeout);
-                }
-            };
-            // Past the buffer limit the body cannot be sent again: no more retries.
-            if resend.as_ref().is_some_and(|r| !r.replayable()) {
-                retry = None;
+                let Some(next) = retry_host(&cluster, rs, dst) else {
+                    cluster.stats.upstream_cx_none_healthy.inc();
+                    cluster.stats.upstream_rq.record(503);
+                    return local_reply::reply(ResponseFlag::NoHealthyUpstream);
+                };
+                host = next;
+                attempt += 1;
             }
-            let decision = match (&mut retry, &outcome) {
-                (Some(rs), Ok(resp)) => rs.on_response(resp.status(), resp.headers(), &cluster),
-                (Some(rs), Err((f, _))) => rs.on_failure(*f, &cluster),
-                (None, _) => Decision::No,
-            };
-            let wait = match decision {
-                Decision::Retry(wait) => wait,
-                Decision::No => break (outcome, active, start, try_deadline),
-                Decision::LimitExceeded => {
-                    retry_flags.limit_exceeded = true;
-                    break (outcome, active, start, try_deadline);
-                }
-                Decision::Overflow => {
-                    retry_flags.overflow = true;
-                    break (outcome, active, start, try_deadline);
-                }
-            };
-            // Retried: this attempt's response is dropped (its connection with it), and
-            // its status is not counted (Envoy counts the one that ends the request).
-            drop((outcome, active));
-            let Some(rs) = retry.as_mut() else {
-                unreachable!("only a request with retries is retried")
-            };
-            rs.tried.push(host.addr);
-            let backoff = tokio::time::sleep(wait);
-            let timed_out = match deadline.as_mut() {
-                Some(d) => tokio::select! {
-                    biased;
-                    () = d.as_mut() => true,
-                    () = backoff => false,
-                },
-                None => {
-                    backoff.await;
-                    false
-                }
-            };
-            if timed_out {
-                stats.upstream_rq_timeout.inc();
-                stats.upstream_rq.record(504);
-                return local_reply::reply(ResponseFlag::UpstreamRequestTimeout);
-            }
-            let Some(next) = retry_host(&cluster, rs, dst) else {
-                cluster.stats.upstream_cx_none_healthy.inc();
-                cluster.stats.upstream_rq.record(503);
-                return local_reply::reply(ResponseFlag::NoHealthyUpstream);
-            };
-            host = next;
-            attempt += 1;
         };
         let resp = match outcome {
             Ok(resp) => resp,
@@ -923,6 +952,157 @@ impl HttpConnectionManager {
         let mut resp = Response::from_parts(parts, body::boxed(body));
         retry_flags.mark(&mut resp);
         resp
+    }
+
+    /// Hedging (`hedge_on_per_try_timeout`): an attempt past its per-try timeout is not
+    /// reset; the retry goes out beside it, and the first answer the policy would not
+    /// retry wins (the others are reset as they are dropped). A retriable answer while
+    /// another attempt is still out is set aside without using a retry, as Envoy waits
+    /// for the others. Returns the winning outcome, or the local reply that ends the
+    /// request (route timeout, stream idle, no host).
+    #[allow(clippy::type_complexity)]
+    async fn hedged(
+        &self,
+        h: Hedging<'_>,
+        mut host: Arc<Host>,
+        rs: &mut RetryState<'_>,
+        deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+        picked: &mut Picked<'_>,
+        retry_flags: &mut RetryFlags,
+    ) -> Result<
+        (
+            Result<Response<PooledBody>, (Failure, Response<Body>)>,
+            GaugeGuard,
+            Instant,
+        ),
+        Response<Body>,
+    > {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        let cluster = h.cluster;
+        let stats = &cluster.stats;
+        let per_try = rs.policy().per_try_timeout;
+        let mut running = FuturesUnordered::new();
+        let mut attempt = 0;
+        let mut launch_now = true;
+        // The back-off before the next attempt, and the newest attempt's per-try timer.
+        let mut launch_at = None;
+        let mut try_deadline = None;
+        // The newest attempt; older ones passed their per-try timeout.
+        let mut newest = 0;
+        async fn until(t: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+            match t {
+                Some(t) => t.as_mut().await,
+                None => std::future::pending().await,
+            }
+        }
+        loop {
+            if std::mem::take(&mut launch_now) {
+                attempt += 1;
+                picked.host = Some(host.addr);
+                picked.attempts = attempt;
+                // A hedged attempt is told what is left of the route's timeout.
+                let left = deadline.as_ref().map(|d| {
+                    d.deadline()
+                        .saturating_duration_since(Instant::now().into())
+                });
+                let mut req = h.resend.request(attempt, h.count_header, left);
+                if let Some(a) = h.idle {
+                    let a = a.clone();
+                    req = req.map(|b| body::boxed(Guarded::new(b, a, None)));
+                }
+                let active = GaugeGuard::new(&stats.upstream_rq_active);
+                let (c, to, n, h2) = (cluster.clone(), host.clone(), attempt, h.h2);
+                newest = attempt;
+                running.push(async move {
+                    let start = Instant::now();
+                    let r = http_pool::send(&c, &to, req, h2).await;
+                    (to, n, active, start, r)
+                });
+                try_deadline = per_try.map(|t| Box::pin(tokio::time::sleep(t)));
+            }
+            let went_idle = async {
+                match h.idle {
+                    Some(a) => a.expired().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                Some((to, n, active, start, r)) = running.next() => {
+                    let outcome = sent_outcome(r, n > 1, cluster.name());
+                    let retriable = match &outcome {
+                        Ok(resp) => rs.retriable_response(resp.status(), resp.headers()),
+                        Err((f, _)) => rs.retriable_failure(*f),
+                    };
+                    if retriable && (!running.is_empty() || launch_at.is_some()) {
+                        continue;
+                    }
+                    // An attempt already hedged is not judged again (as Envoy): its
+                    // answer ends the request.
+                    if n != newest {
+                        picked.host = Some(to.addr);
+                        return Ok((outcome, active, start));
+                    }
+                    let decision = match &outcome {
+                        Ok(resp) => rs.on_response(resp.status(), resp.headers(), cluster),
+                        Err((f, _)) => rs.on_failure(*f, cluster),
+                    };
+                    match decision {
+                        Decision::Retry(wait) => {
+                            rs.tried.push(to.addr);
+                            try_deadline = None;
+                            launch_at = Some(Box::pin(tokio::time::sleep(wait)));
+                        }
+                        d => {
+                            retry_flags.limit_exceeded |= d == Decision::LimitExceeded;
+                            retry_flags.overflow |= d == Decision::Overflow;
+                            picked.host = Some(to.addr);
+                            return Ok((outcome, active, start));
+                        }
+                    }
+                }
+                () = until(deadline) => {
+                    stats.upstream_rq_timeout.inc();
+                    stats.upstream_rq.record(504);
+                    let mut resp = local_reply::reply(ResponseFlag::UpstreamRequestTimeout);
+                    retry_flags.mark(&mut resp);
+                    return Err(resp);
+                }
+                () = until(&mut try_deadline) => {
+                    // The attempt keeps running (not counted as a per-try timeout, as
+                    // Envoy); another goes out beside it while retries remain.
+                    try_deadline = None;
+                    match rs.on_hedge(cluster) {
+                        Decision::Retry(wait) => {
+                            rs.tried.push(host.addr);
+                            launch_at = Some(Box::pin(tokio::time::sleep(wait)));
+                        }
+                        Decision::LimitExceeded => retry_flags.limit_exceeded = true,
+                        Decision::Overflow => retry_flags.overflow = true,
+                        Decision::No => {}
+                    }
+                }
+                () = until(&mut launch_at) => {
+                    launch_at = None;
+                    match retry_host(cluster, rs, h.dst) {
+                        Some(next) => {
+                            host = next;
+                            launch_now = true;
+                        }
+                        None if running.is_empty() => {
+                            stats.upstream_cx_none_healthy.inc();
+                            stats.upstream_rq.record(503);
+                            return Err(local_reply::reply(ResponseFlag::NoHealthyUpstream));
+                        }
+                        None => {}
+                    }
+                }
+                () = went_idle => {
+                    self.stats.downstream_rq_idle_timeout.inc();
+                    return Err(local_reply::reply(ResponseFlag::StreamIdleTimeout));
+                }
+            }
+        }
     }
 
     /// The request as the upstream gets it: origin-form with `host` for HTTP/1.1, absolute
@@ -1097,6 +1277,23 @@ impl Drop for RequestEnd {
     }
 }
 
+/// The retry policy of a route without one, for an internal request whose headers ask
+/// for retries (`x-envoy-retry-on` …): Envoy's defaults.
+static DEFAULT_RETRY: std::sync::LazyLock<crate::http::retry::RetryPolicy> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Envoy's control headers the router reads from an internal request and removes.
+const ROUTER_HEADERS: [&str; 8] = [
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-hedge-on-per-try-timeout",
+];
+
 /// What ended the wait for an attempt's response headers.
 enum Outcome {
     Sent(Result<Response<PooledBody>, SendError>),
@@ -1108,6 +1305,16 @@ enum Outcome {
     PerTryIdle,
     /// The route's `idle_timeout`.
     StreamIdle,
+}
+
+/// What hedged attempts share.
+struct Hedging<'a> {
+    cluster: &'a Arc<Cluster>,
+    resend: &'a Resend,
+    idle: Option<&'a Activity>,
+    h2: bool,
+    dst: SocketAddr,
+    count_header: bool,
 }
 
 /// A request kept to be sent again: its head, and its body made replayable (none for
@@ -1166,8 +1373,14 @@ impl Resend {
         }
     }
 
-    /// The request for attempt number `attempt` (1 is the first).
-    fn request(&self, attempt: u32, count_header: bool) -> Request<Body> {
+    /// The request for attempt number `attempt` (1 is the first); a retry tells the
+    /// upstream the time `expected` it has left.
+    fn request(
+        &self,
+        attempt: u32,
+        count_header: bool,
+        expected: Option<std::time::Duration>,
+    ) -> Request<Body> {
         let body = match &self.body {
             Some(r) => body::boxed(r.attempt()),
             None => body::empty(),
@@ -1181,6 +1394,12 @@ impl Resend {
             req.headers_mut().insert(
                 headers::X_ENVOY_ATTEMPT_COUNT,
                 headers::decimal(u64::from(attempt)),
+            );
+        }
+        if let Some(t) = expected.filter(|_| attempt > 1) {
+            req.headers_mut().insert(
+                headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
+                headers::decimal(t.as_millis() as u64),
             );
         }
         req
@@ -1199,6 +1418,60 @@ fn retry_host(cluster: &Cluster, rs: &RetryState<'_>, dst: SocketAddr) -> Option
         host = cluster.pick(Some(dst))?;
     }
     Some(host)
+}
+
+/// An attempt's answer, or how it failed with the local reply that says so. After a
+/// retry, Envoy's reset replies say so.
+#[allow(clippy::result_large_err)]
+fn sent_outcome(
+    r: Result<Response<PooledBody>, SendError>,
+    retried: bool,
+    cluster: &str,
+) -> Result<Response<PooledBody>, (Failure, Response<Body>)> {
+    let reset_reply = |fresh: &'static str, again: &'static str, flag| {
+        local_reply::with_body(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            if retried { again } else { fresh },
+            flag,
+        )
+    };
+    match r {
+        Ok(resp) => Ok(resp),
+        Err(SendError::Connect(ConnectError::Timeout)) => Err((
+            Failure::ConnectFailure,
+            reset_reply(
+                local_reply::CONNECT_TIMEOUT,
+                local_reply::RETRIED_CONNECT_TIMEOUT,
+                ResponseFlag::UpstreamConnectionFailure,
+            ),
+        )),
+        Err(SendError::Connect(ConnectError::Failed(_) | ConnectError::Loop)) => Err((
+            Failure::ConnectFailure,
+            reset_reply(
+                local_reply::CONNECT_FAILURE,
+                local_reply::RETRIED_CONNECT_FAILURE,
+                ResponseFlag::UpstreamConnectionFailure,
+            ),
+        )),
+        Err(SendError::Reset(e)) => {
+            tracing::debug!(cluster, "upstream reset before headers: {e}");
+            let refused = refused_stream(&e);
+            let reply = if refused {
+                reset_reply(
+                    local_reply::REFUSED_STREAM,
+                    local_reply::RETRIED_REFUSED_STREAM,
+                    ResponseFlag::UpstreamRemoteReset,
+                )
+            } else {
+                reset_reply(
+                    local_reply::CONNECTION_TERMINATION,
+                    local_reply::RETRIED_CONNECTION_TERMINATION,
+                    ResponseFlag::UpstreamConnectionTermination,
+                )
+            };
+            Err((Failure::Reset { refused }, reply))
+        }
+    }
 }
 
 /// Whether an HTTP/2 upstream refused the stream (`REFUSED_STREAM`).

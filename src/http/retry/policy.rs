@@ -138,6 +138,9 @@ pub struct RetryPolicy {
     /// `host_selection_retry_max_attempts`: picks made to find a host the predicates
     /// accept before taking whatever the last pick was (Envoy's default 1).
     pub host_selection_max_attempts: u32,
+    /// The route's `hedge_policy.hedge_on_per_try_timeout`: an attempt past its
+    /// per-try timeout keeps running beside the retry; the first usable answer wins.
+    pub hedge_on_per_try_timeout: bool,
 }
 
 impl Default for RetryPolicy {
@@ -154,6 +157,7 @@ impl Default for RetryPolicy {
             retriable_request_headers: Vec::new(),
             previous_hosts: false,
             host_selection_max_attempts: 1,
+            hedge_on_per_try_timeout: false,
         }
     }
 }

@@ -52,6 +52,9 @@ pub struct RetryState<'a> {
     /// The retry breaker's slot, held from a retry's scheduling until its outcome.
     permit: Option<RetryPermit>,
     pub retries: u32,
+    /// An attempt has reached the upstream (had a connection): `reset-before-request`
+    /// no longer applies, to this attempt or any later one (as Envoy).
+    started: bool,
 }
 
 impl<'a> RetryState<'a> {
@@ -111,6 +114,7 @@ impl<'a> RetryState<'a> {
             tried: Vec::new(),
             permit: None,
             retries: 0,
+            started: false,
         })
     }
 
@@ -190,7 +194,8 @@ impl<'a> RetryState<'a> {
         }
         match f {
             Failure::ConnectFailure => {
-                on.any(RetryOn::CONNECT_FAILURE | RetryOn::RESET_BEFORE_REQUEST)
+                on.contains(RetryOn::CONNECT_FAILURE)
+                    || (on.contains(RetryOn::RESET_BEFORE_REQUEST) && !self.started)
             }
             Failure::Reset { refused } => refused && on.contains(RetryOn::REFUSED_STREAM),
             Failure::PerTryTimeout => false,
@@ -204,6 +209,7 @@ impl<'a> RetryState<'a> {
         h: &HeaderMap,
         cluster: &Cluster,
     ) -> Decision {
+        self.started = true;
         let retriable = self.retriable_response(status, h);
         let wait = retriable.then(|| self.rate_limited_wait(h)).flatten();
         self.decide(retriable, wait, cluster)
@@ -212,7 +218,17 @@ impl<'a> RetryState<'a> {
     /// After a failure without a response.
     pub fn on_failure(&mut self, f: Failure, cluster: &Cluster) -> Decision {
         let retriable = self.retriable_failure(f);
+        if f != Failure::ConnectFailure {
+            self.started = true;
+        }
         self.decide(retriable, None, cluster)
+    }
+
+    /// Hedging: an attempt passed its per-try timeout and keeps running; another goes
+    /// out beside it whenever retries remain, whatever `retry_on` says (as Envoy).
+    pub fn on_hedge(&mut self, cluster: &Cluster) -> Decision {
+        self.started = true;
+        self.decide(true, None, cluster)
     }
 
     fn decide(&mut self, retriable: bool, wait: Option<Duration>, cluster: &Cluster) -> Decision {
@@ -260,9 +276,16 @@ impl<'a> RetryState<'a> {
         Duration::from_millis(if ms == 0 { 0 } else { fastrand::u64(..ms) }).min(max)
     }
 
-    /// `rate_limited_retry_back_off`: the wait the first parsable reset header asks
-    /// for, if within `max_interval`.
+    /// `rate_limited_retry_back_off`: the first reset header that parses to more than
+    /// 1 ms and at most `max_interval` gives the interval; the wait is random between
+    /// it and one and a half times it, as Envoy jitters it.
     fn rate_limited_wait(&self, h: &HeaderMap) -> Option<Duration> {
+        let interval = self.rate_limited_interval(h)?;
+        let ms = interval.as_millis() as u64;
+        Some(Duration::from_millis(ms + fastrand::u64(..(ms / 2).max(1))))
+    }
+
+    fn rate_limited_interval(&self, h: &HeaderMap) -> Option<Duration> {
         let rl = self.policy.rate_limited_back_off.as_ref()?;
         rl.reset_headers.iter().find_map(|(name, format)| {
             let v: u64 = h.get(name)?.to_str().ok()?.trim().parse().ok()?;
@@ -275,7 +298,7 @@ impl<'a> RetryState<'a> {
                     Duration::from_secs(v).checked_sub(now)?
                 }
             };
-            (wait <= rl.max_interval).then_some(wait)
+            (wait > Duration::from_millis(1) && wait <= rl.max_interval).then_some(wait)
         })
     }
 
@@ -370,6 +393,11 @@ mod tests {
         let s = state("reset");
         assert!(!s.retriable_response(StatusCode::SERVICE_UNAVAILABLE, &r));
         assert!(s.retriable_failure(Failure::ConnectFailure));
+        let mut s = state("reset-before-request");
+        assert!(s.retriable_failure(Failure::ConnectFailure));
+        // Once an attempt reached the upstream, no later one is "before request".
+        s.started = true;
+        assert!(!s.retriable_failure(Failure::ConnectFailure));
         let s = state("connect-failure");
         assert!(s.retriable_failure(Failure::ConnectFailure));
         assert!(!s.retriable_failure(Failure::Reset { refused: true }));
@@ -486,10 +514,10 @@ mod tests {
         let mut s = RetryState::new(&p, &head(&h), None).unwrap();
         let mut r = HeaderMap::new();
         r.insert("retry-after", "2".parse().unwrap());
-        assert_eq!(
-            s.on_response(StatusCode::TOO_MANY_REQUESTS, &r, &c),
-            Decision::Retry(Duration::from_secs(2))
-        );
+        let Decision::Retry(wait) = s.on_response(StatusCode::TOO_MANY_REQUESTS, &r, &c) else {
+            panic!("not retried");
+        };
+        assert!(wait >= Duration::from_secs(2) && wait < Duration::from_secs(3));
         assert_eq!(c.stats.upstream_rq_retry_backoff_ratelimited.get(), 1);
     }
 }
