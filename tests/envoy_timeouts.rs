@@ -209,3 +209,52 @@ async fn tcp_proxy_timeouts_match_envoy() {
         assert_eq!(ours.metric(&sample).await, Some(1), "{sample}");
     }
 }
+
+/// An upstream connection that carried no request for the cluster's
+/// `common_http_protocol_options.idle_timeout` is closed, HTTP/1.1 and HTTP/2; the next
+/// request opens a new one.
+#[tokio::test]
+async fn upstream_idle_timeout_matches_envoy() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    for h2 in [false, true] {
+        let a = Upstream::start("a").await;
+        let routes = "              - match: { prefix: \"/\" }\n                route: { cluster: a }\n";
+        let cluster = static_cluster("a", &[a.addr], h2);
+        let cluster = if h2 {
+            cluster.replace(
+                "explicit_http_config:",
+                "common_http_protocol_options: { idle_timeout: 0.3s }\n        explicit_http_config:",
+            )
+        } else {
+            cluster.replace(
+                "    type: STATIC\n",
+                "    type: STATIC\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        common_http_protocol_options: { idle_timeout: 0.3s }\n        explicit_http_config: { http_protocol_options: {} }\n",
+            )
+        };
+        let yaml = http_bootstrap(routes, &cluster);
+        for (name, proxy) in [
+            ("pilotfish", Proxy::start(&yaml).await),
+            (
+                "envoy",
+                Proxy::start_bin(&envoy, &yaml, &["--disable-hot-restart"]).await,
+            ),
+        ] {
+            let before = a.connections.load(std::sync::atomic::Ordering::SeqCst);
+            for _ in 0..2 {
+                assert_eq!(http_get(proxy.listener("http"), "/").await.unwrap().0, 200);
+                proxy
+                    .wait_metric(
+                        "envoy_cluster_upstream_cx_active{envoy_cluster_name=\"a\"}",
+                        0,
+                    )
+                    .await;
+            }
+            let sample = "envoy_cluster_upstream_cx_idle_timeout{envoy_cluster_name=\"a\"}";
+            assert_eq!(proxy.metric(sample).await, Some(2), "{name} (h2: {h2})");
+            let opened = a.connections.load(std::sync::atomic::Ordering::SeqCst) - before;
+            assert_eq!(opened, 2, "{name} (h2: {h2}): one connection per request");
+        }
+    }
+}

@@ -1084,6 +1084,8 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         UpstreamProtocol::Http1
     };
     let mut max_requests_per_connection = c.max_requests_per_connection.as_ref().map(|v| v.value);
+    // Envoy's default upstream connection idle timeout.
+    let mut idle_timeout = Some(Duration::from_secs(3600));
     for (key, any) in &c.typed_extension_protocol_options {
         let opath = format!("{path}.typed_extension_protocol_options[\"{key}\"]");
         if proto::type_name(&any.type_url) != HTTP_OPTIONS {
@@ -1094,8 +1096,8 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
             // The connection manager's connection timeouts share this message; upstream
             // they are not implemented yet.
             let cpath = format!("{opath}.common_http_protocol_options");
-            if common.idle_timeout.is_some() {
-                return Err(format!("{cpath}.idle_timeout: not supported"));
+            if let Some(t) = &common.idle_timeout {
+                idle_timeout = Some(duration(t)).filter(|t| !t.is_zero());
             }
             if common.max_connection_duration.is_some() {
                 return Err(format!("{cpath}.max_connection_duration: not supported"));
@@ -1182,6 +1184,7 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         breakers,
         added_via_api: false,
         max_requests_per_connection: max_requests_per_connection.filter(|&m| m > 0),
+        idle_timeout,
         cleanup_interval: c
             .cleanup_interval
             .as_ref()

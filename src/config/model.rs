@@ -626,6 +626,9 @@ pub struct ClusterConfig {
     /// `max_requests_per_connection` (the cluster field or `common_http_protocol_options`):
     /// an upstream HTTP connection is used for at most this many requests.
     pub max_requests_per_connection: Option<u32>,
+    /// `common_http_protocol_options.idle_timeout`: an upstream HTTP connection that
+    /// carried no request for this long is closed (Envoy's default 1 h; `None`: `0s`).
+    pub idle_timeout: Option<Duration>,
     /// ORIGINAL_DST `cleanup_interval`: how often hosts no connection uses are dropped
     /// (Envoy's default 5s; istiod's inbound clusters ask for ~292 years, i.e. never).
     pub cleanup_interval: Duration,
@@ -649,6 +652,7 @@ impl Default for ClusterConfig {
             breakers: Breakers::default(),
             added_via_api: false,
             max_requests_per_connection: None,
+            idle_timeout: Some(Duration::from_secs(3600)),
             cleanup_interval: Duration::from_secs(5),
         }
     }

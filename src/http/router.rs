@@ -1294,7 +1294,9 @@ const ROUTER_HEADERS: [&str; 8] = [
     "x-envoy-hedge-on-per-try-timeout",
 ];
 
-/// What ended the wait for an attempt's response headers.
+/// What ended the wait for an attempt's response headers. Short-lived, on the stack:
+/// boxing the response would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     Sent(Result<Response<PooledBody>, SendError>),
     /// The route's `timeout` (it spans every attempt).

@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use super::{
     cluster::{Cluster, Host},
     connect::{ConnectError, connect},
+    idle_close::{Busy, Idle},
 };
 use crate::{http::body::Body, telemetry::stats::GaugeGuard, workers};
 
@@ -30,9 +31,9 @@ pub struct HostPool {
 #[repr(align(64))]
 struct WorkerPool {
     /// Idle HTTP/1.1 connections and how many requests each has carried.
-    h1_idle: Mutex<Vec<(http1::SendRequest<Body>, u32)>>,
+    h1_idle: Mutex<Vec<Pooled>>,
     /// The HTTP/2 connection new streams go to, and how many it has carried.
-    h2: Mutex<Option<(http2::SendRequest<Body>, u32)>>,
+    h2: Mutex<Option<H2Conn>>,
     /// Serializes HTTP/2 connection setup so concurrent requests share one connection.
     h2_connect: tokio::sync::Mutex<()>,
 }
@@ -52,15 +53,38 @@ impl HostPool {
     pub fn is_idle_empty(&self) -> bool {
         self.workers.get().is_none_or(|all| {
             all.iter().all(|p| {
-                p.h1_idle.lock().unwrap().iter().all(|(s, _)| s.is_closed())
+                p.h1_idle
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .all(|c| c.sender.is_closed())
                     && p.h2
                         .lock()
                         .unwrap()
                         .as_ref()
-                        .is_none_or(|(s, _)| s.is_closed())
+                        .is_none_or(|c| c.sender.is_closed())
             })
         })
     }
+}
+
+/// The HTTP/2 connection of a worker's pool.
+#[derive(Debug)]
+struct H2Conn {
+    sender: http2::SendRequest<Body>,
+    /// Streams it has carried.
+    served: u32,
+    idle: Option<Arc<Idle>>,
+}
+
+/// An idle HTTP/1.1 connection in the pool.
+#[derive(Debug)]
+struct Pooled {
+    sender: http1::SendRequest<Body>,
+    /// Requests it has carried.
+    served: u32,
+    /// Its idle timeout's state, when the cluster has one.
+    idle: Option<Arc<Idle>>,
 }
 
 #[derive(Debug)]
@@ -80,8 +104,12 @@ pub async fn send(
     h2: bool,
 ) -> Result<Response<PooledBody>, SendError> {
     if h2 {
-        let resp = send_h2(cluster, host, req).await?;
-        Ok(resp.map(|body| PooledBody { body, back: None }))
+        let (resp, busy) = send_h2(cluster, host, req).await?;
+        Ok(resp.map(|body| PooledBody {
+            body,
+            back: None,
+            _busy: busy,
+        }))
     } else {
         send_h1(cluster, host, req).await
     }
@@ -97,7 +125,12 @@ async fn send_h1(
     // Reuse an idle connection; one that turns out closed hands the request back.
     loop {
         let idle = host.pool.mine().h1_idle.lock().unwrap().pop();
-        let Some((mut sender, served)) = idle else {
+        let Some(Pooled {
+            mut sender,
+            served,
+            idle,
+        }) = idle
+        else {
             break;
         };
         // A connection goes back to the pool as its last response ends, a moment
@@ -108,8 +141,16 @@ async fn send_h1(
         if !std::mem::replace(&mut counted, true) {
             cluster.stats.upstream_rq_total.inc();
         }
+        let busy = idle.as_ref().map(Idle::busy);
         match sender.try_send_request(req).await {
-            Ok(resp) => return Ok(pooled(resp, host, sender, served + 1, max)),
+            Ok(resp) => {
+                let conn = Pooled {
+                    sender,
+                    served: served + 1,
+                    idle,
+                };
+                return Ok(pooled(resp, host, conn, max, busy));
+            }
             Err(mut e) => match e.take_message() {
                 Some(r) => req = r,
                 None => return Err(SendError::Reset(e.into_error())),
@@ -117,16 +158,41 @@ async fn send_h1(
         }
     }
     let (mut sender, conn) = open_h1(cluster, host).await?;
-    let guard = GaugeGuard::new(&cluster.stats.upstream_cx_active);
-    tokio::spawn(async move {
-        let _ = conn.await;
-        drop(guard);
-    });
+    let idle = cluster.config.idle_timeout.map(Idle::new);
+    run_connection(cluster, conn, idle.clone());
     if !counted {
         cluster.stats.upstream_rq_total.inc();
     }
+    let busy = idle.as_ref().map(Idle::busy);
     let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
-    Ok(pooled(resp, host, sender, 1, max))
+    let conn = Pooled {
+        sender,
+        served: 1,
+        idle,
+    };
+    Ok(pooled(resp, host, conn, max, busy))
+}
+
+/// Drives a connection on a task of its own until it ends, or until its idle timeout
+/// closes it.
+fn run_connection<F>(cluster: &Cluster, conn: F, idle: Option<Arc<Idle>>)
+where
+    F: std::future::Future + Send + 'static,
+{
+    let guard = GaugeGuard::new(&cluster.stats.upstream_cx_active);
+    let timed_out = cluster.stats.upstream_cx_idle_timeout.clone();
+    tokio::spawn(async move {
+        match idle {
+            Some(idle) => tokio::select! {
+                _ = conn => {}
+                () = idle.expired() => timed_out.inc(),
+            },
+            None => {
+                conn.await;
+            }
+        }
+        drop(guard);
+    });
 }
 
 /// A response whose connection goes back to the pool when its body ends, unless it has
@@ -134,14 +200,18 @@ async fn send_h1(
 fn pooled(
     resp: Response<Incoming>,
     host: &Arc<Host>,
-    sender: http1::SendRequest<Body>,
-    served: u32,
+    conn: Pooled,
     max: Option<u32>,
+    busy: Option<Busy>,
 ) -> Response<PooledBody> {
     let back = max
-        .is_none_or(|m| served < m)
-        .then(|| (host.clone(), sender, served));
-    resp.map(|body| PooledBody { body, back })
+        .is_none_or(|m| conn.served < m)
+        .then(|| (host.clone(), conn));
+    resp.map(|body| PooledBody {
+        body,
+        back,
+        _busy: busy,
+    })
 }
 
 pin_project_lite::pin_project! {
@@ -151,7 +221,9 @@ pin_project_lite::pin_project! {
     pub struct PooledBody {
         #[pin]
         body: Incoming,
-        back: Option<(Arc<Host>, http1::SendRequest<Body>, u32)>,
+        back: Option<(Arc<Host>, Pooled)>,
+        // The request in progress, for the connection's idle timeout.
+        _busy: Option<Busy>,
     }
 
     impl PinnedDrop for PooledBody {
@@ -191,22 +263,22 @@ impl hyper::body::Body for PooledBody {
     }
 }
 
-fn put_back(back: Option<(Arc<Host>, http1::SendRequest<Body>, u32)>) {
-    let Some((host, sender, served)) = back else {
+fn put_back(back: Option<(Arc<Host>, Pooled)>) {
+    let Some((host, conn)) = back else {
         return;
     };
-    if sender.is_closed() {
+    if conn.sender.is_closed() {
         return;
     }
     let mut idle = host.pool.mine().h1_idle.lock().unwrap();
     // Checkout skips closed connections. Sweeping them out on every return would touch
     // every idle connection per request; upstreams close the longest idle first, so
     // sweep when the oldest has closed, or when the pool is full.
-    if idle.first().is_some_and(|(s, _)| s.is_closed()) || idle.len() >= MAX_IDLE_H1 {
-        idle.retain(|(s, _)| !s.is_closed());
+    if idle.first().is_some_and(|c| c.sender.is_closed()) || idle.len() >= MAX_IDLE_H1 {
+        idle.retain(|c| !c.sender.is_closed());
     }
     if idle.len() < MAX_IDLE_H1 {
-        idle.push((sender, served));
+        idle.push(conn);
     }
 }
 
@@ -218,14 +290,15 @@ pub async fn send_upgrade(
     req: Request<Body>,
 ) -> Result<Response<PooledBody>, SendError> {
     let (mut sender, conn) = open_h1(cluster, host).await?;
-    let guard = GaugeGuard::new(&cluster.stats.upstream_cx_active);
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-        drop(guard);
-    });
+    // A tunnel's connection has no idle timeout here (the tunnel has its own life).
+    run_connection(cluster, conn.with_upgrades(), None);
     cluster.stats.upstream_rq_total.inc();
     let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
-    Ok(resp.map(|body| PooledBody { body, back: None }))
+    Ok(resp.map(|body| PooledBody {
+        body,
+        back: None,
+        _busy: None,
+    }))
 }
 
 /// A new HTTP/1.1 connection to `host`; the caller drives the connection task.
@@ -249,9 +322,9 @@ async fn send_h2(
     cluster: &Cluster,
     host: &Arc<Host>,
     req: Request<Body>,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<(Response<Incoming>, Option<Busy>), SendError> {
     let max = cluster.config.max_requests_per_connection;
-    let mut sender = match live_h2(host, max) {
+    let (mut sender, idle) = match live_h2(host, max) {
         Some(s) => s,
         None => {
             let _gate = host.pool.mine().h2_connect.lock().await;
@@ -263,32 +336,35 @@ async fn send_h2(
                         http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                             .await
                             .map_err(SendError::Reset)?;
-                    let guard = GaugeGuard::new(&cluster.stats.upstream_cx_active);
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                        drop(guard);
-                    });
+                    let idle = cluster.config.idle_timeout.map(Idle::new);
+                    run_connection(cluster, conn, idle.clone());
                     // A connection allowed one request only is never shared.
                     if max != Some(1) {
-                        *host.pool.mine().h2.lock().unwrap() = Some((sender.clone(), 1));
+                        *host.pool.mine().h2.lock().unwrap() = Some(H2Conn {
+                            sender: sender.clone(),
+                            served: 1,
+                            idle: idle.clone(),
+                        });
                     }
-                    sender
+                    (sender, idle)
                 }
             }
         }
     };
     cluster.stats.upstream_rq_total.inc();
-    sender.send_request(req).await.map_err(SendError::Reset)
+    let busy = idle.as_ref().map(Idle::busy);
+    let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
+    Ok((resp, busy))
 }
 
 /// The worker's open HTTP/2 connection to `host`, counted for one more stream; it
 /// leaves the pool (its streams finish, then it closes) once it has carried `max`.
-fn live_h2(host: &Host, max: Option<u32>) -> Option<http2::SendRequest<Body>> {
+fn live_h2(host: &Host, max: Option<u32>) -> Option<(http2::SendRequest<Body>, Option<Arc<Idle>>)> {
     let mut slot = host.pool.mine().h2.lock().unwrap();
-    let (sender, served) = slot.as_mut().filter(|(s, _)| !s.is_closed())?;
-    *served += 1;
-    let out = sender.clone();
-    if max.is_some_and(|m| *served >= m) {
+    let conn = slot.as_mut().filter(|c| !c.sender.is_closed())?;
+    conn.served += 1;
+    let out = (conn.sender.clone(), conn.idle.clone());
+    if max.is_some_and(|m| conn.served >= m) {
         *slot = None;
     }
     Some(out)
@@ -307,9 +383,20 @@ mod tests {
         (sender, theirs)
     }
 
+    fn pooled_conn(sender: http1::SendRequest<Body>) -> Pooled {
+        Pooled {
+            sender,
+            served: 1,
+            idle: None,
+        }
+    }
+
     async fn closed(host: &Host, i: usize) {
         for _ in 0..1000 {
-            if host.pool.mine().h1_idle.lock().unwrap()[i].0.is_closed() {
+            if host.pool.mine().h1_idle.lock().unwrap()[i]
+                .sender
+                .is_closed()
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -324,7 +411,7 @@ mod tests {
         let mut peers = Vec::new();
         for _ in 0..3 {
             let (sender, peer) = connection().await;
-            put_back(Some((host.clone(), sender, 1)));
+            put_back(Some((host.clone(), pooled_conn(sender))));
             peers.push(Some(peer));
         }
         assert_eq!(idle(), 3);
@@ -332,13 +419,13 @@ mod tests {
         peers[1] = None;
         closed(&host, 1).await;
         let (sender, _peer3) = connection().await;
-        put_back(Some((host.clone(), sender, 1)));
+        put_back(Some((host.clone(), pooled_conn(sender))));
         assert_eq!(idle(), 4);
         // The oldest closing sweeps out every closed one.
         peers[0] = None;
         closed(&host, 0).await;
         let (sender, _peer4) = connection().await;
-        put_back(Some((host.clone(), sender, 1)));
+        put_back(Some((host.clone(), pooled_conn(sender))));
         assert_eq!(idle(), 3);
         assert!(
             host.pool
@@ -347,7 +434,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .iter()
-                .all(|(s, _)| !s.is_closed())
+                .all(|c| !c.sender.is_closed())
         );
     }
 
@@ -369,7 +456,7 @@ mod tests {
         let h = host.clone();
         let _peer = on(&w[0], async move {
             let (sender, peer) = connection().await;
-            put_back(Some((h, sender, 1)));
+            put_back(Some((h, pooled_conn(sender))));
             peer
         });
         let idle = |i: usize| {
