@@ -48,6 +48,13 @@ OPEN_CB = """    circuit_breakers:
 """
 
 
+# The retry policy istiod 1.30 puts on every route (tests/data/istio/productpage-1.30.json).
+ISTIO_RETRY = ('retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes", '
+               'num_retries: 2, retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts, '
+               'typed_config: { "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }], '
+               'host_selection_retry_max_attempts: 5')
+
+
 def tcp_listener(name, port, cluster):
     return f"""  - name: {name}
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
@@ -95,13 +102,17 @@ static_resources:
             - name: all
               domains: ["*"]
               routes:
-{routes}              - match: {{ prefix: "/" }}
+{routes}              - match: {{ prefix: "/retry/" }}
+                route: {{ cluster: upstream, retry_policy: {{ {ISTIO_RETRY} }} }}
+              - match: {{ prefix: "/mirror/" }}
+                route: {{ cluster: upstream, request_mirror_policies: [{{ cluster: mirror }}] }}
+              - match: {{ prefix: "/" }}
                 route: {{ cluster: upstream }}
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
 {tcp_listener("tcp", PROXY_TCP, "upstream_tcp")}{tcp_listener("l4", PROXY_L4, "upstream_l4")}  clusters:
-{cluster("upstream", UPSTREAM_HTTP + 1)}{cluster("upstream_tcp", UPSTREAM_TCP)}{cluster("upstream_l4", UPSTREAM_HTTP + 1)}{extra}"""
+{cluster("upstream", UPSTREAM_HTTP + 1)}{cluster("mirror", UPSTREAM_HTTP + 1)}{cluster("upstream_tcp", UPSTREAM_TCP)}{cluster("upstream_l4", UPSTREAM_HTTP + 1)}{extra}"""
 
 
 NGINX_CONF = f"""worker_processes 1;
@@ -122,6 +133,8 @@ http {{
     listen 127.0.0.1:{UPSTREAM_HTTP} http2;
     listen 127.0.0.1:{UPSTREAM_HTTP + 1};
     location = /1k {{ return 200 "{'x' * 1024}"; }}
+    location = /retry/1k {{ return 200 "{'x' * 1024}"; }}
+    location = /mirror/1k {{ return 200 "{'x' * 1024}"; }}
     location / {{ return 200 "hello\\n"; }}
   }}
 }}
@@ -192,16 +205,16 @@ def run(cmd, timeout=600):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stdout
 
 
-def wrk(port, seconds):
+def wrk(port, seconds, path="/"):
     """(requests per second, requests completed)."""
-    out = run(["wrk", "-t1", "-c64", f"-d{seconds}s", f"http://127.0.0.1:{port}/"])
+    out = run(["wrk", "-t1", "-c64", f"-d{seconds}s", f"http://127.0.0.1:{port}{path}"])
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return rps, int(re.search(r"(\d+) requests in", out).group(1))
 
 
-def oha_fixed_rate(port, seconds):
+def oha_fixed_rate(port, seconds, path="/1k"):
     out = run([OHA, "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-q", "1000", "-c", "16",
-               "--latency-correction", f"http://127.0.0.1:{port}/1k"])
+               "--latency-correction", f"http://127.0.0.1:{port}{path}"])
     data = json.loads(out)
     pct = data["latencyPercentiles"]
     ok = sum(int(v) for k, v in data.get("statusCodeDistribution", {}).items() if k.startswith("2"))
@@ -299,6 +312,12 @@ def main():
                         add("rps_h2", target, c, h2load(h2_port, a.seconds))
                         add("tcp_mib_s", target, c, iperf(tcp_port, max(3, a.seconds // 2)))
                         if proxy:
+                            # istiod's retry policy on the route (nothing fails: its cost
+                            # when idle), and every request mirrored.
+                            for kind in ("retry", "mirror"):
+                                add(f"rps_h1_{kind}", target, c, wrk(http_port, a.seconds, f"/{kind}/")[0])
+                                lat = oha_fixed_rate(http_port, a.seconds, f"/{kind}/1k")
+                                add(f"lat_p99_{kind}", target, c, lat["p99"])
                             # The floor: the same requests through the proxy's tcp_proxy,
                             # forwarded as bytes with no HTTP processing at all.
                             add("rps_l4", target, c, wrk(PROXY_L4, a.seconds)[0])
@@ -429,6 +448,9 @@ def render(summary, meta, concs, clusters):
                 ae = ee["median"] - dd["median"]
                 r = f"{ap / ae:.2f}×" if ae > 0 else "–"
                 L.append(f"| (b) **added** latency {k}, ms | | {ap:.3f} | {ae:.3f} | {r} | {'≤ 0.5×' if k == 'p99' else ''} |")
+        for kind, what in (("retry", "istiod's retry policy on the route"), ("mirror", "every request mirrored")):
+            L.append(f"| (f) HTTP/1.1 rps, {what} | | {fmt(p('rps_h1_' + kind))} | {fmt(e('rps_h1_' + kind))} | {ratio(p('rps_h1_' + kind), e('rps_h1_' + kind))} | |")
+            L.append(f"| (f) latency p99 at 1,000 rps, {what}, ms | | {fmt(p('lat_p99_' + kind), 3)} | {fmt(e('lat_p99_' + kind), 3)} | {ratio(p('lat_p99_' + kind), e('lat_p99_' + kind))} | |")
         L.append(f"| (c) HTTP/2 rps (h2load, 16 conns × 10 streams) | {fmt(d('rps_h2'))} | {fmt(p('rps_h2'))} | {fmt(e('rps_h2'))} | {ratio(p('rps_h2'), e('rps_h2'))} | |")
         L.append(f"| (d) TCP proxy MiB/s (iperf3) | {fmt(d('tcp_mib_s'))} | {fmt(p('tcp_mib_s'))} | {fmt(e('tcp_mib_s'))} | {ratio(p('tcp_mib_s'), e('tcp_mib_s'))} | |")
         L.append(f"| (e) CPU seconds per 1,000 requests (at 1,000 rps) | | {fmt(p('cpu_per_1k'), 4)} | {fmt(e('cpu_per_1k'), 4)} | {ratio(p('cpu_per_1k'), e('cpu_per_1k'))} | ≤ 0.33× |")

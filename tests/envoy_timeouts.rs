@@ -220,7 +220,8 @@ async fn upstream_idle_timeout_matches_envoy() {
     };
     for h2 in [false, true] {
         let a = Upstream::start("a").await;
-        let routes = "              - match: { prefix: \"/\" }\n                route: { cluster: a }\n";
+        let routes =
+            "              - match: { prefix: \"/\" }\n                route: { cluster: a }\n";
         let cluster = static_cluster("a", &[a.addr], h2);
         let cluster = if h2 {
             cluster.replace(

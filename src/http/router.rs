@@ -670,8 +670,13 @@ impl HttpConnectionManager {
                 req.headers_mut().remove(name);
             }
         }
-        // The upstream is told the time it has: the per-try timeout when shorter.
+        // The upstream is told the time it has: the per-try timeout when shorter (a
+        // hedged attempt may outlive it: then the route's).
+        let hedging = retry
+            .as_ref()
+            .is_some_and(|r| r.policy().hedge_on_per_try_timeout);
         let expected = match (timeout, per_try) {
+            (t, _) if hedging => t,
             (Some(t), Some(p)) => Some(t.min(p)),
             (t, p) => t.or(p),
         };
