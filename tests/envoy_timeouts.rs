@@ -259,3 +259,65 @@ async fn upstream_idle_timeout_matches_envoy() {
         }
     }
 }
+
+/// A route's `max_stream_duration` ends a stream still waiting for its response (504
+/// `downstream duration timeout`), and `request_timeout` one whose request body is still
+/// arriving (408 `request timeout`, the HTTP/1.1 connection closed); a complete request
+/// and a quick answer are untouched.
+#[tokio::test]
+async fn stream_duration_and_request_timeout_match_envoy() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let a = Upstream::start("a").await;
+    let routes = "              - match: { prefix: \"/msd/\" }\n                route: { cluster: a, max_stream_duration: { max_stream_duration: 0.3s } }\n              - match: { prefix: \"/\" }\n                route: { cluster: a }\n";
+    let log = stdout_log("%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:PATH)%\\n");
+    let hcm = format!("          request_timeout: 0.3s\n{log}");
+    let yaml = http_bootstrap_logged(routes, &static_cluster("a", &[a.addr], false), &hcm);
+    let ours = Proxy::start(&yaml).await;
+    let theirs = Proxy::start_bin(
+        &envoy,
+        &yaml,
+        &["--disable-hot-restart", "--file-flush-interval-msec", "50"],
+    )
+    .await;
+    let mut diffs = Differences::default();
+    for path in ["/msd/slow/1000", "/msd/fast", "/slow/500"] {
+        diffs.check(path, get(&theirs, path).await, get(&ours, path).await);
+    }
+    diffs.check(
+        "a request body still arriving",
+        slow_upload(theirs.listener("http")).await,
+        slow_upload(ours.listener("http")).await,
+    );
+    diffs.assert_none();
+    let (want, got) = (theirs.stdout_lines(4).await, ours.stdout_lines(4).await);
+    assert_eq!(got, want, "access log lines (pilotfish left, Envoy right)");
+    assert_same_samples(
+        &ours,
+        &theirs,
+        &[
+            "envoy_http_downstream_rq_max_duration_reached{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+            "envoy_http_downstream_rq_timeout{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+        ],
+    )
+    .await;
+}
+
+/// Sends a POST whose body stops after 3 of 10 bytes; returns the status line, the
+/// body, and whether the proxy then closed the connection.
+async fn slow_upload(addr: SocketAddr) -> (String, String, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nhost: svc\r\ncontent-length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let closed = matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await,
+        Ok(Ok(_) | Err(_))
+    );
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.lines().next().unwrap_or("").to_owned();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body, closed)
+}

@@ -746,6 +746,13 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
         .drain_timeout
         .as_ref()
         .map_or(Duration::from_secs(5), duration);
+    let max_stream_duration = common
+        .and_then(|c| c.max_stream_duration.as_ref())
+        .and_then(|d| off_when_zero(duration(d)));
+    let request_timeout = hcm
+        .request_timeout
+        .as_ref()
+        .and_then(|d| off_when_zero(duration(d)));
     // Escaped slashes are left as they are (what istiod sends).
     {
         use http_connection_manager::PathWithEscapedSlashesAction as A;
@@ -804,6 +811,8 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
         idle_timeout,
         max_connection_duration,
         drain_timeout,
+        max_stream_duration,
+        request_timeout,
     })
 }
 
@@ -1098,6 +1107,11 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
             let cpath = format!("{opath}.common_http_protocol_options");
             if let Some(t) = &common.idle_timeout {
                 idle_timeout = Some(duration(t)).filter(|t| !t.is_zero());
+            }
+            if common.max_stream_duration.is_some() {
+                return Err(format!(
+                    "{cpath}.max_stream_duration: not supported upstream"
+                ));
             }
             if common.max_connection_duration.is_some() {
                 return Err(format!("{cpath}.max_connection_duration: not supported"));

@@ -283,6 +283,11 @@ pub struct HttpConfig {
     /// `drain_timeout` (default 5 s): how long a draining HTTP/1 connection may stay
     /// idle before it is closed.
     pub drain_timeout: Duration,
+    /// `common_http_protocol_options.max_stream_duration`: a stream still going after
+    /// this long ends (a route's `max_stream_duration` replaces it).
+    pub max_stream_duration: Option<Duration>,
+    /// `request_timeout`: the whole request must arrive within this (408 otherwise).
+    pub request_timeout: Option<Duration>,
 }
 
 /// Where a connection manager's routes come from.
@@ -408,6 +413,9 @@ pub struct Forward {
     /// `request_mirror_policies`: the route's, else its virtual host's, else the route
     /// configuration's.
     pub mirrors: Vec<crate::http::mirror::MirrorPolicy>,
+    /// `max_stream_duration.max_stream_duration`: replaces the connection manager's
+    /// (`0s`: no limit for the route).
+    pub max_stream_duration: Option<Duration>,
 }
 
 /// Envoy's rule for gRPC requests: the `grpc-timeout` header (less `offset`), or no
@@ -443,6 +451,7 @@ impl Forward {
             grpc_timeout: None,
             retry: None,
             mirrors: Vec::new(),
+            max_stream_duration: None,
         }
     }
 }

@@ -277,6 +277,12 @@ fn forward(
         .transpose()?
         .map(std::sync::Arc::new);
     Ok(Forward {
+        // `0s` is kept: it turns the connection manager's maximum off for the route.
+        max_stream_duration: action
+            .max_stream_duration
+            .as_ref()
+            .and_then(|m| m.max_stream_duration.as_ref())
+            .map(super::compile::duration),
         mirrors: super::mirror::mirror_policies(&action.request_mirror_policies, apath)?,
         retry,
         grpc_timeout: grpc_timeout(action, apath)?,
@@ -299,16 +305,6 @@ fn grpc_timeout(
     let dur = |d: &envoy_types::pb::google::protobuf::Duration| {
         Some(super::compile::duration(d)).filter(|d| !d.is_zero())
     };
-    if let Some(msd) = &action.max_stream_duration
-        && msd
-            .max_stream_duration
-            .as_ref()
-            .is_some_and(|d| dur(d).is_some())
-    {
-        return Err(format!(
-            "{apath}.max_stream_duration.max_stream_duration: only 0s (no limit) is supported"
-        ));
-    }
     if let Some(max) = &action.max_grpc_timeout {
         return Ok(Some(GrpcTimeout {
             max: dur(max),

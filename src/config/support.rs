@@ -292,6 +292,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "common_http_protocol_options",
             "drain_timeout",
             "internal_address_config",
+            "request_timeout",
         ],
     ),
     (
@@ -966,6 +967,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "max_requests_per_connection",
             "idle_timeout",
             "max_connection_duration",
+            "max_stream_duration",
         ],
     ),
     (

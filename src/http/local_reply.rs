@@ -30,6 +30,10 @@ pub enum ResponseFlag {
     RbacAccessDenied,
     /// Refused by the ext_authz filter (or its service failed).
     UnauthorizedExternalService,
+    /// The stream's `max_stream_duration` passed before response headers.
+    MaxDurationReached,
+    /// The connection manager's `request_timeout` passed before the request was whole.
+    RequestTimeout,
 }
 
 impl ResponseFlag {
@@ -47,6 +51,8 @@ impl ResponseFlag {
             // Envoy has no flag for it; access logs print `-`.
             ResponseFlag::RbacAccessDenied => "-",
             ResponseFlag::UnauthorizedExternalService => "UAEX",
+            // Envoy 1.40 sets no flag for either (only response code details).
+            ResponseFlag::MaxDurationReached | ResponseFlag::RequestTimeout => "-",
         }
     }
 }
@@ -133,6 +139,10 @@ pub fn reply(flag: ResponseFlag) -> Response<Body> {
         ResponseFlag::StreamIdleTimeout => (StatusCode::GATEWAY_TIMEOUT, "stream timeout"),
         ResponseFlag::RbacAccessDenied => (StatusCode::FORBIDDEN, "RBAC: access denied"),
         ResponseFlag::UnauthorizedExternalService => (StatusCode::FORBIDDEN, ""),
+        ResponseFlag::MaxDurationReached => {
+            (StatusCode::GATEWAY_TIMEOUT, "downstream duration timeout")
+        }
+        ResponseFlag::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request timeout"),
     };
     with_body(status, text, flag)
 }

@@ -37,6 +37,7 @@ pub enum Action {
         grpc_timeout: Option<GrpcTimeout>,
         retry: Option<Arc<RetryPolicy>>,
         mirrors: Vec<MirrorPolicy>,
+        max_stream_duration: Option<Duration>,
     },
     Redirect(Redirect),
     Direct(DirectResponse),
@@ -92,6 +93,7 @@ pub enum Target<'a> {
         grpc_timeout: Option<GrpcTimeout>,
         retry: Option<&'a RetryPolicy>,
         mirrors: &'a [MirrorPolicy],
+        max_stream_duration: Option<Duration>,
     },
     Redirect(&'a Redirect),
     Direct(&'a DirectResponse),
@@ -205,6 +207,7 @@ impl Routes {
                         grpc_timeout: f.grpc_timeout,
                         retry: f.retry.clone(),
                         mirrors: f.mirrors.clone(),
+                        max_stream_duration: f.max_stream_duration,
                     },
                     RouteAction::Redirect(r) => Action::Redirect(r.clone()),
                     RouteAction::Direct(d) => Action::Direct(d.clone()),
@@ -290,6 +293,7 @@ impl Routes {
                 grpc_timeout,
                 retry,
                 mirrors,
+                max_stream_duration,
             } => match targets.pick(req.headers, clusters) {
                 Some((cluster, w)) => {
                     let target = Target::Forward {
@@ -301,6 +305,7 @@ impl Routes {
                         grpc_timeout: *grpc_timeout,
                         retry: retry.as_deref(),
                         mirrors,
+                        max_stream_duration: *max_stream_duration,
                     };
                     (target, w)
                 }

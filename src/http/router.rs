@@ -428,6 +428,7 @@ impl HttpConnectionManager {
         mut req: Request<Body>,
         picked: &mut Picked<'a>,
     ) -> Response<Body> {
+        let stream_start = tokio::time::Instant::now();
         // The body stays aside while filters look at the request (ext_authz may
         // buffer it), and goes back before it is forwarded.
         let mut body_slot = std::mem::replace(req.body_mut(), body::empty());
@@ -587,6 +588,28 @@ impl HttpConnectionManager {
         if let (Some(gs), Some(call)) = (&self.grpc_stats, &picked.grpc_call) {
             gs.routed(call, cluster.stat_name(), head.path_and_query);
         }
+        // The stream's limits: its maximum duration (the route's, else the connection
+        // manager's) and the time the whole request may take to arrive.
+        let limits = StreamLimits {
+            end: match &matched.target {
+                Target::Forward {
+                    max_stream_duration,
+                    ..
+                } => max_stream_duration.or(self.config.max_stream_duration),
+                _ => None,
+            }
+            .filter(|d| !d.is_zero())
+            .map(|d| stream_start + d),
+            request: match self.config.request_timeout {
+                Some(t) if !hyper::body::Body::is_end_stream(&body_slot) => {
+                    let done = RequestDone::default();
+                    body_slot = body::boxed(Guarded::new(body_slot, done.clone(), None));
+                    Some((stream_start + t, done))
+                }
+                _ => None,
+            },
+            down_h2: req.version() == Version::HTTP_2,
+        };
         *req.body_mut() = body_slot;
         if let Some(a) = &authorized {
             a.apply(req.headers_mut());
@@ -738,6 +761,7 @@ impl HttpConnectionManager {
                 h2,
                 dst,
                 count_header: matched.attempt_count().0,
+                limits: &limits,
             };
             match self
                 .hedged(hedging, host, rs, &mut deadline, picked, &mut retry_flags)
@@ -825,6 +849,7 @@ impl HttpConnectionManager {
                             () = this_try => Outcome::PerTryTimeout,
                             () = try_quiet => Outcome::PerTryIdle,
                             () = went_idle => Outcome::StreamIdle,
+                            o = limits.reached() => o,
                         }
                     });
                     tokio::select! {
@@ -857,6 +882,9 @@ impl HttpConnectionManager {
                     Outcome::StreamIdle => {
                         self.stats.downstream_rq_idle_timeout.inc();
                         return local_reply::reply(ResponseFlag::StreamIdleTimeout);
+                    }
+                    o @ (Outcome::MaxDuration | Outcome::RequestTimeout) => {
+                        return self.limit_reply(o, &limits);
                     }
                 };
                 // Past the buffer limit the body cannot be sent again: no more retries.
@@ -947,15 +975,36 @@ impl HttpConnectionManager {
             headers::X_ENVOY_UPSTREAM_SERVICE_TIME,
             headers::decimal(start.elapsed().as_millis() as u64),
         );
-        // The body is bounded by the route's timeout and this attempt's, whichever
-        // ends first.
-        let deadline = match (deadline, try_deadline) {
-            (Some(d), Some(t)) => Some(if t.deadline() < d.deadline() { t } else { d }),
-            (d, t) => d.or(t),
-        };
+        // The body is bounded by the route's timeout, this attempt's and the stream's
+        // maximum duration, whichever ends first (then the stream is reset).
+        let deadline = [
+            deadline,
+            try_deadline,
+            limits.end.map(|e| Box::pin(tokio::time::sleep_until(e))),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|d| d.deadline());
         let body = Guarded::new(incoming, active, deadline).with_idle(idle);
         let mut resp = Response::from_parts(parts, body::boxed(body));
         retry_flags.mark(&mut resp);
+        resp
+    }
+
+    /// The reply when a stream limit passes before response headers: 504 `downstream
+    /// duration timeout` for the maximum duration, 408 `request timeout` (closing an
+    /// HTTP/1 connection) for the request timeout, as Envoy answers.
+    fn limit_reply(&self, o: Outcome, limits: &StreamLimits) -> Response<Body> {
+        if matches!(o, Outcome::MaxDuration) {
+            self.stats.downstream_rq_max_duration_reached.inc();
+            return local_reply::reply(ResponseFlag::MaxDurationReached);
+        }
+        self.stats.downstream_rq_timeout.inc();
+        let mut resp = local_reply::reply(ResponseFlag::RequestTimeout);
+        if !limits.down_h2 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 
@@ -1106,6 +1155,7 @@ impl HttpConnectionManager {
                     self.stats.downstream_rq_idle_timeout.inc();
                     return Err(local_reply::reply(ResponseFlag::StreamIdleTimeout));
                 }
+                o = h.limits.reached() => return Err(self.limit_reply(o, h.limits)),
             }
         }
     }
@@ -1312,6 +1362,57 @@ enum Outcome {
     PerTryIdle,
     /// The route's `idle_timeout`.
     StreamIdle,
+    /// The stream's `max_stream_duration`.
+    MaxDuration,
+    /// The connection manager's `request_timeout`, the request still arriving.
+    RequestTimeout,
+}
+
+/// A stream's limits that are not about the upstream: when it must end, and when its
+/// request must have arrived whole.
+struct StreamLimits {
+    end: Option<tokio::time::Instant>,
+    request: Option<(tokio::time::Instant, RequestDone)>,
+    down_h2: bool,
+}
+
+impl StreamLimits {
+    /// Resolves when a limit passes.
+    async fn reached(&self) -> Outcome {
+        let end = async {
+            match self.end {
+                Some(e) => tokio::time::sleep_until(e).await,
+                None => std::future::pending().await,
+            }
+        };
+        let request = async {
+            match &self.request {
+                Some((t, done)) => {
+                    tokio::time::sleep_until(*t).await;
+                    if done.0.load(Ordering::Relaxed) {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = end => Outcome::MaxDuration,
+            () = request => Outcome::RequestTimeout,
+        }
+    }
+}
+
+/// Set once the downstream request body has ended (or been dropped).
+#[derive(Clone, Default)]
+struct RequestDone(Arc<std::sync::atomic::AtomicBool>);
+
+impl Observer for RequestDone {}
+
+impl Drop for RequestDone {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// What hedged attempts share.
@@ -1322,6 +1423,7 @@ struct Hedging<'a> {
     h2: bool,
     dst: SocketAddr,
     count_header: bool,
+    limits: &'a StreamLimits,
 }
 
 /// A request kept to be sent again: its head, and its body made replayable (none for

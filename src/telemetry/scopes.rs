@@ -168,6 +168,8 @@ pub struct HttpStats {
     pub downstream_cx_upgrades_active: Gauge,
     pub downstream_rq_ws_on_non_ws_route: Counter,
     pub downstream_rq_idle_timeout: Counter,
+    pub downstream_rq_max_duration_reached: Counter,
+    pub downstream_rq_timeout: Counter,
     pub downstream_cx_idle_timeout: Counter,
     pub downstream_cx_max_duration_reached: Counter,
 }
@@ -212,6 +214,8 @@ impl HttpStats {
             downstream_cx_upgrades_active: g("downstream_cx_upgrades_active"),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
+            downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
+            downstream_rq_timeout: c("downstream_rq_timeout"),
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
         }
