@@ -5,7 +5,7 @@ use std::{
     io,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::{
-    idle::Activity,
+    idle::ConnIdle,
     router::{Downstream, HttpConnectionManager},
 };
 use crate::{config::Codec, drain, telemetry::stats::GaugeGuard};
@@ -44,11 +44,8 @@ pub async fn serve(
     // Set once this connection drains: an HTTP/1 response then says `connection: close`.
     // A flag of the connection's own, so requests touch no shared drain state.
     let closing = Arc::new(AtomicBool::new(false));
-    // When the connection last started a request, and how many are being handled.
-    let idle = hcm
-        .config
-        .idle_timeout
-        .map(|t| Arc::new((Activity::new(t), AtomicUsize::new(0))));
+    // When the connection last started or finished a request, and how many it has.
+    let idle = hcm.config.idle_timeout.map(ConnIdle::new);
     let svc_hcm = hcm.clone();
     let svc_closing = closing.clone();
     let svc_idle = idle.clone();
@@ -57,7 +54,7 @@ pub async fn serve(
         let closing = svc_closing.clone();
         let idle = svc_idle.clone();
         async move {
-            let _busy = idle.as_deref().map(Busy::new);
+            let _busy = idle.as_ref().map(ConnIdle::busy);
             let mut resp = hcm.handle(down, req).await;
             if closing.load(Ordering::Relaxed) {
                 resp.headers_mut().insert(
@@ -74,7 +71,9 @@ pub async fn serve(
     let stop = async {
         let went_idle = async {
             match &idle {
-                Some(i) => quiet(i).await,
+                // A response still streaming its body when this fires counts as
+                // idle: the connection then closes gracefully after it.
+                Some(i) => i.expired().await,
                 None => std::future::pending().await,
             }
         };
@@ -152,37 +151,6 @@ impl Stop {
             Stop::Idle => stats.downstream_cx_idle_timeout.inc(),
             Stop::MaxDuration => stats.downstream_cx_max_duration_reached.inc(),
         }
-    }
-}
-
-/// A request being handled on the connection: not idle meanwhile.
-struct Busy<'a>(&'a (Activity, AtomicUsize));
-
-impl<'a> Busy<'a> {
-    fn new(idle: &'a (Activity, AtomicUsize)) -> Self {
-        idle.0.touch();
-        idle.1.fetch_add(1, Ordering::Relaxed);
-        Busy(idle)
-    }
-}
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.0.touch();
-        self.0.1.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Resolves once no request has started or been handled for the idle timeout. A
-/// response still streaming its body counts as idle: the connection then closes
-/// gracefully after it (HTTP/1 `connection: close`, HTTP/2 GOAWAY).
-async fn quiet(idle: &(Activity, AtomicUsize)) {
-    loop {
-        idle.0.expired().await;
-        if idle.1.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        idle.0.touch();
     }
 }
 

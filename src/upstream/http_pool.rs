@@ -12,9 +12,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use super::{
     cluster::{Cluster, Host},
     connect::{ConnectError, connect},
-    idle_close::{Busy, Idle},
 };
-use crate::{http::body::Body, telemetry::stats::GaugeGuard, workers};
+use crate::{
+    http::{
+        body::Body,
+        idle::{Busy, ConnIdle},
+    },
+    telemetry::stats::GaugeGuard,
+    workers,
+};
 
 /// Most idle HTTP/1.1 connections kept per host.
 const MAX_IDLE_H1: usize = 1024;
@@ -30,7 +36,7 @@ pub struct HostPool {
 #[derive(Debug, Default)]
 #[repr(align(64))]
 struct WorkerPool {
-    /// Idle HTTP/1.1 connections and how many requests each has carried.
+    /// ConnIdle HTTP/1.1 connections and how many requests each has carried.
     h1_idle: Mutex<Vec<Pooled>>,
     /// The HTTP/2 connection new streams go to, and how many it has carried.
     h2: Mutex<Option<H2Conn>>,
@@ -74,7 +80,7 @@ struct H2Conn {
     sender: http2::SendRequest<Body>,
     /// Streams it has carried.
     served: u32,
-    idle: Option<Arc<Idle>>,
+    idle: Option<Arc<ConnIdle>>,
 }
 
 /// An idle HTTP/1.1 connection in the pool.
@@ -84,7 +90,7 @@ struct Pooled {
     /// Requests it has carried.
     served: u32,
     /// Its idle timeout's state, when the cluster has one.
-    idle: Option<Arc<Idle>>,
+    idle: Option<Arc<ConnIdle>>,
 }
 
 #[derive(Debug)]
@@ -141,7 +147,7 @@ async fn send_h1(
         if !std::mem::replace(&mut counted, true) {
             cluster.stats.upstream_rq_total.inc();
         }
-        let busy = idle.as_ref().map(Idle::busy);
+        let busy = idle.as_ref().map(ConnIdle::busy);
         match sender.try_send_request(req).await {
             Ok(resp) => {
                 let conn = Pooled {
@@ -158,12 +164,12 @@ async fn send_h1(
         }
     }
     let (mut sender, conn) = open_h1(cluster, host).await?;
-    let idle = cluster.config.idle_timeout.map(Idle::new);
+    let idle = cluster.config.idle_timeout.map(ConnIdle::new);
     run_connection(cluster, conn, idle.clone());
     if !counted {
         cluster.stats.upstream_rq_total.inc();
     }
-    let busy = idle.as_ref().map(Idle::busy);
+    let busy = idle.as_ref().map(ConnIdle::busy);
     let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
     let conn = Pooled {
         sender,
@@ -175,7 +181,7 @@ async fn send_h1(
 
 /// Drives a connection on a task of its own until it ends, or until its idle timeout
 /// closes it.
-fn run_connection<F>(cluster: &Cluster, conn: F, idle: Option<Arc<Idle>>)
+fn run_connection<F>(cluster: &Cluster, conn: F, idle: Option<Arc<ConnIdle>>)
 where
     F: std::future::Future + Send + 'static,
 {
@@ -336,7 +342,7 @@ async fn send_h2(
                         http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                             .await
                             .map_err(SendError::Reset)?;
-                    let idle = cluster.config.idle_timeout.map(Idle::new);
+                    let idle = cluster.config.idle_timeout.map(ConnIdle::new);
                     run_connection(cluster, conn, idle.clone());
                     // A connection allowed one request only is never shared.
                     if max != Some(1) {
@@ -352,14 +358,17 @@ async fn send_h2(
         }
     };
     cluster.stats.upstream_rq_total.inc();
-    let busy = idle.as_ref().map(Idle::busy);
+    let busy = idle.as_ref().map(ConnIdle::busy);
     let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
     Ok((resp, busy))
 }
 
 /// The worker's open HTTP/2 connection to `host`, counted for one more stream; it
 /// leaves the pool (its streams finish, then it closes) once it has carried `max`.
-fn live_h2(host: &Host, max: Option<u32>) -> Option<(http2::SendRequest<Body>, Option<Arc<Idle>>)> {
+fn live_h2(
+    host: &Host,
+    max: Option<u32>,
+) -> Option<(http2::SendRequest<Body>, Option<Arc<ConnIdle>>)> {
     let mut slot = host.pool.mine().h2.lock().unwrap();
     let conn = slot.as_mut().filter(|c| !c.sender.is_closed())?;
     conn.served += 1;

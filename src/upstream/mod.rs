@@ -4,7 +4,6 @@ pub mod cluster;
 pub mod connect;
 pub mod dns;
 pub mod http_pool;
-pub mod idle_close;
 pub mod manager;
 
 pub use cluster::{Cluster, Host};
