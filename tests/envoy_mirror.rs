@@ -249,8 +249,7 @@ async fn mirroring_matches_envoy() {
         .local_addr()
         .unwrap();
     let yaml = bootstrap(a.addr, m_addr, m2_addr, s_addr, dead);
-    let ours = Proxy::start(&yaml).await;
-    let theirs = Proxy::start_bin(&envoy, &yaml, &["--disable-hot-restart"]).await;
+    let (ours, theirs) = start_both(&envoy, &yaml).await;
 
     let mut diffs = Differences::default();
     for case in CASES {

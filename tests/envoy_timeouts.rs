@@ -126,13 +126,7 @@ async fn connection_manager_timeouts_match_envoy() {
     };
     let a = Upstream::start("a").await;
     let yaml = http(a.addr);
-    let ours = Proxy::start(&yaml).await;
-    let theirs = Proxy::start_bin(
-        &envoy,
-        &yaml,
-        &["--disable-hot-restart", "--file-flush-interval-msec", "50"],
-    )
-    .await;
+    let (ours, theirs) = start_both(&envoy, &yaml).await;
     let mut diffs = Differences::default();
     // The stream idle timeout ends a request whose upstream is silent; a route's
     // `idle_timeout: 0s` turns it off; a quick answer is untouched.
@@ -169,8 +163,7 @@ async fn max_connection_duration_matches_envoy() {
     };
     let a = Upstream::start("a").await;
     let yaml = http_with_max_duration(a.addr);
-    let ours = Proxy::start(&yaml).await;
-    let theirs = Proxy::start_bin(&envoy, &yaml, &["--disable-hot-restart"]).await;
+    let (ours, theirs) = start_both(&envoy, &yaml).await;
     for h2 in [false, true] {
         assert!(idle_connection_closed(theirs.listener("http"), h2).await);
         assert!(
@@ -200,8 +193,7 @@ async fn tcp_proxy_timeouts_match_envoy() {
         ),
     ] {
         let yaml = tcp(up, extra);
-        let ours = Proxy::start(&yaml).await;
-        let theirs = Proxy::start_bin(&envoy, &yaml, &["--disable-hot-restart"]).await;
+        let (ours, theirs) = start_both(&envoy, &yaml).await;
         assert!(closed_after_echo(theirs.listener("tcp")).await, "{stat}");
         assert!(closed_after_echo(ours.listener("tcp")).await, "{stat}");
         let sample = format!("envoy_tcp_{stat}{{envoy_tcp_prefix=\"t\"}}");
@@ -274,13 +266,7 @@ async fn stream_duration_and_request_timeout_match_envoy() {
     let log = stdout_log("%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:PATH)%\\n");
     let hcm = format!("          request_timeout: 0.3s\n{log}");
     let yaml = http_bootstrap_logged(routes, &static_cluster("a", &[a.addr], false), &hcm);
-    let ours = Proxy::start(&yaml).await;
-    let theirs = Proxy::start_bin(
-        &envoy,
-        &yaml,
-        &["--disable-hot-restart", "--file-flush-interval-msec", "50"],
-    )
-    .await;
+    let (ours, theirs) = start_both(&envoy, &yaml).await;
     let mut diffs = Differences::default();
     for path in ["/msd/slow/1000", "/msd/fast", "/slow/500"] {
         diffs.check(path, get(&theirs, path).await, get(&ours, path).await);

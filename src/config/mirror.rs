@@ -51,3 +51,40 @@ fn mirror_policy(p: &RequestMirrorPolicy, path: &str) -> Result<MirrorPolicy> {
         keep_host: p.disable_shadow_host_suffix_append,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(yaml: &str) -> Result<Vec<MirrorPolicy>> {
+        let v: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+        let desc = super::super::proto::descriptor(
+            "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
+        )
+        .unwrap();
+        let p: RequestMirrorPolicy =
+            super::super::proto::to_typed(&super::super::proto::from_json(desc, v).unwrap())
+                .unwrap();
+        mirror_policies(&[p], "r")
+    }
+
+    #[test]
+    fn a_policy_names_one_cluster_or_header_and_a_fraction_with_a_value() {
+        let p = compile("cluster: m\nruntime_fraction: { default_value: { numerator: 50 } }\n")
+            .unwrap();
+        assert_eq!(p[0].per_million, 500_000);
+        assert!(matches!(p[0].target, MirrorTarget::Cluster(ref c) if c == "m"));
+        assert_eq!(
+            compile("cluster: m\ncluster_header: x\n").unwrap_err(),
+            "r.request_mirror_policies[0]: only one of cluster or cluster_header can be specified"
+        );
+        assert_eq!(
+            compile("runtime_fraction: { default_value: { numerator: 5 } }\n").unwrap_err(),
+            "r.request_mirror_policies[0]: exactly one of cluster or cluster_header is required"
+        );
+        assert_eq!(
+            compile("cluster: m\nruntime_fraction: { runtime_key: k }\n").unwrap_err(),
+            "r.request_mirror_policies[0].runtime_fraction.default_value: required"
+        );
+    }
+}

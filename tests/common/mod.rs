@@ -599,6 +599,19 @@ impl Differences {
     }
 }
 
+/// pilotfish and the reference Envoy started on the same bootstrap (Envoy flushing its
+/// access logs every 50 ms), for differential tests.
+pub async fn start_both(envoy: &str, yaml: &str) -> (Proxy, Proxy) {
+    let ours = Proxy::start(yaml).await;
+    let theirs = Proxy::start_bin(
+        envoy,
+        yaml,
+        &["--disable-hot-restart", "--file-flush-interval-msec", "50"],
+    )
+    .await;
+    (ours, theirs)
+}
+
 /// Asserts that both proxies report each Prometheus sample, with the same value.
 pub async fn assert_same_samples(ours: &Proxy, theirs: &Proxy, samples: &[&str]) {
     for sample in samples {

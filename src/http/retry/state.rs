@@ -462,6 +462,24 @@ mod tests {
     }
 
     #[test]
+    fn only_requests_matching_retriable_request_headers_are_retried() {
+        let p = RetryPolicy {
+            retry_on: RetryOn::FIVE_XX,
+            retriable_request_headers: vec![HeaderMatcher {
+                name: "x-retry-me".into(),
+                kind: HeaderMatch::Present(true),
+                invert: false,
+                treat_missing_as_empty: false,
+            }],
+            ..Default::default()
+        };
+        let mut h = HeaderMap::new();
+        assert!(RetryState::new(&p, &head(&h), None).is_none());
+        h.insert("x-retry-me", "1".parse().unwrap());
+        assert!(RetryState::new(&p, &head(&h), None).is_some());
+    }
+
+    #[test]
     fn headers_widen_the_policy_when_trusted() {
         let p = RetryPolicy::default();
         let mut h = HeaderMap::new();
