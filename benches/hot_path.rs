@@ -28,8 +28,7 @@ fn cluster(name: &str, hosts: usize) -> ClusterConfig {
             .map(|i| EndpointConfig {
                 host: format!("10.0.{}.{}", i / 250, i % 250),
                 port: 80,
-                hostname: None,
-                pipe: None,
+                ..Default::default()
             })
             .collect(),
         original_dst_header: None,

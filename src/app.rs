@@ -83,6 +83,11 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
         .enable_all()
         .build()?;
     let workers = Workers::start(opts.concurrency, timer_anchor)?;
+    if let Some(path) = &config.server.outlier_event_log_path {
+        crate::upstream::outlier::open_event_log(path).map_err(|e| {
+            anyhow::anyhow!("cluster_manager.outlier_detection.event_log_path '{path}': {e}")
+        })?;
+    }
     let clusters = Arc::new(ClusterManager::new(&config.clusters, &store));
     server.active_clusters.set(clusters.len() as i64);
     let listeners = Arc::new(ListenerManager::new(

@@ -74,8 +74,8 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
         ),
         (
             "unsupported cluster field",
-            with_cluster("  - name: c\n    outlier_detection: { consecutive_5xx: 3 }\n"),
-            "static_resources.clusters[0].outlier_detection: not supported",
+            with_cluster("  - name: c\n    preconnect_policy: { per_upstream_preconnect_ratio: 1.5 }\n"),
+            "static_resources.clusters[0].preconnect_policy: not supported",
         ),
         (
             "unknown top-level field",
@@ -124,9 +124,9 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             "node: id and cluster are required with dynamic_resources",
         ),
         (
-            "unimplemented load balancer",
-            with_cluster("  - name: c\n    lb_policy: RING_HASH\n"),
-            "static_resources.clusters[0].lb_policy: RING_HASH is not supported yet",
+            "maglev table size that is not prime",
+            with_cluster("  - name: c\n    lb_policy: MAGLEV\n    maglev_lb_config: { table_size: 1000 }\n"),
+            "static_resources.clusters[0].maglev_lb_config.table_size: 1000 must be a prime number",
         ),
         (
             "route to an unknown cluster",
@@ -373,9 +373,9 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             "static_resources.clusters[0].original_dst_lb_config: only allowed on ORIGINAL_DST clusters",
         ),
         (
-            "circuit breaker that would limit",
-            with_cluster("  - name: c\n    circuit_breakers: { thresholds: [{ max_connections: 100 }] }\n"),
-            "static_resources.clusters[0].circuit_breakers (DEFAULT).max_connections: 100 would limit traffic",
+            "least request with one choice",
+            with_cluster("  - name: c\n    lb_policy: LEAST_REQUEST\n    least_request_lb_config: { choice_count: 1 }\n"),
+            "static_resources.clusters[0].least_request_lb_config.choice_count: must be at least 2, got 1",
         ),
         (
             "UDP listener",

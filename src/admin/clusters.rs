@@ -16,7 +16,7 @@ use http::StatusCode;
 
 use super::{Query, Reply};
 use crate::{
-    config::Limits,
+    config::{EdsHealth, Limits},
     upstream::{Cluster, ClusterManager, Host},
 };
 
@@ -74,22 +74,37 @@ fn text(out: &mut String, c: &Cluster) {
     let _ = writeln!(out, "{n}::added_via_api::{}", c.config.added_via_api);
     for h in c.hosts().iter() {
         let a = host_name(h);
+        let attrs = h.attrs();
         let mut stats: Vec<&str> = HOST_COUNTERS.iter().chain(&HOST_GAUGES).copied().collect();
         stats.sort_unstable();
         for s in stats {
-            let _ = writeln!(out, "{n}::{a}::{s}::0");
+            let v = if s == "rq_active" { h.active() } else { 0 };
+            let _ = writeln!(out, "{n}::{a}::{s}::{v}");
         }
         let hostname = h.hostname.as_deref().unwrap_or("");
         let _ = writeln!(out, "{n}::{a}::hostname::{hostname}");
-        let _ = writeln!(out, "{n}::{a}::health_flags::healthy");
-        let _ = writeln!(out, "{n}::{a}::weight::1");
-        for k in ["region", "zone", "sub_zone"] {
-            let _ = writeln!(out, "{n}::{a}::{k}::");
+        let _ = writeln!(out, "{n}::{a}::health_flags::{}", h.health_flags());
+        let _ = writeln!(out, "{n}::{a}::weight::{}", attrs.weight);
+        let l = &attrs.locality;
+        for (k, v) in [
+            ("region", &l.region),
+            ("zone", &l.zone),
+            ("sub_zone", &l.sub_zone),
+        ] {
+            let _ = writeln!(out, "{n}::{a}::{k}::{v}");
         }
-        let _ = writeln!(out, "{n}::{a}::canary::false");
-        let _ = writeln!(out, "{n}::{a}::priority::0");
-        let _ = writeln!(out, "{n}::{a}::success_rate::-1");
-        let _ = writeln!(out, "{n}::{a}::local_origin_success_rate::-1");
+        let _ = writeln!(out, "{n}::{a}::canary::{}", attrs.canary);
+        let _ = writeln!(out, "{n}::{a}::priority::{}", attrs.priority);
+        let _ = writeln!(
+            out,
+            "{n}::{a}::success_rate::{}",
+            h.monitor.shown_success_rate(false)
+        );
+        let _ = writeln!(
+            out,
+            "{n}::{a}::local_origin_success_rate::{}",
+            h.monitor.shown_success_rate(true)
+        );
     }
 }
 
@@ -137,19 +152,32 @@ fn status(c: &Cluster) -> ClusterStatus {
                 stats: HOST_COUNTERS
                     .iter()
                     .map(|n| metric(n, simple_metric::Type::Counter))
-                    .chain(
-                        HOST_GAUGES
-                            .iter()
-                            .map(|n| metric(n, simple_metric::Type::Gauge)),
-                    )
+                    .chain(HOST_GAUGES.iter().map(|n| {
+                        let mut m = metric(n, simple_metric::Type::Gauge);
+                        if *n == "rq_active" {
+                            m.value = u64::from(h.active());
+                        }
+                        m
+                    }))
                     .collect(),
                 health_status: Some(HostHealthStatus {
-                    eds_health_status: HealthStatus::Healthy as i32,
+                    eds_health_status: match h.attrs().health {
+                        EdsHealth::Healthy => HealthStatus::Healthy,
+                        EdsHealth::Unhealthy => HealthStatus::Unhealthy,
+                        EdsHealth::Degraded => HealthStatus::Degraded,
+                        EdsHealth::Draining => HealthStatus::Draining,
+                    } as i32,
+                    failed_outlier_check: h.is_ejected(),
                     ..Default::default()
                 }),
-                weight: 1,
+                weight: h.attrs().weight,
+                priority: h.attrs().priority,
                 hostname: h.hostname.as_deref().unwrap_or("").to_owned(),
-                locality: Some(Locality::default()),
+                locality: Some(Locality {
+                    region: h.attrs().locality.region.clone(),
+                    zone: h.attrs().locality.zone.clone(),
+                    sub_zone: h.attrs().locality.sub_zone.clone(),
+                }),
                 ..Default::default()
             })
             .collect(),

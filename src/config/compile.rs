@@ -35,9 +35,6 @@ const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptio
 
 type Result<T> = std::result::Result<T, String>;
 
-/// Circuit-breaker thresholds at or above this never bind in practice.
-const OPEN_CIRCUIT: u32 = 1_000_000;
-
 pub fn compile(bootstrap: &Bootstrap) -> Result<Config> {
     let node = bootstrap
         .node
@@ -88,9 +85,6 @@ pub fn compile(bootstrap: &Bootstrap) -> Result<Config> {
     for (i, c) in res.clusters.iter().enumerate() {
         let path = format!("static_resources.clusters[{i}]");
         let compiled = compile_cluster(c, &path)?;
-        if ads_cluster.as_deref() != Some(compiled.name.as_str()) {
-            unenforced_breakers(&compiled, &path)?;
-        }
         if !names.insert(compiled.name.clone()) {
             return Err(format!(
                 "{path}.name: duplicate cluster '{}'",
@@ -633,7 +627,23 @@ fn network_filter(
             }
             let access_logs =
                 access_logs(&tp.access_log, &format!("{path}.typed_config.access_log"))?;
+            let mut hash_source_ip = false;
+            for (i, h) in tp.hash_policy.iter().enumerate() {
+                use envoy_types::pb::envoy::r#type::v3::hash_policy::PolicySpecifier;
+                match &h.policy_specifier {
+                    Some(PolicySpecifier::SourceIp(_)) => hash_source_ip = true,
+                    // pilotfish keeps no filter state: never a hash, as in Envoy when the
+                    // key is absent.
+                    Some(PolicySpecifier::FilterState(_)) => {}
+                    None => {
+                        return Err(format!(
+                            "{path}.typed_config.hash_policy[{i}]: source_ip or filter_state is required"
+                        ));
+                    }
+                }
+            }
             Ok(NetworkFilter::TcpProxy(TcpProxyConfig {
+                hash_source_ip,
                 stat_prefix: tp.stat_prefix,
                 cluster,
                 access_logs,
@@ -914,34 +924,8 @@ fn http_filters(
 /// A cluster as CDS delivers it.
 pub fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     let mut compiled = compile_cluster(c, path)?;
-    unenforced_breakers(&compiled, path)?;
     compiled.added_via_api = true;
     Ok(compiled)
-}
-
-/// Circuit breakers other than `max_retries` (and `retry_budget`) are not enforced
-/// yet: thresholds that could bind are refused, as any unimplemented behaviour is. A bootstrap's xDS cluster is exempt: the ADS client
-/// opens one connection with one stream on it, which no threshold of 1 or more limits.
-fn unenforced_breakers(c: &ClusterConfig, path: &str) -> Result<()> {
-    for (i, l) in [c.breakers.default, c.breakers.high].iter().enumerate() {
-        for (name, v, default) in [
-            ("max_connections", l.max_connections, 1024),
-            ("max_pending_requests", l.max_pending_requests, 1024),
-            ("max_requests", l.max_requests, 1024),
-        ] {
-            // Unset thresholds (Envoy's defaults) are not enforced either: accepted as
-            // before, and documented.
-            if v != default && v < OPEN_CIRCUIT {
-                let prio = if i == 0 { "DEFAULT" } else { "HIGH" };
-                return Err(format!(
-                    "{path}.circuit_breakers ({prio}).{name}: {v} would limit traffic; \
-                     pilotfish does not enforce circuit breakers yet and accepts only values of \
-                     at least {OPEN_CIRCUIT}"
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// `circuit_breakers.thresholds` by priority, Envoy's defaults for what is unset.
@@ -972,6 +956,7 @@ fn breakers(
         set(&mut l.max_pending_requests, &t.max_pending_requests);
         set(&mut l.max_requests, &t.max_requests);
         set(&mut l.max_retries, &t.max_retries);
+        l.track_remaining = t.track_remaining;
         if let Some(b) = &t.retry_budget {
             let percent = b.budget_percent.as_ref().map_or(20.0, |p| p.value);
             if !(0.0..=100.0).contains(&percent) {
@@ -988,7 +973,7 @@ fn breakers(
     Ok(out)
 }
 
-/// A cluster, compiled; the caller decides on its circuit-breaker thresholds.
+/// A cluster, compiled.
 #[allow(deprecated)]
 fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     if c.name.is_empty() {
@@ -1010,32 +995,20 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
             return Err(format!("{path}.cluster_type ({}): not supported", ct.name));
         }
     };
-    let lb = c.lb_policy();
-    match (discovery, lb) {
-        (Discovery::OriginalDst, cluster::LbPolicy::ClusterProvided) => {}
-        (Discovery::OriginalDst, other) => {
-            return Err(format!(
-                "{path}.lb_policy: {} is not valid for cluster type ORIGINAL_DST; only \
-                 CLUSTER_PROVIDED is allowed",
-                other.as_str_name()
-            ));
-        }
-        (_, cluster::LbPolicy::RoundRobin) => {}
-        (_, other) => {
-            return Err(format!(
-                "{path}.lb_policy: {} is not supported yet",
-                other.as_str_name()
-            ));
-        }
-    }
-
+    let lb = lb_config(c, discovery, path)?;
     let breakers = breakers(
         c.circuit_breakers.as_ref(),
         &format!("{path}.circuit_breakers"),
     )?;
-    let endpoints = match &c.load_assignment {
-        Some(la) => endpoints(la, &format!("{path}.load_assignment"), discovery)?,
-        None => Vec::new(),
+    let (endpoints, overprovisioning_factor) = match &c.load_assignment {
+        Some(la) => {
+            let lpath = format!("{path}.load_assignment");
+            (
+                endpoints(la, &lpath, discovery)?,
+                overprovisioning_factor(la, &lpath)?,
+            )
+        }
+        None => (Vec::new(), 140),
     };
     let eds = match (discovery, &c.eds_cluster_config) {
         (Discovery::Eds, Some(e)) => {
@@ -1172,8 +1145,8 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
                 })?),
             }
         }
-        Some(_) => return Err(format!("{path}: this lb_config is not supported")),
-        None => None,
+        // The other lb_configs belong to their lb_policy (see lb_config).
+        _ => None,
     };
     let mut upstream_socket = match &c.upstream_bind_config {
         Some(b) => upstream_socket(b, &format!("{path}.upstream_bind_config"))?,
@@ -1221,11 +1194,301 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
             .unwrap_or(Duration::from_secs(5)),
         dns_family,
         endpoints,
+        lb,
+        overprovisioning_factor,
+        outlier: match &c.outlier_detection {
+            Some(o) => Some(outlier(o, &format!("{path}.outlier_detection"))?),
+            None => None,
+        },
     })
 }
 
+/// `outlier_detection`, Envoy's defaults filling what is unset.
+fn outlier(
+    o: &envoy_types::pb::envoy::config::cluster::v3::OutlierDetection,
+    path: &str,
+) -> Result<OutlierConfig> {
+    let mut c = OutlierConfig::default();
+    let u = |slot: &mut u32, v: &Option<protobuf::UInt32Value>| {
+        if let Some(v) = v {
+            *slot = v.value;
+        }
+    };
+    let percent = |slot: &mut u32, v: &Option<protobuf::UInt32Value>, name: &str| {
+        if let Some(v) = v {
+            if v.value > 100 {
+                return Err(format!("{path}.{name}: {} is above 100", v.value));
+            }
+            *slot = v.value;
+        }
+        Ok(())
+    };
+    let d = |slot: &mut Duration, v: &Option<protobuf::Duration>, name: &str| {
+        if let Some(v) = v {
+            let v = duration(v);
+            if v.is_zero() && name != "max_ejection_time_jitter" {
+                return Err(format!("{path}.{name}: must be greater than 0"));
+            }
+            *slot = v;
+        }
+        Ok(())
+    };
+    u(&mut c.consecutive_5xx, &o.consecutive_5xx);
+    u(
+        &mut c.consecutive_gateway_failure,
+        &o.consecutive_gateway_failure,
+    );
+    u(
+        &mut c.consecutive_local_origin_failure,
+        &o.consecutive_local_origin_failure,
+    );
+    c.split_external_local_origin_errors = o.split_external_local_origin_errors;
+    d(&mut c.interval, &o.interval, "interval")?;
+    d(
+        &mut c.base_ejection_time,
+        &o.base_ejection_time,
+        "base_ejection_time",
+    )?;
+    d(
+        &mut c.max_ejection_time,
+        &o.max_ejection_time,
+        "max_ejection_time",
+    )?;
+    d(
+        &mut c.max_ejection_time_jitter,
+        &o.max_ejection_time_jitter,
+        "max_ejection_time_jitter",
+    )?;
+    percent(
+        &mut c.max_ejection_percent,
+        &o.max_ejection_percent,
+        "max_ejection_percent",
+    )?;
+    percent(
+        &mut c.enforcing_consecutive_5xx,
+        &o.enforcing_consecutive_5xx,
+        "enforcing_consecutive_5xx",
+    )?;
+    percent(
+        &mut c.enforcing_consecutive_gateway_failure,
+        &o.enforcing_consecutive_gateway_failure,
+        "enforcing_consecutive_gateway_failure",
+    )?;
+    percent(
+        &mut c.enforcing_consecutive_local_origin_failure,
+        &o.enforcing_consecutive_local_origin_failure,
+        "enforcing_consecutive_local_origin_failure",
+    )?;
+    percent(
+        &mut c.enforcing_success_rate,
+        &o.enforcing_success_rate,
+        "enforcing_success_rate",
+    )?;
+    percent(
+        &mut c.enforcing_local_origin_success_rate,
+        &o.enforcing_local_origin_success_rate,
+        "enforcing_local_origin_success_rate",
+    )?;
+    u(
+        &mut c.success_rate_minimum_hosts,
+        &o.success_rate_minimum_hosts,
+    );
+    u(
+        &mut c.success_rate_request_volume,
+        &o.success_rate_request_volume,
+    );
+    u(
+        &mut c.success_rate_stdev_factor,
+        &o.success_rate_stdev_factor,
+    );
+    percent(
+        &mut c.failure_percentage_threshold,
+        &o.failure_percentage_threshold,
+        "failure_percentage_threshold",
+    )?;
+    percent(
+        &mut c.enforcing_failure_percentage,
+        &o.enforcing_failure_percentage,
+        "enforcing_failure_percentage",
+    )?;
+    percent(
+        &mut c.enforcing_failure_percentage_local_origin,
+        &o.enforcing_failure_percentage_local_origin,
+        "enforcing_failure_percentage_local_origin",
+    )?;
+    u(
+        &mut c.failure_percentage_minimum_hosts,
+        &o.failure_percentage_minimum_hosts,
+    );
+    u(
+        &mut c.failure_percentage_request_volume,
+        &o.failure_percentage_request_volume,
+    );
+    Ok(c)
+}
+
+/// The cluster's load balancer: `lb_policy` with its `least_request_lb_config`, and
+/// `common_lb_config`.
+#[allow(deprecated)]
+fn lb_config(c: &Cluster, discovery: Discovery, path: &str) -> Result<LbConfig> {
+    let legacy = c.lb_policy();
+    let policy = match (discovery, legacy) {
+        (Discovery::OriginalDst, cluster::LbPolicy::ClusterProvided) => LbPolicy::ClusterProvided,
+        (Discovery::OriginalDst, other) => {
+            return Err(format!(
+                "{path}.lb_policy: {} is not valid for cluster type ORIGINAL_DST; only \
+                 CLUSTER_PROVIDED is allowed",
+                other.as_str_name()
+            ));
+        }
+        (_, cluster::LbPolicy::ClusterProvided) => {
+            return Err(format!(
+                "{path}.lb_policy: CLUSTER_PROVIDED is only valid for ORIGINAL_DST clusters"
+            ));
+        }
+        (_, cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+        (_, cluster::LbPolicy::Random) => LbPolicy::Random,
+        (_, cluster::LbPolicy::RingHash) => {
+            let cfg = match &c.lb_config {
+                Some(cluster::LbConfig::RingHashLbConfig(r)) => Some(r),
+                _ => None,
+            };
+            let rpath = format!("{path}.ring_hash_lb_config");
+            let min_size = cfg
+                .and_then(|r| r.minimum_ring_size.as_ref())
+                .map_or(1024, |v| v.value);
+            let max_size = cfg
+                .and_then(|r| r.maximum_ring_size.as_ref())
+                .map_or(8 * 1024 * 1024, |v| v.value);
+            if min_size == 0 || min_size > 8 * 1024 * 1024 {
+                return Err(format!(
+                    "{rpath}.minimum_ring_size: {min_size} is not within 1..8388608"
+                ));
+            }
+            if max_size == 0 || max_size > 8 * 1024 * 1024 {
+                return Err(format!(
+                    "{rpath}.maximum_ring_size: {max_size} is not within 1..8388608"
+                ));
+            }
+            if min_size > max_size {
+                return Err(format!(
+                    "{rpath}: minimum_ring_size ({min_size}) is above maximum_ring_size ({max_size})"
+                ));
+            }
+            if cfg.is_some_and(|r| r.hash_function != 0) {
+                return Err(format!("{rpath}.hash_function: only XX_HASH is supported"));
+            }
+            LbPolicy::RingHash { min_size, max_size }
+        }
+        (_, cluster::LbPolicy::Maglev) => {
+            let table_size = match &c.lb_config {
+                Some(cluster::LbConfig::MaglevLbConfig(m)) => {
+                    m.table_size.as_ref().map_or(65537, |v| v.value)
+                }
+                _ => 65537,
+            };
+            if table_size > 5_000_011 || !crate::upstream::lb::hash::is_prime(table_size) {
+                return Err(format!(
+                    "{path}.maglev_lb_config.table_size: {table_size} must be a prime number no \
+                     larger than 5000011"
+                ));
+            }
+            LbPolicy::Maglev { table_size }
+        }
+        (_, cluster::LbPolicy::LeastRequest) => {
+            let cfg = match &c.lb_config {
+                Some(cluster::LbConfig::LeastRequestLbConfig(l)) => Some(l),
+                _ => None,
+            };
+            let lpath = format!("{path}.least_request_lb_config");
+            let choice_count = cfg
+                .and_then(|l| l.choice_count.as_ref())
+                .map_or(2, |v| v.value);
+            if choice_count < 2 {
+                return Err(format!(
+                    "{lpath}.choice_count: must be at least 2, got {choice_count}"
+                ));
+            }
+            let bias = cfg
+                .and_then(|l| l.active_request_bias.as_ref())
+                .map_or(1.0, |v| v.default_value);
+            if !(bias >= 0.0 && bias.is_finite()) {
+                return Err(format!(
+                    "{lpath}.active_request_bias: {bias} must be a finite number of at least 0"
+                ));
+            }
+            LbPolicy::LeastRequest {
+                choice_count,
+                active_request_bias: bias,
+                full_scan: false,
+            }
+        }
+        (_, other) => {
+            return Err(format!(
+                "{path}.lb_policy: {} is not supported yet",
+                other.as_str_name()
+            ));
+        }
+    };
+    match (&c.lb_config, policy) {
+        (Some(cluster::LbConfig::LeastRequestLbConfig(_)), LbPolicy::LeastRequest { .. })
+        | (Some(cluster::LbConfig::RingHashLbConfig(_)), LbPolicy::RingHash { .. })
+        | (Some(cluster::LbConfig::MaglevLbConfig(_)), LbPolicy::Maglev { .. })
+        | (Some(cluster::LbConfig::OriginalDstLbConfig(_)), _)
+        | (None, _) => {}
+        (Some(other), _) => {
+            let name = match other {
+                cluster::LbConfig::LeastRequestLbConfig(_) => "least_request_lb_config",
+                cluster::LbConfig::RingHashLbConfig(_) => "ring_hash_lb_config",
+                cluster::LbConfig::MaglevLbConfig(_) => "maglev_lb_config",
+                _ => "lb_config",
+            };
+            return Err(format!(
+                "{path}.{name}: does not match lb_policy {}",
+                legacy.as_str_name()
+            ));
+        }
+    }
+    let mut out = LbConfig {
+        policy,
+        ..LbConfig::default()
+    };
+    if let Some(common) = &c.common_lb_config {
+        let cpath = format!("{path}.common_lb_config");
+        if let Some(p) = &common.healthy_panic_threshold {
+            if !(0.0..=100.0).contains(&p.value) {
+                return Err(format!(
+                    "{cpath}.healthy_panic_threshold: {} is not within 0..100",
+                    p.value
+                ));
+            }
+            out.panic_threshold = p.value;
+        }
+        use cluster::common_lb_config::LocalityConfigSpecifier;
+        match &common.locality_config_specifier {
+            None => {}
+            Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_)) => {
+                if out.policy.hashes() {
+                    return Err(format!(
+                        "{cpath}.locality_weighted_lb_config: not supported with {}",
+                        legacy.as_str_name()
+                    ));
+                }
+                out.locality_weighted = true;
+            }
+            Some(LocalityConfigSpecifier::ZoneAwareLbConfig(_)) => {
+                return Err(format!(
+                    "{cpath}.zone_aware_lb_config: not supported (zone-aware routing needs a \
+                     local cluster)"
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The endpoints of a `ClusterLoadAssignment` (a cluster's `load_assignment`, or an EDS
-/// resource), leaving out hosts marked unhealthy, draining or timed out.
+/// resource), each with its weight, priority, locality and health.
 pub fn endpoints(
     la: &envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
     path: &str,
@@ -1233,23 +1496,59 @@ pub fn endpoints(
 ) -> Result<Vec<EndpointConfig>> {
     let mut endpoints = Vec::new();
     for (l, lle) in la.endpoints.iter().enumerate() {
+        let lpath = format!("{path}.endpoints[{l}]");
+        let locality_weight = match &lle.load_balancing_weight {
+            Some(w) if w.value == 0 => {
+                return Err(format!("{lpath}.load_balancing_weight: must be at least 1"));
+            }
+            Some(w) => w.value,
+            None => 0,
+        };
+        if lle.priority > 128 {
+            return Err(format!("{lpath}.priority: {} is above 128", lle.priority));
+        }
+        let locality = lle
+            .locality
+            .as_ref()
+            .map_or_else(Locality::default, |l| Locality {
+                region: l.region.clone(),
+                zone: l.zone.clone(),
+                sub_zone: l.sub_zone.clone(),
+            });
         for (e, lbe) in lle.lb_endpoints.iter().enumerate() {
-            let epath = format!("{path}.endpoints[{l}].lb_endpoints[{e}]");
+            let epath = format!("{lpath}.lb_endpoints[{e}]");
             let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &lbe.host_identifier else {
                 return Err(format!("{epath}.endpoint: required"));
             };
-            // Envoy leaves hosts marked unhealthy/draining/timeout out of balancing.
-            if matches!(lbe.health_status, 2..=4) {
-                continue;
-            }
+            let weight = match &lbe.load_balancing_weight {
+                Some(w) if w.value == 0 => {
+                    return Err(format!("{epath}.load_balancing_weight: must be at least 1"));
+                }
+                Some(w) => w.value,
+                None => 1,
+            };
+            let attrs = EndpointAttrs {
+                weight,
+                priority: lle.priority,
+                locality: locality.clone(),
+                locality_weight,
+                // UNKNOWN 0, HEALTHY 1, UNHEALTHY 2, DRAINING 3, TIMEOUT 4, DEGRADED 5.
+                health: match lbe.health_status {
+                    0 | 1 => EdsHealth::Healthy,
+                    2 | 4 => EdsHealth::Unhealthy,
+                    3 => EdsHealth::Draining,
+                    5 => EdsHealth::Degraded,
+                    v => return Err(format!("{epath}.health_status: unknown value {v}")),
+                },
+                canary: lbe.metadata.as_ref().is_some_and(canary),
+            };
             let sa = match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
                 Some(address::Address::SocketAddress(sa)) => sa,
                 Some(address::Address::Pipe(p)) if discovery == Discovery::Static => {
                     endpoints.push(EndpointConfig {
-                        host: String::new(),
-                        port: 0,
-                        hostname: None,
                         pipe: Some(p.path.clone().into()),
+                        attrs,
+                        ..Default::default()
                     });
                     continue;
                 }
@@ -1284,10 +1583,38 @@ pub fn endpoints(
                     .filter(|h| !h.is_empty())
                     .or_else(|| dns.then(|| sa.address.clone())),
                 pipe: None,
+                attrs,
             });
         }
     }
     Ok(endpoints)
+}
+
+/// The load assignment's `policy.overprovisioning_factor` in percent (Envoy's 140).
+pub fn overprovisioning_factor(
+    la: &envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
+    path: &str,
+) -> Result<u32> {
+    match la
+        .policy
+        .as_ref()
+        .and_then(|p| p.overprovisioning_factor.as_ref())
+    {
+        Some(f) if f.value == 0 => Err(format!(
+            "{path}.policy.overprovisioning_factor: must be at least 1"
+        )),
+        Some(f) => Ok(f.value),
+        None => Ok(140),
+    }
+}
+
+/// `filter_metadata["envoy.lb"].canary: true`.
+fn canary(m: &envoy_types::pb::envoy::config::core::v3::Metadata) -> bool {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    m.filter_metadata
+        .get("envoy.lb")
+        .and_then(|s| s.fields.get("canary"))
+        .is_some_and(|v| matches!(v.kind, Some(Kind::BoolValue(true))))
 }
 
 /// `ApiVersion::V2` (deprecated, removed from Envoy): only AUTO and V3 are accepted.

@@ -240,6 +240,8 @@ pub struct TcpProxyConfig {
     /// `idle_timeout`: Envoy's default 1 h; `None` when `0s`.
     pub idle_timeout: Option<Duration>,
     pub max_downstream_connection_duration: Option<Duration>,
+    /// `hash_policy: [{source_ip: {}}]`: a hashing balancer keys on the client's IP.
+    pub hash_source_ip: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -416,6 +418,8 @@ pub struct Forward {
     /// `max_stream_duration.max_stream_duration`: replaces the connection manager's
     /// (`0s`: no limit for the route).
     pub max_stream_duration: Option<Duration>,
+    /// `hash_policy`: the request's key for the hashing balancers.
+    pub hash_policy: Option<Arc<crate::http::hash_policy::HashPolicy>>,
 }
 
 /// Envoy's rule for gRPC requests: the `grpc-timeout` header (less `offset`), or no
@@ -452,6 +456,7 @@ impl Forward {
             retry: None,
             mirrors: Vec::new(),
             max_stream_duration: None,
+            hash_policy: None,
         }
     }
 }
@@ -641,6 +646,130 @@ pub struct ClusterConfig {
     /// ORIGINAL_DST `cleanup_interval`: how often hosts no connection uses are dropped
     /// (Envoy's default 5s; istiod's inbound clusters ask for ~292 years, i.e. never).
     pub cleanup_interval: Duration,
+    /// How hosts are chosen.
+    pub lb: LbConfig,
+    /// The load assignment's `policy.overprovisioning_factor` (Envoy's default 140).
+    pub overprovisioning_factor: u32,
+    /// `outlier_detection`, when set.
+    pub outlier: Option<OutlierConfig>,
+}
+
+/// `outlier_detection`, with Envoy's defaults for what is unset. Percentages are whole
+/// numbers from 0 to 100.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierConfig {
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_failure: u32,
+    pub consecutive_local_origin_failure: u32,
+    pub split_external_local_origin_errors: bool,
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    pub max_ejection_time_jitter: Duration,
+    pub max_ejection_percent: u32,
+    pub enforcing_consecutive_5xx: u32,
+    pub enforcing_consecutive_gateway_failure: u32,
+    pub enforcing_consecutive_local_origin_failure: u32,
+    pub enforcing_success_rate: u32,
+    pub enforcing_local_origin_success_rate: u32,
+    pub success_rate_minimum_hosts: u32,
+    pub success_rate_request_volume: u32,
+    /// Thousandths of a standard deviation (Envoy's 1900: 1.9 σ).
+    pub success_rate_stdev_factor: u32,
+    pub failure_percentage_threshold: u32,
+    pub enforcing_failure_percentage: u32,
+    pub enforcing_failure_percentage_local_origin: u32,
+    pub failure_percentage_minimum_hosts: u32,
+    pub failure_percentage_request_volume: u32,
+}
+
+impl Default for OutlierConfig {
+    /// Envoy's defaults.
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_5xx: 5,
+            consecutive_gateway_failure: 5,
+            consecutive_local_origin_failure: 5,
+            split_external_local_origin_errors: false,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_time_jitter: Duration::ZERO,
+            max_ejection_percent: 10,
+            enforcing_consecutive_5xx: 100,
+            enforcing_consecutive_gateway_failure: 0,
+            enforcing_consecutive_local_origin_failure: 100,
+            enforcing_success_rate: 100,
+            enforcing_local_origin_success_rate: 100,
+            success_rate_minimum_hosts: 5,
+            success_rate_request_volume: 100,
+            success_rate_stdev_factor: 1900,
+            failure_percentage_threshold: 85,
+            enforcing_failure_percentage: 0,
+            enforcing_failure_percentage_local_origin: 0,
+            failure_percentage_minimum_hosts: 5,
+            failure_percentage_request_volume: 50,
+        }
+    }
+}
+
+/// The load balancer: its policy and the settings every policy shares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LbConfig {
+    pub policy: LbPolicy,
+    /// `common_lb_config.healthy_panic_threshold` in percent (Envoy's default 50): below
+    /// it a priority balances over all its hosts, healthy or not.
+    pub panic_threshold: f64,
+    /// `common_lb_config.locality_weighted_lb_config`: pick a locality by its weight
+    /// (scaled by its health) first, then a host in it.
+    pub locality_weighted: bool,
+    /// `consistent_hashing_lb_config.use_hostname_for_hashing`: hash hosts by hostname
+    /// rather than `ip:port`.
+    pub use_hostname_for_hashing: bool,
+}
+
+impl Default for LbConfig {
+    fn default() -> Self {
+        LbConfig {
+            policy: LbPolicy::RoundRobin,
+            panic_threshold: 50.0,
+            locality_weighted: false,
+            use_hostname_for_hashing: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LbPolicy {
+    /// Weighted round robin (earliest deadline first when weights differ).
+    RoundRobin,
+    /// The least loaded of `choice_count` random hosts; weighted by
+    /// `weight / (active + 1)^active_request_bias` when weights differ.
+    LeastRequest {
+        choice_count: u32,
+        active_request_bias: f64,
+        /// `selection_method: FULL_SCAN`: every host is compared.
+        full_scan: bool,
+    },
+    Random,
+    /// Consistent hashing on a ring of `minimum_ring_size`..`maximum_ring_size` entries.
+    RingHash {
+        min_size: u64,
+        max_size: u64,
+    },
+    /// Consistent hashing with a Maglev table of `table_size` (prime) slots.
+    Maglev {
+        table_size: u64,
+    },
+    /// ORIGINAL_DST's CLUSTER_PROVIDED: the connection's own destination.
+    ClusterProvided,
+}
+
+impl LbPolicy {
+    /// A policy that balances by the request's hash (route `hash_policy`).
+    pub fn hashes(self) -> bool {
+        matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
+    }
 }
 
 impl Default for ClusterConfig {
@@ -663,6 +792,9 @@ impl Default for ClusterConfig {
             max_requests_per_connection: None,
             idle_timeout: Some(Duration::from_secs(3600)),
             cleanup_interval: Duration::from_secs(5),
+            lb: LbConfig::default(),
+            overprovisioning_factor: 140,
+            outlier: None,
         }
     }
 }
@@ -683,6 +815,8 @@ pub struct Limits {
     pub max_retries: u32,
     /// `retry_budget`: replaces `max_retries` when set.
     pub retry_budget: Option<RetryBudget>,
+    /// `track_remaining`: publish `remaining_*` gauges.
+    pub track_remaining: bool,
 }
 
 /// `retry_budget`: concurrent retries allowed as a share of the cluster's active and
@@ -704,6 +838,7 @@ impl Default for Limits {
             max_requests: 1024,
             max_retries: 3,
             retry_budget: None,
+            track_remaining: false,
         }
     }
 }
@@ -751,7 +886,7 @@ impl UpstreamSocket {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointConfig {
     /// An IP literal for STATIC clusters, a DNS name for the DNS types.
     pub host: String,
@@ -760,4 +895,57 @@ pub struct EndpointConfig {
     pub hostname: Option<String>,
     /// A Unix socket (`pipe.path`) instead of `host:port` (STATIC clusters).
     pub pipe: Option<std::path::PathBuf>,
+    /// Where it sits for balancing: weight, priority, locality and EDS health.
+    pub attrs: EndpointAttrs,
+}
+
+/// What the balancer knows of an endpoint from its assignment (a DNS cluster's hosts
+/// inherit their endpoint's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointAttrs {
+    /// `load_balancing_weight` (1 when unset).
+    pub weight: u32,
+    /// The `LocalityLbEndpoints`' `priority` (0 is the highest).
+    pub priority: u32,
+    pub locality: Locality,
+    /// The locality's `load_balancing_weight` (0 when unset: the locality gets no
+    /// traffic under locality-weighted balancing, as in Envoy).
+    pub locality_weight: u32,
+    /// `health_status` as EDS (or the load assignment) gave it.
+    pub health: EdsHealth,
+    /// `metadata.filter_metadata["envoy.lb"].canary` (`omit_canary_hosts`, `/clusters`).
+    pub canary: bool,
+}
+
+impl Default for EndpointAttrs {
+    fn default() -> Self {
+        EndpointAttrs {
+            weight: 1,
+            priority: 0,
+            locality: Locality::default(),
+            locality_weight: 0,
+            health: EdsHealth::Healthy,
+            canary: false,
+        }
+    }
+}
+
+/// `envoy.config.core.v3.Locality`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
+}
+
+/// An endpoint's `health_status`, as Envoy buckets it: UNKNOWN and HEALTHY route;
+/// UNHEALTHY and TIMEOUT do not (except in panic); DEGRADED takes traffic only when too
+/// few hosts are healthy; DRAINING hosts are excluded (never picked, not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EdsHealth {
+    #[default]
+    Healthy,
+    Unhealthy,
+    Degraded,
+    Draining,
 }

@@ -284,6 +284,7 @@ fn forward(
             .and_then(|m| m.max_stream_duration.as_ref())
             .map(super::compile::duration),
         mirrors: super::mirror::mirror_policies(&action.request_mirror_policies, apath)?,
+        hash_policy: hash_policy(&action.hash_policy, apath)?,
         retry,
         grpc_timeout: grpc_timeout(action, apath)?,
         cluster,
@@ -330,6 +331,87 @@ fn grpc_timeout(
                 .unwrap_or_default(),
         })
     }))
+}
+
+/// A route's `hash_policy` rules.
+fn hash_policy(
+    rules: &[route_action::HashPolicy],
+    apath: &str,
+) -> Result<Option<std::sync::Arc<crate::http::hash_policy::HashPolicy>>> {
+    use crate::http::hash_policy::{CookieRule, HashPolicy, Key, Rule};
+    use route_action::hash_policy::PolicySpecifier as P;
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        let rpath = format!("{apath}.hash_policy[{i}]");
+        let key = match &r.policy_specifier {
+            Some(P::Header(h)) => {
+                let name = h.header_name.to_ascii_lowercase();
+                if !name.starts_with(':') && http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                {
+                    return Err(format!(
+                        "{rpath}.header.header_name: '{}' is not a header name",
+                        h.header_name
+                    ));
+                }
+                let rewrite = match &h.regex_rewrite {
+                    Some(rr) => {
+                        let pattern = rr.pattern.as_ref().ok_or_else(|| {
+                            format!("{rpath}.header.regex_rewrite.pattern: required")
+                        })?;
+                        let re = regex::Regex::new(&pattern.regex).map_err(|e| {
+                            format!(
+                                "{rpath}.header.regex_rewrite.pattern.regex: invalid regex: {e}"
+                            )
+                        })?;
+                        Some((re, re2_substitution(&rr.substitution)))
+                    }
+                    None => None,
+                };
+                Key::Header { name, rewrite }
+            }
+            Some(P::Cookie(c)) => {
+                if c.name.is_empty() {
+                    return Err(format!("{rpath}.cookie.name: required"));
+                }
+                Key::Cookie(CookieRule {
+                    name: c.name.clone(),
+                    ttl: c.ttl.as_ref().map(super::compile::duration),
+                    path: c.path.clone(),
+                    attributes: c
+                        .attributes
+                        .iter()
+                        .map(|a| (a.name.clone(), a.value.clone()))
+                        .collect(),
+                })
+            }
+            Some(P::ConnectionProperties(c)) => {
+                if !c.source_ip {
+                    continue;
+                }
+                Key::SourceIp
+            }
+            Some(P::QueryParameter(q)) => {
+                if q.name.is_empty() {
+                    return Err(format!("{rpath}.query_parameter.name: required"));
+                }
+                Key::QueryParameter(q.name.clone())
+            }
+            Some(P::FilterState(_)) => Key::FilterState,
+            None => {
+                return Err(format!(
+                    "{rpath}: one of header, cookie, connection_properties, query_parameter or filter_state is required"
+                ));
+            }
+        };
+        out.push(Rule {
+            key,
+            terminal: r.terminal,
+        });
+    }
+    Ok(Some(std::sync::Arc::new(HashPolicy { rules: out })))
 }
 
 /// `prefix_rewrite` or `regex_rewrite` (not both), as routes and redirects have them.

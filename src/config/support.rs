@@ -265,8 +265,12 @@ const FIELDS: &[(&str, &[&str])] = &[
             "access_log",
             "idle_timeout",
             "max_downstream_connection_duration",
+            "hash_policy",
         ],
     ),
+    ("envoy.type.v3.HashPolicy", &["source_ip", "filter_state"]),
+    ("envoy.type.v3.HashPolicy.SourceIp", &[]),
+    ("envoy.type.v3.HashPolicy.FilterState", &["key"]),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         &[
@@ -639,6 +643,41 @@ const FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "envoy.config.route.v3.RouteAction.HashPolicy",
+        &[
+            "header",
+            "cookie",
+            "connection_properties",
+            "query_parameter",
+            "filter_state",
+            "terminal",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.Header",
+        &["header_name", "regex_rewrite"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.Cookie",
+        &["name", "ttl", "path", "attributes"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute",
+        &["name", "value"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties",
+        &["source_ip"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter",
+        &["name"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.FilterState",
+        &["key"],
+    ),
+    (
         "envoy.config.route.v3.Route",
         &[
             "name",
@@ -750,6 +789,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "retry_policy",
             "request_mirror_policies",
             "hedge_policy",
+            "hash_policy",
         ],
     ),
     (
@@ -871,9 +911,67 @@ const FIELDS: &[(&str, &[&str])] = &[
             "upstream_connection_options",
             "common_lb_config",
             "cleanup_interval",
+            "least_request_lb_config",
+            "outlier_detection",
+            "ring_hash_lb_config",
+            "maglev_lb_config",
         ],
     ),
-    ("envoy.config.cluster.v3.Cluster.CommonLbConfig", &[]),
+    (
+        "envoy.config.cluster.v3.Cluster.RingHashLbConfig",
+        &["minimum_ring_size", "maximum_ring_size", "hash_function"],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.MaglevLbConfig",
+        &["table_size"],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig.ConsistentHashingLbConfig",
+        &["use_hostname_for_hashing"],
+    ),
+    (
+        "envoy.config.cluster.v3.OutlierDetection",
+        &[
+            "consecutive_5xx",
+            "interval",
+            "base_ejection_time",
+            "max_ejection_percent",
+            "enforcing_consecutive_5xx",
+            "enforcing_success_rate",
+            "success_rate_minimum_hosts",
+            "success_rate_request_volume",
+            "success_rate_stdev_factor",
+            "consecutive_gateway_failure",
+            "enforcing_consecutive_gateway_failure",
+            "split_external_local_origin_errors",
+            "consecutive_local_origin_failure",
+            "enforcing_consecutive_local_origin_failure",
+            "enforcing_local_origin_success_rate",
+            "failure_percentage_threshold",
+            "enforcing_failure_percentage",
+            "enforcing_failure_percentage_local_origin",
+            "failure_percentage_minimum_hosts",
+            "failure_percentage_request_volume",
+            "max_ejection_time",
+            "max_ejection_time_jitter",
+        ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig",
+        &[
+            "healthy_panic_threshold",
+            "locality_weighted_lb_config",
+            "consistent_hashing_lb_config",
+        ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig",
+        &[],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
+        &["choice_count", "active_request_bias"],
+    ),
     (
         "envoy.config.route.v3.Decorator",
         &["operation", "propagate"],
@@ -934,20 +1032,39 @@ const FIELDS: &[(&str, &[&str])] = &[
     ),
     ("envoy.type.v3.Percent", &["value"]),
     (
+        "envoy.config.core.v3.RuntimeDouble",
+        &["default_value", "runtime_key"],
+    ),
+    (
         "envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget",
         &["budget_percent", "min_retry_concurrency"],
     ),
     (
         "envoy.config.endpoint.v3.ClusterLoadAssignment",
-        &["cluster_name", "endpoints"],
+        &["cluster_name", "endpoints", "policy"],
+    ),
+    (
+        "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy",
+        &["overprovisioning_factor"],
     ),
     (
         "envoy.config.endpoint.v3.LocalityLbEndpoints",
-        &["locality", "lb_endpoints", "metadata"],
+        &[
+            "locality",
+            "lb_endpoints",
+            "metadata",
+            "load_balancing_weight",
+            "priority",
+        ],
     ),
     (
         "envoy.config.endpoint.v3.LbEndpoint",
-        &["endpoint", "health_status", "metadata"],
+        &[
+            "endpoint",
+            "health_status",
+            "metadata",
+            "load_balancing_weight",
+        ],
     ),
     (
         "envoy.config.endpoint.v3.Endpoint",
@@ -1210,7 +1327,7 @@ mod tests {
             ),
             (
                 "envoy.config.route.v3.RouteConfiguration",
-                "name: r\nvirtual_hosts: [{ name: v, domains: [\"*\"], routes: [{ match: { prefix: / }, route: { cluster: c, hash_policy: [{ header: { header_name: x } }] } }] }]\n",
+                "name: r\nvirtual_hosts: [{ name: v, domains: [\"*\"], routes: [{ match: { prefix: / }, route: { cluster: c, rate_limits: [{ actions: [{ remote_address: {} }] }] } }] }]\n",
                 false,
             ),
         ];

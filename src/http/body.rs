@@ -52,6 +52,15 @@ impl Observer for crate::telemetry::stats::GaugeGuard {}
 
 impl Observer for () {}
 
+impl Observer for crate::upstream::host::InFlight {}
+
+impl<A: Observer, B: Observer> Observer for (A, B) {
+    fn data(&mut self, bytes: usize) {
+        self.0.data(bytes);
+        self.1.data(bytes);
+    }
+}
+
 #[derive(Debug)]
 pub struct StreamIdle;
 

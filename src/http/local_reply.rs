@@ -34,6 +34,8 @@ pub enum ResponseFlag {
     MaxDurationReached,
     /// The connection manager's `request_timeout` passed before the request was whole.
     RequestTimeout,
+    /// A circuit breaker of the cluster was open.
+    UpstreamOverflow,
 }
 
 impl ResponseFlag {
@@ -48,6 +50,7 @@ impl ResponseFlag {
             ResponseFlag::FaultInjected => "FI",
             ResponseFlag::NoClusterFound => "NC",
             ResponseFlag::StreamIdleTimeout => "SI",
+            ResponseFlag::UpstreamOverflow => "UO",
             // Envoy has no flag for it; access logs print `-`.
             ResponseFlag::RbacAccessDenied => "-",
             ResponseFlag::UnauthorizedExternalService => "UAEX",
@@ -96,6 +99,9 @@ pub const CONNECT_TIMEOUT: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection timeout";
 pub const CONNECTION_TERMINATION: &str = "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
 
+pub const OVERFLOW: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+
 pub const REFUSED_STREAM: &str = "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset";
 
 /// The same replies after retries, as Envoy words them.
@@ -135,6 +141,7 @@ pub fn reply(flag: ResponseFlag) -> Response<Body> {
         }
         ResponseFlag::FaultInjected => (StatusCode::SERVICE_UNAVAILABLE, FAULT_ABORT),
         ResponseFlag::NoClusterFound => (StatusCode::SERVICE_UNAVAILABLE, ""),
+        ResponseFlag::UpstreamOverflow => (StatusCode::SERVICE_UNAVAILABLE, OVERFLOW),
         // 504 once the request is upstream (408 is for a request still arriving).
         ResponseFlag::StreamIdleTimeout => (StatusCode::GATEWAY_TIMEOUT, "stream timeout"),
         ResponseFlag::RbacAccessDenied => (StatusCode::FORBIDDEN, "RBAC: access denied"),

@@ -116,8 +116,10 @@ pub fn send(cluster: Arc<Cluster>, copy: Copy, keep_host: bool) {
             ) else {
                 return;
             };
-            let _active =
-                crate::telemetry::stats::GaugeGuard::new(&cluster.stats.upstream_rq_active);
+            let _active = (
+                crate::telemetry::stats::GaugeGuard::new(&cluster.stats.upstream_rq_active),
+                host.track(),
+            );
             match http_pool::send(&cluster, &host, req, h2).await {
                 Ok(resp) => {
                     cluster.stats.upstream_rq.record(resp.status().as_u16());

@@ -3,6 +3,7 @@ pub mod body;
 pub mod dynamic_metadata;
 pub mod filters;
 pub mod forwarded;
+pub mod hash_policy;
 pub mod header_mutation;
 pub mod headers;
 pub mod idle;

@@ -5,8 +5,8 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use super::{
-    header_mutation::HeaderMutations, matchers::RequestHead, mirror::MirrorPolicy,
-    retry::RetryPolicy,
+    hash_policy::HashPolicy, header_mutation::HeaderMutations, matchers::RequestHead,
+    mirror::MirrorPolicy, retry::RetryPolicy,
 };
 use crate::{
     config::{
@@ -38,6 +38,7 @@ pub enum Action {
         retry: Option<Arc<RetryPolicy>>,
         mirrors: Vec<MirrorPolicy>,
         max_stream_duration: Option<Duration>,
+        hash_policy: Option<Arc<HashPolicy>>,
     },
     Redirect(Redirect),
     Direct(DirectResponse),
@@ -94,6 +95,7 @@ pub enum Target<'a> {
         retry: Option<&'a RetryPolicy>,
         mirrors: &'a [MirrorPolicy],
         max_stream_duration: Option<Duration>,
+        hash_policy: Option<&'a HashPolicy>,
     },
     Redirect(&'a Redirect),
     Direct(&'a DirectResponse),
@@ -208,6 +210,7 @@ impl Routes {
                         retry: f.retry.clone(),
                         mirrors: f.mirrors.clone(),
                         max_stream_duration: f.max_stream_duration,
+                        hash_policy: f.hash_policy.clone(),
                     },
                     RouteAction::Redirect(r) => Action::Redirect(r.clone()),
                     RouteAction::Direct(d) => Action::Direct(d.clone()),
@@ -294,6 +297,7 @@ impl Routes {
                 retry,
                 mirrors,
                 max_stream_duration,
+                hash_policy,
             } => match targets.pick(req.headers, clusters) {
                 Some((cluster, w)) => {
                     let target = Target::Forward {
@@ -306,6 +310,7 @@ impl Routes {
                         retry: retry.as_deref(),
                         mirrors,
                         max_stream_duration: *max_stream_duration,
+                        hash_policy: hash_policy.as_deref(),
                     };
                     (target, w)
                 }

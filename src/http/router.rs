@@ -26,7 +26,7 @@ use super::{
         fault::{FaultConfig, FaultStats},
         grpc_stats,
     },
-    header_mutation, headers,
+    hash_policy, header_mutation, headers,
     idle::Activity,
     local_reply::{self, ResponseFlag, RetryFlags},
     matchers::RequestHead,
@@ -45,11 +45,11 @@ use crate::{
         stats::{GaugeGuard, Store},
     },
     upstream::{
-        ClusterManager,
-        cluster::{Cluster, Host},
+        Cluster, ClusterManager, Host,
         connect::ConnectError,
         http_pool::{self, PooledBody, SendError},
         manager::ClusterMap,
+        outlier::Outcome as HostResult,
     },
 };
 
@@ -615,7 +615,21 @@ impl HttpConnectionManager {
             a.apply(req.headers_mut());
         }
         let dst = original_dst(&cluster.config, &req, down.local);
-        let Some(host) = cluster.pick(Some(dst)) else {
+        // A hashing balancer takes the route's hash of the request.
+        let hashed = match &matched.target {
+            Target::Forward {
+                hash_policy: Some(p),
+                ..
+            } if cluster.config.lb.policy.hashes() => p.compute(&hash_policy::Request {
+                headers: req.headers(),
+                uri: req.uri(),
+                method: req.method(),
+                peer: down.peer,
+                local: down.local,
+            }),
+            _ => hash_policy::Hashed::default(),
+        };
+        let Some(host) = cluster.pick_hashed(Some(dst), hashed.hash) else {
             cluster.stats.upstream_cx_none_healthy.inc();
             cluster.stats.upstream_rq.record(503);
             return local_reply::reply(ResponseFlag::NoHealthyUpstream);
@@ -760,6 +774,7 @@ impl HttpConnectionManager {
                 idle: idle.as_ref(),
                 h2,
                 dst,
+                hash: hashed.hash,
                 count_header: matched.attempt_count().0,
                 limits: &limits,
             };
@@ -806,17 +821,19 @@ impl HttpConnectionManager {
                 if let Some(kind) = &upgrade {
                     upgrade::restore_headers(upstream_req.headers_mut(), kind.clone());
                 }
-                let active = GaugeGuard::new(&stats.upstream_rq_active);
+                let active: Attempt = (GaugeGuard::new(&stats.upstream_rq_active), host.track());
                 let start = Instant::now();
                 let mut try_deadline = per_try.map(|t| Box::pin(tokio::time::sleep(t)));
                 // Pinned where they are, in a block that ends them: the request's futures
                 // are large, and each move into a `select!` would copy them.
                 let outcome = {
                     let sent = std::pin::pin!(async {
-                        match upgrade {
+                        let r = match upgrade {
                             Some(_) => http_pool::send_upgrade(&cluster, &host, upstream_req).await,
                             None => http_pool::send(&cluster, &host, upstream_req, h2).await,
-                        }
+                        };
+                        report_outlier(&cluster, &host, &r);
+                        r
                     });
                     let timers = std::pin::pin!(async {
                         let route = async {
@@ -861,6 +878,7 @@ impl HttpConnectionManager {
                 let outcome = match outcome {
                     Outcome::Sent(r) => sent_outcome(r, attempt > 1, cluster.name()),
                     Outcome::PerTryTimeout | Outcome::PerTryIdle => {
+                        cluster.report(&host, HostResult::Timeout);
                         if matches!(outcome, Outcome::PerTryIdle) {
                             stats.upstream_rq_per_try_idle_timeout.inc();
                         } else {
@@ -873,6 +891,7 @@ impl HttpConnectionManager {
                     }
                     // The route's timeout ends the request, whatever retries remain.
                     Outcome::RouteTimeout => {
+                        cluster.report(&host, HostResult::Timeout);
                         stats.upstream_rq_timeout.inc();
                         stats.upstream_rq.record(504);
                         let mut resp = local_reply::reply(ResponseFlag::UpstreamRequestTimeout);
@@ -932,7 +951,7 @@ impl HttpConnectionManager {
                     stats.upstream_rq.record(504);
                     return local_reply::reply(ResponseFlag::UpstreamRequestTimeout);
                 }
-                let Some(next) = retry_host(&cluster, rs, dst) else {
+                let Some(next) = retry_host(&cluster, rs, dst, hashed.hash) else {
                     cluster.stats.upstream_cx_none_healthy.inc();
                     cluster.stats.upstream_rq.record(503);
                     return local_reply::reply(ResponseFlag::NoHealthyUpstream);
@@ -985,6 +1004,9 @@ impl HttpConnectionManager {
         .into_iter()
         .flatten()
         .min_by_key(|d| d.deadline());
+        if let Some(cookie) = hashed.set_cookie {
+            parts.headers.append(header::SET_COOKIE, cookie);
+        }
         let body = Guarded::new(incoming, active, deadline).with_idle(idle);
         let mut resp = Response::from_parts(parts, body::boxed(body));
         retry_flags.mark(&mut resp);
@@ -1026,7 +1048,7 @@ impl HttpConnectionManager {
     ) -> Result<
         (
             Result<Response<PooledBody>, (Failure, Response<Body>)>,
-            GaugeGuard,
+            Attempt,
             Instant,
         ),
         Response<Body>,
@@ -1064,12 +1086,13 @@ impl HttpConnectionManager {
                     let a = a.clone();
                     req = req.map(|b| body::boxed(Guarded::new(b, a, None)));
                 }
-                let active = GaugeGuard::new(&stats.upstream_rq_active);
+                let active: Attempt = (GaugeGuard::new(&stats.upstream_rq_active), host.track());
                 let (c, to, n, h2) = (cluster.clone(), host.clone(), attempt, h.h2);
                 newest = attempt;
                 running.push(async move {
                     let start = Instant::now();
                     let r = http_pool::send(&c, &to, req, h2).await;
+                    report_outlier(&c, &to, &r);
                     (to, n, active, start, r)
                 });
                 try_deadline = per_try.map(|t| Box::pin(tokio::time::sleep(t)));
@@ -1138,7 +1161,7 @@ impl HttpConnectionManager {
                 }
                 () = until(&mut launch_at) => {
                     launch_at = None;
-                    match retry_host(cluster, rs, h.dst) {
+                    match retry_host(cluster, rs, h.dst, h.hash) {
                         Some(next) => {
                             host = next;
                             launch_now = true;
@@ -1304,6 +1327,10 @@ impl Observer for ByteCount {
     }
 }
 
+/// An attempt in flight: counted in the cluster's `upstream_rq_active` and its host's
+/// active requests (least request reads them) until its response ends.
+type Attempt = (GaugeGuard, crate::upstream::host::InFlight);
+
 /// Rides on the response body; when the response is done (or abandoned), writes the
 /// access log lines and releases the active-request gauge.
 struct RequestEnd {
@@ -1422,6 +1449,8 @@ struct Hedging<'a> {
     idle: Option<&'a Activity>,
     h2: bool,
     dst: SocketAddr,
+    /// The request's hash for a hashing balancer.
+    hash: Option<u64>,
     count_header: bool,
     limits: &'a StreamLimits,
 }
@@ -1515,16 +1544,47 @@ impl Resend {
     }
 }
 
+/// Tells the cluster's outlier detection how an attempt went: its status, or a local
+/// failure (Envoy reports a reset as a failed connection too). An overflow says
+/// nothing of the host.
+fn report_outlier(
+    cluster: &Cluster,
+    host: &Arc<Host>,
+    r: &Result<Response<PooledBody>, SendError>,
+) {
+    if cluster.outlier.is_none() {
+        return;
+    }
+    match r {
+        Ok(resp) => {
+            cluster.report(host, HostResult::Connected);
+            cluster.report(host, HostResult::Http(resp.status().as_u16()));
+        }
+        Err(SendError::Connect(_) | SendError::Reset(_)) => {
+            cluster.report(host, HostResult::ConnectFailed)
+        }
+        Err(SendError::Overflow) => {}
+    }
+}
+
 /// The host for a retry: with `previous_hosts`, picks again (up to
 /// `host_selection_retry_max_attempts` times) while the pick was tried before, then
 /// takes the last pick, as Envoy's load balancers do.
-fn retry_host(cluster: &Cluster, rs: &RetryState<'_>, dst: SocketAddr) -> Option<Arc<Host>> {
-    let mut host = cluster.pick(Some(dst))?;
-    for _ in 0..rs.policy().host_selection_max_attempts {
+/// With a request hash, each new pick alters the hash (Envoy's Maglev way) so that it
+/// can land elsewhere.
+fn retry_host(
+    cluster: &Cluster,
+    rs: &RetryState<'_>,
+    dst: SocketAddr,
+    hash: Option<u64>,
+) -> Option<Arc<Host>> {
+    let mut host = cluster.pick_hashed(Some(dst), hash)?;
+    for attempt in 1..=rs.policy().host_selection_max_attempts {
         if !rs.rejects(host.addr) {
             break;
         }
-        host = cluster.pick(Some(dst))?;
+        let hash = hash.map(|h| h ^ (u64::MAX - u64::from(attempt) + 1));
+        host = cluster.pick_hashed(Some(dst), hash)?;
     }
     Some(host)
 }
@@ -1546,6 +1606,18 @@ fn sent_outcome(
     };
     match r {
         Ok(resp) => Ok(resp),
+        Err(SendError::Overflow) => {
+            let mut reply = local_reply::with_body(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                local_reply::OVERFLOW,
+                ResponseFlag::UpstreamOverflow,
+            );
+            reply.headers_mut().insert(
+                headers::X_ENVOY_OVERLOADED,
+                HeaderValue::from_static("true"),
+            );
+            Err((Failure::Overflow, reply))
+        }
         Err(SendError::Connect(ConnectError::Timeout)) => Err((
             Failure::ConnectFailure,
             reset_reply(

@@ -19,7 +19,7 @@ use crate::{
         scopes::TcpStats,
         stats::{GaugeGuard, Store},
     },
-    upstream::{ClusterManager, connect::connect},
+    upstream::{Cluster, ClusterManager, breakers::Slot, connect::connect, outlier::Outcome},
 };
 
 #[derive(Debug)]
@@ -34,6 +34,8 @@ pub struct TcpProxy {
     idle_timeout: Option<Duration>,
     /// `max_downstream_connection_duration`.
     max_duration: Option<Duration>,
+    /// Hash the client's IP for a hashing balancer.
+    hash_source_ip: bool,
 }
 
 impl TcpProxy {
@@ -49,6 +51,7 @@ impl TcpProxy {
             clusters: clusters.clone(),
             idle_timeout: config.idle_timeout,
             max_duration: config.max_downstream_connection_duration,
+            hash_source_ip: config.hash_source_ip,
             access_logs: config
                 .access_logs
                 .iter()
@@ -90,17 +93,31 @@ impl TcpProxy {
             return;
         };
         record.upstream_cluster = Some(cluster.name().to_owned());
-        let Some(host) = cluster.pick(Some(dst)) else {
+        // Envoy hashes the client's IP as text with xxHash64, as for HTTP.
+        let hash = self.hash_source_ip.then(|| {
+            let ip = down
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            xxhash_rust::xxh64::xxh64(ip.as_bytes(), 0)
+        });
+        let Some(host) = cluster.pick_hashed(Some(dst), hash) else {
             cluster.stats.upstream_cx_none_healthy.inc();
             record.response_flags = Some("UH".into());
             return;
         };
         record.upstream_host = Some(host.addr);
         let cs = &cluster.stats;
+        let Some(_cx) = connection_slot(&cluster).await else {
+            record.response_flags = Some("UO".into());
+            return;
+        };
         let Ok(up) = connect(&cluster, &host).await else {
+            cluster.report(&host, Outcome::ConnectFailed);
             record.response_flags = Some("UF".into());
             return;
         };
+        cluster.report(&host, Outcome::ConnectedFinal);
         record.upstream_local = up.local_addr();
         let _active = GaugeGuard::new(&cs.upstream_cx_active);
         let _ = down.set_nodelay(true);
@@ -131,5 +148,29 @@ impl TcpProxy {
         cs.upstream_cx_rx_bytes_total.add(received);
         record.bytes_received = sent;
         record.bytes_sent = received;
+    }
+}
+
+/// A place within the cluster's `max_connections`: at the limit the connection waits
+/// as a pending request (within `max_pending_requests`) for one to close; `None` when
+/// the pending limit overflows too (Envoy's UO).
+async fn connection_slot(cluster: &Cluster) -> Option<Slot> {
+    let cx = &cluster.breakers.connections;
+    if let Some(s) = cx.try_acquire() {
+        return Some(s);
+    }
+    cluster.stats.upstream_cx_overflow.inc();
+    let Some(_pending) = cluster.breakers.pending.try_acquire() else {
+        cluster.stats.upstream_rq_pending_overflow.inc();
+        return None;
+    };
+    cluster.stats.upstream_rq_pending_total.inc();
+    let _waiting = GaugeGuard::new(&cluster.stats.upstream_rq_pending_active);
+    loop {
+        let released = cx.released();
+        if let Some(s) = cx.try_acquire() {
+            return Some(s);
+        }
+        released.await;
     }
 }

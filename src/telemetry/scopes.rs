@@ -28,9 +28,15 @@ pub struct ClusterStats {
     pub upstream_rq_retry_backoff_ratelimited: Counter,
     pub retry_or_shadow_abandoned: Counter,
     pub upstream_rq_pending_overflow: Counter,
+    pub upstream_rq_pending_total: Counter,
+    pub upstream_rq_pending_active: Gauge,
+    pub upstream_cx_overflow: Counter,
     pub upstream_rq: CodeCounters,
     pub membership_healthy: Gauge,
+    pub membership_degraded: Gauge,
     pub membership_total: Gauge,
+    /// Picks made from every host of a level in panic.
+    pub lb_healthy_panic: Counter,
 }
 
 impl ClusterStats {
@@ -75,6 +81,9 @@ impl ClusterStats {
             upstream_rq_retry_backoff_ratelimited: c("upstream_rq_retry_backoff_ratelimited"),
             retry_or_shadow_abandoned: c("retry_or_shadow_abandoned"),
             upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
+            upstream_rq_pending_total: c("upstream_rq_pending_total"),
+            upstream_rq_pending_active: g("upstream_rq_pending_active"),
+            upstream_cx_overflow: c("upstream_cx_overflow"),
             upstream_rq: CodeCounters::new(
                 store,
                 format!("cluster.{name}."),
@@ -83,7 +92,9 @@ impl ClusterStats {
                 ("envoy_cluster_name", name.to_owned()),
             ),
             membership_healthy: g("membership_healthy"),
+            membership_degraded: g("membership_degraded"),
             membership_total: g("membership_total"),
+            lb_healthy_panic: c("lb_healthy_panic"),
         }
     }
 }

@@ -1,82 +1,56 @@
-//! A cluster at run time: its hosts (swapped atomically when DNS changes them), the
-//! round-robin pick, and for ORIGINAL_DST clusters the hosts made on demand.
+//! A cluster at run time: its hosts (a balancing snapshot swapped atomically when
+//! discovery or health changes them), the pick, and for ORIGINAL_DST clusters the hosts
+//! made on demand.
 use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU32, Ordering},
     },
 };
 
 use arc_swap::ArcSwap;
 
-use super::http_pool::HostPool;
+use super::{
+    Host,
+    breakers::{Breakers, Slot},
+    lb::HostSet,
+    outlier::{Detector, Outcome},
+};
 use crate::{
-    config::{ClusterConfig, Discovery},
+    config::{ClusterConfig, Discovery, EndpointAttrs},
     net::own::OwnAddresses,
     telemetry::{scopes::ClusterStats, stats::Store},
 };
 
-#[derive(Debug)]
-pub struct Host {
-    /// Where to connect; `0.0.0.0:0` for a pipe host.
+/// A host as discovery gives it: its address, name and endpoint attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
     pub addr: SocketAddr,
-    /// A `pipe` endpoint: the Unix socket to connect to instead of `addr`.
-    pub pipe: Option<std::path::PathBuf>,
-    /// The endpoint's hostname (its DNS name, or `hostname`), for `auto_host_rewrite`.
     pub hostname: Option<Arc<str>>,
-    pub pool: HostPool,
-}
-
-impl Host {
-    pub fn new(addr: SocketAddr) -> Arc<Self> {
-        Self::named(addr, None)
-    }
-
-    pub fn named(addr: SocketAddr, hostname: Option<Arc<str>>) -> Arc<Self> {
-        Arc::new(Host {
-            addr,
-            pipe: None,
-            hostname,
-            pool: HostPool::default(),
-        })
-    }
-
-    /// A host reached over the Unix socket at `path`.
-    pub fn pipe(path: std::path::PathBuf) -> Arc<Self> {
-        Arc::new(Host {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            pipe: Some(path),
-            hostname: None,
-            pool: HostPool::default(),
-        })
-    }
+    pub attrs: EndpointAttrs,
 }
 
 #[derive(Debug)]
 pub struct Cluster {
     pub config: ClusterConfig,
     pub stats: ClusterStats,
-    hosts: ArcSwap<Vec<Arc<Host>>>,
-    next: AtomicUsize,
+    hosts: ArcSwap<HostSet>,
+    /// The overprovisioning factor of the latest assignment (EDS sends it with hosts).
+    overprovisioning: AtomicU32,
     /// ORIGINAL_DST only: one host per original destination seen.
     original_dst: Mutex<HashMap<SocketAddr, Arc<Host>>>,
     /// pilotfish's capture addresses: connecting to one would loop.
     pub(super) own: Arc<OwnAddresses>,
-    /// Retries scheduled and not yet answered (the `max_retries` breaker).
-    retries: Arc<AtomicU64>,
+    /// Connections, pending and active requests and retries against the thresholds.
+    pub breakers: Breakers,
+    /// Outlier detection, when configured.
+    pub outlier: Option<Detector>,
 }
 
 /// A slot of the cluster's retry breaker, given back when dropped.
-#[derive(Debug)]
-pub struct RetryPermit(Arc<AtomicU64>);
-
-impl Drop for RetryPermit {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+pub type RetryPermit = Slot;
 
 impl Cluster {
     pub fn new(config: ClusterConfig, store: &Arc<Store>, own: &Arc<OwnAddresses>) -> Self {
@@ -84,31 +58,65 @@ impl Cluster {
             store,
             config.alt_stat_name.as_deref().unwrap_or(&config.name),
         );
+        let breakers = Breakers::new(
+            &config.breakers.default,
+            config.breakers.default.track_remaining,
+            store,
+            config.alt_stat_name.as_deref().unwrap_or(&config.name),
+        );
+        let outlier = config.outlier.clone().map(|o| {
+            Detector::new(
+                o,
+                store,
+                config.alt_stat_name.as_deref().unwrap_or(&config.name),
+            )
+        });
         let hosts: Vec<Arc<Host>> = match config.discovery {
             Discovery::Static => config
                 .endpoints
                 .iter()
                 .filter_map(|e| {
-                    if let Some(p) = &e.pipe {
-                        return Some(Host::pipe(p.clone()));
-                    }
-                    let addr = SocketAddr::new(e.host.parse().ok()?, e.port);
-                    Some(Host::named(addr, e.hostname.as_deref().map(Arc::from)))
+                    let addr = match &e.pipe {
+                        Some(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+                        None => SocketAddr::new(e.host.parse().ok()?, e.port),
+                    };
+                    let name = e.hostname.as_deref().map(Arc::from);
+                    Some(Host::with(addr, e.pipe.clone(), name, e.attrs.clone()))
                 })
                 .collect(),
             _ => Vec::new(),
         };
-        stats.membership_total.set(hosts.len() as i64);
-        stats.membership_healthy.set(hosts.len() as i64);
-        Cluster {
+        let c = Cluster {
+            overprovisioning: AtomicU32::new(config.overprovisioning_factor),
             config,
             stats,
-            hosts: ArcSwap::from_pointee(hosts),
-            next: AtomicUsize::new(0),
+            hosts: ArcSwap::from_pointee(HostSet::empty()),
             original_dst: Mutex::new(HashMap::new()),
             own: own.clone(),
-            retries: Arc::default(),
-        }
+            breakers,
+            outlier,
+        };
+        c.install(hosts);
+        c
+    }
+
+    /// Publishes a new balancing snapshot over `hosts` and its membership gauges.
+    fn install(&self, hosts: Vec<Arc<Host>>) {
+        let overprovisioning = self.overprovisioning.load(Ordering::Relaxed);
+        let set = HostSet::build(hosts, &self.config.lb, overprovisioning);
+        self.stats.membership_total.set(i64::from(set.counts.total));
+        self.stats
+            .membership_healthy
+            .set(i64::from(set.counts.healthy));
+        self.stats
+            .membership_degraded
+            .set(i64::from(set.counts.degraded));
+        self.hosts.store(Arc::new(set));
+    }
+
+    /// Rebuilds the snapshot after a host's health changed.
+    pub fn health_changed(&self) {
+        self.install(self.hosts.load().all.clone());
     }
 
     /// A slot for one more retry, if the breaker allows: `max_retries` concurrent
@@ -123,12 +131,14 @@ impl Cluster {
             }
             None => u64::from(limits.max_retries),
         };
-        let n = self.retries.fetch_add(1, Ordering::Relaxed);
-        if n >= max {
-            self.retries.fetch_sub(1, Ordering::Relaxed);
-            return None;
+        self.breakers.retries.try_acquire_within(max)
+    }
+
+    /// Tells outlier detection what an attempt told about `host`.
+    pub fn report(&self, host: &Arc<Host>, outcome: Outcome) {
+        if let Some(d) = &self.outlier {
+            d.report(self, host, outcome);
         }
-        Some(RetryPermit(self.retries.clone()))
     }
 
     pub fn name(&self) -> &str {
@@ -143,41 +153,69 @@ impl Cluster {
             .unwrap_or(&self.config.name)
     }
 
-    /// Chooses the host for a request or connection: round robin over the current
-    /// hosts, or for ORIGINAL_DST the connection's original destination.
+    /// Chooses the host for a request or connection: by the cluster's balancer over
+    /// its priorities, or for ORIGINAL_DST the connection's original destination.
     pub fn pick(&self, original_dst: Option<SocketAddr>) -> Option<Arc<Host>> {
+        self.pick_hashed(original_dst, None)
+    }
+
+    /// [`pick`](Self::pick) with the request's hash, for the hashing policies.
+    pub fn pick_hashed(
+        &self,
+        original_dst: Option<SocketAddr>,
+        hash: Option<u64>,
+    ) -> Option<Arc<Host>> {
         if self.config.discovery == Discovery::OriginalDst {
             let addr = original_dst?;
             let mut map = self.original_dst.lock().unwrap();
             return Some(map.entry(addr).or_insert_with(|| Host::new(addr)).clone());
         }
-        let hosts = self.hosts.load();
-        if hosts.is_empty() {
-            return None;
+        let set = self.hosts.load();
+        let mut panicked = false;
+        let host = set.pick(hash, &mut panicked).cloned();
+        if panicked {
+            self.stats.lb_healthy_panic.inc();
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % hosts.len();
-        Some(hosts[i].clone())
+        host
     }
 
-    pub fn hosts(&self) -> Arc<Vec<Arc<Host>>> {
+    /// Every host, in discovery order.
+    pub fn hosts(&self) -> Vec<Arc<Host>> {
+        self.hosts.load().all.clone()
+    }
+
+    /// The current balancing snapshot.
+    pub fn host_set(&self) -> Arc<HostSet> {
         self.hosts.load_full()
     }
 
-    /// Replaces the host set (after DNS), keeping the pools of hosts that stay.
-    pub fn set_hosts(&self, addrs: &[(SocketAddr, Option<Arc<str>>)]) {
+    /// Replaces the hosts (after DNS or EDS), keeping the pools of hosts that stay and
+    /// updating their attributes in place.
+    pub fn set_hosts(&self, hosts: &[Resolved]) {
+        self.set_assignment(hosts, self.config.overprovisioning_factor);
+    }
+
+    /// [`set_hosts`](Self::set_hosts) with the assignment's overprovisioning factor.
+    pub fn set_assignment(&self, hosts: &[Resolved], overprovisioning: u32) {
+        self.overprovisioning
+            .store(overprovisioning, Ordering::Relaxed);
         let old = self.hosts.load();
-        let next: Vec<Arc<Host>> = addrs
+        let mut by_addr: HashMap<(SocketAddr, Option<&str>), &Arc<Host>> = old
+            .all
             .iter()
-            .map(|(a, name)| {
-                old.iter()
-                    .find(|h| h.addr == *a && h.hostname == *name)
-                    .cloned()
-                    .unwrap_or_else(|| Host::named(*a, name.clone()))
+            .map(|h| ((h.addr, h.hostname.as_deref()), h))
+            .collect();
+        let next: Vec<Arc<Host>> = hosts
+            .iter()
+            .map(|r| match by_addr.remove(&(r.addr, r.hostname.as_deref())) {
+                Some(h) => {
+                    h.set_attrs(&r.attrs);
+                    h.clone()
+                }
+                None => Host::with(r.addr, None, r.hostname.clone(), r.attrs.clone()),
             })
             .collect();
-        self.stats.membership_total.set(next.len() as i64);
-        self.stats.membership_healthy.set(next.len() as i64);
-        self.hosts.store(Arc::new(next));
+        self.install(next);
     }
 
     /// Forgets ORIGINAL_DST hosts nobody holds and that have no open connection.
@@ -207,8 +245,7 @@ mod tests {
                     .map(|(h, p)| EndpointConfig {
                         host: h.to_string(),
                         port: *p,
-                        hostname: None,
-                        pipe: None,
+                        ..Default::default()
                     })
                     .collect(),
                 original_dst_header: None,
@@ -249,9 +286,14 @@ mod tests {
         let c = cluster(Discovery::StrictDns, &[]);
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        c.set_hosts(&[(a, None)]);
+        let r = |addr| Resolved {
+            addr,
+            hostname: None,
+            attrs: Default::default(),
+        };
+        c.set_hosts(&[r(a)]);
         let before = c.pick(None).unwrap();
-        c.set_hosts(&[(a, None), (b, None)]);
+        c.set_hosts(&[r(a), r(b)]);
         assert!(c.hosts().iter().any(|h| Arc::ptr_eq(h, &before)));
         assert_eq!(c.stats.membership_total.get(), 2);
     }

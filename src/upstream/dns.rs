@@ -4,7 +4,7 @@ use std::{io, net::SocketAddr, sync::Arc};
 
 use crate::config::{Discovery, DnsFamily};
 
-use super::Cluster;
+use super::{Cluster, cluster::Resolved};
 
 /// Resolves `host:port`, keeping the addresses Envoy's `dns_lookup_family` keeps.
 pub async fn resolve(host: &str, port: u16, family: DnsFamily) -> io::Result<Vec<SocketAddr>> {
@@ -29,11 +29,15 @@ fn filter_family(all: Vec<SocketAddr>, family: DnsFamily) -> Vec<SocketAddr> {
 /// lookup keeps the previous hosts, as Envoy does.
 pub async fn refresh(cluster: &Cluster) {
     let cfg = &cluster.config;
-    let mut addrs = Vec::new();
+    let mut hosts: Vec<Resolved> = Vec::new();
     for ep in &cfg.endpoints {
         let name: Option<Arc<str>> = ep.hostname.as_deref().map(Arc::from);
         match resolve(&ep.host, ep.port, cfg.dns_family).await {
-            Ok(found) => addrs.extend(found.into_iter().map(|a| (a, name.clone()))),
+            Ok(found) => hosts.extend(found.into_iter().map(|addr| Resolved {
+                addr,
+                hostname: name.clone(),
+                attrs: ep.attrs.clone(),
+            })),
             Err(e) => {
                 tracing::warn!(cluster = %cfg.name, host = %ep.host, "DNS resolution failed: {e}");
                 return;
@@ -41,10 +45,10 @@ pub async fn refresh(cluster: &Cluster) {
         }
     }
     if cfg.discovery == Discovery::LogicalDns {
-        addrs.truncate(1);
+        hosts.truncate(1);
     }
-    addrs.dedup();
-    cluster.set_hosts(&addrs);
+    hosts.dedup();
+    cluster.set_hosts(&hosts);
 }
 
 /// Keeps a DNS cluster's hosts fresh until the cluster is dropped.

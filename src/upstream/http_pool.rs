@@ -2,7 +2,10 @@
 //! time, and one multiplexed HTTP/2 connection. Each worker has a pool of its own, as in
 //! Envoy: a connection's task runs on the worker that opened it, so a request sent on
 //! another worker's connection would wake that worker twice.
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{
+    Arc, Mutex, OnceLock,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -10,7 +13,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::{
-    cluster::{Cluster, Host},
+    Cluster, Host,
+    breakers::Slot,
     connect::{ConnectError, connect},
 };
 use crate::{
@@ -42,17 +46,25 @@ struct WorkerPool {
     h2: Mutex<Option<H2Conn>>,
     /// Serializes HTTP/2 connection setup so concurrent requests share one connection.
     h2_connect: tokio::sync::Mutex<()>,
+    /// HTTP/1.1 connections open or opening (idle or busy).
+    h1_open: AtomicUsize,
+    /// Told when an HTTP/1.1 connection goes back to the pool or closes: a request
+    /// pending on the connection limit tries again.
+    released: tokio::sync::Notify,
 }
 
 impl HostPool {
     /// The calling worker's pool.
     fn mine(&self) -> &WorkerPool {
-        let all = self.workers.get_or_init(|| {
+        &self.all()[workers::current() % self.all().len()]
+    }
+
+    fn all(&self) -> &[WorkerPool] {
+        self.workers.get_or_init(|| {
             (0..workers::count())
                 .map(|_| WorkerPool::default())
                 .collect()
-        });
-        &all[workers::current() % all.len()]
+        })
     }
 
     /// True when the pool holds no live connection.
@@ -99,6 +111,94 @@ pub enum SendError {
     Connect(ConnectError),
     /// The connection failed or was reset before response headers (Envoy's UC).
     Reset(hyper::Error),
+    /// A circuit breaker is open: too many pending or active requests (Envoy's UO).
+    Overflow,
+}
+
+/// An open (or opening) upstream connection's hold on the cluster's connection limit
+/// and on its worker pool's count; dropped when the connection ends, which wakes a
+/// request pending on the limit.
+#[derive(Debug)]
+struct ConnSlot {
+    _cx: Slot,
+    /// Weak: the host's pool holds the connection that holds this.
+    host: std::sync::Weak<Host>,
+    worker: usize,
+    h1: bool,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let Some(host) = self.host.upgrade() else {
+            return;
+        };
+        let pool = &host.pool.all()[self.worker];
+        if self.h1 {
+            pool.h1_open.fetch_sub(1, Ordering::Relaxed);
+        }
+        pool.released.notify_one();
+    }
+}
+
+impl ConnSlot {
+    /// A slot for a new connection from this worker's pool to `host`: within the
+    /// cluster's `max_connections`, or beyond it when the pool has no connection of
+    /// this kind (so a pending request is never stranded, as in Envoy). `None` (counted
+    /// in `upstream_cx_overflow`) when the request must wait.
+    fn acquire(cluster: &Cluster, host: &Arc<Host>, h1: bool) -> Option<Self> {
+        let worker = workers::current() % host.pool.all().len();
+        let pool = &host.pool.all()[worker];
+        let cx = match cluster.breakers.connections.try_acquire() {
+            Some(s) => s,
+            None if !h1 || pool.h1_open.load(Ordering::Relaxed) == 0 => {
+                cluster.stats.upstream_cx_overflow.inc();
+                cluster.breakers.connections.acquire_anyway()
+            }
+            None => {
+                cluster.stats.upstream_cx_overflow.inc();
+                return None;
+            }
+        };
+        if h1 {
+            pool.h1_open.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(ConnSlot {
+            _cx: cx,
+            host: Arc::downgrade(host),
+            worker,
+            h1,
+        })
+    }
+}
+
+/// A request waiting for a connection: within `max_pending_requests`, counted in
+/// `upstream_rq_pending_active` while it waits.
+#[derive(Debug)]
+struct Pending {
+    _slot: Slot,
+    _active: GaugeGuard,
+}
+
+impl Pending {
+    fn acquire(cluster: &Cluster) -> Result<Self, SendError> {
+        let Some(slot) = cluster.breakers.pending.try_acquire() else {
+            cluster.stats.upstream_rq_pending_overflow.inc();
+            return Err(SendError::Overflow);
+        };
+        cluster.stats.upstream_rq_pending_total.inc();
+        Ok(Pending {
+            _slot: slot,
+            _active: GaugeGuard::new(&cluster.stats.upstream_rq_pending_active),
+        })
+    }
+}
+
+/// A request on a connection, within `max_requests`; held until its response ends.
+fn request_slot(cluster: &Cluster) -> Result<Slot, SendError> {
+    cluster.breakers.requests.try_acquire().ok_or_else(|| {
+        cluster.stats.upstream_rq_pending_overflow.inc();
+        SendError::Overflow
+    })
 }
 
 /// Sends `req` to `host` over a pooled connection of the given protocol. The request
@@ -110,11 +210,12 @@ pub async fn send(
     h2: bool,
 ) -> Result<Response<PooledBody>, SendError> {
     if h2 {
-        let (resp, busy) = send_h2(cluster, host, req).await?;
+        let (resp, busy, rq) = send_h2(cluster, host, req).await?;
         Ok(resp.map(|body| PooledBody {
             body,
             back: None,
             _busy: busy,
+            _rq: Some(rq),
         }))
     } else {
         send_h1(cluster, host, req).await
@@ -128,64 +229,92 @@ async fn send_h1(
 ) -> Result<Response<PooledBody>, SendError> {
     let max = cluster.config.max_requests_per_connection;
     let mut counted = false;
-    // Reuse an idle connection; one that turns out closed hands the request back.
+    let mut pending = None;
     loop {
-        let idle = host.pool.mine().h1_idle.lock().unwrap().pop();
-        let Some(Pooled {
-            mut sender,
-            served,
-            idle,
-        }) = idle
-        else {
-            break;
-        };
-        // A connection goes back to the pool as its last response ends, a moment
-        // before its task has taken note: wait for that rather than dropping it.
-        if sender.is_closed() || sender.ready().await.is_err() {
-            continue;
-        }
-        if !std::mem::replace(&mut counted, true) {
-            cluster.stats.upstream_rq_total.inc();
-        }
-        let busy = idle.as_ref().map(ConnIdle::busy);
-        match sender.try_send_request(req).await {
-            Ok(resp) => {
-                let conn = Pooled {
-                    sender,
-                    served: served + 1,
-                    idle,
-                };
-                return Ok(pooled(resp, host, conn, max, busy));
+        // Reuse an idle connection; one that turns out closed hands the request back.
+        loop {
+            let idle = host.pool.mine().h1_idle.lock().unwrap().pop();
+            let Some(Pooled {
+                mut sender,
+                served,
+                idle,
+            }) = idle
+            else {
+                break;
+            };
+            // A connection goes back to the pool as its last response ends, a moment
+            // before its task has taken note: wait for that rather than dropping it.
+            if sender.is_closed() || sender.ready().await.is_err() {
+                continue;
             }
-            Err(mut e) => match e.take_message() {
-                Some(r) => req = r,
-                None => return Err(SendError::Reset(e.into_error())),
-            },
+            let rq = match request_slot(cluster) {
+                Ok(rq) => rq,
+                Err(e) => {
+                    put_back(Some((
+                        host.clone(),
+                        Pooled {
+                            sender,
+                            served,
+                            idle,
+                        },
+                    )));
+                    return Err(e);
+                }
+            };
+            if !std::mem::replace(&mut counted, true) {
+                cluster.stats.upstream_rq_total.inc();
+            }
+            let busy = idle.as_ref().map(ConnIdle::busy);
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let conn = Pooled {
+                        sender,
+                        served: served + 1,
+                        idle,
+                    };
+                    return Ok(pooled(resp, host, conn, max, busy, rq));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(SendError::Reset(e.into_error())),
+                },
+            }
         }
+        // No idle connection: this request is pending until it has one.
+        if pending.is_none() {
+            pending = Some(Pending::acquire(cluster)?);
+        }
+        if let Some(slot) = ConnSlot::acquire(cluster, host, true) {
+            let (mut sender, conn) = open_h1(cluster, host).await?;
+            let idle = cluster.config.idle_timeout.map(ConnIdle::new);
+            run_connection(cluster, conn, idle.clone(), slot);
+            drop(pending);
+            let rq = request_slot(cluster)?;
+            if !counted {
+                cluster.stats.upstream_rq_total.inc();
+            }
+            let busy = idle.as_ref().map(ConnIdle::busy);
+            let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
+            let conn = Pooled {
+                sender,
+                served: 1,
+                idle,
+            };
+            return Ok(pooled(resp, host, conn, max, busy, rq));
+        }
+        // At the connection limit: wait for one of this worker's connections to come
+        // back or close.
+        host.pool.mine().released.notified().await;
     }
-    let (mut sender, conn) = open_h1(cluster, host).await?;
-    let idle = cluster.config.idle_timeout.map(ConnIdle::new);
-    run_connection(cluster, conn, idle.clone());
-    if !counted {
-        cluster.stats.upstream_rq_total.inc();
-    }
-    let busy = idle.as_ref().map(ConnIdle::busy);
-    let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
-    let conn = Pooled {
-        sender,
-        served: 1,
-        idle,
-    };
-    Ok(pooled(resp, host, conn, max, busy))
 }
 
 /// Drives a connection on a task of its own until it ends, or until its idle timeout
 /// closes it.
-fn run_connection<F>(cluster: &Cluster, conn: F, idle: Option<Arc<ConnIdle>>)
+fn run_connection<F>(cluster: &Cluster, conn: F, idle: Option<Arc<ConnIdle>>, slot: ConnSlot)
 where
     F: std::future::Future + Send + 'static,
 {
-    let guard = GaugeGuard::new(&cluster.stats.upstream_cx_active);
+    let guard = (GaugeGuard::new(&cluster.stats.upstream_cx_active), slot);
     let timed_out = cluster.stats.upstream_cx_idle_timeout.clone();
     tokio::spawn(async move {
         match idle {
@@ -209,6 +338,7 @@ fn pooled(
     conn: Pooled,
     max: Option<u32>,
     busy: Option<Busy>,
+    rq: Slot,
 ) -> Response<PooledBody> {
     let back = max
         .is_none_or(|m| conn.served < m)
@@ -217,6 +347,7 @@ fn pooled(
         body,
         back,
         _busy: busy,
+        _rq: Some(rq),
     })
 }
 
@@ -230,6 +361,8 @@ pin_project_lite::pin_project! {
         back: Option<(Arc<Host>, Pooled)>,
         // The request in progress, for the connection's idle timeout.
         _busy: Option<Busy>,
+        // Its place within the cluster's `max_requests`.
+        _rq: Option<Slot>,
     }
 
     impl PinnedDrop for PooledBody {
@@ -276,7 +409,8 @@ fn put_back(back: Option<(Arc<Host>, Pooled)>) {
     if conn.sender.is_closed() {
         return;
     }
-    let mut idle = host.pool.mine().h1_idle.lock().unwrap();
+    let pool = host.pool.mine();
+    let mut idle = pool.h1_idle.lock().unwrap();
     // Checkout skips closed connections. Sweeping them out on every return would touch
     // every idle connection per request; upstreams close the longest idle first, so
     // sweep when the oldest has closed, or when the pool is full.
@@ -286,6 +420,8 @@ fn put_back(back: Option<(Arc<Host>, Pooled)>) {
     if idle.len() < MAX_IDLE_H1 {
         idle.push(conn);
     }
+    drop(idle);
+    pool.released.notify_one();
 }
 
 /// Sends an upgrade request (e.g. WebSocket) on a connection of its own: after a `101`
@@ -295,15 +431,26 @@ pub async fn send_upgrade(
     host: &Arc<Host>,
     req: Request<Body>,
 ) -> Result<Response<PooledBody>, SendError> {
+    let pending = Pending::acquire(cluster)?;
+    // A tunnel's connection is its own, outside the pool's count.
+    let slot = ConnSlot {
+        _cx: cluster.breakers.connections.acquire_anyway(),
+        host: Arc::downgrade(host),
+        worker: workers::current() % host.pool.all().len(),
+        h1: false,
+    };
     let (mut sender, conn) = open_h1(cluster, host).await?;
     // A tunnel's connection has no idle timeout here (the tunnel has its own life).
-    run_connection(cluster, conn.with_upgrades(), None);
+    run_connection(cluster, conn.with_upgrades(), None, slot);
+    drop(pending);
+    let rq = request_slot(cluster)?;
     cluster.stats.upstream_rq_total.inc();
     let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
     Ok(resp.map(|body| PooledBody {
         body,
         back: None,
         _busy: None,
+        _rq: Some(rq),
     }))
 }
 
@@ -328,22 +475,27 @@ async fn send_h2(
     cluster: &Cluster,
     host: &Arc<Host>,
     req: Request<Body>,
-) -> Result<(Response<Incoming>, Option<Busy>), SendError> {
+) -> Result<(Response<Incoming>, Option<Busy>, Slot), SendError> {
     let max = cluster.config.max_requests_per_connection;
     let (mut sender, idle) = match live_h2(host, max) {
         Some(s) => s,
         None => {
+            // Pending while the connection is made (or while another request makes it).
+            let pending = Pending::acquire(cluster)?;
             let _gate = host.pool.mine().h2_connect.lock().await;
             match live_h2(host, max) {
                 Some(s) => s,
                 None => {
+                    let slot = ConnSlot::acquire(cluster, host, false)
+                        .expect("an HTTP/2 pool may always open its connection");
                     let stream = connect(cluster, host).await.map_err(SendError::Connect)?;
                     let (sender, conn) =
                         http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                             .await
                             .map_err(SendError::Reset)?;
                     let idle = cluster.config.idle_timeout.map(ConnIdle::new);
-                    run_connection(cluster, conn, idle.clone());
+                    run_connection(cluster, conn, idle.clone(), slot);
+                    drop(pending);
                     // A connection allowed one request only is never shared.
                     if max != Some(1) {
                         *host.pool.mine().h2.lock().unwrap() = Some(H2Conn {
@@ -357,10 +509,11 @@ async fn send_h2(
             }
         }
     };
+    let rq = request_slot(cluster)?;
     cluster.stats.upstream_rq_total.inc();
     let busy = idle.as_ref().map(ConnIdle::busy);
     let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
-    Ok((resp, busy))
+    Ok((resp, busy, rq))
 }
 
 /// The worker's open HTTP/2 connection to `host`, counted for one more stream; it

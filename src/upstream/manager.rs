@@ -104,6 +104,9 @@ pub async fn start(clusters: &[Arc<Cluster>]) {
     for c in &dns {
         dns::spawn_refresh(c);
     }
+    for c in clusters {
+        super::outlier::spawn(c);
+    }
     for c in clusters
         .iter()
         .filter(|c| c.config.discovery == Discovery::OriginalDst)
@@ -137,8 +140,7 @@ mod tests {
             endpoints: vec![EndpointConfig {
                 host: "127.0.0.1".into(),
                 port,
-                hostname: None,
-                pipe: None,
+                ..Default::default()
             }],
             original_dst_header: None,
             upstream_socket: Default::default(),

@@ -1,10 +1,15 @@
 //! Upstream clusters: hosts and their discovery (static, DNS, original destination),
 //! load balancing, connecting, and HTTP connection pools.
+pub mod breakers;
 pub mod cluster;
 pub mod connect;
 pub mod dns;
+pub mod host;
 pub mod http_pool;
+pub mod lb;
 pub mod manager;
+pub mod outlier;
 
-pub use cluster::{Cluster, Host};
+pub use cluster::Cluster;
+pub use host::Host;
 pub use manager::ClusterManager;

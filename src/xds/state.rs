@@ -30,7 +30,7 @@ use crate::{
     http::route_match::Routes,
     listener::{self, Listener, ListenerManager},
     readiness::Readiness,
-    upstream,
+    upstream::{self, cluster::Resolved},
 };
 
 /// One response's resources.
@@ -57,7 +57,8 @@ pub enum Wanted {
     Names(BTreeSet<String>),
 }
 
-type Hosts = Vec<(SocketAddr, Option<Arc<str>>)>;
+/// An EDS assignment: its hosts and overprovisioning factor.
+type Hosts = Arc<(Vec<Resolved>, u32)>;
 
 /// A resource as accepted: its version, when, and its body (for change detection and
 /// the config dump).
@@ -511,7 +512,7 @@ impl State {
             if let Some(eds) = &c.config.eds
                 && let Some(hosts) = self.endpoints.get(&eds.service_name)
             {
-                c.set_hosts(&hosts.value);
+                c.set_assignment(&hosts.value.0, hosts.value.1);
             }
         }
         for e in entries {
@@ -559,13 +560,20 @@ impl State {
         let prepared =
             match self.validate(Kind::Endpoint, items, |_, cla: ClusterLoadAssignment| {
                 let eps = compile::endpoints(&cla, "", Discovery::Eds).map_err(relative)?;
-                Ok(eps
+                let overprovisioning =
+                    compile::overprovisioning_factor(&cla, "").map_err(relative)?;
+                let hosts = eps
                     .into_iter()
                     .filter_map(|e| {
                         let ip = e.host.parse().ok()?;
-                        Some((SocketAddr::new(ip, e.port), e.hostname.map(Arc::from)))
+                        Some(Resolved {
+                            addr: SocketAddr::new(ip, e.port),
+                            hostname: e.hostname.map(Arc::from),
+                            attrs: e.attrs,
+                        })
                     })
-                    .collect::<Hosts>())
+                    .collect();
+                Ok(Hosts::new((hosts, overprovisioning)))
             }) {
                 Ok(p) => p,
                 Err(e) => {
@@ -653,7 +661,7 @@ impl State {
                 .endpoints
                 .get(service)
                 .map(|e| (e.value.clone(), e.version.clone()))
-                .unwrap_or_default();
+                .unwrap_or_else(|| (Hosts::new((Vec::new(), 140)), String::new()));
             for name in by_service.get(service.as_str()).into_iter().flatten() {
                 work.push((name.clone(), hosts.clone(), version.clone()));
             }
@@ -663,7 +671,7 @@ impl State {
             if let Some((e, _)) = self.warming_clusters.remove(&name) {
                 ready.push(e);
             } else if let Some(c) = self.rt.ctx.clusters.get(&name) {
-                c.set_hosts(&hosts);
+                c.set_assignment(&hosts.0, hosts.1);
             }
             self.eds_stats(&name).accepted(&version);
         }

@@ -20,6 +20,8 @@ pub enum Failure {
     Reset { refused: bool },
     /// The attempt's `per_try_timeout` or `per_try_idle_timeout` passed.
     PerTryTimeout,
+    /// A circuit breaker was open: never retried, as in Envoy.
+    Overflow,
 }
 
 /// What to do after an attempt.
@@ -189,6 +191,9 @@ impl<'a> RetryState<'a> {
     /// timeout included; the narrower conditions their own kind).
     pub fn retriable_failure(&self, f: Failure) -> bool {
         let on = self.on;
+        if f == Failure::Overflow {
+            return false;
+        }
         if on.any(RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET) {
             return true;
         }
@@ -198,7 +203,7 @@ impl<'a> RetryState<'a> {
                     || (on.contains(RetryOn::RESET_BEFORE_REQUEST) && !self.started)
             }
             Failure::Reset { refused } => refused && on.contains(RetryOn::REFUSED_STREAM),
-            Failure::PerTryTimeout => false,
+            Failure::PerTryTimeout | Failure::Overflow => false,
         }
     }
 

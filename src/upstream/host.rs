@@ -1,0 +1,155 @@
+//! An upstream host: where to connect, its balancing attributes (from its endpoint),
+//! its live health, and the requests it is serving (for least request and `/clusters`).
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+};
+
+use arc_swap::ArcSwap;
+
+use super::{http_pool::HostPool, outlier::HostMonitor};
+use crate::config::{EdsHealth, EndpointAttrs};
+
+#[derive(Debug)]
+pub struct Host {
+    /// Where to connect; `0.0.0.0:0` for a pipe host.
+    pub addr: SocketAddr,
+    /// A `pipe` endpoint: the Unix socket to connect to instead of `addr`.
+    pub pipe: Option<std::path::PathBuf>,
+    /// The endpoint's hostname (its DNS name, or `hostname`), for `auto_host_rewrite`.
+    pub hostname: Option<Arc<str>>,
+    pub pool: HostPool,
+    /// Weight, priority, locality and EDS health; an update replaces them in place (the
+    /// host keeps its connections), as Envoy updates a host that stays.
+    attrs: ArcSwap<EndpointAttrs>,
+    /// Ejected by outlier detection.
+    pub(super) ejected: AtomicBool,
+    /// Requests in flight to this host.
+    rq_active: Arc<AtomicU32>,
+    /// Outlier detection's counters and ejection history for this host.
+    pub monitor: HostMonitor,
+}
+
+/// How the balancer sees a host now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Unhealthy,
+    /// DRAINING from EDS: neither picked nor counted.
+    Excluded,
+}
+
+impl Host {
+    pub fn new(addr: SocketAddr) -> Arc<Self> {
+        Self::named(addr, None)
+    }
+
+    pub fn named(addr: SocketAddr, hostname: Option<Arc<str>>) -> Arc<Self> {
+        Self::with(addr, None, hostname, EndpointAttrs::default())
+    }
+
+    /// A host reached over the Unix socket at `path`.
+    pub fn pipe(path: std::path::PathBuf) -> Arc<Self> {
+        Self::with(
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            Some(path),
+            None,
+            EndpointAttrs::default(),
+        )
+    }
+
+    pub fn with(
+        addr: SocketAddr,
+        pipe: Option<std::path::PathBuf>,
+        hostname: Option<Arc<str>>,
+        attrs: EndpointAttrs,
+    ) -> Arc<Self> {
+        Arc::new(Host {
+            addr,
+            pipe,
+            hostname,
+            pool: HostPool::default(),
+            attrs: ArcSwap::from_pointee(attrs),
+            ejected: AtomicBool::new(false),
+            rq_active: Arc::default(),
+            monitor: HostMonitor::new(),
+        })
+    }
+
+    pub fn attrs(&self) -> Arc<EndpointAttrs> {
+        self.attrs.load_full()
+    }
+
+    pub(super) fn set_attrs(&self, attrs: &EndpointAttrs) {
+        if **self.attrs.load() != *attrs {
+            self.attrs.store(Arc::new(attrs.clone()));
+        }
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.attrs.load().weight
+    }
+
+    /// EDS health, then outlier ejection: an ejected host is unhealthy.
+    pub fn health(&self) -> Health {
+        let eds = self.attrs.load().health;
+        if eds == EdsHealth::Draining {
+            return Health::Excluded;
+        }
+        if self.ejected.load(Ordering::Relaxed) {
+            return Health::Unhealthy;
+        }
+        match eds {
+            EdsHealth::Healthy => Health::Healthy,
+            EdsHealth::Degraded => Health::Degraded,
+            EdsHealth::Unhealthy | EdsHealth::Draining => Health::Unhealthy,
+        }
+    }
+
+    /// Envoy's `health_flags` text: `healthy`, or each failing flag after a `/`.
+    pub fn health_flags(&self) -> String {
+        let mut out = String::new();
+        if self.ejected.load(Ordering::Relaxed) {
+            out.push_str("/failed_outlier_check");
+        }
+        match self.attrs.load().health {
+            EdsHealth::Healthy => {}
+            EdsHealth::Unhealthy => out.push_str("/failed_eds_health"),
+            EdsHealth::Degraded => out.push_str("/degraded_eds_health"),
+            EdsHealth::Draining => out.push_str("/eds_status_draining"),
+        }
+        if out.is_empty() {
+            out.push_str("healthy");
+        }
+        out
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight to this host.
+    pub fn active(&self) -> u32 {
+        self.rq_active.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn track(&self) -> InFlight {
+        self.rq_active.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.rq_active.clone())
+    }
+}
+
+/// A request in flight to a host.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicU32>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
