@@ -69,7 +69,8 @@ def tcp_listener(name, port, cluster):
 
 
 def cluster(name, port):
-    return (f"  - name: {name}\n    connect_timeout: 1s\n{OPEN_CB}    load_assignment: {{ cluster_name: {name}, "
+    # LEAST_REQUEST: what istiod gives a cluster no DestinationRule names.
+    return (f"  - name: {name}\n    connect_timeout: 1s\n    lb_policy: LEAST_REQUEST\n{OPEN_CB}    load_assignment: {{ cluster_name: {name}, "
             f"endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, "
             f"port_value: {port} }} }} }} }}] }}] }}\n")
 

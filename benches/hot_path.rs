@@ -8,8 +8,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use pilotfish::{
     config::{
-        ClusterConfig, ClusterSpec, Discovery, DnsFamily, EndpointConfig, Forward, PathMatch,
-        Route, RouteAction, RouteMatch, RouteTable, UpstreamProtocol, VirtualHost, WeightedTarget,
+        ClusterConfig, ClusterSpec, Discovery, DnsFamily, EndpointConfig, Forward, LbPolicy,
+        PathMatch, Route, RouteAction, RouteMatch, RouteTable, UpstreamProtocol, VirtualHost,
+        WeightedTarget,
     },
     http::{headers, matchers::RequestHead, route_match::Routes},
     telemetry::{scopes::ClusterStats, stats::Store},
@@ -126,12 +127,51 @@ fn weighted_pick(c: &mut Criterion) {
 
 fn lb_pick(c: &mut Criterion) {
     let mut g = c.benchmark_group("load balancer pick");
-    for hosts in [1, 8, 100] {
-        let clusters = ClusterManager::new(&[cluster("c", hosts)], &Store::new());
-        let cluster = clusters.get("c").unwrap();
-        g.bench_function(format!("round robin over {hosts} hosts"), |b| {
-            b.iter(|| cluster.pick(None))
-        });
+    let policies = [
+        ("round robin", LbPolicy::RoundRobin),
+        (
+            "least request",
+            LbPolicy::LeastRequest {
+                choice_count: 2,
+                active_request_bias: 1.0,
+                full_scan: false,
+            },
+        ),
+        ("random", LbPolicy::Random),
+        (
+            "ring hash",
+            LbPolicy::RingHash {
+                min_size: 1024,
+                max_size: 8 << 20,
+            },
+        ),
+        ("maglev", LbPolicy::Maglev { table_size: 65537 }),
+    ];
+    for hosts in [3, 100, 1000] {
+        for (name, policy) in policies {
+            for weighted in [false, true] {
+                if weighted && policy.hashes() {
+                    continue;
+                }
+                let mut config = cluster("c", hosts);
+                config.lb.policy = policy;
+                if weighted {
+                    for (i, e) in config.endpoints.iter_mut().enumerate() {
+                        e.attrs.weight = 1 + (i % 3) as u32;
+                    }
+                }
+                let clusters = ClusterManager::new(&[config], &Store::new());
+                let cluster = clusters.get("c").unwrap();
+                let label = if weighted { " (weighted)" } else { "" };
+                let mut key = 0u64;
+                g.bench_function(format!("{name}{label} over {hosts} hosts"), |b| {
+                    b.iter(|| {
+                        key = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                        cluster.pick_hashed(None, Some(black_box(key)))
+                    })
+                });
+            }
+        }
     }
     g.finish();
 }

@@ -74,8 +74,14 @@ async fn consistent_hashing_picks_the_endpoint_envoy_picks() {
             "ip",
             ", hash_policy: [{ connection_properties: { source_ip: true } }]",
         ),
+        route("/typed", "typed", hash),
     ]
     .concat();
+    // A ring hash as a `load_balancing_policy` extension (which replaces `lb_policy`).
+    let typed = concat!(
+        "    load_balancing_policy: { policies: [\n",
+        "      { typed_extension_config: { name: r, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash, minimum_ring_size: 256 } } } ] }\n",
+    );
     let clusters = [
         cluster("ring", "RING_HASH", "", &locality(0, &eps)),
         cluster("maglev", "MAGLEV", "", &locality(0, &eps)),
@@ -91,6 +97,7 @@ async fn consistent_hashing_picks_the_endpoint_envoy_picks() {
             "    maglev_lb_config: { table_size: 257 }\n",
             &locality(0, &eps),
         ),
+        cluster("typed", "ROUND_ROBIN", typed, &locality(0, &eps)),
     ]
     .concat();
     let yaml = http_bootstrap(&routes, &clusters);
@@ -98,7 +105,7 @@ async fn consistent_hashing_picks_the_endpoint_envoy_picks() {
     let (a, b) = (ours.listener("http"), theirs.listener("http"));
     let mut diff = Differences::default();
     let mut spread: HashMap<String, usize> = HashMap::new();
-    for path in ["/ring", "/maglev", "/small"] {
+    for path in ["/ring", "/maglev", "/small", "/typed"] {
         for k in 0..24 {
             let user = format!("user-{k}");
             let h = [("x-user", user.as_str())];

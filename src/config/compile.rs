@@ -1200,7 +1200,309 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
             Some(o) => Some(outlier(o, &format!("{path}.outlier_detection"))?),
             None => None,
         },
+        health_check: match c.health_checks.as_slice() {
+            [] => None,
+            [h] => Some(health_check(
+                h,
+                &c.name,
+                &format!("{path}.health_checks[0]"),
+            )?),
+            _ => {
+                return Err(format!(
+                    "{path}.health_checks: only one health check is supported"
+                ));
+            }
+        },
     })
+}
+
+/// One of `health_checks`.
+fn health_check(
+    h: &envoy_types::pb::envoy::config::core::v3::HealthCheck,
+    cluster: &str,
+    path: &str,
+) -> Result<HealthCheckConfig> {
+    use envoy_types::pb::envoy::config::core::v3::health_check::{HealthChecker, payload::Payload};
+    let need = |d: &Option<protobuf::Duration>, name: &str| -> Result<Duration> {
+        match d {
+            Some(d) if !duration(d).is_zero() => Ok(duration(d)),
+            _ => Err(format!("{path}.{name}: required and greater than 0")),
+        }
+    };
+    let positive =
+        |d: &Option<protobuf::Duration>| d.as_ref().map(duration).filter(|d| !d.is_zero());
+    let threshold = |v: &Option<protobuf::UInt32Value>, name: &str| -> Result<u32> {
+        match v {
+            Some(v) => Ok(v.value.max(1)),
+            None => Err(format!("{path}.{name}: required")),
+        }
+    };
+    let payload = |p: &envoy_types::pb::envoy::config::core::v3::health_check::Payload,
+                   ppath: String|
+     -> Result<Vec<u8>> {
+        match &p.payload {
+            Some(Payload::Text(t)) => hex(t).ok_or_else(|| format!("{ppath}.text: not hex")),
+            Some(Payload::Binary(b)) => Ok(b.clone()),
+            None => Err(format!("{ppath}: text or binary is required")),
+        }
+    };
+    let kind = match &h.health_checker {
+        Some(HealthChecker::HttpHealthCheck(x)) => {
+            let hpath = format!("{path}.http_health_check");
+            if x.path.is_empty() {
+                return Err(format!("{hpath}.path: required"));
+            }
+            if x.send.is_some() || !x.receive.is_empty() {
+                return Err(format!("{hpath}: send and receive are not supported"));
+            }
+            let mut expected_statuses = Vec::new();
+            for (i, r) in x.expected_statuses.iter().enumerate() {
+                if !(100..=599).contains(&r.start) || r.end <= r.start || r.end > 600 {
+                    return Err(format!(
+                        "{hpath}.expected_statuses[{i}]: [{}, {}) is not a range of statuses",
+                        r.start, r.end
+                    ));
+                }
+                expected_statuses.push((r.start as u16, r.end as u16));
+            }
+            if expected_statuses.is_empty() {
+                expected_statuses.push((200, 201));
+            }
+            let mut add = Vec::new();
+            for (i, o) in x.request_headers_to_add.iter().enumerate() {
+                let Some(hv) = &o.header else {
+                    return Err(format!(
+                        "{hpath}.request_headers_to_add[{i}].header: required"
+                    ));
+                };
+                add.push((hv.key.to_ascii_lowercase(), hv.value.clone()));
+            }
+            HealthCheckKind::Http {
+                host: if x.host.is_empty() {
+                    cluster.to_owned()
+                } else {
+                    x.host.clone()
+                },
+                path: x.path.clone(),
+                expected_statuses,
+                request_headers_to_add: add,
+                request_headers_to_remove: x
+                    .request_headers_to_remove
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+                // CodecClientType: HTTP1 0, HTTP2 1, HTTP3 2.
+                http2: match x.codec_client_type {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(format!("{hpath}.codec_client_type: only HTTP1 and HTTP2")),
+                },
+            }
+        }
+        Some(HealthChecker::TcpHealthCheck(t)) => {
+            let tpath = format!("{path}.tcp_health_check");
+            HealthCheckKind::Tcp {
+                send: match &t.send {
+                    Some(p) => payload(p, format!("{tpath}.send"))?,
+                    None => Vec::new(),
+                },
+                receive: t
+                    .receive
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| payload(p, format!("{tpath}.receive[{i}]")))
+                    .collect::<Result<_>>()?,
+            }
+        }
+        Some(HealthChecker::GrpcHealthCheck(g)) => HealthCheckKind::Grpc {
+            service_name: g.service_name.clone(),
+            authority: if g.authority.is_empty() {
+                cluster.to_owned()
+            } else {
+                g.authority.clone()
+            },
+        },
+        Some(HealthChecker::CustomHealthCheck(_)) => {
+            return Err(format!("{path}.custom_health_check: not supported"));
+        }
+        None => {
+            return Err(format!(
+                "{path}: http_health_check, tcp_health_check or grpc_health_check is required"
+            ));
+        }
+    };
+    Ok(HealthCheckConfig {
+        timeout: need(&h.timeout, "timeout")?,
+        interval: need(&h.interval, "interval")?,
+        interval_jitter: h.interval_jitter.as_ref().map(duration).unwrap_or_default(),
+        interval_jitter_percent: h.interval_jitter_percent,
+        initial_jitter: h.initial_jitter.as_ref().map(duration).unwrap_or_default(),
+        unhealthy_threshold: threshold(&h.unhealthy_threshold, "unhealthy_threshold")?,
+        healthy_threshold: threshold(&h.healthy_threshold, "healthy_threshold")?,
+        no_traffic_interval: positive(&h.no_traffic_interval).unwrap_or(Duration::from_secs(60)),
+        no_traffic_healthy_interval: positive(&h.no_traffic_healthy_interval),
+        unhealthy_interval: positive(&h.unhealthy_interval),
+        unhealthy_edge_interval: positive(&h.unhealthy_edge_interval),
+        healthy_edge_interval: positive(&h.healthy_edge_interval),
+        kind,
+    })
+}
+
+/// Bytes from hex text (a health-check payload's `text`).
+fn hex(t: &str) -> Option<Vec<u8>> {
+    let t = t.as_bytes();
+    if !t.len().is_multiple_of(2) {
+        return None;
+    }
+    t.chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+        .collect()
+}
+
+/// `load_balancing_policy`: the first policy pilotfish implements, as Envoy takes the
+/// first it has a factory for; it replaces `lb_policy`. (Deprecated fields are still
+/// honoured, as Envoy honours them.)
+#[allow(deprecated)]
+fn typed_lb_policy(
+    p: &envoy_types::pb::envoy::config::cluster::v3::LoadBalancingPolicy,
+    discovery: Discovery,
+    out: &mut LbConfig,
+    path: &str,
+) -> Result<()> {
+    use envoy_types::pb::envoy::extensions::load_balancing_policies::{
+        common::v3::{LocalityLbConfig, locality_lb_config::LocalityConfigSpecifier as L},
+        least_request::v3::LeastRequest,
+        maglev::v3::Maglev,
+        random::v3::Random,
+        ring_hash::v3::RingHash,
+        round_robin::v3::RoundRobin,
+    };
+    const PREFIX: &str = "envoy.extensions.load_balancing_policies.";
+    let locality = |l: &Option<LocalityLbConfig>, lpath: &str| -> Result<bool> {
+        match l
+            .as_ref()
+            .and_then(|l| l.locality_config_specifier.as_ref())
+        {
+            None => Ok(false),
+            Some(L::LocalityWeightedLbConfig(_)) => Ok(true),
+            Some(L::ZoneAwareLbConfig(_)) => Err(format!(
+                "{lpath}.locality_lb_config.zone_aware_lb_config: not supported (zone-aware \
+                 routing needs a local cluster)"
+            )),
+        }
+    };
+    for (i, policy) in p.policies.iter().enumerate() {
+        let ppath = format!("{path}.policies[{i}].typed_extension_config");
+        let Some(any) = policy
+            .typed_extension_config
+            .as_ref()
+            .and_then(|t| t.typed_config.as_ref())
+        else {
+            return Err(format!("{ppath}.typed_config: required"));
+        };
+        let ty = proto::type_name(&any.type_url);
+        let Some(kind) = ty.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let unpack_err = |e| format!("{ppath}.typed_config: {e}");
+        let chosen = match kind {
+            "cluster_provided.v3.ClusterProvided" => LbPolicy::ClusterProvided,
+            "round_robin.v3.RoundRobin" => {
+                let r: RoundRobin = proto::unpack(any).map_err(unpack_err)?;
+                out.locality_weighted = locality(&r.locality_lb_config, &ppath)?;
+                LbPolicy::RoundRobin
+            }
+            "random.v3.Random" => {
+                let r: Random = proto::unpack(any).map_err(unpack_err)?;
+                out.locality_weighted = locality(&r.locality_lb_config, &ppath)?;
+                LbPolicy::Random
+            }
+            "least_request.v3.LeastRequest" => {
+                let l: LeastRequest = proto::unpack(any).map_err(unpack_err)?;
+                out.locality_weighted = locality(&l.locality_lb_config, &ppath)?;
+                let choice_count = l.choice_count.as_ref().map_or(2, |v| v.value);
+                if choice_count < 2 {
+                    return Err(format!(
+                        "{ppath}.choice_count: must be at least 2, got {choice_count}"
+                    ));
+                }
+                let bias = l
+                    .active_request_bias
+                    .as_ref()
+                    .map_or(1.0, |v| v.default_value);
+                if !(bias >= 0.0 && bias.is_finite()) {
+                    return Err(format!(
+                        "{ppath}.active_request_bias: {bias} must be a finite number of at least 0"
+                    ));
+                }
+                // SelectionMethod: N_CHOICES 0, FULL_SCAN 1; `enable_full_scan` is the
+                // older switch.
+                let full_scan =
+                    l.selection_method == 1 || l.enable_full_scan.as_ref().is_some_and(|b| b.value);
+                LbPolicy::LeastRequest {
+                    choice_count,
+                    active_request_bias: bias,
+                    full_scan,
+                }
+            }
+            "ring_hash.v3.RingHash" => {
+                let r: RingHash = proto::unpack(any).map_err(unpack_err)?;
+                if r.hash_function != 0 {
+                    return Err(format!("{ppath}.hash_function: only XX_HASH is supported"));
+                }
+                if r.hash_balance_factor.is_some() {
+                    return Err(format!("{ppath}.hash_balance_factor: not supported"));
+                }
+                if r.locality_weighted_lb_config.is_some() {
+                    return Err(format!(
+                        "{ppath}.locality_weighted_lb_config: not supported"
+                    ));
+                }
+                out.use_hostname_for_hashing = r.use_hostname_for_hashing
+                    || r.consistent_hashing_lb_config
+                        .as_ref()
+                        .is_some_and(|h| h.use_hostname_for_hashing);
+                let min_size = r.minimum_ring_size.as_ref().map_or(1024, |v| v.value);
+                let max_size = r.maximum_ring_size.as_ref().map_or(8 << 20, |v| v.value);
+                if min_size == 0 || max_size == 0 || min_size > max_size || max_size > 8 << 20 {
+                    return Err(format!(
+                        "{ppath}: ring sizes {min_size}..{max_size} are not within 1..8388608"
+                    ));
+                }
+                LbPolicy::RingHash { min_size, max_size }
+            }
+            "maglev.v3.Maglev" => {
+                let m: Maglev = proto::unpack(any).map_err(unpack_err)?;
+                if m.locality_weighted_lb_config.is_some() {
+                    return Err(format!(
+                        "{ppath}.locality_weighted_lb_config: not supported"
+                    ));
+                }
+                out.use_hostname_for_hashing = m
+                    .consistent_hashing_lb_config
+                    .as_ref()
+                    .is_some_and(|h| h.use_hostname_for_hashing);
+                let table_size = m.table_size.as_ref().map_or(65537, |v| v.value);
+                if table_size > 5_000_011 || !crate::upstream::lb::hash::is_prime(table_size) {
+                    return Err(format!(
+                        "{ppath}.table_size: {table_size} must be a prime number no larger than \
+                         5000011"
+                    ));
+                }
+                LbPolicy::Maglev { table_size }
+            }
+            _ => continue,
+        };
+        if (discovery == Discovery::OriginalDst) != (chosen == LbPolicy::ClusterProvided) {
+            return Err(format!(
+                "{ppath}: CLUSTER_PROVIDED is the only policy for ORIGINAL_DST clusters, and \
+                 only for them"
+            ));
+        }
+        out.policy = chosen;
+        return Ok(());
+    }
+    Err(format!("{path}: none of the policies is supported"))
 }
 
 /// `outlier_detection`, Envoy's defaults filling what is unset.
@@ -1324,6 +1626,9 @@ fn outlier(
         &mut c.failure_percentage_request_volume,
         &o.failure_percentage_request_volume,
     );
+    if let Some(b) = &o.successful_active_health_check_uneject_host {
+        c.successful_active_health_check_uneject_host = b.value;
+    }
     Ok(c)
 }
 
@@ -1332,7 +1637,10 @@ fn outlier(
 #[allow(deprecated)]
 fn lb_config(c: &Cluster, discovery: Discovery, path: &str) -> Result<LbConfig> {
     let legacy = c.lb_policy();
+    // `load_balancing_policy` replaces `lb_policy` (checked below).
+    let typed = c.load_balancing_policy.is_some();
     let policy = match (discovery, legacy) {
+        _ if typed => LbPolicy::RoundRobin,
         (Discovery::OriginalDst, cluster::LbPolicy::ClusterProvided) => LbPolicy::ClusterProvided,
         (Discovery::OriginalDst, other) => {
             return Err(format!(
@@ -1431,11 +1739,15 @@ fn lb_config(c: &Cluster, discovery: Discovery, path: &str) -> Result<LbConfig> 
         }
     };
     match (&c.lb_config, policy) {
+        (Some(cluster::LbConfig::OriginalDstLbConfig(_)) | None, _) => {}
+        (Some(_), _) if typed => {
+            return Err(format!(
+                "{path}.load_balancing_policy: the legacy lb configs do not apply with it"
+            ));
+        }
         (Some(cluster::LbConfig::LeastRequestLbConfig(_)), LbPolicy::LeastRequest { .. })
         | (Some(cluster::LbConfig::RingHashLbConfig(_)), LbPolicy::RingHash { .. })
-        | (Some(cluster::LbConfig::MaglevLbConfig(_)), LbPolicy::Maglev { .. })
-        | (Some(cluster::LbConfig::OriginalDstLbConfig(_)), _)
-        | (None, _) => {}
+        | (Some(cluster::LbConfig::MaglevLbConfig(_)), LbPolicy::Maglev { .. }) => {}
         (Some(other), _) => {
             let name = match other {
                 cluster::LbConfig::LeastRequestLbConfig(_) => "least_request_lb_config",
@@ -1453,6 +1765,14 @@ fn lb_config(c: &Cluster, discovery: Discovery, path: &str) -> Result<LbConfig> 
         policy,
         ..LbConfig::default()
     };
+    if let Some(p) = &c.load_balancing_policy {
+        typed_lb_policy(
+            p,
+            discovery,
+            &mut out,
+            &format!("{path}.load_balancing_policy"),
+        )?;
+    }
     if let Some(common) = &c.common_lb_config {
         let cpath = format!("{path}.common_lb_config");
         if let Some(p) = &common.healthy_panic_threshold {

@@ -652,6 +652,57 @@ pub struct ClusterConfig {
     pub overprovisioning_factor: u32,
     /// `outlier_detection`, when set.
     pub outlier: Option<OutlierConfig>,
+    /// `health_checks` (one at most), when set.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// An active health check, Envoy's defaults for what is unset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    pub timeout: Duration,
+    pub interval: Duration,
+    /// `interval_jitter` (a random extra up to this) and `interval_jitter_percent`
+    /// (up to this percent of the interval), added together.
+    pub interval_jitter: Duration,
+    pub interval_jitter_percent: u32,
+    pub initial_jitter: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    /// While the cluster has carried no traffic (Envoy's default 60 s).
+    pub no_traffic_interval: Duration,
+    /// Healthy hosts of a cluster with no traffic (`no_traffic_interval` when unset).
+    pub no_traffic_healthy_interval: Option<Duration>,
+    /// For a host marked unhealthy (`interval` when unset).
+    pub unhealthy_interval: Option<Duration>,
+    /// Right after a host turned unhealthy / healthy (the next interval's when unset).
+    pub unhealthy_edge_interval: Option<Duration>,
+    pub healthy_edge_interval: Option<Duration>,
+    pub kind: HealthCheckKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthCheckKind {
+    Http {
+        /// `host`, else the cluster's name.
+        host: String,
+        path: String,
+        /// Half-open ranges; `[200, 201)` when unset.
+        expected_statuses: Vec<(u16, u16)>,
+        request_headers_to_add: Vec<(String, String)>,
+        request_headers_to_remove: Vec<String>,
+        http2: bool,
+    },
+    Tcp {
+        send: Vec<u8>,
+        /// Each block must be found in the response, in order, not necessarily
+        /// adjacent.
+        receive: Vec<Vec<u8>>,
+    },
+    Grpc {
+        service_name: String,
+        /// `authority`, else the cluster's name.
+        authority: String,
+    },
 }
 
 /// `outlier_detection`, with Envoy's defaults for what is unset. Percentages are whole
@@ -681,6 +732,8 @@ pub struct OutlierConfig {
     pub enforcing_failure_percentage_local_origin: u32,
     pub failure_percentage_minimum_hosts: u32,
     pub failure_percentage_request_volume: u32,
+    /// A passing active health check lets an ejected host back (Envoy's default).
+    pub successful_active_health_check_uneject_host: bool,
 }
 
 impl Default for OutlierConfig {
@@ -709,6 +762,7 @@ impl Default for OutlierConfig {
             enforcing_failure_percentage_local_origin: 0,
             failure_percentage_minimum_hosts: 5,
             failure_percentage_request_volume: 50,
+            successful_active_health_check_uneject_host: true,
         }
     }
 }
@@ -795,6 +849,7 @@ impl Default for ClusterConfig {
             lb: LbConfig::default(),
             overprovisioning_factor: 140,
             outlier: None,
+            health_check: None,
         }
     }
 }

@@ -915,8 +915,107 @@ const FIELDS: &[(&str, &[&str])] = &[
             "outlier_detection",
             "ring_hash_lb_config",
             "maglev_lb_config",
+            "health_checks",
+            "load_balancing_policy",
         ],
     ),
+    ("envoy.config.cluster.v3.LoadBalancingPolicy", &["policies"]),
+    (
+        "envoy.config.cluster.v3.LoadBalancingPolicy.Policy",
+        &["typed_extension_config"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin",
+        &["locality_lb_config"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.random.v3.Random",
+        &["locality_lb_config"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
+        &[
+            "choice_count",
+            "active_request_bias",
+            "locality_lb_config",
+            "enable_full_scan",
+            "selection_method",
+        ],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
+        &[
+            "hash_function",
+            "minimum_ring_size",
+            "maximum_ring_size",
+            "use_hostname_for_hashing",
+            "consistent_hashing_lb_config",
+        ],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
+        &["table_size", "consistent_hashing_lb_config"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.cluster_provided.v3.ClusterProvided",
+        &[],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig",
+        &["locality_weighted_lb_config"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.LocalityWeightedLbConfig",
+        &[],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.common.v3.ConsistentHashingLbConfig",
+        &["use_hostname_for_hashing"],
+    ),
+    (
+        "envoy.config.core.v3.HealthCheck",
+        &[
+            "timeout",
+            "interval",
+            "initial_jitter",
+            "interval_jitter",
+            "interval_jitter_percent",
+            "unhealthy_threshold",
+            "healthy_threshold",
+            "no_traffic_interval",
+            "no_traffic_healthy_interval",
+            "unhealthy_interval",
+            "unhealthy_edge_interval",
+            "healthy_edge_interval",
+            "http_health_check",
+            "tcp_health_check",
+            "grpc_health_check",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.HealthCheck.HttpHealthCheck",
+        &[
+            "host",
+            "path",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "expected_statuses",
+            "codec_client_type",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.HealthCheck.TcpHealthCheck",
+        &["send", "receive"],
+    ),
+    (
+        "envoy.config.core.v3.HealthCheck.GrpcHealthCheck",
+        &["service_name", "authority"],
+    ),
+    (
+        "envoy.config.core.v3.HealthCheck.Payload",
+        &["text", "binary"],
+    ),
+    ("envoy.type.v3.Int64Range", &["start", "end"]),
     (
         "envoy.config.cluster.v3.Cluster.RingHashLbConfig",
         &["minimum_ring_size", "maximum_ring_size", "hash_function"],
@@ -954,6 +1053,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "failure_percentage_request_volume",
             "max_ejection_time",
             "max_ejection_time_jitter",
+            "successful_active_health_check_uneject_host",
         ],
     ),
     (

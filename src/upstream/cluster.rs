@@ -47,6 +47,8 @@ pub struct Cluster {
     pub breakers: Breakers,
     /// Outlier detection, when configured.
     pub outlier: Option<Detector>,
+    /// Active health checking's stats, when configured.
+    pub health_stats: Option<super::health_check::Stats>,
 }
 
 /// A slot of the cluster's retry breaker, given back when dropped.
@@ -64,6 +66,12 @@ impl Cluster {
             store,
             config.alt_stat_name.as_deref().unwrap_or(&config.name),
         );
+        let health_stats = config.health_check.as_ref().map(|_| {
+            super::health_check::Stats::new(
+                store,
+                config.alt_stat_name.as_deref().unwrap_or(&config.name),
+            )
+        });
         let outlier = config.outlier.clone().map(|o| {
             Detector::new(
                 o,
@@ -95,7 +103,13 @@ impl Cluster {
             own: own.clone(),
             breakers,
             outlier,
+            health_stats,
         };
+        if c.config.health_check.is_some() {
+            for h in &hosts {
+                h.hc_failed.store(true, Ordering::Relaxed);
+            }
+        }
         c.install(hosts);
         c
     }
@@ -212,7 +226,13 @@ impl Cluster {
                     h.set_attrs(&r.attrs);
                     h.clone()
                 }
-                None => Host::with(r.addr, None, r.hostname.clone(), r.attrs.clone()),
+                None => {
+                    let h = Host::with(r.addr, None, r.hostname.clone(), r.attrs.clone());
+                    if self.config.health_check.is_some() {
+                        h.hc_failed.store(true, Ordering::Relaxed);
+                    }
+                    h
+                }
             })
             .collect();
         self.install(next);

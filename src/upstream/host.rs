@@ -27,10 +27,15 @@ pub struct Host {
     attrs: ArcSwap<EndpointAttrs>,
     /// Ejected by outlier detection.
     pub(super) ejected: AtomicBool,
+    /// Failing its active health check (a host of a health-checked cluster starts so,
+    /// until its first check passes, as in Envoy).
+    pub(super) hc_failed: AtomicBool,
     /// Requests in flight to this host.
     rq_active: Arc<AtomicU32>,
     /// Outlier detection's counters and ejection history for this host.
     pub monitor: HostMonitor,
+    /// Active health checking's run of results.
+    pub checks: super::health_check::HostChecks,
 }
 
 /// How the balancer sees a host now.
@@ -75,8 +80,10 @@ impl Host {
             pool: HostPool::default(),
             attrs: ArcSwap::from_pointee(attrs),
             ejected: AtomicBool::new(false),
+            hc_failed: AtomicBool::new(false),
             rq_active: Arc::default(),
             monitor: HostMonitor::new(),
+            checks: Default::default(),
         })
     }
 
@@ -100,7 +107,7 @@ impl Host {
         if eds == EdsHealth::Draining {
             return Health::Excluded;
         }
-        if self.ejected.load(Ordering::Relaxed) {
+        if self.ejected.load(Ordering::Relaxed) || self.hc_failed.load(Ordering::Relaxed) {
             return Health::Unhealthy;
         }
         match eds {
@@ -113,6 +120,9 @@ impl Host {
     /// Envoy's `health_flags` text: `healthy`, or each failing flag after a `/`.
     pub fn health_flags(&self) -> String {
         let mut out = String::new();
+        if self.hc_failed.load(Ordering::Relaxed) {
+            out.push_str("/failed_active_hc");
+        }
         if self.ejected.load(Ordering::Relaxed) {
             out.push_str("/failed_outlier_check");
         }
@@ -126,6 +136,10 @@ impl Host {
             out.push_str("healthy");
         }
         out
+    }
+
+    pub fn is_hc_failed(&self) -> bool {
+        self.hc_failed.load(Ordering::Relaxed)
     }
 
     pub fn is_ejected(&self) -> bool {

@@ -107,6 +107,9 @@ pub async fn start(clusters: &[Arc<Cluster>]) {
     for c in clusters {
         super::outlier::spawn(c);
     }
+    // Active health checks: the first round completes before the clusters count as
+    // initialized, as in Envoy.
+    futures_util::future::join_all(clusters.iter().map(super::health_check::start)).await;
     for c in clusters
         .iter()
         .filter(|c| c.config.discovery == Discovery::OriginalDst)

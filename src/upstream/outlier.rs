@@ -454,6 +454,27 @@ impl Detector {
         cluster.health_changed();
     }
 
+    /// A passing active health check lets an ejected host back at once.
+    pub fn uneject_after_health_check(&self, cluster: &Cluster, host: &Arc<Host>) {
+        if !host.is_ejected() {
+            return;
+        }
+        let _g = self.lock.lock().unwrap();
+        if !host.is_ejected() {
+            return;
+        }
+        let now = Instant::now();
+        let mut e = host.monitor.ejection.lock().unwrap();
+        host.ejected.store(false, Ordering::Relaxed);
+        host.monitor.reset_consecutive();
+        let since = e.last_ejected.map(|t| now.duration_since(t));
+        log_event(cluster, host, None, e.count, since);
+        e.last_unejected = Some(now);
+        drop(e);
+        self.stats.ejections_active.dec();
+        cluster.health_changed();
+    }
+
     /// The interval's work: let hosts back whose time is served, then compute success
     /// rates and failure percentages and eject the outliers.
     pub fn on_interval(&self, cluster: &Cluster, now: Instant) {
