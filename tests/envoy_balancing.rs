@@ -266,3 +266,55 @@ async fn least_request_steers_away_from_a_busy_endpoint() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_proxy_tries_another_host_up_to_max_connect_attempts() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let live = accept_each(|mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = s.write_all(b"hello").await;
+    })
+    .await;
+    // A port nothing listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let yaml = |attempts: u32| {
+        tcp_proxy_bootstrap_to(
+            &[dead, live],
+            "t",
+            &format!("          max_connect_attempts: {attempts}"),
+        )
+    };
+    for attempts in [1, 2] {
+        let (ours, theirs) = start_both(&envoy, &yaml(attempts)).await;
+        for (p, who) in [(&ours, "pilotfish"), (&theirs, "envoy")] {
+            let mut greeted = 0;
+            for _ in 0..6 {
+                use tokio::io::AsyncReadExt;
+                let mut s = tokio::net::TcpStream::connect(p.listener("tcp"))
+                    .await
+                    .unwrap();
+                let mut buf = Vec::new();
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(3),
+                    s.read_to_end(&mut buf),
+                )
+                .await;
+                greeted += usize::from(buf == b"hello");
+            }
+            if attempts == 1 {
+                // Round robin sends some connections to the dead host.
+                assert!(
+                    (1..6).contains(&greeted),
+                    "{who}: {greeted} of 6 with one attempt"
+                );
+            } else {
+                assert_eq!(greeted, 6, "{who}: {greeted} of 6 with two attempts");
+            }
+        }
+    }
+}

@@ -221,24 +221,14 @@ async fn a_failing_endpoint_is_ejected_after_consecutive_5xx_as_in_envoy() {
     let good = answering(200).await;
     let dir = tempfile_dir();
     let events = dir.join("outlier.log");
-    let cluster = format!(
-        r#"  - name: svc
-    connect_timeout: 1s
-    type: STATIC
-    outlier_detection: {{ consecutive_5xx: 3, interval: 1s, base_ejection_time: 60s, max_ejection_percent: 100 }}
-    load_assignment:
-      cluster_name: svc
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}
-"#,
-        bad.port(),
-        good.port()
-    );
+    // svc: one failing and one healthy endpoint, any share may be ejected. pair: both
+    // failing, Envoy's default max_ejection_percent (10): none may go.
+    let bad2 = answering(503).await;
+    let cluster = outlier_cluster("svc", ", max_ejection_percent: 100", &[bad, good]);
+    let pair = outlier_cluster("pair", "", &[bad, bad2]);
     let mut yaml = http_bootstrap(
-        "              - match: { prefix: / }\n                route: { cluster: svc }\n",
-        &cluster,
+        "              - match: { prefix: /pair }\n                route: { cluster: pair }\n              - match: { prefix: / }\n                route: { cluster: svc }\n",
+        &[cluster, pair].concat(),
     );
     yaml.push_str(&format!(
         "cluster_manager: {{ outlier_detection: {{ event_log_path: {} }} }}\n",
@@ -257,6 +247,43 @@ async fn a_failing_endpoint_is_ejected_after_consecutive_5xx_as_in_envoy() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         seqs.push(seq);
+    }
+    // On one connection, so that one worker of each proxy alternates the two hosts
+    // (Envoy's round robin is per worker).
+    for proxy in [&theirs, &ours] {
+        let stream = tokio::net::TcpStream::connect(proxy.listener("http"))
+            .await
+            .unwrap();
+        let (mut s, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..12 {
+            s.ready().await.unwrap();
+            let req = http::Request::get("/pair")
+                .header("host", "test")
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            let resp = s.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 503);
+            let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+        }
+    }
+    for stat in [
+        "ejections_active",
+        "ejections_overflow",
+        "ejections_detected_consecutive_5xx",
+        "ejections_detected_consecutive_gateway_failure",
+        "ejections_enforced_total",
+    ] {
+        let sample =
+            format!("envoy_cluster_outlier_detection_{stat}{{envoy_cluster_name=\"pair\"}}");
+        diff.check(
+            &sample,
+            theirs.metric(&sample).await,
+            ours.metric(&sample).await,
+        );
     }
     let failed = |s: &Vec<u16>| s.iter().filter(|&&c| c == 503).count();
     diff.check("503s before ejection", failed(&seqs[0]), failed(&seqs[1]));
@@ -280,7 +307,9 @@ async fn a_failing_endpoint_is_ejected_after_consecutive_5xx_as_in_envoy() {
     }
     let flags = |text: String| {
         text.lines()
-            .filter(|l| l.contains(&format!(":{}::health_flags", bad.port())))
+            .filter(|l| {
+                l.starts_with("svc::") && l.contains(&format!(":{}::health_flags", bad.port()))
+            })
             .map(|l| l.rsplit("::").next().unwrap().to_owned())
             .collect::<Vec<_>>()
     };
@@ -314,6 +343,19 @@ async fn a_failing_endpoint_is_ejected_after_consecutive_5xx_as_in_envoy() {
         assert_eq!(e["num_ejections"], 1, "{log}");
         assert_eq!(e["enforced"], true, "{log}");
     }
+}
+
+/// A STATIC cluster over `eps` with outlier detection (3 consecutive 5xx, 1 s interval,
+/// 60 s ejections) plus `extra` settings.
+fn outlier_cluster(name: &str, extra: &str, eps: &[SocketAddr]) -> String {
+    let mut c = static_cluster(name, eps, false);
+    c = c.replace(
+        "    type: STATIC\n",
+        &format!(
+            "    type: STATIC\n    outlier_detection: {{ consecutive_5xx: 3, interval: 1s, base_ejection_time: 60s{extra} }}\n"
+        ),
+    );
+    c
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

@@ -307,3 +307,70 @@ async fn slow_upload(addr: SocketAddr) -> (String, String, bool) {
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (status, body, closed)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_end_at_max_connection_duration_as_in_envoy() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    for which in ["pilotfish", "envoy"] {
+        let up = Upstream::start("u").await;
+        let cluster = format!(
+            r#"  - name: backend
+    connect_timeout: 1s
+    type: STATIC
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        common_http_protocol_options: {{ max_connection_duration: 0.5s }}
+        explicit_http_config: {{ http_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}
+"#,
+            up.addr.port()
+        );
+        let yaml = http_bootstrap(
+            "              - match: { prefix: / }\n                route: { cluster: backend }\n",
+            &cluster,
+        );
+        let proxy = match which {
+            "pilotfish" => Proxy::start(&yaml).await,
+            _ => Proxy::start_bin(&envoy, &yaml, &["--disable-hot-restart"]).await,
+        };
+        // On one downstream connection (one worker, one pool): two requests in quick
+        // succession share an upstream connection; one after its lifetime gets a new
+        // one.
+        let stream = tokio::net::TcpStream::connect(proxy.listener("http"))
+            .await
+            .unwrap();
+        let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for pause in [0, 0, 900] {
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            s.ready().await.unwrap();
+            let req = Request::get("/")
+                .header("host", "test")
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            let resp = s.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200, "{which}");
+            let _ = resp.into_body().collect().await;
+        }
+        let conns = up.connections.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(conns, 2, "{which}: upstream connections");
+        assert_eq!(
+            proxy
+                .metric(
+                    "envoy_cluster_upstream_cx_max_duration_reached{envoy_cluster_name=\"backend\"}"
+                )
+                .await,
+            Some(1),
+            "{which}"
+        );
+    }
+}

@@ -20,8 +20,7 @@ use crate::{
     upstream::{Cluster, ClusterManager, Host},
 };
 
-/// The per-host counters Envoy lists, in its order; pilotfish keeps none per host yet,
-/// so they read 0.
+/// The per-host counters Envoy lists, in its order.
 const HOST_COUNTERS: [&str; 6] = [
     "cx_connect_fail",
     "cx_total",
@@ -78,7 +77,10 @@ fn text(out: &mut String, c: &Cluster) {
         let mut stats: Vec<&str> = HOST_COUNTERS.iter().chain(&HOST_GAUGES).copied().collect();
         stats.sort_unstable();
         for s in stats {
-            let v = if s == "rq_active" { h.active() } else { 0 };
+            let v = match s {
+                "rq_active" => u64::from(h.active()),
+                _ => h.counters.get(s).unwrap_or(0),
+            };
             let _ = writeln!(out, "{n}::{a}::{s}::{v}");
         }
         let hostname = h.hostname.as_deref().unwrap_or("");
@@ -151,7 +153,11 @@ fn status(c: &Cluster) -> ClusterStatus {
                 address: Some(address(h)),
                 stats: HOST_COUNTERS
                     .iter()
-                    .map(|n| metric(n, simple_metric::Type::Counter))
+                    .map(|n| {
+                        let mut m = metric(n, simple_metric::Type::Counter);
+                        m.value = h.counters.get(n).unwrap_or(0);
+                        m
+                    })
                     .chain(HOST_GAUGES.iter().map(|n| {
                         let mut m = metric(n, simple_metric::Type::Gauge);
                         if *n == "rq_active" {
@@ -168,6 +174,7 @@ fn status(c: &Cluster) -> ClusterStatus {
                         EdsHealth::Draining => HealthStatus::Draining,
                     } as i32,
                     failed_outlier_check: h.is_ejected(),
+                    failed_active_health_check: h.is_hc_failed(),
                     ..Default::default()
                 }),
                 weight: h.attrs().weight,

@@ -642,8 +642,18 @@ fn network_filter(
                     }
                 }
             }
+            let max_connect_attempts = match &tp.max_connect_attempts {
+                Some(v) if v.value == 0 => {
+                    return Err(format!(
+                        "{path}.typed_config.max_connect_attempts: must be at least 1"
+                    ));
+                }
+                Some(v) => v.value,
+                None => 1,
+            };
             Ok(NetworkFilter::TcpProxy(TcpProxyConfig {
                 hash_source_ip,
+                max_connect_attempts,
                 stat_prefix: tp.stat_prefix,
                 cluster,
                 access_logs,
@@ -1065,9 +1075,14 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     } else {
         UpstreamProtocol::Http1
     };
+    let mut h2 = match &c.http2_protocol_options {
+        Some(o) => h2_options(o, &format!("{path}.http2_protocol_options"))?,
+        None => H2Options::default(),
+    };
     let mut max_requests_per_connection = c.max_requests_per_connection.as_ref().map(|v| v.value);
     // Envoy's default upstream connection idle timeout.
     let mut idle_timeout = Some(Duration::from_secs(3600));
+    let mut max_connection_duration = None;
     for (key, any) in &c.typed_extension_protocol_options {
         let opath = format!("{path}.typed_extension_protocol_options[\"{key}\"]");
         if proto::type_name(&any.type_url) != HTTP_OPTIONS {
@@ -1086,8 +1101,8 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
                     "{cpath}.max_stream_duration: not supported upstream"
                 ));
             }
-            if common.max_connection_duration.is_some() {
-                return Err(format!("{cpath}.max_connection_duration: not supported"));
+            if let Some(d) = &common.max_connection_duration {
+                max_connection_duration = Some(duration(d)).filter(|d| !d.is_zero());
             }
             // It wins over the deprecated cluster field, as in Envoy.
             if let Some(m) = &common.max_requests_per_connection {
@@ -1098,7 +1113,13 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
             Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(e)) => {
                 use http_protocol_options::explicit_http_config::ProtocolConfig;
                 match e.protocol_config {
-                    Some(ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                    Some(ProtocolConfig::Http2ProtocolOptions(o)) => {
+                        h2 = h2_options(
+                            &o,
+                            &format!("{opath}.explicit_http_config.http2_protocol_options"),
+                        )?;
+                        UpstreamProtocol::Http2
+                    }
                     Some(ProtocolConfig::HttpProtocolOptions(_)) => UpstreamProtocol::Http1,
                     _ => {
                         return Err(format!(
@@ -1109,8 +1130,16 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
                 }
             }
             Some(http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
-                _,
-            )) => UpstreamProtocol::Downstream,
+                d,
+            )) => {
+                if let Some(o) = &d.http2_protocol_options {
+                    h2 = h2_options(
+                        o,
+                        &format!("{opath}.use_downstream_protocol_config.http2_protocol_options"),
+                    )?;
+                }
+                UpstreamProtocol::Downstream
+            }
             _ => {
                 return Err(format!(
                     "{opath}: explicit_http_config or use_downstream_protocol_config is required"
@@ -1196,6 +1225,8 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         endpoints,
         lb,
         overprovisioning_factor,
+        h2,
+        max_connection_duration,
         outlier: match &c.outlier_detection {
             Some(o) => Some(outlier(o, &format!("{path}.outlier_detection"))?),
             None => None,
@@ -1630,6 +1661,54 @@ fn outlier(
         c.successful_active_health_check_uneject_host = b.value;
     }
     Ok(c)
+}
+
+/// Upstream `http2_protocol_options`, in Envoy's ranges.
+fn h2_options(
+    o: &envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions,
+    path: &str,
+) -> Result<H2Options> {
+    let mut out = H2Options::default();
+    if let Some(v) = &o.max_concurrent_streams {
+        if !(1..=2_147_483_647).contains(&v.value) {
+            return Err(format!(
+                "{path}.max_concurrent_streams: {} is not within 1..2147483647",
+                v.value
+            ));
+        }
+        out.max_concurrent_streams = v.value;
+    }
+    let window = |v: &Option<protobuf::UInt32Value>, name: &str| -> Result<Option<u32>> {
+        match v {
+            Some(w) if !(65_535..=2_147_483_647).contains(&w.value) => Err(format!(
+                "{path}.{name}: {} is not within 65535..2147483647",
+                w.value
+            )),
+            Some(w) => Ok(Some(w.value)),
+            None => Ok(None),
+        }
+    };
+    out.initial_stream_window_size =
+        window(&o.initial_stream_window_size, "initial_stream_window_size")?;
+    out.initial_connection_window_size = window(
+        &o.initial_connection_window_size,
+        "initial_connection_window_size",
+    )?;
+    if let Some(k) = &o.connection_keepalive {
+        let kpath = format!("{path}.connection_keepalive");
+        let interval = k.interval.as_ref().map(duration).filter(|d| !d.is_zero());
+        let timeout = k.timeout.as_ref().map(duration).filter(|d| !d.is_zero());
+        match (interval, timeout) {
+            (Some(i), Some(t)) => out.keepalive = Some((i, t)),
+            (None, _) => {
+                return Err(format!(
+                    "{kpath}.interval: required (pilotfish sends PINGs on an interval only)"
+                ));
+            }
+            (_, None) => return Err(format!("{kpath}.timeout: required")),
+        }
+    }
+    Ok(out)
 }
 
 /// The cluster's load balancer: `lb_policy` with its `least_request_lb_config`, and

@@ -242,6 +242,8 @@ pub struct TcpProxyConfig {
     pub max_downstream_connection_duration: Option<Duration>,
     /// `hash_policy: [{source_ip: {}}]`: a hashing balancer keys on the client's IP.
     pub hash_source_ip: bool,
+    /// `max_connect_attempts` (default 1): connects tried, each to a host picked anew.
+    pub max_connect_attempts: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -654,6 +656,34 @@ pub struct ClusterConfig {
     pub outlier: Option<OutlierConfig>,
     /// `health_checks` (one at most), when set.
     pub health_check: Option<HealthCheckConfig>,
+    /// `http2_protocol_options` for upstream HTTP/2 connections.
+    pub h2: H2Options,
+    /// `common_http_protocol_options.max_connection_duration`: an upstream connection
+    /// takes no new request after this long and closes once idle.
+    pub max_connection_duration: Option<Duration>,
+}
+
+/// Upstream `http2_protocol_options`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H2Options {
+    /// Streams per connection before another is opened (also bounded by the peer's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS); Envoy's default 2147483647.
+    pub max_concurrent_streams: u32,
+    /// `connection_keepalive`: PING every `interval`, close after `timeout` unanswered.
+    pub keepalive: Option<(Duration, Duration)>,
+    pub initial_stream_window_size: Option<u32>,
+    pub initial_connection_window_size: Option<u32>,
+}
+
+impl Default for H2Options {
+    fn default() -> Self {
+        H2Options {
+            max_concurrent_streams: 2_147_483_647,
+            keepalive: None,
+            initial_stream_window_size: None,
+            initial_connection_window_size: None,
+        }
+    }
 }
 
 /// An active health check, Envoy's defaults for what is unset.
@@ -850,6 +880,8 @@ impl Default for ClusterConfig {
             overprovisioning_factor: 140,
             outlier: None,
             health_check: None,
+            h2: H2Options::default(),
+            max_connection_duration: None,
         }
     }
 }

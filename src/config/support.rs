@@ -266,6 +266,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "idle_timeout",
             "max_downstream_connection_duration",
             "hash_policy",
+            "max_connect_attempts",
         ],
     ),
     ("envoy.type.v3.HashPolicy", &["source_ip", "filter_state"]),
@@ -1196,7 +1197,19 @@ const FIELDS: &[(&str, &[&str])] = &[
         &["http_protocol_options", "http2_protocol_options"],
     ),
     ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
-    ("envoy.config.core.v3.Http2ProtocolOptions", &[]),
+    (
+        "envoy.config.core.v3.Http2ProtocolOptions",
+        &[
+            "max_concurrent_streams",
+            "initial_stream_window_size",
+            "initial_connection_window_size",
+            "connection_keepalive",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.KeepaliveSettings",
+        &["interval", "timeout"],
+    ),
 ];
 
 /// Every message type that is supported, with its fields; used by the docs test.
@@ -1407,7 +1420,7 @@ mod tests {
             ),
             (
                 "envoy.config.listener.v3.Listener",
-                "name: l\nfilter_chains: [{ filters: [{ name: t, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, cluster: c, max_connect_attempts: 2 } }] }]\n",
+                "name: l\nfilter_chains: [{ filters: [{ name: t, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, cluster: c, tunneling_config: { hostname: x } } }] }]\n",
                 false,
             ),
             (

@@ -174,7 +174,8 @@ fn make_cookie(
 ) -> (u64, HeaderValue) {
     let value = format!("{:016x}", xxh64(format!("{peer}{local}").as_bytes(), 0));
     let mut set = format!("{}=\"{value}\"", c.name);
-    if !ttl.is_zero() {
+    // Whole seconds; under one second Envoy leaves Max-Age out (a session cookie).
+    if ttl.as_secs() > 0 {
         set.push_str(&format!("; Max-Age={}", ttl.as_secs()));
     }
     if !c.path.is_empty() {

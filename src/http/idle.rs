@@ -77,6 +77,11 @@ impl ConnIdle {
         Busy(self.clone())
     }
 
+    /// Whether a request is in progress on the connection.
+    pub fn is_busy(&self) -> bool {
+        self.requests.load(Ordering::Relaxed) > 0
+    }
+
     /// Resolves once the connection has carried no request for the timeout.
     pub async fn expired(&self) {
         loop {

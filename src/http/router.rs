@@ -878,6 +878,7 @@ impl HttpConnectionManager {
                 let outcome = match outcome {
                     Outcome::Sent(r) => sent_outcome(r, attempt > 1, cluster.name()),
                     Outcome::PerTryTimeout | Outcome::PerTryIdle => {
+                        host.counters.rq_timeout.fetch_add(1, Ordering::Relaxed);
                         cluster.report(&host, HostResult::Timeout);
                         if matches!(outcome, Outcome::PerTryIdle) {
                             stats.upstream_rq_per_try_idle_timeout.inc();
@@ -891,6 +892,7 @@ impl HttpConnectionManager {
                     }
                     // The route's timeout ends the request, whatever retries remain.
                     Outcome::RouteTimeout => {
+                        host.counters.rq_timeout.fetch_add(1, Ordering::Relaxed);
                         cluster.report(&host, HostResult::Timeout);
                         stats.upstream_rq_timeout.inc();
                         stats.upstream_rq.record(504);
@@ -1552,6 +1554,23 @@ fn report_outlier(
     host: &Arc<Host>,
     r: &Result<Response<PooledBody>, SendError>,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &host.counters;
+    match r {
+        Ok(resp) => {
+            c.rq_total.fetch_add(1, Relaxed);
+            if resp.status().is_server_error() {
+                c.rq_error.fetch_add(1, Relaxed);
+            } else {
+                c.rq_success.fetch_add(1, Relaxed);
+            }
+        }
+        Err(SendError::Reset(_)) => {
+            c.rq_total.fetch_add(1, Relaxed);
+            c.rq_error.fetch_add(1, Relaxed);
+        }
+        Err(_) => {}
+    }
     if cluster.outlier.is_none() {
         return;
     }

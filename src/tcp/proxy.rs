@@ -36,6 +36,8 @@ pub struct TcpProxy {
     max_duration: Option<Duration>,
     /// Hash the client's IP for a hashing balancer.
     hash_source_ip: bool,
+    /// `max_connect_attempts` (default 1).
+    max_connect_attempts: u32,
 }
 
 impl TcpProxy {
@@ -52,6 +54,7 @@ impl TcpProxy {
             idle_timeout: config.idle_timeout,
             max_duration: config.max_downstream_connection_duration,
             hash_source_ip: config.hash_source_ip,
+            max_connect_attempts: config.max_connect_attempts,
             access_logs: config
                 .access_logs
                 .iter()
@@ -101,21 +104,34 @@ impl TcpProxy {
                 .unwrap_or_default();
             xxhash_rust::xxh64::xxh64(ip.as_bytes(), 0)
         });
-        let Some(host) = cluster.pick_hashed(Some(dst), hash) else {
-            cluster.stats.upstream_cx_none_healthy.inc();
-            record.response_flags = Some("UH".into());
-            return;
-        };
-        record.upstream_host = Some(host.addr);
         let cs = &cluster.stats;
         let Some(_cx) = connection_slot(&cluster).await else {
             record.response_flags = Some("UO".into());
             return;
         };
-        let Ok(up) = connect(&cluster, &host).await else {
-            cluster.report(&host, Outcome::ConnectFailed);
-            record.response_flags = Some("UF".into());
-            return;
+        // Up to `max_connect_attempts` connects, each to a host picked anew, as Envoy.
+        let mut attempt = 0;
+        let (host, up) = loop {
+            attempt += 1;
+            let Some(host) = cluster.pick_hashed(Some(dst), hash) else {
+                cs.upstream_cx_none_healthy.inc();
+                record.response_flags = Some("UH".into());
+                return;
+            };
+            record.upstream_host = Some(host.addr);
+            match connect(&cluster, &host).await {
+                Ok(up) => break (host, up),
+                Err(_) => {
+                    cluster.report(&host, Outcome::ConnectFailed);
+                    if attempt >= self.max_connect_attempts {
+                        if self.max_connect_attempts > 1 {
+                            cs.upstream_cx_connect_attempts_exceeded.inc();
+                        }
+                        record.response_flags = Some("UF".into());
+                        return;
+                    }
+                }
+            }
         };
         cluster.report(&host, Outcome::ConnectedFinal);
         record.upstream_local = up.local_addr();

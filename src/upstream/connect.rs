@@ -1,6 +1,7 @@
 //! Opening upstream connections (TCP, or a Unix socket for a `pipe` endpoint) with the
 //! cluster's connect timeout, source address, socket mark and keepalive, counting
 //! Envoy's connection stats.
+use std::sync::atomic::Ordering;
 use std::{
     io,
     net::SocketAddr,
@@ -119,9 +120,13 @@ impl std::fmt::Display for ConnectError {
 pub async fn connect(cluster: &Cluster, host: &Host) -> Result<Upstream, ConnectError> {
     let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
+    host.counters.cx_total.fetch_add(1, Ordering::Relaxed);
     let addr = host.addr;
     if host.pipe.is_none() && cluster.own.refuse_upstream(addr) {
         stats.upstream_cx_connect_fail.inc();
+        host.counters
+            .cx_connect_fail
+            .fetch_add(1, Ordering::Relaxed);
         return Err(ConnectError::Loop);
     }
     let attempt = async {
@@ -141,11 +146,17 @@ pub async fn connect(cluster: &Cluster, host: &Host) -> Result<Upstream, Connect
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => {
             stats.upstream_cx_connect_fail.inc();
+            host.counters
+                .cx_connect_fail
+                .fetch_add(1, Ordering::Relaxed);
             Err(ConnectError::Failed(e))
         }
         Err(_) => {
             stats.upstream_cx_connect_fail.inc();
             stats.upstream_cx_connect_timeout.inc();
+            host.counters
+                .cx_connect_fail
+                .fetch_add(1, Ordering::Relaxed);
             Err(ConnectError::Timeout)
         }
     }

@@ -4,7 +4,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
 };
 
@@ -36,6 +36,38 @@ pub struct Host {
     pub monitor: HostMonitor,
     /// Active health checking's run of results.
     pub checks: super::health_check::HostChecks,
+    /// The per-host counters `/clusters` prints.
+    pub counters: HostCounters,
+}
+
+/// A host's own counters, as Envoy keeps them for `/clusters`.
+#[derive(Debug, Default)]
+pub struct HostCounters {
+    pub cx_total: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+    /// Requests that reached the host (response headers or a reset after connecting).
+    pub rq_total: AtomicU64,
+    /// Responses below 500.
+    pub rq_success: AtomicU64,
+    /// 5xx responses and resets.
+    pub rq_error: AtomicU64,
+    pub rq_timeout: AtomicU64,
+}
+
+impl HostCounters {
+    /// The counter `/clusters` names `name`, if kept.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        let c = match name {
+            "cx_total" => &self.cx_total,
+            "cx_connect_fail" => &self.cx_connect_fail,
+            "rq_total" => &self.rq_total,
+            "rq_success" => &self.rq_success,
+            "rq_error" => &self.rq_error,
+            "rq_timeout" => &self.rq_timeout,
+            _ => return None,
+        };
+        Some(c.load(Ordering::Relaxed))
+    }
 }
 
 /// How the balancer sees a host now.
@@ -84,6 +116,7 @@ impl Host {
             rq_active: Arc::default(),
             monitor: HostMonitor::new(),
             checks: Default::default(),
+            counters: HostCounters::default(),
         })
     }
 

@@ -2,9 +2,11 @@
 //! time, and one multiplexed HTTP/2 connection. Each worker has a pool of its own, as in
 //! Envoy: a connection's task runs on the worker that opened it, so a request sent on
 //! another worker's connection would wake that worker twice.
+use std::time::Instant;
+
 use std::sync::{
     Arc, Mutex, OnceLock,
-    atomic::{AtomicUsize, Ordering},
+    atomic::{AtomicU32, AtomicUsize, Ordering},
 };
 
 use http::{Request, Response};
@@ -16,6 +18,7 @@ use super::{
     Cluster, Host,
     breakers::Slot,
     connect::{ConnectError, connect},
+    h2_settings::{PeerLimit, Watched},
 };
 use crate::{
     http::{
@@ -43,7 +46,9 @@ struct WorkerPool {
     /// ConnIdle HTTP/1.1 connections and how many requests each has carried.
     h1_idle: Mutex<Vec<Pooled>>,
     /// The HTTP/2 connection new streams go to, and how many it has carried.
-    h2: Mutex<Option<H2Conn>>,
+    /// The HTTP/2 connections new streams go to, oldest first: another is opened
+    /// when each has as many streams as its peer allows (or `max_concurrent_streams`).
+    h2: Mutex<Vec<H2Conn>>,
     /// Serializes HTTP/2 connection setup so concurrent requests share one connection.
     h2_connect: tokio::sync::Mutex<()>,
     /// HTTP/1.1 connections open or opening (idle or busy).
@@ -76,23 +81,41 @@ impl HostPool {
                     .unwrap()
                     .iter()
                     .all(|c| c.sender.is_closed())
-                    && p.h2
-                        .lock()
-                        .unwrap()
-                        .as_ref()
-                        .is_none_or(|c| c.sender.is_closed())
+                    && p.h2.lock().unwrap().iter().all(|c| c.sender.is_closed())
             })
         })
     }
 }
 
-/// The HTTP/2 connection of a worker's pool.
+/// An HTTP/2 connection of a worker's pool.
 #[derive(Debug)]
 struct H2Conn {
     sender: http2::SendRequest<Body>,
     /// Streams it has carried.
     served: u32,
     idle: Option<Arc<ConnIdle>>,
+    /// Streams open on it now.
+    active: Arc<AtomicU32>,
+    /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS.
+    peer: PeerLimit,
+    expires: Option<Instant>,
+}
+
+/// A stream open on an HTTP/2 connection, until its response ends.
+#[derive(Debug)]
+struct OpenStream(Arc<AtomicU32>);
+
+impl OpenStream {
+    fn new(active: &Arc<AtomicU32>) -> Self {
+        active.fetch_add(1, Ordering::Relaxed);
+        OpenStream(active.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// An idle HTTP/1.1 connection in the pool.
@@ -103,6 +126,20 @@ struct Pooled {
     served: u32,
     /// Its idle timeout's state, when the cluster has one.
     idle: Option<Arc<ConnIdle>>,
+    /// When it reaches `max_connection_duration`: then it carries nothing new.
+    expires: Option<Instant>,
+}
+
+/// When a connection opened now reaches the cluster's `max_connection_duration`.
+fn expiry(cluster: &Cluster) -> Option<Instant> {
+    cluster
+        .config
+        .max_connection_duration
+        .map(|d| Instant::now() + d)
+}
+
+fn expired(expires: Option<Instant>) -> bool {
+    expires.is_some_and(|e| Instant::now() >= e)
 }
 
 #[derive(Debug)]
@@ -194,9 +231,10 @@ impl Pending {
 }
 
 /// A request on a connection, within `max_requests`; held until its response ends.
+/// An overflow counts in `upstream_rq_active_overflow`, as Envoy counts it.
 fn request_slot(cluster: &Cluster) -> Result<Slot, SendError> {
     cluster.breakers.requests.try_acquire().ok_or_else(|| {
-        cluster.stats.upstream_rq_pending_overflow.inc();
+        cluster.stats.upstream_rq_active_overflow.inc();
         SendError::Overflow
     })
 }
@@ -210,12 +248,13 @@ pub async fn send(
     h2: bool,
 ) -> Result<Response<PooledBody>, SendError> {
     if h2 {
-        let (resp, busy, rq) = send_h2(cluster, host, req).await?;
+        let (resp, busy, rq, stream) = send_h2(cluster, host, req).await?;
         Ok(resp.map(|body| PooledBody {
             body,
             back: None,
             _busy: busy,
             _rq: Some(rq),
+            _stream: Some(stream),
         }))
     } else {
         send_h1(cluster, host, req).await
@@ -238,13 +277,15 @@ async fn send_h1(
                 mut sender,
                 served,
                 idle,
+                expires,
             }) = idle
             else {
                 break;
             };
             // A connection goes back to the pool as its last response ends, a moment
             // before its task has taken note: wait for that rather than dropping it.
-            if sender.is_closed() || sender.ready().await.is_err() {
+            // One past its maximum duration is dropped, which closes it.
+            if expired(expires) || sender.is_closed() || sender.ready().await.is_err() {
                 continue;
             }
             let rq = match request_slot(cluster) {
@@ -256,6 +297,7 @@ async fn send_h1(
                             sender,
                             served,
                             idle,
+                            expires,
                         },
                     )));
                     return Err(e);
@@ -271,6 +313,7 @@ async fn send_h1(
                         sender,
                         served: served + 1,
                         idle,
+                        expires,
                     };
                     return Ok(pooled(resp, host, conn, max, busy, rq));
                 }
@@ -287,7 +330,8 @@ async fn send_h1(
         if let Some(slot) = ConnSlot::acquire(cluster, host, true) {
             let (mut sender, conn) = open_h1(cluster, host).await?;
             let idle = cluster.config.idle_timeout.map(ConnIdle::new);
-            run_connection(cluster, conn, idle.clone(), slot);
+            let expires = expiry(cluster);
+            run_connection(cluster, conn, idle.clone(), slot, expires);
             drop(pending);
             let rq = request_slot(cluster)?;
             if !counted {
@@ -299,6 +343,7 @@ async fn send_h1(
                 sender,
                 served: 1,
                 idle,
+                expires,
             };
             return Ok(pooled(resp, host, conn, max, busy, rq));
         }
@@ -309,20 +354,45 @@ async fn send_h1(
 }
 
 /// Drives a connection on a task of its own until it ends, or until its idle timeout
-/// closes it.
-fn run_connection<F>(cluster: &Cluster, conn: F, idle: Option<Arc<ConnIdle>>, slot: ConnSlot)
-where
+/// closes it. At `expires` (its maximum duration) it is counted and, if idle, closed;
+/// a busy one is closed when its request ends (it is not reused).
+fn run_connection<F>(
+    cluster: &Cluster,
+    conn: F,
+    idle: Option<Arc<ConnIdle>>,
+    slot: ConnSlot,
+    expires: Option<Instant>,
+) where
     F: std::future::Future + Send + 'static,
 {
     let guard = (GaugeGuard::new(&cluster.stats.upstream_cx_active), slot);
     let timed_out = cluster.stats.upstream_cx_idle_timeout.clone();
+    let max_duration = cluster.stats.upstream_cx_max_duration_reached.clone();
     tokio::spawn(async move {
-        match idle {
-            Some(idle) => tokio::select! {
-                _ = conn => {}
-                () = idle.expired() => timed_out.inc(),
-            },
-            None => {
+        tokio::pin!(conn);
+        let went_idle = async {
+            match &idle {
+                Some(i) => i.expired().await,
+                None => std::future::pending().await,
+            }
+        };
+        let lifetime = async {
+            match expires {
+                Some(e) => tokio::time::sleep_until(e.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let reached = tokio::select! {
+            _ = conn.as_mut() => false,
+            () = went_idle => {
+                timed_out.inc();
+                false
+            }
+            () = lifetime => true,
+        };
+        if reached {
+            max_duration.inc();
+            if idle.as_ref().is_some_and(|i| i.is_busy()) {
                 conn.await;
             }
         }
@@ -348,6 +418,7 @@ fn pooled(
         back,
         _busy: busy,
         _rq: Some(rq),
+        _stream: None,
     })
 }
 
@@ -363,6 +434,8 @@ pin_project_lite::pin_project! {
         _busy: Option<Busy>,
         // Its place within the cluster's `max_requests`.
         _rq: Option<Slot>,
+        // Its stream on an HTTP/2 connection.
+        _stream: Option<OpenStream>,
     }
 
     impl PinnedDrop for PooledBody {
@@ -406,7 +479,7 @@ fn put_back(back: Option<(Arc<Host>, Pooled)>) {
     let Some((host, conn)) = back else {
         return;
     };
-    if conn.sender.is_closed() {
+    if conn.sender.is_closed() || expired(conn.expires) {
         return;
     }
     let pool = host.pool.mine();
@@ -441,7 +514,7 @@ pub async fn send_upgrade(
     };
     let (mut sender, conn) = open_h1(cluster, host).await?;
     // A tunnel's connection has no idle timeout here (the tunnel has its own life).
-    run_connection(cluster, conn.with_upgrades(), None, slot);
+    run_connection(cluster, conn.with_upgrades(), None, slot, None);
     drop(pending);
     let rq = request_slot(cluster)?;
     cluster.stats.upstream_rq_total.inc();
@@ -451,6 +524,7 @@ pub async fn send_upgrade(
         back: None,
         _busy: None,
         _rq: Some(rq),
+        _stream: None,
     }))
 }
 
@@ -475,37 +549,25 @@ async fn send_h2(
     cluster: &Cluster,
     host: &Arc<Host>,
     req: Request<Body>,
-) -> Result<(Response<Incoming>, Option<Busy>, Slot), SendError> {
-    let max = cluster.config.max_requests_per_connection;
-    let (mut sender, idle) = match live_h2(host, max) {
+) -> Result<(Response<Incoming>, Option<Busy>, Slot, OpenStream), SendError> {
+    let (mut sender, idle, stream) = match live_h2(cluster, host) {
         Some(s) => s,
         None => {
             // Pending while the connection is made (or while another request makes it).
             let pending = Pending::acquire(cluster)?;
             let _gate = host.pool.mine().h2_connect.lock().await;
-            match live_h2(host, max) {
+            match live_h2(cluster, host) {
                 Some(s) => s,
-                None => {
-                    let slot = ConnSlot::acquire(cluster, host, false)
-                        .expect("an HTTP/2 pool may always open its connection");
-                    let stream = connect(cluster, host).await.map_err(SendError::Connect)?;
-                    let (sender, conn) =
-                        http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                            .await
-                            .map_err(SendError::Reset)?;
-                    let idle = cluster.config.idle_timeout.map(ConnIdle::new);
-                    run_connection(cluster, conn, idle.clone(), slot);
-                    drop(pending);
-                    // A connection allowed one request only is never shared.
-                    if max != Some(1) {
-                        *host.pool.mine().h2.lock().unwrap() = Some(H2Conn {
-                            sender: sender.clone(),
-                            served: 1,
-                            idle: idle.clone(),
-                        });
+                None => match h2_slot(cluster, host) {
+                    Some(slot) => {
+                        let opened = open_h2(cluster, host, slot).await?;
+                        drop(pending);
+                        opened
                     }
-                    (sender, idle)
-                }
+                    // At the connection limit with connections open: the stream
+                    // waits on the least busy one for the peer to allow it.
+                    None => least_busy_h2(host).ok_or(SendError::Overflow)?,
+                },
             }
         }
     };
@@ -513,23 +575,120 @@ async fn send_h2(
     cluster.stats.upstream_rq_total.inc();
     let busy = idle.as_ref().map(ConnIdle::busy);
     let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
-    Ok((resp, busy, rq))
+    Ok((resp, busy, rq, stream))
 }
 
-/// The worker's open HTTP/2 connection to `host`, counted for one more stream; it
-/// leaves the pool (its streams finish, then it closes) once it has carried `max`.
-fn live_h2(
-    host: &Host,
-    max: Option<u32>,
-) -> Option<(http2::SendRequest<Body>, Option<Arc<ConnIdle>>)> {
-    let mut slot = host.pool.mine().h2.lock().unwrap();
-    let conn = slot.as_mut().filter(|c| !c.sender.is_closed())?;
+type H2Pick = (http2::SendRequest<Body>, Option<Arc<ConnIdle>>, OpenStream);
+
+/// A new connection: within `max_connections`, or the worker's first to the host.
+fn h2_slot(cluster: &Cluster, host: &Arc<Host>) -> Option<ConnSlot> {
+    let first = host
+        .pool
+        .mine()
+        .h2
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|c| c.sender.is_closed());
+    if first {
+        ConnSlot::acquire(cluster, host, false)
+    } else {
+        let cx = cluster.breakers.connections.try_acquire();
+        if cx.is_none() {
+            cluster.stats.upstream_cx_overflow.inc();
+        }
+        cx.map(|cx| ConnSlot {
+            _cx: cx,
+            host: Arc::downgrade(host),
+            worker: workers::current() % host.pool.all().len(),
+            h1: false,
+        })
+    }
+}
+
+/// Opens an HTTP/2 connection with the cluster's settings and counts one stream on it.
+async fn open_h2(cluster: &Cluster, host: &Arc<Host>, slot: ConnSlot) -> Result<H2Pick, SendError> {
+    let stream = connect(cluster, host).await.map_err(SendError::Connect)?;
+    let (stream, peer) = Watched::new(stream);
+    let opts = &cluster.config.h2;
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder.timer(hyper_util::rt::TokioTimer::new());
+    if let Some((interval, timeout)) = opts.keepalive {
+        builder
+            .keep_alive_interval(interval)
+            .keep_alive_timeout(timeout)
+            .keep_alive_while_idle(true);
+    }
+    if let Some(w) = opts.initial_stream_window_size {
+        builder.initial_stream_window_size(w);
+    }
+    if let Some(w) = opts.initial_connection_window_size {
+        builder.initial_connection_window_size(w);
+    }
+    let (sender, conn) = builder
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(SendError::Reset)?;
+    let idle = cluster.config.idle_timeout.map(ConnIdle::new);
+    let expires = expiry(cluster);
+    run_connection(cluster, conn, idle.clone(), slot, expires);
+    // Until the peer's SETTINGS arrive its limit is taken as unbounded: streams that
+    // come before them stay on this connection (the peer queues what it does not
+    // allow yet), as in Envoy.
+    let active = Arc::new(AtomicU32::new(0));
+    let open = OpenStream::new(&active);
+    // A connection allowed one request only is never shared.
+    if cluster.config.max_requests_per_connection != Some(1) {
+        host.pool.mine().h2.lock().unwrap().push(H2Conn {
+            sender: sender.clone(),
+            served: 1,
+            idle: idle.clone(),
+            active,
+            peer,
+            expires,
+        });
+    }
+    Ok((sender, idle, open))
+}
+
+/// A stream on the first of the worker's HTTP/2 connections to `host` with room for
+/// one (fewer streams open than the peer and `max_concurrent_streams` allow); a
+/// connection leaves the pool (its streams finish, then it closes) once it has carried
+/// `max_requests_per_connection`, or when it stops taking streams (GOAWAY).
+fn live_h2(cluster: &Cluster, host: &Host) -> Option<H2Pick> {
+    let max_requests = cluster.config.max_requests_per_connection;
+    let max_streams = cluster.config.h2.max_concurrent_streams;
+    let mut conns = host.pool.mine().h2.lock().unwrap();
+    conns.retain(|c| !c.sender.is_closed() && c.sender.is_ready() && !expired(c.expires));
+    let i = conns
+        .iter()
+        .position(|c| c.active.load(Ordering::Relaxed) < c.peer.get().min(max_streams))?;
+    let conn = &mut conns[i];
     conn.served += 1;
-    let out = (conn.sender.clone(), conn.idle.clone());
-    if max.is_some_and(|m| conn.served >= m) {
-        *slot = None;
+    let out = (
+        conn.sender.clone(),
+        conn.idle.clone(),
+        OpenStream::new(&conn.active),
+    );
+    if max_requests.is_some_and(|m| conn.served >= m) {
+        conns.remove(i);
     }
     Some(out)
+}
+
+/// The worker's HTTP/2 connection to `host` with the fewest open streams.
+fn least_busy_h2(host: &Host) -> Option<H2Pick> {
+    let mut conns = host.pool.mine().h2.lock().unwrap();
+    let conn = conns
+        .iter_mut()
+        .filter(|c| !c.sender.is_closed())
+        .min_by_key(|c| c.active.load(Ordering::Relaxed))?;
+    conn.served += 1;
+    Some((
+        conn.sender.clone(),
+        conn.idle.clone(),
+        OpenStream::new(&conn.active),
+    ))
 }
 
 #[cfg(test)]
@@ -550,6 +709,7 @@ mod tests {
             sender,
             served: 1,
             idle: None,
+            expires: None,
         }
     }
 

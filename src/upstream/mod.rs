@@ -4,6 +4,7 @@ pub mod breakers;
 pub mod cluster;
 pub mod connect;
 pub mod dns;
+pub mod h2_settings;
 pub mod health_check;
 pub mod host;
 pub mod http_pool;

@@ -402,13 +402,16 @@ impl Detector {
     }
 
     /// Ejects `host` unless that would take more than `max_ejection_percent` of the
-    /// hosts out (one host may always go), or the `enforcing_*` roll says no.
+    /// hosts out (then `ejections_overflow`, even for a detection that would not be
+    /// enforced), or the `enforcing_*` roll says no. Envoy 1.40 does not make an
+    /// exception for the first ejection: with the default 10 % and fewer than ten hosts,
+    /// none is ejected.
     fn eject(&self, cluster: &Cluster, host: &Arc<Host>, kind: Kind, detail: Detail, now: Instant) {
         let c = &self.config;
         let hosts = cluster.hosts().len().max(1);
         let active = self.stats.ejections_active.get().max(0) as usize;
         let percent = 100.0 * (active + 1) as f64 / hosts as f64;
-        if percent > f64::from(c.max_ejection_percent.min(100)) && active > 0 {
+        if percent > f64::from(c.max_ejection_percent.min(100)) {
             self.stats.ejections_overflow.inc();
             return;
         }
@@ -711,7 +714,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn max_ejection_percent_keeps_hosts_in_but_one_may_always_go() {
+    async fn max_ejection_percent_keeps_hosts_in() {
         let (c, store) = cluster(
             4,
             OutlierConfig {
@@ -720,14 +723,27 @@ mod tests {
             },
         );
         for h in c.hosts() {
-            c.report(&h, Outcome::Http(502));
+            c.report(&h, Outcome::Http(500));
         }
-        // 10 % of 4 hosts is none, but one may always go.
-        assert_eq!(c.hosts().iter().filter(|h| h.is_ejected()).count(), 1);
+        // 10 % of 4 hosts is none (Envoy 1.40 ejects none either).
+        assert_eq!(c.hosts().iter().filter(|h| h.is_ejected()).count(), 0);
         assert_eq!(
             stat(&store, "cluster.c.outlier_detection.ejections_overflow"),
-            3
+            4
         );
+        // At 50 %, two of the four may go.
+        let (c, _) = cluster(
+            4,
+            OutlierConfig {
+                consecutive_5xx: 1,
+                max_ejection_percent: 50,
+                ..Default::default()
+            },
+        );
+        for h in c.hosts() {
+            c.report(&h, Outcome::Http(500));
+        }
+        assert_eq!(c.hosts().iter().filter(|h| h.is_ejected()).count(), 2);
     }
 
     #[tokio::test(start_paused = true)]

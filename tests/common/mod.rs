@@ -477,6 +477,11 @@ static_resources:
 /// A bootstrap with one tcp_proxy listener `tcp` (port 0) to cluster `backend` at
 /// `upstream`; `extra` adds TcpProxy fields (indented YAML lines).
 pub fn tcp_proxy_bootstrap(upstream: SocketAddr, stat_prefix: &str, extra: &str) -> String {
+    tcp_proxy_bootstrap_to(&[upstream], stat_prefix, extra)
+}
+
+/// [`tcp_proxy_bootstrap`] with cluster `backend` over several endpoints.
+pub fn tcp_proxy_bootstrap_to(upstreams: &[SocketAddr], stat_prefix: &str, extra: &str) -> String {
     format!(
         r#"
 admin:
@@ -495,7 +500,7 @@ static_resources:
 {extra}
   clusters:
 {}"#,
-        static_cluster("backend", &[upstream], false)
+        static_cluster("backend", upstreams, false)
     )
 }
 
