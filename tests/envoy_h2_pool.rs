@@ -151,3 +151,112 @@ async fn streams_fill_a_connection_to_the_peers_limit_then_another_opens() {
     let theirs = connections_for(Some(&envoy), 100, "", 4).await;
     assert_eq!((ours, theirs), (1, 1), "pilotfish left, Envoy right");
 }
+
+/// An HTTP/2 "server" that completes the preface (its SETTINGS and the ACK of the
+/// client's) and then reads and ignores everything: no PING is ever answered.
+async fn deaf() -> SocketAddr {
+    accept_each(|mut s| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Empty SETTINGS, then SETTINGS ACK.
+        let _ = s
+            .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0])
+            .await;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_keepalive_ping_ends_the_connection_as_in_envoy() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let up = deaf().await;
+    let yaml = http_bootstrap(
+        "              - match: { prefix: / }\n                route: { cluster: h2, timeout: 10s }\n",
+        &cluster(
+            up,
+            "connection_keepalive: { interval: 0.3s, timeout: 0.3s }",
+        ),
+    );
+    let (ours, theirs) = start_both(&envoy, &yaml).await;
+    for (p, who) in [(&theirs, "envoy"), (&ours, "pilotfish")] {
+        let (status, _) = http_get(p.listener("http"), "/").await.unwrap();
+        // The PING goes unanswered: the connection is closed and the request reset
+        // (503), long before the route's 10 s timeout (504).
+        assert_eq!(status, 503, "{who}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sent_goaway_takes_no_new_streams() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let conns = Arc::new(AtomicUsize::new(0));
+    // Each connection serves one request, then shuts down gracefully (GOAWAY).
+    let counted = conns.clone();
+    let up = accept_each(move |stream| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let tx = std::sync::Mutex::new(Some(tx));
+            let svc = hyper::service::service_fn(move |_req| {
+                if let Some(tx) = tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                        "ok",
+                    ))))
+                }
+            });
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = rx => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    })
+    .await;
+    let yaml = http_bootstrap(
+        "              - match: { prefix: / }\n                route: { cluster: h2 }\n",
+        &cluster(up, ""),
+    );
+    let (ours, theirs) = start_both(&envoy, &yaml).await;
+    for (p, who) in [(&theirs, "envoy"), (&ours, "pilotfish")] {
+        let before = conns.load(Ordering::SeqCst);
+        let stream = tokio::net::TcpStream::connect(p.listener("http"))
+            .await
+            .unwrap();
+        let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for i in 0..3 {
+            s.ready().await.unwrap();
+            let req = http::Request::get("/")
+                .header("host", "test")
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            let resp = s.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200, "{who}: request {i}");
+            let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            conns.load(Ordering::SeqCst) - before,
+            3,
+            "{who}: one connection per request"
+        );
+    }
+}
