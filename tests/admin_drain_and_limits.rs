@@ -221,11 +221,15 @@ async fn the_global_connection_limit_as_envoy_enforces_it() {
             "envoy_listener_downstream_global_cx_overflow{envoy_listener_address=\"127.0.0.1_";
         let prom = p.prometheus().await;
         let got: Vec<&str> = prom.lines().filter(|l| l.starts_with(overflow)).collect();
-        diff.check(
-            format!("{bin}: overflow counted"),
-            true,
-            got.iter().any(|l| l.ends_with(" 1")),
-        );
+        // At least once: a loaded machine may see the kernel hand over one more
+        // connection attempt before the client gives up.
+        let counted = got.iter().any(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v >= 1.0)
+        });
+        diff.check(format!("{bin}: overflow counted"), true, counted);
         // A place frees when a held connection closes.
         drop(held.pop());
         tokio::time::sleep(Duration::from_millis(300)).await;
