@@ -318,3 +318,70 @@ async fn tcp_proxy_tries_another_host_up_to_max_connect_attempts() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previous_priorities_sends_the_retry_to_the_next_priority() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    // P0's only endpoint fails every request; P1's answers.
+    let failing = accept_each(|stream| async move {
+        let svc = hyper::service::service_fn(|_req| async {
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .status(503)
+                    .body(Full::<Bytes>::default())
+                    .unwrap(),
+            )
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+            .await;
+    })
+    .await;
+    let ok = Upstream::start("p1").await;
+    let eps = [
+        locality(
+            0,
+            &format!(
+                "\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}",
+                failing.port()
+            ),
+        ),
+        locality(1, &endpoint(&ok, "")),
+    ]
+    .concat();
+    let retry = |prio: &str| {
+        format!(
+            ", retry_policy: {{ retry_on: 5xx, num_retries: 1{prio}, retry_back_off: {{ base_interval: 0.001s }} }}"
+        )
+    };
+    let prio = ", retry_priority: { name: envoy.retry_priorities.previous_priorities, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig, update_frequency: 1 } }";
+    let routes = [
+        route("/prio", "c", &retry(prio)),
+        route("/plain", "c", &retry("")),
+    ]
+    .concat();
+    let yaml = http_bootstrap(&routes, &cluster("c", "ROUND_ROBIN", "", &eps));
+    let (ours, theirs) = start_both(&envoy, &yaml).await;
+    let mut diff = Differences::default();
+    for path in ["/prio", "/plain"] {
+        for _ in 0..3 {
+            let status = |addr| async move { http_get(addr, path).await.unwrap().0 };
+            diff.check(
+                path,
+                status(theirs.listener("http")).await,
+                status(ours.listener("http")).await,
+            );
+        }
+    }
+    diff.assert_none();
+    assert_eq!(
+        http_get(ours.listener("http"), "/prio").await.unwrap().0,
+        200
+    );
+    assert_eq!(
+        http_get(ours.listener("http"), "/plain").await.unwrap().0,
+        503
+    );
+}

@@ -121,16 +121,24 @@ pub fn retry_policy(p: &RetryPolicyPb, path: &str) -> Result<RetryPolicy> {
             None => return Err(format!("{ppath}.typed_config: required")),
         }
     }
-    // A retry priority over one priority level changes nothing: pilotfish's endpoints
-    // are all at priority 0 (other priorities are rejected).
     if let Some(prio) = &p.retry_priority {
         let ppath = format!("{path}.retry_priority");
-        match typed_name(
-            prio.config_type
-                .as_ref()
-                .map(|retry_policy::retry_priority::ConfigType::TypedConfig(a)| a),
-        ) {
-            Some(PREVIOUS_PRIORITIES) => {}
+        let any = prio
+            .config_type
+            .as_ref()
+            .map(|retry_policy::retry_priority::ConfigType::TypedConfig(a)| a);
+        match typed_name(any) {
+            Some(PREVIOUS_PRIORITIES) => {
+                use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
+                let cfg: PreviousPrioritiesConfig = proto::unpack(any.expect("named"))
+                    .map_err(|e| format!("{ppath}.typed_config: {e}"))?;
+                if cfg.update_frequency <= 0 {
+                    return Err(format!(
+                        "{ppath}.typed_config.update_frequency: must be greater than 0"
+                    ));
+                }
+                out.previous_priorities = Some(cfg.update_frequency as u32);
+            }
             Some(other) => return Err(format!("{ppath}.typed_config ({other}): not supported")),
             None => return Err(format!("{ppath}.typed_config: required")),
         }

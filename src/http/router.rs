@@ -936,6 +936,7 @@ impl HttpConnectionManager {
                     unreachable!("only a request with retries is retried")
                 };
                 rs.tried.push(host.addr);
+                rs.tried_priorities.push(host.attrs().priority);
                 let backoff = tokio::time::sleep(wait);
                 let timed_out = match deadline.as_mut() {
                     Some(d) => tokio::select! {
@@ -1129,6 +1130,7 @@ impl HttpConnectionManager {
                     match decision {
                         Decision::Retry(wait) => {
                             rs.tried.push(to.addr);
+                            rs.tried_priorities.push(to.attrs().priority);
                             try_deadline = None;
                             launch_at = Some(Box::pin(tokio::time::sleep(wait)));
                         }
@@ -1154,6 +1156,8 @@ impl HttpConnectionManager {
                     match rs.on_hedge(cluster) {
                         Decision::Retry(wait) => {
                             rs.tried.push(host.addr);
+                            rs.tried_priorities.push(host.attrs().priority);
+                rs.tried_priorities.push(host.attrs().priority);
                             launch_at = Some(Box::pin(tokio::time::sleep(wait)));
                         }
                         Decision::LimitExceeded => retry_flags.limit_exceeded = true,
@@ -1593,17 +1597,21 @@ fn report_outlier(
 /// can land elsewhere.
 fn retry_host(
     cluster: &Cluster,
-    rs: &RetryState<'_>,
+    rs: &mut RetryState<'_>,
     dst: SocketAddr,
     hash: Option<u64>,
 ) -> Option<Arc<Host>> {
-    let mut host = cluster.pick_hashed(Some(dst), hash)?;
+    let tried = std::mem::take(&mut rs.tried_priorities);
+    let excluded = rs.excluded_priorities(&tried).map(<[bool]>::to_vec);
+    rs.tried_priorities = tried;
+    let excluded = excluded.unwrap_or_default();
+    let mut host = cluster.pick_excluding(Some(dst), hash, &excluded)?;
     for attempt in 1..=rs.policy().host_selection_max_attempts {
         if !rs.rejects(host.addr) {
             break;
         }
         let hash = hash.map(|h| h ^ (u64::MAX - u64::from(attempt) + 1));
-        host = cluster.pick_hashed(Some(dst), hash)?;
+        host = cluster.pick_excluding(Some(dst), hash, &excluded)?;
     }
     Some(host)
 }

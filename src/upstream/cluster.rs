@@ -179,6 +179,17 @@ impl Cluster {
         original_dst: Option<SocketAddr>,
         hash: Option<u64>,
     ) -> Option<Arc<Host>> {
+        self.pick_excluding(original_dst, hash, &[])
+    }
+
+    /// [`pick_hashed`](Self::pick_hashed) leaving the `excluded` priority levels out
+    /// (a retry's `previous_priorities`).
+    pub fn pick_excluding(
+        &self,
+        original_dst: Option<SocketAddr>,
+        hash: Option<u64>,
+        excluded: &[bool],
+    ) -> Option<Arc<Host>> {
         if self.config.discovery == Discovery::OriginalDst {
             let addr = original_dst?;
             let mut map = self.original_dst.lock().unwrap();
@@ -186,7 +197,7 @@ impl Cluster {
         }
         let set = self.hosts.load();
         let mut panicked = false;
-        let host = set.pick(hash, &mut panicked).cloned();
+        let host = set.pick_excluding(hash, excluded, &mut panicked).cloned();
         if panicked {
             self.stats.lb_healthy_panic.inc();
         }

@@ -135,6 +135,9 @@ pub struct RetryPolicy {
     pub retriable_request_headers: Vec<HeaderMatcher>,
     /// `previous_hosts`: a retry avoids the hosts already tried.
     pub previous_hosts: bool,
+    /// `previous_priorities` with its `update_frequency`: every that many attempts, the
+    /// priorities tried so far are left out of the priority load for the next pick.
+    pub previous_priorities: Option<u32>,
     /// `host_selection_retry_max_attempts`: picks made to find a host the predicates
     /// accept before taking whatever the last pick was (Envoy's default 1).
     pub host_selection_max_attempts: u32,
@@ -156,6 +159,7 @@ impl Default for RetryPolicy {
             retriable_headers: Vec::new(),
             retriable_request_headers: Vec::new(),
             previous_hosts: false,
+            previous_priorities: None,
             host_selection_max_attempts: 1,
             hedge_on_per_try_timeout: false,
         }

@@ -51,6 +51,9 @@ pub struct RetryState<'a> {
     next_backoff: Duration,
     /// Hosts tried so far, for `previous_hosts`.
     pub tried: Vec<SocketAddr>,
+    /// `previous_priorities`: the tried hosts' priority levels, and the levels left out.
+    pub tried_priorities: Vec<u32>,
+    excluded: Option<Vec<bool>>,
     /// The retry breaker's slot, held from a retry's scheduling until its outcome.
     permit: Option<RetryPermit>,
     pub retries: u32,
@@ -114,6 +117,8 @@ impl<'a> RetryState<'a> {
             extra_headers,
             next_backoff: policy.back_off.0,
             tried: Vec::new(),
+            tried_priorities: Vec::new(),
+            excluded: None,
             permit: None,
             retries: 0,
             started: false,
@@ -310,6 +315,26 @@ impl<'a> RetryState<'a> {
     /// With `previous_hosts`, whether `host` was tried already.
     pub fn rejects(&self, host: SocketAddr) -> bool {
         self.policy.previous_hosts && self.tried.contains(&host)
+    }
+
+    /// With `previous_priorities`, the priority levels to leave out of the next pick:
+    /// recomputed every `update_frequency` attempts from the tried hosts' priorities,
+    /// kept in between, as Envoy's retry priority does.
+    pub fn excluded_priorities(&mut self, tried_priorities: &[u32]) -> Option<&[bool]> {
+        let every = self.policy.previous_priorities? as usize;
+        let n = tried_priorities.len();
+        if n < every {
+            return None;
+        }
+        if n.is_multiple_of(every) {
+            let levels = tried_priorities.iter().max().map_or(0, |m| *m as usize + 1);
+            let mut excluded = vec![false; levels];
+            for &p in tried_priorities {
+                excluded[p as usize] = true;
+            }
+            self.excluded = Some(excluded);
+        }
+        self.excluded.as_deref()
     }
 }
 

@@ -28,6 +28,9 @@ pub struct HostSet {
     pub all: Vec<Arc<Host>>,
     levels: Vec<Level>,
     loads: Loads,
+    /// Per level, and the overprovisioning factor (for `previous_priorities`).
+    level_counts: Vec<Counts>,
+    overprovisioning: u32,
     pub counts: Counts,
     /// The policy balances by the request's hash.
     hashing: bool,
@@ -118,6 +121,8 @@ impl HostSet {
         HostSet {
             all,
             loads: Loads::compute(&counts, overprovisioning, lb.panic_threshold),
+            level_counts: counts.clone(),
+            overprovisioning,
             levels,
             counts: total,
             hashing: lb.policy.hashes(),
@@ -128,10 +133,28 @@ impl HostSet {
     /// also choose the priority by it, as Envoy's do); `panicked` is set when the chosen
     /// level was in panic.
     pub fn pick(&self, hash: Option<u64>, panicked: &mut bool) -> Option<&Arc<Host>> {
+        self.pick_excluding(hash, &[], panicked)
+    }
+
+    /// [`pick`](Self::pick) with the `excluded` priority levels' load moved to the
+    /// others (a retry's `previous_priorities`).
+    pub fn pick_excluding(
+        &self,
+        hash: Option<u64>,
+        excluded: &[bool],
+        panicked: &mut bool,
+    ) -> Option<&Arc<Host>> {
         if self.all.is_empty() {
             return None;
         }
-        let (level, source) = self.loads.choose(
+        let adjusted = if excluded.iter().any(|&e| e) {
+            self.loads
+                .excluding(&self.level_counts, self.overprovisioning, excluded)
+        } else {
+            None
+        };
+        let loads = adjusted.as_ref().unwrap_or(&self.loads);
+        let (level, source) = loads.choose(
             hash.filter(|_| self.hashing)
                 .unwrap_or_else(|| fastrand::u64(..)),
         );

@@ -97,6 +97,80 @@ impl Loads {
         out
     }
 
+    /// The loads with the `excluded` levels left out, as Envoy's `previous_priorities`
+    /// spreads them: the remaining levels' health and degraded shares (capped at 100 %
+    /// in sum) split 100 %; `None` when nothing remains (then the loads stand).
+    pub fn excluding(
+        &self,
+        levels: &[Counts],
+        overprovisioning: u32,
+        excluded: &[bool],
+    ) -> Option<Loads> {
+        let share = |part: u32, total: u32| -> u32 {
+            if total == 0 {
+                return 0;
+            }
+            (u64::from(overprovisioning) * u64::from(part) / u64::from(total)).min(100) as u32
+        };
+        let out_of = |i: usize| excluded.get(i).copied().unwrap_or(false);
+        let health: Vec<u32> = levels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if out_of(i) {
+                    0
+                } else {
+                    share(c.healthy, c.total)
+                }
+            })
+            .collect();
+        let degraded: Vec<u32> = levels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if out_of(i) {
+                    0
+                } else {
+                    share(c.degraded, c.total)
+                }
+            })
+            .collect();
+        let total = health.iter().chain(&degraded).sum::<u32>().min(100);
+        if total == 0 {
+            return None;
+        }
+        let mut out = Loads {
+            healthy: vec![0; levels.len()],
+            degraded: vec![0; levels.len()],
+            panic: self.panic.clone(),
+        };
+        let mut left = 100u32;
+        while left > 0 {
+            let before = left;
+            for (i, &h) in health.iter().enumerate() {
+                let d = left.min(h * 100 / total);
+                out.healthy[i] += d;
+                left -= d;
+            }
+            for (i, &h) in degraded.iter().enumerate() {
+                let d = left.min(h * 100 / total);
+                out.degraded[i] += d;
+                left -= d;
+            }
+            if left == before {
+                // Rounding left a remainder no level's share reaches: the first
+                // available level takes it.
+                if let Some(i) = health.iter().position(|&h| h > 0) {
+                    out.healthy[i] += left;
+                } else if let Some(i) = degraded.iter().position(|&h| h > 0) {
+                    out.degraded[i] += left;
+                }
+                left = 0;
+            }
+        }
+        Some(out)
+    }
+
     /// The level and hosts for a request, from `roll` (uniform; only `roll % 100`
     /// counts).
     pub fn choose(&self, roll: u64) -> (usize, Source) {
@@ -200,6 +274,19 @@ mod tests {
         let l = Loads::compute(&[c(1, 0, 0), c(3, 0, 0)], 140, 50.0);
         assert_eq!(l.healthy, [25, 75]);
         assert_eq!(l.panic, [true, true]);
+    }
+
+    #[test]
+    fn previous_priorities_moves_the_load_off_tried_levels() {
+        let levels = [c(2, 2, 0), c(2, 2, 0), c(2, 2, 0)];
+        let l = Loads::compute(&levels, 140, 50.0);
+        assert_eq!(l.healthy, [100, 0, 0]);
+        // Envoy caps the remaining availability at 100 %: the next level takes it all.
+        let next = l.excluding(&levels, 140, &[true]).unwrap();
+        assert_eq!(next.healthy, [0, 100, 0]);
+        let next = l.excluding(&levels, 140, &[true, true]).unwrap();
+        assert_eq!(next.healthy, [0, 0, 100]);
+        assert!(l.excluding(&levels, 140, &[true, true, true]).is_none());
     }
 
     #[test]
