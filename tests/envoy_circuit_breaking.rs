@@ -251,23 +251,9 @@ async fn a_failing_endpoint_is_ejected_after_consecutive_5xx_as_in_envoy() {
     // On one connection, so that one worker of each proxy alternates the two hosts
     // (Envoy's round robin is per worker).
     for proxy in [&theirs, &ours] {
-        let stream = tokio::net::TcpStream::connect(proxy.listener("http"))
-            .await
-            .unwrap();
-        let (mut s, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut c = KeepAlive::open(proxy.listener("http")).await;
         for _ in 0..12 {
-            s.ready().await.unwrap();
-            let req = http::Request::get("/pair")
-                .header("host", "test")
-                .body(Full::<Bytes>::default())
-                .unwrap();
-            let resp = s.send_request(req).await.unwrap();
-            assert_eq!(resp.status(), 503);
-            let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+            assert_eq!(c.get("/pair").await, 503);
         }
     }
     for stat in [

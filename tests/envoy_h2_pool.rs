@@ -235,22 +235,9 @@ async fn a_connection_that_sent_goaway_takes_no_new_streams() {
     let (ours, theirs) = start_both(&envoy, &yaml).await;
     for (p, who) in [(&theirs, "envoy"), (&ours, "pilotfish")] {
         let before = conns.load(Ordering::SeqCst);
-        let stream = tokio::net::TcpStream::connect(p.listener("http"))
-            .await
-            .unwrap();
-        let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let mut c = KeepAlive::open(p.listener("http")).await;
         for i in 0..3 {
-            s.ready().await.unwrap();
-            let req = http::Request::get("/")
-                .header("host", "test")
-                .body(Full::<Bytes>::default())
-                .unwrap();
-            let resp = s.send_request(req).await.unwrap();
-            assert_eq!(resp.status(), 200, "{who}: request {i}");
-            let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+            assert_eq!(c.get("/").await, 200, "{who}: request {i}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(

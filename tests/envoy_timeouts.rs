@@ -343,23 +343,10 @@ async fn upstream_connections_end_at_max_connection_duration_as_in_envoy() {
         // On one downstream connection (one worker, one pool): two requests in quick
         // succession share an upstream connection; one after its lifetime gets a new
         // one.
-        let stream = tokio::net::TcpStream::connect(proxy.listener("http"))
-            .await
-            .unwrap();
-        let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let mut c = KeepAlive::open(proxy.listener("http")).await;
         for pause in [0, 0, 900] {
             tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-            s.ready().await.unwrap();
-            let req = Request::get("/")
-                .header("host", "test")
-                .body(Full::<Bytes>::default())
-                .unwrap();
-            let resp = s.send_request(req).await.unwrap();
-            assert_eq!(resp.status(), 200, "{which}");
-            let _ = resp.into_body().collect().await;
+            assert_eq!(c.get("/").await, 200, "{which}");
         }
         let conns = up.connections.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(conns, 2, "{which}: upstream connections");

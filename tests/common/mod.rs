@@ -278,6 +278,34 @@ pub async fn send(
     Ok((parts.status, parts.headers, body))
 }
 
+/// One HTTP/1.1 keep-alive connection to `addr`: every request on it meets the same
+/// worker of the proxy (and so the same upstream pool and round-robin schedule).
+pub struct KeepAlive(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
+
+impl KeepAlive {
+    pub async fn open(addr: SocketAddr) -> KeepAlive {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        KeepAlive(s)
+    }
+
+    /// GETs `path` (host `test`) and reads the whole answer; returns its status.
+    pub async fn get(&mut self, path: &str) -> u16 {
+        self.0.ready().await.unwrap();
+        let req = Request::get(path)
+            .header("host", "test")
+            .body(Full::default())
+            .unwrap();
+        let resp = self.0.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let _ = resp.into_body().collect().await;
+        status
+    }
+}
+
 /// One request an upstream saw.
 #[derive(Debug, Clone)]
 pub struct Seen {
