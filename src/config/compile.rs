@@ -1390,6 +1390,74 @@ fn hex(t: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// LEAST_REQUEST's settings (legacy `least_request_lb_config` or the typed policy),
+/// in Envoy's ranges: `choice_count` at least 2 (default 2), a finite bias of at least
+/// 0 (default 1).
+fn least_request(
+    choice_count: Option<u32>,
+    bias: Option<f64>,
+    full_scan: bool,
+    path: &str,
+) -> Result<LbPolicy> {
+    let choice_count = choice_count.unwrap_or(2);
+    if choice_count < 2 {
+        return Err(format!(
+            "{path}.choice_count: must be at least 2, got {choice_count}"
+        ));
+    }
+    let bias = bias.unwrap_or(1.0);
+    if !(bias >= 0.0 && bias.is_finite()) {
+        return Err(format!(
+            "{path}.active_request_bias: {bias} must be a finite number of at least 0"
+        ));
+    }
+    Ok(LbPolicy::LeastRequest {
+        choice_count,
+        active_request_bias: bias,
+        full_scan,
+    })
+}
+
+/// RING_HASH's settings: ring sizes within 1..8388608 (defaults 1024 and 8388608),
+/// `hash_function` XX_HASH (0) only.
+fn ring_hash(
+    min: Option<u64>,
+    max: Option<u64>,
+    hash_function: i32,
+    path: &str,
+) -> Result<LbPolicy> {
+    const MAX: u64 = 8 * 1024 * 1024;
+    let (min_size, max_size) = (min.unwrap_or(1024), max.unwrap_or(MAX));
+    for (name, v) in [
+        ("minimum_ring_size", min_size),
+        ("maximum_ring_size", max_size),
+    ] {
+        if v == 0 || v > MAX {
+            return Err(format!("{path}.{name}: {v} is not within 1..8388608"));
+        }
+    }
+    if min_size > max_size {
+        return Err(format!(
+            "{path}: minimum_ring_size ({min_size}) is above maximum_ring_size ({max_size})"
+        ));
+    }
+    if hash_function != 0 {
+        return Err(format!("{path}.hash_function: only XX_HASH is supported"));
+    }
+    Ok(LbPolicy::RingHash { min_size, max_size })
+}
+
+/// MAGLEV's `table_size`: a prime no larger than 5000011 (default 65537).
+fn maglev(table_size: Option<u64>, path: &str) -> Result<LbPolicy> {
+    let table_size = table_size.unwrap_or(65537);
+    if table_size > 5_000_011 || !crate::upstream::lb::hash::is_prime(table_size) {
+        return Err(format!(
+            "{path}.table_size: {table_size} must be a prime number no larger than 5000011"
+        ));
+    }
+    Ok(LbPolicy::Maglev { table_size })
+}
+
 /// `load_balancing_policy`: the first policy pilotfish implements, as Envoy takes the
 /// first it has a factory for; it replaces `lb_policy`. (Deprecated fields are still
 /// honoured, as Envoy honours them.)
@@ -1451,36 +1519,19 @@ fn typed_lb_policy(
             "least_request.v3.LeastRequest" => {
                 let l: LeastRequest = proto::unpack(any).map_err(unpack_err)?;
                 out.locality_weighted = locality(&l.locality_lb_config, &ppath)?;
-                let choice_count = l.choice_count.as_ref().map_or(2, |v| v.value);
-                if choice_count < 2 {
-                    return Err(format!(
-                        "{ppath}.choice_count: must be at least 2, got {choice_count}"
-                    ));
-                }
-                let bias = l
-                    .active_request_bias
-                    .as_ref()
-                    .map_or(1.0, |v| v.default_value);
-                if !(bias >= 0.0 && bias.is_finite()) {
-                    return Err(format!(
-                        "{ppath}.active_request_bias: {bias} must be a finite number of at least 0"
-                    ));
-                }
                 // SelectionMethod: N_CHOICES 0, FULL_SCAN 1; `enable_full_scan` is the
                 // older switch.
                 let full_scan =
                     l.selection_method == 1 || l.enable_full_scan.as_ref().is_some_and(|b| b.value);
-                LbPolicy::LeastRequest {
-                    choice_count,
-                    active_request_bias: bias,
+                least_request(
+                    l.choice_count.as_ref().map(|v| v.value),
+                    l.active_request_bias.as_ref().map(|v| v.default_value),
                     full_scan,
-                }
+                    &ppath,
+                )?
             }
             "ring_hash.v3.RingHash" => {
                 let r: RingHash = proto::unpack(any).map_err(unpack_err)?;
-                if r.hash_function != 0 {
-                    return Err(format!("{ppath}.hash_function: only XX_HASH is supported"));
-                }
                 if r.hash_balance_factor.is_some() {
                     return Err(format!("{ppath}.hash_balance_factor: not supported"));
                 }
@@ -1493,14 +1544,12 @@ fn typed_lb_policy(
                     || r.consistent_hashing_lb_config
                         .as_ref()
                         .is_some_and(|h| h.use_hostname_for_hashing);
-                let min_size = r.minimum_ring_size.as_ref().map_or(1024, |v| v.value);
-                let max_size = r.maximum_ring_size.as_ref().map_or(8 << 20, |v| v.value);
-                if min_size == 0 || max_size == 0 || min_size > max_size || max_size > 8 << 20 {
-                    return Err(format!(
-                        "{ppath}: ring sizes {min_size}..{max_size} are not within 1..8388608"
-                    ));
-                }
-                LbPolicy::RingHash { min_size, max_size }
+                ring_hash(
+                    r.minimum_ring_size.as_ref().map(|v| v.value),
+                    r.maximum_ring_size.as_ref().map(|v| v.value),
+                    r.hash_function,
+                    &ppath,
+                )?
             }
             "maglev.v3.Maglev" => {
                 let m: Maglev = proto::unpack(any).map_err(unpack_err)?;
@@ -1513,14 +1562,7 @@ fn typed_lb_policy(
                     .consistent_hashing_lb_config
                     .as_ref()
                     .is_some_and(|h| h.use_hostname_for_hashing);
-                let table_size = m.table_size.as_ref().map_or(65537, |v| v.value);
-                if table_size > 5_000_011 || !crate::upstream::lb::hash::is_prime(table_size) {
-                    return Err(format!(
-                        "{ppath}.table_size: {table_size} must be a prime number no larger than \
-                         5000011"
-                    ));
-                }
-                LbPolicy::Maglev { table_size }
+                maglev(m.table_size.as_ref().map(|v| v.value), &ppath)?
             }
             _ => continue,
         };
@@ -1740,75 +1782,36 @@ fn lb_config(c: &Cluster, discovery: Discovery, path: &str) -> Result<LbConfig> 
                 Some(cluster::LbConfig::RingHashLbConfig(r)) => Some(r),
                 _ => None,
             };
-            let rpath = format!("{path}.ring_hash_lb_config");
-            let min_size = cfg
-                .and_then(|r| r.minimum_ring_size.as_ref())
-                .map_or(1024, |v| v.value);
-            let max_size = cfg
-                .and_then(|r| r.maximum_ring_size.as_ref())
-                .map_or(8 * 1024 * 1024, |v| v.value);
-            if min_size == 0 || min_size > 8 * 1024 * 1024 {
-                return Err(format!(
-                    "{rpath}.minimum_ring_size: {min_size} is not within 1..8388608"
-                ));
-            }
-            if max_size == 0 || max_size > 8 * 1024 * 1024 {
-                return Err(format!(
-                    "{rpath}.maximum_ring_size: {max_size} is not within 1..8388608"
-                ));
-            }
-            if min_size > max_size {
-                return Err(format!(
-                    "{rpath}: minimum_ring_size ({min_size}) is above maximum_ring_size ({max_size})"
-                ));
-            }
-            if cfg.is_some_and(|r| r.hash_function != 0) {
-                return Err(format!("{rpath}.hash_function: only XX_HASH is supported"));
-            }
-            LbPolicy::RingHash { min_size, max_size }
+            ring_hash(
+                cfg.and_then(|r| r.minimum_ring_size.as_ref())
+                    .map(|v| v.value),
+                cfg.and_then(|r| r.maximum_ring_size.as_ref())
+                    .map(|v| v.value),
+                cfg.map_or(0, |r| r.hash_function),
+                &format!("{path}.ring_hash_lb_config"),
+            )?
         }
         (_, cluster::LbPolicy::Maglev) => {
-            let table_size = match &c.lb_config {
+            let size = match &c.lb_config {
                 Some(cluster::LbConfig::MaglevLbConfig(m)) => {
-                    m.table_size.as_ref().map_or(65537, |v| v.value)
+                    m.table_size.as_ref().map(|v| v.value)
                 }
-                _ => 65537,
+                _ => None,
             };
-            if table_size > 5_000_011 || !crate::upstream::lb::hash::is_prime(table_size) {
-                return Err(format!(
-                    "{path}.maglev_lb_config.table_size: {table_size} must be a prime number no \
-                     larger than 5000011"
-                ));
-            }
-            LbPolicy::Maglev { table_size }
+            maglev(size, &format!("{path}.maglev_lb_config"))?
         }
         (_, cluster::LbPolicy::LeastRequest) => {
             let cfg = match &c.lb_config {
                 Some(cluster::LbConfig::LeastRequestLbConfig(l)) => Some(l),
                 _ => None,
             };
-            let lpath = format!("{path}.least_request_lb_config");
-            let choice_count = cfg
-                .and_then(|l| l.choice_count.as_ref())
-                .map_or(2, |v| v.value);
-            if choice_count < 2 {
-                return Err(format!(
-                    "{lpath}.choice_count: must be at least 2, got {choice_count}"
-                ));
-            }
-            let bias = cfg
-                .and_then(|l| l.active_request_bias.as_ref())
-                .map_or(1.0, |v| v.default_value);
-            if !(bias >= 0.0 && bias.is_finite()) {
-                return Err(format!(
-                    "{lpath}.active_request_bias: {bias} must be a finite number of at least 0"
-                ));
-            }
-            LbPolicy::LeastRequest {
-                choice_count,
-                active_request_bias: bias,
-                full_scan: false,
-            }
+            least_request(
+                cfg.and_then(|l| l.choice_count.as_ref()).map(|v| v.value),
+                cfg.and_then(|l| l.active_request_bias.as_ref())
+                    .map(|v| v.default_value),
+                false,
+                &format!("{path}.least_request_lb_config"),
+            )?
         }
         (_, other) => {
             return Err(format!(

@@ -29,10 +29,18 @@ impl Breakers {
                 u64::from(max),
                 gauge(store, cluster, open),
                 track_remaining.then(|| gauge(store, cluster, remaining)),
+                false,
             )
         };
+        // tcp_proxy connections wait for a connection slot to be given back.
+        let connections = Resource::new(
+            u64::from(limits.max_connections),
+            gauge(store, cluster, "cx_open"),
+            track_remaining.then(|| gauge(store, cluster, "remaining_cx")),
+            true,
+        );
         Breakers {
-            connections: r(limits.max_connections, "cx_open", "remaining_cx"),
+            connections,
             pending: r(
                 limits.max_pending_requests,
                 "rq_pending_open",
@@ -64,8 +72,9 @@ struct State {
     max: AtomicU64,
     open: Gauge,
     remaining: Option<Gauge>,
-    /// Told on every release, for a caller waiting for a free slot.
-    released: tokio::sync::Notify,
+    /// Told on every release, for a caller waiting for a free slot (only resources
+    /// something waits on: a request's release need not pay for it).
+    released: Option<tokio::sync::Notify>,
 }
 
 /// A unit of a resource in use; given back when dropped.
@@ -73,13 +82,13 @@ struct State {
 pub struct Slot(Arc<State>);
 
 impl Resource {
-    fn new(max: u64, open: Gauge, remaining: Option<Gauge>) -> Self {
+    fn new(max: u64, open: Gauge, remaining: Option<Gauge>, waited_on: bool) -> Self {
         let state = State {
             used: AtomicU64::new(0),
             max: AtomicU64::new(max),
             open,
             remaining,
-            released: tokio::sync::Notify::new(),
+            released: waited_on.then(tokio::sync::Notify::new),
         };
         state.update(0);
         Resource {
@@ -122,7 +131,10 @@ impl Resource {
 
     /// Waits for a slot to be given back (then try again: another may take it first).
     pub async fn released(&self) {
-        self.state.released.notified().await;
+        match &self.state.released {
+            Some(n) => n.notified().await,
+            None => std::future::pending().await,
+        }
     }
 
     pub fn can_acquire(&self) -> bool {
@@ -152,7 +164,9 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let used = self.0.used.fetch_sub(1, Ordering::Relaxed) - 1;
         self.0.update(used);
-        self.0.released.notify_one();
+        if let Some(n) = &self.0.released {
+            n.notify_one();
+        }
     }
 }
 

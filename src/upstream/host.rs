@@ -82,11 +82,7 @@ pub enum Health {
 
 impl Host {
     pub fn new(addr: SocketAddr) -> Arc<Self> {
-        Self::named(addr, None)
-    }
-
-    pub fn named(addr: SocketAddr, hostname: Option<Arc<str>>) -> Arc<Self> {
-        Self::with(addr, None, hostname, EndpointAttrs::default())
+        Self::with(addr, None, None, EndpointAttrs::default())
     }
 
     /// A host reached over the Unix socket at `path`.

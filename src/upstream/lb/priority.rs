@@ -39,14 +39,7 @@ impl Loads {
             degraded: vec![0; n],
             panic: vec![false; n],
         };
-        let share = |part: u32, total: u32| -> u32 {
-            if total == 0 {
-                return 0;
-            }
-            (u64::from(overprovisioning) * u64::from(part) / u64::from(total)).min(100) as u32
-        };
-        let health: Vec<u32> = levels.iter().map(|c| share(c.healthy, c.total)).collect();
-        let degraded: Vec<u32> = levels.iter().map(|c| share(c.degraded, c.total)).collect();
+        let (health, degraded) = availability(levels, overprovisioning, &[]);
         let availability = health.iter().chain(&degraded).sum::<u32>().min(100);
         if availability > 0 {
             let (first_healthy, left) = distribute(&mut out.healthy, &health, 100, availability);
@@ -106,35 +99,7 @@ impl Loads {
         overprovisioning: u32,
         excluded: &[bool],
     ) -> Option<Loads> {
-        let share = |part: u32, total: u32| -> u32 {
-            if total == 0 {
-                return 0;
-            }
-            (u64::from(overprovisioning) * u64::from(part) / u64::from(total)).min(100) as u32
-        };
-        let out_of = |i: usize| excluded.get(i).copied().unwrap_or(false);
-        let health: Vec<u32> = levels
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if out_of(i) {
-                    0
-                } else {
-                    share(c.healthy, c.total)
-                }
-            })
-            .collect();
-        let degraded: Vec<u32> = levels
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if out_of(i) {
-                    0
-                } else {
-                    share(c.degraded, c.total)
-                }
-            })
-            .collect();
+        let (health, degraded) = availability(levels, overprovisioning, excluded);
         let total = health.iter().chain(&degraded).sum::<u32>().min(100);
         if total == 0 {
             return None;
@@ -190,6 +155,26 @@ impl Loads {
         }
         (0, source(0, Source::Healthy))
     }
+}
+
+/// Each level's healthy and degraded availability in percent: its share of the level's
+/// hosts times the overprovisioning factor, capped at 100; 0 for `excluded` levels.
+fn availability(
+    levels: &[Counts],
+    overprovisioning: u32,
+    excluded: &[bool],
+) -> (Vec<u32>, Vec<u32>) {
+    let share = |i: usize, part: u32, total: u32| -> u32 {
+        if total == 0 || excluded.get(i).copied().unwrap_or(false) {
+            return 0;
+        }
+        (u64::from(overprovisioning) * u64::from(part) / u64::from(total)).min(100) as u32
+    };
+    levels
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (share(i, c.healthy, c.total), share(i, c.degraded, c.total)))
+        .unzip()
 }
 
 /// Gives each level as much of `total` as its availability allows, highest first.
