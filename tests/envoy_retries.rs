@@ -78,6 +78,29 @@ async fn answer(
         })
         .collect();
     envoy_headers.sort();
+    // `early`: the first `n` attempts get 503 (with `retry-after: 5`) as soon as
+    // their headers are in, before any of the body is read.
+    if let [id, n, "early", _] = path.rsplitn(4, '/').collect::<Vec<_>>()[..] {
+        let seen = {
+            let mut all = hits.lock().unwrap();
+            let list = all.entry(id.to_owned()).or_default();
+            list.push(Hit {
+                upstream: name,
+                attempt_count: attempt_count.clone(),
+                expected_timeout: expected_timeout.clone(),
+                envoy_headers: envoy_headers.clone(),
+                body: Bytes::new(),
+            });
+            list.len()
+        };
+        if seen <= n.parse().unwrap() {
+            return Ok(Response::builder()
+                .status(503)
+                .header("retry-after", "5")
+                .body(full("early 503"))
+                .unwrap());
+        }
+    }
     let body = req.into_body().collect().await.unwrap().to_bytes();
     // `/<route>/<mode>/<n>/<id>`: the last three segments say what to do.
     let parts: Vec<&str> = path.rsplitn(4, '/').collect();
@@ -262,6 +285,25 @@ fn bootstrap(a: SocketAddr, b: SocketAddr, dead: SocketAddr, h2: SocketAddr) -> 
             &format!("{ISTIO}, retriable_status_codes: [503]"),
         ),
         route("/tight/", "tight", "", "retry_on: 5xx, num_retries: 2"),
+        route(
+            "/early/",
+            "a",
+            "",
+            "retry_on: 5xx, num_retries: 2, rate_limited_retry_back_off: { reset_headers: [{ name: retry-after }], max_interval: 10s }",
+        ),
+        route(
+            "/canary/",
+            "omit",
+            "",
+            "retry_on: 5xx, retry_host_predicate: [{ name: envoy.retry_host_predicates.omit_canary_hosts, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate } }], host_selection_retry_max_attempts: 3",
+        ),
+        route(
+            "/meta/",
+            "omit",
+            "",
+            "retry_on: 5xx, retry_host_predicate: [{ name: envoy.retry_host_predicates.omit_host_metadata, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig, metadata_match: { filter_metadata: { envoy.lb: { version: v1 } } } } }], host_selection_retry_max_attempts: 3",
+        ),
+        route("/omit-none/", "omit", "", "retry_on: 5xx"),
         route("/budget/", "budget", "", "retry_on: 5xx, num_retries: 2"),
         "              - match: { prefix: \"/\" }\n                route: { cluster: a }\n"
             .to_owned(),
@@ -272,6 +314,12 @@ fn bootstrap(a: SocketAddr, b: SocketAddr, dead: SocketAddr, h2: SocketAddr) -> 
         static_cluster("dead", &[dead], false),
         static_cluster("h2", &[h2], true),
         static_cluster("pair", &[a, b], false),
+        // `a` is the canary, and version v1.
+        format!(
+            "  - name: omit\n    connect_timeout: 1s\n    type: STATIC\n    load_assignment:\n      cluster_name: omit\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}\n          metadata: {{ filter_metadata: {{ envoy.lb: {{ canary: true, version: v1 }} }} }}\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}\n          metadata: {{ filter_metadata: {{ envoy.lb: {{ version: [v2, v3] }} }} }}\n",
+            a.port(),
+            b.port()
+        ),
         static_cluster("tight", &[a], false)
             + "    circuit_breakers: { thresholds: [{ max_retries: 0 }] }\n",
         static_cluster("budget", &[a], false)
@@ -494,6 +542,12 @@ async fn retries_match_envoy() {
             ));
         }
     }
+    // Responses that were retried count under `retry.`, once the retry is made.
+    samples.extend([
+        "envoy_cluster_retry_upstream_rq{envoy_response_code=\"503\",envoy_cluster_name=\"a\"}".to_owned(),
+        "envoy_cluster_retry_upstream_rq_xx{envoy_response_code_class=\"5\",envoy_cluster_name=\"a\"}".to_owned(),
+        "envoy_cluster_retry_upstream_rq_completed{envoy_cluster_name=\"a\"}".to_owned(),
+    ]);
     for code in ["200", "503", "500", "504"] {
         samples.push(format!(
             "envoy_cluster_upstream_rq{{envoy_response_code=\"{code}\",envoy_cluster_name=\"a\"}}"
@@ -621,4 +675,122 @@ async fn trusted_control_headers_match_envoy() {
         }
     }
     diffs.assert_none();
+}
+
+/// `omit_canary_hosts` and `omit_host_metadata` keep retries off the canary (`a`, also
+/// version v1), never the first attempt, in pilotfish as in Envoy. Every other request
+/// goes first to `b` (a plain request shifts the round robin), so that the retry's own
+/// pick would be `a`: the predicate must turn it down.
+#[tokio::test]
+async fn host_predicates_keep_retries_off_omitted_hosts() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let hits = Hits::default();
+    let a = flaky("a", hits.clone()).await;
+    let b = flaky("b", hits.clone()).await;
+    let yaml = bootstrap(a, b, b, b);
+    let (ours, theirs) = start_both(&envoy, &yaml).await;
+    for (tag, proxy) in [("ours", &ours), ("envoy", &theirs)] {
+        let mut conn = KeepAlive::open(proxy.listener("http")).await;
+        for route in ["canary", "meta", "omit-none"] {
+            let mut pairs = Vec::new();
+            for i in 0..6 {
+                if i % 2 == 1 {
+                    conn.get(&format!("/omit-none/ok/0/{tag}-{route}-shift{i}"))
+                        .await;
+                }
+                let id = format!("{tag}-{route}-{i}");
+                assert_eq!(conn.get(&format!("/{route}/status-503/1/{id}")).await, 200);
+                let seen = hits.lock().unwrap()[&id].clone();
+                pairs.push((seen[0].upstream, seen[1].upstream));
+            }
+            let firsts: Vec<_> = pairs.iter().map(|p| p.0).collect();
+            assert!(
+                firsts.contains(&"a") && firsts.contains(&"b"),
+                "{tag} {route}: {pairs:?}"
+            );
+            if route == "omit-none" {
+                assert!(pairs.contains(&("b", "a")), "{tag} {route}: {pairs:?}");
+            } else {
+                assert!(pairs.iter().all(|p| p.1 == "b"), "{tag} {route}: {pairs:?}");
+            }
+        }
+    }
+}
+
+/// A request body that passes the buffer limit while a retry waits out its back-off
+/// ends the request with Envoy's 507 (and closes the HTTP/1.1 connection, the body
+/// still arriving); the retry is never made.
+#[tokio::test]
+async fn body_past_the_limit_during_back_off_is_507() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let hits = Hits::default();
+    let a = flaky("a", hits.clone()).await;
+    let yaml = bootstrap(a, a, a, a);
+    let (ours, theirs) = start_both(&envoy, &yaml).await;
+    let mut replies = Vec::new();
+    for (tag, proxy) in [("envoy", &theirs), ("ours", &ours)] {
+        let id = format!("{tag}-507");
+        let mut s = tokio::net::TcpStream::connect(proxy.listener("http"))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /early/early/1/{id} HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(format!("3e8\r\n{}\r\n", "x".repeat(1000)).as_bytes())
+            .await
+            .unwrap();
+        // Once the upstream has answered 503 (the retry then waits 5 s or more), the
+        // rest of the body arrives: 40000 bytes against a limit of 16384.
+        for _ in 0..200 {
+            if hits.lock().unwrap().contains_key(&id) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let rest = format!("9c40\r\n{}\r\n0\r\n\r\n", "y".repeat(40000));
+        let _ = s.write_all(rest.as_bytes()).await;
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(4), async {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "{tag}: the connection stayed open");
+        let text = String::from_utf8_lossy(&got).to_lowercase();
+        let status = text.lines().next().unwrap_or_default().to_owned();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        replies.push((status, text.contains("connection: close"), body));
+        assert_eq!(hits.lock().unwrap()[&id].len(), 1, "{tag}: retried");
+    }
+    assert_eq!(replies[0].0, "http/1.1 507 insufficient storage");
+    assert_eq!(replies[1], replies[0], "pilotfish right, Envoy left");
+    let (want, got) = (theirs.stdout_lines(1).await, ours.stdout_lines(1).await);
+    assert_eq!(
+        got[0].replace("ours-", ""),
+        want[0].replace("envoy-", ""),
+        "access log (pilotfish left, Envoy right)"
+    );
+    assert_same_samples(
+        &ours,
+        &theirs,
+        &[
+            "envoy_cluster_retry_or_shadow_abandoned{envoy_cluster_name=\"a\"}",
+            "envoy_cluster_upstream_rq_retry{envoy_cluster_name=\"a\"}",
+            "envoy_cluster_upstream_rq_retry_backoff_ratelimited{envoy_cluster_name=\"a\"}",
+            "envoy_cluster_retry_upstream_rq{envoy_response_code=\"503\",envoy_cluster_name=\"a\"}",
+        ],
+    )
+    .await;
 }

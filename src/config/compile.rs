@@ -1943,6 +1943,7 @@ pub fn endpoints(
                     v => return Err(format!("{epath}.health_status: unknown value {v}")),
                 },
                 canary: lbe.metadata.as_ref().is_some_and(canary),
+                lb_metadata: lbe.metadata.as_ref().and_then(lb_metadata).map(Arc::new),
             };
             let sa = match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
                 Some(address::Address::SocketAddress(sa)) => sa,
@@ -2017,6 +2018,32 @@ fn canary(m: &envoy_types::pb::envoy::config::core::v3::Metadata) -> bool {
         .get("envoy.lb")
         .and_then(|s| s.fields.get("canary"))
         .is_some_and(|v| matches!(v.kind, Some(Kind::BoolValue(true))))
+}
+
+/// `filter_metadata["envoy.lb"]`, if there is one.
+fn lb_metadata(m: &envoy_types::pb::envoy::config::core::v3::Metadata) -> Option<LbMetadata> {
+    m.filter_metadata.get("envoy.lb").map(struct_json)
+}
+
+/// A protobuf `Struct` as JSON values (numbers as doubles, as protobuf keeps them).
+pub fn struct_json(s: &envoy_types::pb::google::protobuf::Struct) -> LbMetadata {
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), value_json(v)))
+        .collect()
+}
+
+fn value_json(v: &envoy_types::pb::google::protobuf::Value) -> serde_json::Value {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    use serde_json::Value as J;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => J::Null,
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n).map_or(J::Null, J::Number),
+        Some(Kind::StringValue(s)) => J::String(s.clone()),
+        Some(Kind::BoolValue(b)) => J::Bool(*b),
+        Some(Kind::StructValue(s)) => J::Object(struct_json(s).into_iter().collect()),
+        Some(Kind::ListValue(l)) => J::Array(l.values.iter().map(value_json).collect()),
+    }
 }
 
 /// `ApiVersion::V2` (deprecated, removed from Envoy): only AUTO and V3 are accepted.

@@ -1002,7 +1002,14 @@ pub struct EndpointAttrs {
     pub health: EdsHealth,
     /// `metadata.filter_metadata["envoy.lb"].canary` (`omit_canary_hosts`, `/clusters`).
     pub canary: bool,
+    /// The endpoint's `metadata.filter_metadata["envoy.lb"]` (`omit_host_metadata`);
+    /// `None` when it has none.
+    pub lb_metadata: Option<Arc<LbMetadata>>,
 }
+
+/// An endpoint's `envoy.lb` metadata: key → value, numbers as JSON numbers (protobuf's
+/// doubles), so values compare as Envoy's `ValueUtil::equal` does.
+pub type LbMetadata = std::collections::BTreeMap<String, serde_json::Value>;
 
 impl Default for EndpointAttrs {
     fn default() -> Self {
@@ -1013,6 +1020,7 @@ impl Default for EndpointAttrs {
             locality_weight: 0,
             health: EdsHealth::Healthy,
             canary: false,
+            lb_metadata: None,
         }
     }
 }

@@ -12,6 +12,10 @@ use crate::http::retry::{
 type Result<T> = std::result::Result<T, String>;
 
 const PREVIOUS_HOSTS: &str = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
+const OMIT_CANARY_HOSTS: &str =
+    "envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate";
+const OMIT_HOST_METADATA: &str =
+    "envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig";
 const PREVIOUS_PRIORITIES: &str =
     "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig";
 
@@ -111,12 +115,26 @@ pub fn retry_policy(p: &RetryPolicyPb, path: &str) -> Result<RetryPolicy> {
         .collect::<Result<_>>()?;
     for (i, pred) in p.retry_host_predicate.iter().enumerate() {
         let ppath = format!("{path}.retry_host_predicate[{i}]");
-        match typed_name(
-            pred.config_type
-                .as_ref()
-                .map(|retry_policy::retry_host_predicate::ConfigType::TypedConfig(a)| a),
-        ) {
+        let any = pred
+            .config_type
+            .as_ref()
+            .map(|retry_policy::retry_host_predicate::ConfigType::TypedConfig(a)| a);
+        match typed_name(any) {
             Some(PREVIOUS_HOSTS) => out.previous_hosts = true,
+            Some(OMIT_CANARY_HOSTS) => out.omit_canary_hosts = true,
+            Some(OMIT_HOST_METADATA) => {
+                use envoy_types::pb::envoy::extensions::retry::host::omit_host_metadata::v3::OmitHostMetadataConfig;
+                let cfg: OmitHostMetadataConfig = proto::unpack(any.expect("named"))
+                    .map_err(|e| format!("{ppath}.typed_config: {e}"))?;
+                // Only the `envoy.lb` namespace is compared, as in Envoy; with none,
+                // the predicate rejects no host.
+                out.omit_host_metadata = cfg
+                    .metadata_match
+                    .as_ref()
+                    .and_then(|m| m.filter_metadata.get("envoy.lb"))
+                    .map(|s| super::compile::struct_json(s).into_iter().collect())
+                    .unwrap_or_default();
+            }
             Some(other) => return Err(format!("{ppath}.typed_config ({other}): not supported")),
             None => return Err(format!("{ppath}.typed_config: required")),
         }
@@ -221,9 +239,21 @@ mod tests {
                 .starts_with("r.retriable_status_codes[0]")
         );
         assert!(
-            compile("retry_on: 5xx\nretry_host_predicate: [{ name: c, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate } }]\n")
+            compile("retry_on: 5xx\nretry_host_predicate: [{ name: c, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig, update_frequency: 1 } }]\n")
                 .unwrap_err()
-                .contains("omit_canary_hosts")
+                .starts_with("r.retry_host_predicate[0].typed_config (envoy.extensions.retry.priority")
         );
+    }
+
+    #[test]
+    fn host_predicates_compile() {
+        let p = compile(
+            "retry_on: 5xx\nretry_host_predicate:\n\
+             - { name: a, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate } }\n\
+             - { name: b, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig, metadata_match: { filter_metadata: { envoy.lb: { version: v1 }, other: { k: x } } } } }\n",
+        )
+        .unwrap();
+        assert!(p.omit_canary_hosts && !p.previous_hosts);
+        assert_eq!(p.omit_host_metadata, [("version".to_owned(), "v1".into())]);
     }
 }

@@ -837,6 +837,14 @@ const FIELDS: &[(&str, &[&str])] = &[
         &[],
     ),
     (
+        "envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate",
+        &[],
+    ),
+    (
+        "envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig",
+        &["metadata_match"],
+    ),
+    (
         "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
         &["update_frequency"],
     ),

@@ -36,6 +36,8 @@ pub enum ResponseFlag {
     RequestTimeout,
     /// A circuit breaker of the cluster was open.
     UpstreamOverflow,
+    /// The request body passed the buffer limit while a retry waited for it.
+    RetryBufferExceeded,
 }
 
 impl ResponseFlag {
@@ -55,7 +57,9 @@ impl ResponseFlag {
             ResponseFlag::RbacAccessDenied => "-",
             ResponseFlag::UnauthorizedExternalService => "UAEX",
             // Envoy 1.40 sets no flag for either (only response code details).
-            ResponseFlag::MaxDurationReached | ResponseFlag::RequestTimeout => "-",
+            ResponseFlag::MaxDurationReached
+            | ResponseFlag::RequestTimeout
+            | ResponseFlag::RetryBufferExceeded => "-",
         }
     }
 }
@@ -150,6 +154,10 @@ pub fn reply(flag: ResponseFlag) -> Response<Body> {
             (StatusCode::GATEWAY_TIMEOUT, "downstream duration timeout")
         }
         ResponseFlag::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request timeout"),
+        ResponseFlag::RetryBufferExceeded => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            "exceeded request buffer limit while retrying upstream",
+        ),
     };
     with_body(status, text, flag)
 }

@@ -937,22 +937,38 @@ impl HttpConnectionManager {
                 };
                 rs.tried.push(host.addr);
                 rs.tried_priorities.push(host.attrs().priority);
+                // The body read on meanwhile is kept for the retry; if it passes the
+                // buffer limit with no attempt out, the request fails (Envoy's 507).
                 let backoff = tokio::time::sleep(wait);
-                let timed_out = match deadline.as_mut() {
-                    Some(d) => tokio::select! {
-                        biased;
-                        () = d.as_mut() => true,
-                        () = backoff => false,
-                    },
-                    None => {
-                        backoff.await;
-                        false
+                let route_deadline = async {
+                    match deadline.as_mut() {
+                        Some(d) => d.as_mut().await,
+                        None => std::future::pending().await,
                     }
                 };
-                if timed_out {
-                    stats.upstream_rq_timeout.inc();
-                    stats.upstream_rq.record(504);
-                    return local_reply::reply(ResponseFlag::UpstreamRequestTimeout);
+                let read_ahead = async {
+                    match &resend {
+                        Some(r) => r.read_ahead().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    () = route_deadline => {
+                        stats.upstream_rq_timeout.inc();
+                        stats.upstream_rq.record(504);
+                        return local_reply::reply(ResponseFlag::UpstreamRequestTimeout);
+                    }
+                    () = read_ahead => {
+                        // The body is still arriving: an HTTP/1.1 connection closes.
+                        let mut resp = local_reply::reply(ResponseFlag::RetryBufferExceeded);
+                        if !limits.down_h2 {
+                            resp.headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        }
+                        return resp;
+                    }
+                    () = backoff => rs.started(&cluster),
                 }
                 let Some(next) = retry_host(&cluster, rs, dst, hashed.hash) else {
                     cluster.stats.upstream_cx_none_healthy.inc();
@@ -1157,7 +1173,6 @@ impl HttpConnectionManager {
                         Decision::Retry(wait) => {
                             rs.tried.push(host.addr);
                             rs.tried_priorities.push(host.attrs().priority);
-                rs.tried_priorities.push(host.attrs().priority);
                             launch_at = Some(Box::pin(tokio::time::sleep(wait)));
                         }
                         Decision::LimitExceeded => retry_flags.limit_exceeded = true,
@@ -1167,6 +1182,7 @@ impl HttpConnectionManager {
                 }
                 () = until(&mut launch_at) => {
                     launch_at = None;
+                    rs.started(cluster);
                     match retry_host(cluster, rs, h.dst, h.hash) {
                         Some(next) => {
                             host = next;
@@ -1489,6 +1505,14 @@ impl Resend {
         self.body.as_ref().is_none_or(Replay::replayable)
     }
 
+    /// Reads the body on between attempts; returns if it passes the buffer limit.
+    async fn read_ahead(&self) {
+        match &self.body {
+            Some(b) => b.read_ahead().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// The request for a mirror.
     fn copy(&self, timeout: Option<std::time::Duration>, dst: SocketAddr) -> mirror::Copy {
         let authority = self
@@ -1607,7 +1631,7 @@ fn retry_host(
     let excluded = excluded.unwrap_or_default();
     let mut host = cluster.pick_excluding(Some(dst), hash, &excluded)?;
     for attempt in 1..=rs.policy().host_selection_max_attempts {
-        if !rs.rejects(host.addr) {
+        if !rs.rejects(&host) {
             break;
         }
         let hash = hash.map(|h| h ^ (u64::MAX - u64::from(attempt) + 1));

@@ -35,6 +35,9 @@ pub struct ClusterStats {
     pub upstream_cx_max_duration_reached: Counter,
     pub upstream_rq_active_overflow: Counter,
     pub upstream_rq: CodeCounters,
+    /// `retry.upstream_rq_<code>`, `_<class>xx`, `_completed`: responses that were
+    /// retried (made on first use, as Envoy's).
+    pub retry_upstream_rq: CodeCounters,
     pub membership_healthy: Gauge,
     pub membership_degraded: Gauge,
     pub membership_total: Gauge,
@@ -95,6 +98,13 @@ impl ClusterStats {
                 format!("cluster.{name}."),
                 "upstream_rq",
                 "envoy_cluster_upstream_rq".into(),
+                ("envoy_cluster_name", name.to_owned()),
+            ),
+            retry_upstream_rq: CodeCounters::new(
+                store,
+                format!("cluster.{name}.retry."),
+                "upstream_rq",
+                "envoy_cluster_retry_upstream_rq".into(),
                 ("envoy_cluster_name", name.to_owned()),
             ),
             membership_healthy: g("membership_healthy"),

@@ -519,6 +519,9 @@ fn render_labels(labels: &[(&str, &str)], out: &mut String) {
     }
 }
 
+/// The key of `<stem>_completed` among a [`CodeCounters`]' codes (classes are 1..=5).
+const COMPLETED: u16 = 0;
+
 /// Per-status-code counters created on first use, as Envoy's `upstream_rq_200` and
 /// `upstream_rq_2xx`: a lock-free read of the codes seen so far, a lock only to add one.
 pub struct CodeCounters {
@@ -575,6 +578,13 @@ impl CodeCounters {
         self.get(code / 100).inc();
     }
 
+    /// Counts one response as [`record`](Self::record) does, and in
+    /// `<stem>_completed` too (Envoy's basic response stats, as under `retry.`).
+    pub fn record_completed(&self, code: u16) {
+        self.record(code);
+        self.get(COMPLETED).inc();
+    }
+
     fn get(&self, key: u16) -> Counter {
         if let Some((_, c)) = self.seen.load().iter().find(|(k, _)| *k == key) {
             return c.clone();
@@ -584,7 +594,13 @@ impl CodeCounters {
             return c.clone();
         }
         let (scope_k, scope_v) = (self.scope.0, self.scope.1.as_str());
-        let c = if key < 10 {
+        let c = if key == COMPLETED {
+            self.store.counter(
+                format!("{}{}_completed", self.flat_prefix, self.stem),
+                &format!("{}_completed", self.prom_stem),
+                &[(scope_k, scope_v)],
+            )
+        } else if key < 10 {
             let class = key.to_string();
             self.store.counter(
                 format!("{}{}_{class}xx", self.flat_prefix, self.stem),

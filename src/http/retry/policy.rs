@@ -135,6 +135,11 @@ pub struct RetryPolicy {
     pub retriable_request_headers: Vec<HeaderMatcher>,
     /// `previous_hosts`: a retry avoids the hosts already tried.
     pub previous_hosts: bool,
+    /// `omit_canary_hosts`: a retry avoids canary hosts.
+    pub omit_canary_hosts: bool,
+    /// `omit_host_metadata`: a retry avoids hosts whose `envoy.lb` metadata has every
+    /// one of these values (a list value matches when any element does). Empty: none.
+    pub omit_host_metadata: Vec<(String, serde_json::Value)>,
     /// `previous_priorities` with its `update_frequency`: every that many attempts, the
     /// priorities tried so far are left out of the priority load for the next pick.
     pub previous_priorities: Option<u32>,
@@ -159,6 +164,8 @@ impl Default for RetryPolicy {
             retriable_headers: Vec::new(),
             retriable_request_headers: Vec::new(),
             previous_hosts: false,
+            omit_canary_hosts: false,
+            omit_host_metadata: Vec::new(),
             previous_priorities: None,
             host_selection_max_attempts: 1,
             hedge_on_per_try_timeout: false,

@@ -41,6 +41,31 @@ struct Shared {
     changed: Arc<Notify>,
 }
 
+impl Shared {
+    /// Keeps a frame for replay; past the limit, drops what was kept and counts the
+    /// body abandoned. Whether the body is still replayable.
+    fn keep(&mut self, frame: &Frame<Bytes>) -> bool {
+        let kept = if let Some(d) = frame.data_ref() {
+            self.kept_bytes += d.len();
+            Kept::Data(d.clone())
+        } else if let Some(t) = frame.trailers_ref() {
+            Kept::Trailers(t.clone())
+        } else {
+            return true;
+        };
+        if self.kept_bytes > self.limit {
+            self.spent = true;
+            self.kept = Vec::new();
+            self.abandoned.inc();
+            self.changed.notify_waiters();
+            false
+        } else {
+            self.kept.push(kept);
+            true
+        }
+    }
+}
+
 impl Drop for Shared {
     fn drop(&mut self) {
         self.changed.notify_waiters();
@@ -82,6 +107,45 @@ impl Replay {
     /// Whether another attempt can send the whole body.
     pub fn replayable(&self) -> bool {
         !self.shared.lock().unwrap().spent
+    }
+
+    /// Reads the body on while no attempt does (a retry's back-off), keeping it for
+    /// the next attempt, as Envoy buffers it then. Returns if it passes the buffer
+    /// limit (nothing can be sent whole any more); otherwise never.
+    pub async fn read_ahead(&self) {
+        std::future::poll_fn(|cx| {
+            let mut s = self.shared.lock().unwrap();
+            loop {
+                if s.spent {
+                    return Poll::Pending;
+                }
+                let Some(source) = s.source.as_mut() else {
+                    return Poll::Pending;
+                };
+                match Pin::new(source).poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) => {
+                        s.source = None;
+                        s.changed.notify_waiters();
+                    }
+                    // The next attempt meets the failure where it stands.
+                    Poll::Ready(Some(Err(_))) => {
+                        s.spent = true;
+                        s.changed.notify_waiters();
+                    }
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if s.source.as_ref().is_some_and(HttpBody::is_end_stream) {
+                            s.source = None;
+                            s.changed.notify_waiters();
+                        }
+                        if !s.keep(&frame) {
+                            return Poll::Ready(());
+                        }
+                    }
+                }
+            }
+        })
+        .await
     }
 
     /// The body for the next attempt (it starts from the first byte).
@@ -160,24 +224,8 @@ impl HttpBody for Attempt {
                     s.source = None;
                     s.changed.notify_waiters();
                 }
-                if !s.spent {
-                    let kept = if let Some(d) = frame.data_ref() {
-                        s.kept_bytes += d.len();
-                        Kept::Data(d.clone())
-                    } else if let Some(t) = frame.trailers_ref() {
-                        Kept::Trailers(t.clone())
-                    } else {
-                        return Poll::Ready(Some(Ok(frame)));
-                    };
-                    if s.kept_bytes > s.limit {
-                        s.spent = true;
-                        s.kept = Vec::new();
-                        s.abandoned.inc();
-                        s.changed.notify_waiters();
-                    } else {
-                        s.kept.push(kept);
-                        this.next = s.kept.len();
-                    }
+                if !s.spent && s.keep(&frame) {
+                    this.next = s.kept.len();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -285,6 +333,27 @@ mod tests {
         tokio::task::yield_now().await;
         drop(r);
         assert!(whole.await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn read_ahead_keeps_the_body_for_the_next_attempt() {
+        let r = Replay::new(chunks(&["ab", "cd"]), 100, Counter::default());
+        let mut first = r.attempt();
+        first.frame().await.unwrap().unwrap();
+        // Within the limit it reads to the end and then waits for ever.
+        let ahead = tokio::time::timeout(std::time::Duration::from_millis(50), r.read_ahead());
+        assert!(ahead.await.is_err());
+        let second = r.attempt().collect().await.unwrap().to_bytes();
+        assert_eq!(&second[..], b"abcd");
+    }
+
+    #[tokio::test]
+    async fn read_ahead_returns_once_the_body_passes_the_limit() {
+        let abandoned = Counter::default();
+        let r = Replay::new(chunks(&["abc", "def"]), 4, abandoned.clone());
+        r.read_ahead().await;
+        assert!(!r.replayable());
+        assert_eq!(abandoned.get(), 1);
     }
 
     #[tokio::test]

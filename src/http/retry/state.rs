@@ -6,8 +6,12 @@ use http::{HeaderMap, HeaderName, StatusCode};
 
 use super::policy::{ResetFormat, RetryOn, RetryPolicy};
 use crate::{
+    config::LbMetadata,
     http::matchers::{HeaderMatch, HeaderMatcher, RequestHead},
-    upstream::cluster::{Cluster, RetryPermit},
+    upstream::{
+        cluster::{Cluster, RetryPermit},
+        host::Host,
+    },
 };
 
 /// How an attempt failed without a response.
@@ -57,6 +61,8 @@ pub struct RetryState<'a> {
     /// The retry breaker's slot, held from a retry's scheduling until its outcome.
     permit: Option<RetryPermit>,
     pub retries: u32,
+    /// The scheduled retry waits on a rate-limit reset header (else the back-off).
+    rate_limited: bool,
     /// An attempt has reached the upstream (had a connection): `reset-before-request`
     /// no longer applies, to this attempt or any later one (as Envoy).
     started: bool,
@@ -121,6 +127,7 @@ impl<'a> RetryState<'a> {
             excluded: None,
             permit: None,
             retries: 0,
+            rate_limited: false,
             started: false,
         })
     }
@@ -222,7 +229,14 @@ impl<'a> RetryState<'a> {
         self.started = true;
         let retriable = self.retriable_response(status, h);
         let wait = retriable.then(|| self.rate_limited_wait(h)).flatten();
-        self.decide(retriable, wait, cluster)
+        let d = self.decide(retriable, wait, cluster);
+        if matches!(d, Decision::Retry(_)) {
+            cluster
+                .stats
+                .retry_upstream_rq
+                .record_completed(status.as_u16());
+        }
+        d
     }
 
     /// After a failure without a response.
@@ -262,18 +276,20 @@ impl<'a> RetryState<'a> {
         };
         self.permit = Some(permit);
         self.retries += 1;
+        self.rate_limited = wait.is_some();
+        Decision::Retry(wait.unwrap_or_else(|| self.backoff()))
+    }
+
+    /// The retry's back-off ended and it goes out: counted now, as Envoy counts it (a
+    /// retry the route timeout or the buffer limit cancels while it waits is not).
+    pub fn started(&self, cluster: &Cluster) {
+        let stats = &cluster.stats;
         stats.upstream_rq_retry.inc();
-        let wait = match wait {
-            Some(w) => {
-                stats.upstream_rq_retry_backoff_ratelimited.inc();
-                w
-            }
-            None => {
-                stats.upstream_rq_retry_backoff_exponential.inc();
-                self.backoff()
-            }
-        };
-        Decision::Retry(wait)
+        if self.rate_limited {
+            stats.upstream_rq_retry_backoff_ratelimited.inc();
+        } else {
+            stats.upstream_rq_retry_backoff_exponential.inc();
+        }
     }
 
     /// Envoy's jittered exponential back-off: a random wait below the current
@@ -312,9 +328,24 @@ impl<'a> RetryState<'a> {
         })
     }
 
-    /// With `previous_hosts`, whether `host` was tried already.
-    pub fn rejects(&self, host: SocketAddr) -> bool {
-        self.policy.previous_hosts && self.tried.contains(&host)
+    /// Whether the retry host predicates turn `host` down: `previous_hosts` (tried
+    /// already), `omit_canary_hosts` (a canary), `omit_host_metadata` (its `envoy.lb`
+    /// metadata has every listed value).
+    pub fn rejects(&self, host: &Host) -> bool {
+        let p = self.policy;
+        if p.previous_hosts && self.tried.contains(&host.addr) {
+            return true;
+        }
+        if !p.omit_canary_hosts && p.omit_host_metadata.is_empty() {
+            return false;
+        }
+        let attrs = host.attrs();
+        (p.omit_canary_hosts && attrs.canary)
+            || (!p.omit_host_metadata.is_empty()
+                && attrs
+                    .lb_metadata
+                    .as_deref()
+                    .is_some_and(|m| metadata_matches(&p.omit_host_metadata, m)))
     }
 
     /// With `previous_priorities`, the priority levels to leave out of the next pick:
@@ -336,6 +367,16 @@ impl<'a> RetryState<'a> {
         }
         self.excluded.as_deref()
     }
+}
+
+/// Envoy's metadata label match with lists read as any-of: every `(key, value)` is in
+/// `m`, equal to it or to an element of it when it is a list.
+fn metadata_matches(want: &[(String, serde_json::Value)], m: &LbMetadata) -> bool {
+    want.iter().all(|(k, v)| match m.get(k) {
+        Some(serde_json::Value::Array(items)) => items.contains(v),
+        Some(have) => have == v,
+        None => false,
+    })
 }
 
 #[cfg(test)]
@@ -378,20 +419,74 @@ mod tests {
     }
 
     #[test]
+    fn host_predicates_reject_tried_canary_and_matching_metadata_hosts() {
+        use crate::config::EndpointAttrs;
+        let host = |port: u16, canary: bool, meta: Option<serde_json::Value>| {
+            Host::with(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                None,
+                None,
+                EndpointAttrs {
+                    canary,
+                    lb_metadata: meta
+                        .map(|m| std::sync::Arc::new(serde_json::from_value(m).unwrap())),
+                    ..Default::default()
+                },
+            )
+        };
+        let v1 = host(
+            1,
+            false,
+            Some(serde_json::json!({"version": "v1", "x": 1.0})),
+        );
+        let v2 = host(2, false, Some(serde_json::json!({"version": ["v2", "v3"]})));
+        let bare = host(3, false, None);
+        let canary = host(4, true, None);
+        let h = HeaderMap::new();
+        let p = RetryPolicy {
+            retry_on: RetryOn::FIVE_XX,
+            omit_canary_hosts: true,
+            omit_host_metadata: vec![("version".into(), "v3".into())],
+            ..Default::default()
+        };
+        let s = RetryState::new(&p, &head(&h), None).unwrap();
+        assert!(s.rejects(&canary));
+        assert!(s.rejects(&v2), "a list value matches any of its elements");
+        assert!(!s.rejects(&v1));
+        assert!(!s.rejects(&bare), "no envoy.lb metadata: never omitted");
+        let p = RetryPolicy {
+            retry_on: RetryOn::FIVE_XX,
+            omit_host_metadata: vec![("version".into(), "v1".into()), ("x".into(), 1.0.into())],
+            ..Default::default()
+        };
+        let s = RetryState::new(&p, &head(&h), None).unwrap();
+        assert!(s.rejects(&v1), "every listed value must match");
+        assert!(!s.rejects(&canary) && !s.rejects(&v2));
+        let p = RetryPolicy {
+            retry_on: RetryOn::FIVE_XX,
+            previous_hosts: true,
+            ..Default::default()
+        };
+        let mut s = RetryState::new(&p, &head(&h), None).unwrap();
+        s.tried.push(bare.addr);
+        assert!(s.rejects(&bare) && !s.rejects(&v1));
+    }
+
+    #[test]
     fn istio_default_retries_503_twice_then_gives_up() {
         let p = istio();
         let h = HeaderMap::new();
         let c = cluster(3);
         let mut s = RetryState::new(&p, &head(&h), None).unwrap();
         let r = HeaderMap::new();
-        assert!(matches!(
-            s.on_response(StatusCode::SERVICE_UNAVAILABLE, &r, &c),
-            Decision::Retry(_)
-        ));
-        assert!(matches!(
-            s.on_response(StatusCode::SERVICE_UNAVAILABLE, &r, &c),
-            Decision::Retry(_)
-        ));
+        for _ in 0..2 {
+            assert!(matches!(
+                s.on_response(StatusCode::SERVICE_UNAVAILABLE, &r, &c),
+                Decision::Retry(_)
+            ));
+            // Counted when the retry goes out, after its back-off.
+            s.started(&c);
+        }
         assert_eq!(
             s.on_response(StatusCode::SERVICE_UNAVAILABLE, &r, &c),
             Decision::LimitExceeded
@@ -566,6 +661,9 @@ mod tests {
             panic!("not retried");
         };
         assert!(wait >= Duration::from_secs(2) && wait < Duration::from_secs(3));
+        assert_eq!(c.stats.upstream_rq_retry_backoff_ratelimited.get(), 0);
+        s.started(&c);
         assert_eq!(c.stats.upstream_rq_retry_backoff_ratelimited.get(), 1);
+        assert_eq!(c.stats.upstream_rq_retry_backoff_exponential.get(), 0);
     }
 }
