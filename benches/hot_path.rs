@@ -50,6 +50,7 @@ fn table(routes: Vec<Route>) -> RouteTable {
             per_filter: Vec::new(),
             attempt_count_request: false,
             attempt_count_response: false,
+            virtual_clusters: Vec::new(),
         }],
         ..Default::default()
     }
@@ -85,7 +86,7 @@ fn route_match(c: &mut Criterion) {
             )
         })
         .collect();
-    let routes = Routes::new(&table(routes)).unwrap();
+    let routes = Routes::new(&table(routes), &pilotfish::telemetry::stats::Store::new()).unwrap();
     let clusters = clusters.snapshot();
     let none = HeaderMap::new();
     let mut g = c.benchmark_group("route match over 1,000 prefix routes");
@@ -111,7 +112,11 @@ fn weighted_pick(c: &mut Criterion) {
         WeightedTarget::new("v1", 75),
         WeightedTarget::new("v2", 25),
     ]);
-    let routes = Routes::new(&table(vec![route(PathMatch::Prefix("/".into()), split)])).unwrap();
+    let routes = Routes::new(
+        &table(vec![route(PathMatch::Prefix("/".into()), split)]),
+        &pilotfish::telemetry::stats::Store::new(),
+    )
+    .unwrap();
     let clusters = clusters.snapshot();
     let none = HeaderMap::new();
     c.bench_function("route match + weighted cluster pick (75/25)", |b| {

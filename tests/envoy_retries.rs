@@ -794,3 +794,90 @@ async fn body_past_the_limit_during_back_off_is_507() {
     )
     .await;
 }
+
+/// Virtual clusters count a virtual host's requests by class (`vhost.<vh>.vcluster.*`):
+/// the first whose headers match, else `other`; attempts, retries, timeouts, final
+/// codes and response times, with the same names, labels and values as Envoy's.
+#[tokio::test]
+async fn virtual_clusters_count_like_envoy() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let hits = Hits::default();
+    let a = flaky("a", hits.clone()).await;
+    let yaml = bootstrap(a, a, a, a).replace(
+        "              domains: [\"*\"]\n",
+        "              domains: [\"*\"]\n              virtual_clusters:\n              - { name: vc1, headers: [{ name: \":path\", string_match: { prefix: \"/5xx/\" } }] }\n              - { name: vc2, headers: [{ name: \":method\", string_match: { exact: POST } }] }\n",
+    );
+    let (ours, theirs) = start_both(&envoy, &yaml).await;
+    let requests: [(&str, &str); 7] = [
+        ("GET", "/5xx/status-503/1"),
+        ("GET", "/5xx/status-503/9"),
+        ("POST", "/5xx/status-500/0"),
+        ("POST", "/codes/ok/0"),
+        ("GET", "/spanned/stall/9"),
+        ("GET", "/tight/status-503/1"),
+        ("GET", "/zzz"),
+    ];
+    for (tag, proxy) in [("envoy", &theirs), ("ours", &ours)] {
+        for (i, (method, path)) in requests.iter().enumerate() {
+            let req = Request::builder()
+                .method(*method)
+                .uri(format!("{path}/{tag}-vc{i}"))
+                .header("host", "svc")
+                .body(Full::new(Bytes::from_static(b"hello")))
+                .unwrap();
+            send(proxy.listener("http"), false, req).await.unwrap();
+        }
+    }
+    let mut samples = Vec::new();
+    for vc in ["vc1", "vc2", "other"] {
+        let labels = format!("envoy_virtual_cluster=\"{vc}\",envoy_virtual_host=\"all\"");
+        for stat in [
+            "upstream_rq_total",
+            "upstream_rq_timeout",
+            "upstream_rq_retry",
+            "upstream_rq_retry_success",
+            "upstream_rq_retry_limit_exceeded",
+            "upstream_rq_retry_overflow",
+            "upstream_rq_completed",
+            "upstream_rq_time_count",
+        ] {
+            samples.push(format!("envoy_vhost_vcluster_{stat}{{{labels}}}"));
+        }
+    }
+    for (vc, code) in [
+        ("vc1", "200"),
+        ("vc1", "503"),
+        ("vc2", "200"),
+        ("other", "200"),
+        ("other", "503"),
+        ("other", "504"),
+    ] {
+        samples.push(format!(
+            "envoy_vhost_vcluster_upstream_rq{{envoy_response_code=\"{code}\",envoy_virtual_cluster=\"{vc}\",envoy_virtual_host=\"all\"}}"
+        ));
+    }
+    samples.push(
+        "envoy_vhost_vcluster_upstream_rq_xx{envoy_response_code_class=\"5\",envoy_virtual_cluster=\"vc1\",envoy_virtual_host=\"all\"}".into(),
+    );
+    samples.push("envoy_cluster_upstream_rq_time_count{envoy_cluster_name=\"a\"}".into());
+    // Envoy shows histograms as of its last stats flush (every 5 s by default).
+    let deadline = std::time::Instant::now() + Duration::from_secs(12);
+    for sample in samples.iter().filter(|s| s.contains("_time_count")) {
+        let want = ours.metric(sample).await;
+        assert!(want.is_some_and(|n| n > 0), "{sample}: {want:?}");
+        while theirs.metric(sample).await != want && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let samples: Vec<&str> = samples.iter().map(String::as_str).collect();
+    assert_same_samples(&ours, &theirs, &samples).await;
+    // Not vacuous: vc1 retried and gave up once.
+    assert_eq!(
+        theirs
+            .metric("envoy_vhost_vcluster_upstream_rq_retry_limit_exceeded{envoy_virtual_cluster=\"vc1\",envoy_virtual_host=\"all\"}")
+            .await,
+        Some(1)
+    );
+}

@@ -378,6 +378,16 @@ pub struct VirtualHost {
     pub attempt_count_request: bool,
     /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on responses.
     pub attempt_count_response: bool,
+    /// `virtual_clusters`: request classes counted apart (stats only).
+    pub virtual_clusters: Vec<VirtualCluster>,
+}
+
+/// A `VirtualCluster`: requests whose headers match all of `headers` are counted under
+/// `vhost.<vh>.vcluster.<name>.*` (the first that matches; others under `other`).
+#[derive(Debug, Clone)]
+pub struct VirtualCluster {
+    pub name: String,
+    pub headers: Vec<crate::http::matchers::HeaderMatcher>,
 }
 
 #[derive(Debug, Clone)]

@@ -112,6 +112,12 @@ pub fn route_table(
             per_filter: per_filter(&vh.typed_per_filter_config, &vpath)?,
             attempt_count_request: vh.include_request_attempt_count,
             attempt_count_response: vh.include_attempt_count_in_response,
+            virtual_clusters: vh
+                .virtual_clusters
+                .iter()
+                .enumerate()
+                .map(|(i, vc)| virtual_cluster(vc, &format!("{vpath}.virtual_clusters[{i}]")))
+                .collect::<Result<_>>()?,
         });
     }
     Ok(RouteTable {
@@ -570,6 +576,31 @@ fn per_million(f: &RuntimeFractionalPercent, path: &str) -> Result<u32> {
     super::http_filters::per_million(Some(p), &format!("{path}.default_value"))
 }
 
+/// A `VirtualCluster`: a name and the header matchers (all must match) that put a
+/// request in it. Envoy requires both.
+fn virtual_cluster(
+    vc: &envoy_types::pb::envoy::config::route::v3::VirtualCluster,
+    path: &str,
+) -> Result<VirtualCluster> {
+    if vc.name.is_empty() {
+        return Err(format!("{path}.name: required"));
+    }
+    if vc.headers.is_empty() {
+        return Err(format!(
+            "{path}.headers: virtual clusters must define 'headers'"
+        ));
+    }
+    Ok(VirtualCluster {
+        name: vc.name.clone(),
+        headers: vc
+            .headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| header_matcher(h, &format!("{path}.headers[{i}]")))
+            .collect::<Result<_>>()?,
+    })
+}
+
 #[allow(deprecated)]
 pub fn header_matcher(h: &HeaderMatcherPb, path: &str) -> Result<matchers::HeaderMatcher> {
     use header_matcher::HeaderMatchSpecifier as S;
@@ -808,5 +839,29 @@ mod tests {
         assert_eq!(re2_substitution(r"/\1/x/\2"), "/${1}/x/${2}");
         assert_eq!(re2_substitution("/a$b"), "/a$$b");
         assert_eq!(re2_substitution(r"\\1"), r"\1");
+    }
+
+    #[test]
+    fn a_virtual_cluster_needs_a_name_and_headers() {
+        use envoy_types::pb::envoy::config::route::v3::VirtualCluster as Pb;
+        let vc = |name: &str, headers: Vec<HeaderMatcherPb>| Pb {
+            name: name.into(),
+            headers,
+        };
+        let get = HeaderMatcherPb {
+            name: ":method".into(),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true)),
+            ..Default::default()
+        };
+        assert_eq!(
+            virtual_cluster(&vc("v", vec![]), "p").unwrap_err(),
+            "p.headers: virtual clusters must define 'headers'"
+        );
+        assert_eq!(
+            virtual_cluster(&vc("", vec![get.clone()]), "p").unwrap_err(),
+            "p.name: required"
+        );
+        let ok = virtual_cluster(&vc("v", vec![get]), "p").unwrap();
+        assert_eq!((ok.name.as_str(), ok.headers.len()), ("v", 1));
     }
 }

@@ -641,8 +641,10 @@ const FIELDS: &[(&str, &[&str])] = &[
             "retry_policy",
             "request_mirror_policies",
             "hedge_policy",
+            "virtual_clusters",
         ],
     ),
+    ("envoy.config.route.v3.VirtualCluster", &["name", "headers"]),
     (
         "envoy.config.route.v3.RouteAction.HashPolicy",
         &[

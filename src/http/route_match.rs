@@ -13,6 +13,8 @@ use crate::{
         ClusterSpec, DirectResponse, FilterOverride, GrpcTimeout, Headers, PathMatch, PerFilter,
         Redirect, Rewrite, RouteAction, RouteMatch, RouteTable,
     },
+    http::matchers::HeaderMatcher,
+    telemetry::{scopes::VclusterStats, stats::Store},
     upstream::{Cluster, manager::ClusterMap},
 };
 
@@ -68,6 +70,22 @@ pub struct VirtualHost {
     per_filter: PerFilter,
     /// `include_request_attempt_count`, `include_attempt_count_in_response`.
     pub attempt_count: (bool, bool),
+    /// `virtual_clusters` in order, then Envoy's catch-all `other` (only when there
+    /// are any).
+    vclusters: Vec<(Vec<HeaderMatcher>, Arc<VclusterStats>)>,
+    other: Option<Arc<VclusterStats>>,
+}
+
+impl VirtualHost {
+    /// The virtual cluster a request is counted in: the first whose headers all match,
+    /// else `other`; none when the virtual host defines none.
+    pub fn virtual_cluster(&self, req: &RequestHead<'_>) -> Option<&Arc<VclusterStats>> {
+        self.vclusters
+            .iter()
+            .find(|(headers, _)| headers.iter().all(|m| m.matches(req)))
+            .map(|(_, stats)| stats)
+            .or(self.other.as_ref())
+    }
 }
 
 /// A routing decision: the virtual host and route, and the cluster picked for this
@@ -79,6 +97,13 @@ pub struct Matched<'a> {
     pub route: &'a Route,
     pub target: Target<'a>,
     weighted: Option<&'a Headers>,
+}
+
+impl Matched<'_> {
+    /// The virtual cluster the request counts in, if its virtual host has any.
+    pub fn virtual_cluster(&self, req: &RequestHead<'_>) -> Option<Arc<VclusterStats>> {
+        self.vhost.virtual_cluster(req).cloned()
+    }
 }
 
 /// What to do with the request: forward to the picked cluster, or answer locally.
@@ -170,7 +195,7 @@ pub struct Routes {
 impl Routes {
     /// Builds the table. Cluster names are checked where the config is compiled
     /// (`validate_clusters`), not here.
-    pub fn new(table: &RouteTable) -> Result<Self, String> {
+    pub fn new(table: &RouteTable, store: &Arc<Store>) -> Result<Self, String> {
         let mut out = Routes {
             headers: table.headers.clone(),
             most_specific_wins: table.most_specific_wins,
@@ -229,6 +254,16 @@ impl Routes {
                 headers: vh.headers.clone(),
                 per_filter: vh.per_filter.clone(),
                 attempt_count: (vh.attempt_count_request, vh.attempt_count_response),
+                vclusters: vh
+                    .virtual_clusters
+                    .iter()
+                    .map(|vc| {
+                        let stats = VclusterStats::new(store, &vh.name, &vc.name);
+                        (vc.headers.clone(), Arc::new(stats))
+                    })
+                    .collect(),
+                other: (!vh.virtual_clusters.is_empty())
+                    .then(|| Arc::new(VclusterStats::new(store, &vh.name, "other"))),
             });
             for d in &vh.domains {
                 if d == "*" {
@@ -485,6 +520,7 @@ mod tests {
             per_filter: Vec::new(),
             attempt_count_request: false,
             attempt_count_response: false,
+            virtual_clusters: Vec::new(),
         }
     }
 
@@ -527,7 +563,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        Routes::new(&t).unwrap()
+        Routes::new(&t, &Store::new()).unwrap()
     }
 
     #[test]
@@ -575,15 +611,18 @@ mod tests {
 
     #[test]
     fn a_cluster_not_in_the_current_set_is_no_cluster() {
-        let t = Routes::new(&RouteTable {
-            name: "t".into(),
-            virtual_hosts: vec![vh(
-                "v",
-                &["*"],
-                vec![route(PathMatch::Prefix("/".into()), "zz", true)],
-            )],
-            ..Default::default()
-        })
+        let t = Routes::new(
+            &RouteTable {
+                name: "t".into(),
+                virtual_hosts: vec![vh(
+                    "v",
+                    &["*"],
+                    vec![route(PathMatch::Prefix("/".into()), "zz", true)],
+                )],
+                ..Default::default()
+            },
+            &Store::new(),
+        )
         .unwrap();
         let map = http::HeaderMap::new();
         let req = RequestHead {
@@ -685,11 +724,14 @@ mod tests {
             ),
             with(prefix("/"), "a"),
         ];
-        Routes::new(&RouteTable {
-            name: "m".into(),
-            virtual_hosts: vec![vh("m", &["*"], routes)],
-            ..Default::default()
-        })
+        Routes::new(
+            &RouteTable {
+                name: "m".into(),
+                virtual_hosts: vec![vh("m", &["*"], routes)],
+                ..Default::default()
+            },
+            &Store::new(),
+        )
         .unwrap()
     }
 
@@ -765,21 +807,26 @@ mod tests {
     /// ±1,500 band is more than ten deviations wide and never fails by chance.
     #[test]
     fn weighted_clusters_split_in_proportion() {
-        let t = Routes::new(&RouteTable {
-            name: "w".into(),
-            virtual_hosts: vec![vh(
-                "w",
-                &["*"],
-                vec![config::Route {
-                    action: RouteAction::Forward(config::Forward::to(ClusterSpec::Weighted(vec![
-                        config::WeightedTarget::new("a", 75),
-                        config::WeightedTarget::new("b", 25),
-                    ]))),
-                    ..route(PathMatch::Prefix("/".into()), "a", true)
-                }],
-            )],
-            ..Default::default()
-        })
+        let t = Routes::new(
+            &RouteTable {
+                name: "w".into(),
+                virtual_hosts: vec![vh(
+                    "w",
+                    &["*"],
+                    vec![config::Route {
+                        action: RouteAction::Forward(config::Forward::to(ClusterSpec::Weighted(
+                            vec![
+                                config::WeightedTarget::new("a", 75),
+                                config::WeightedTarget::new("b", 25),
+                            ],
+                        ))),
+                        ..route(PathMatch::Prefix("/".into()), "a", true)
+                    }],
+                )],
+                ..Default::default()
+            },
+            &Store::new(),
+        )
         .unwrap();
         let n = 100_000;
         let a = (0..n)
@@ -805,10 +852,10 @@ mod tests {
             ..Default::default()
         };
         let hit = |t: &Routes, host: &str| t.virtual_host(host).map(|v| v.name.clone());
-        let strict = Routes::new(&table).unwrap();
+        let strict = Routes::new(&table, &Store::new()).unwrap();
         assert_eq!(hit(&strict, "reviews:9080"), None);
         table.ignore_port_in_host_matching = true;
-        let loose = Routes::new(&table).unwrap();
+        let loose = Routes::new(&table, &Store::new()).unwrap();
         assert_eq!(hit(&loose, "reviews:9080").as_deref(), Some("reviews"));
         assert_eq!(hit(&loose, "10.96.0.7:9080").as_deref(), Some("reviews"));
     }

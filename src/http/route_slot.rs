@@ -9,7 +9,7 @@ use std::{
 use arc_swap::ArcSwapOption;
 
 use super::route_match::Routes;
-use crate::config::RouteSource;
+use crate::{config::RouteSource, telemetry::stats::Store};
 
 /// The routes of one RDS `route_config_name`; empty until the first update arrives.
 #[derive(Debug)]
@@ -76,9 +76,16 @@ pub enum RoutesHandle {
 }
 
 impl RoutesHandle {
-    pub fn new(source: &RouteSource, slots: &RouteSlots, hcm_prefix: &str) -> Result<Self, String> {
+    pub fn new(
+        source: &RouteSource,
+        slots: &RouteSlots,
+        hcm_prefix: &str,
+        store: &Arc<Store>,
+    ) -> Result<Self, String> {
         Ok(match source {
-            RouteSource::Inline(table) => RoutesHandle::Inline(Arc::new(Routes::new(table)?)),
+            RouteSource::Inline(table) => {
+                RoutesHandle::Inline(Arc::new(Routes::new(table, store)?))
+            }
             RouteSource::Rds { name, .. } => RoutesHandle::Rds(slots.get(name, hcm_prefix)),
         })
     }

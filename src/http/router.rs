@@ -41,7 +41,7 @@ use crate::{
     config::{FilterOverride, HttpConfig, HttpFilter, UpstreamProtocol},
     telemetry::{
         access_log::{AccessLog, Record, Sinks},
-        scopes::HttpStats,
+        scopes::{ClusterStats, HttpStats, VclusterStats},
         stats::{GaugeGuard, Store},
     },
     upstream::{
@@ -131,7 +131,7 @@ impl HttpConnectionManager {
         store: &Arc<Store>,
         sinks: &Sinks,
     ) -> Result<Self, String> {
-        let routes = RoutesHandle::new(&config.routes, slots, &config.stat_prefix)?;
+        let routes = RoutesHandle::new(&config.routes, slots, &config.stat_prefix, store)?;
         let access_logs = config
             .access_logs
             .iter()
@@ -615,6 +615,18 @@ impl HttpConnectionManager {
             a.apply(req.headers_mut());
         }
         let dst = original_dst(&cluster.config, &req, down.local);
+        // The virtual cluster counts the request beside the cluster.
+        let vcluster = matched.virtual_cluster(&RequestHead {
+            method: req.method().as_str(),
+            scheme: "http",
+            authority: authority.as_deref().unwrap_or(""),
+            path_and_query: req.uri().path_and_query().map_or("/", PathAndQuery::as_str),
+            headers: req.headers(),
+        });
+        let charge = Charge {
+            cluster: &cluster.stats,
+            vcluster: vcluster.as_deref(),
+        };
         // A hashing balancer takes the route's hash of the request.
         let hashed = match &matched.target {
             Target::Forward {
@@ -631,7 +643,7 @@ impl HttpConnectionManager {
         };
         let Some(host) = cluster.pick_hashed(Some(dst), hashed.hash) else {
             cluster.stats.upstream_cx_none_healthy.inc();
-            cluster.stats.upstream_rq.record(503);
+            charge.code(503);
             return local_reply::reply(ResponseFlag::NoHealthyUpstream);
         };
         picked.host = Some(host.addr);
@@ -678,7 +690,7 @@ impl HttpConnectionManager {
                 path_and_query: req.uri().path_and_query().map_or("/", PathAndQuery::as_str),
                 headers: req.headers(),
             };
-            RetryState::new(p, &head, trusted)
+            RetryState::new(p, &head, trusted, vcluster.clone())
         });
         let (mut per_try, per_try_idle) = retry.as_ref().map_or((None, None), |r| {
             (r.policy().per_try_timeout, r.policy().per_try_idle_timeout)
@@ -777,6 +789,7 @@ impl HttpConnectionManager {
                 hash: hashed.hash,
                 count_header: matched.attempt_count().0,
                 limits: &limits,
+                charge,
             };
             match self
                 .hedged(hedging, host, rs, &mut deadline, picked, &mut retry_flags)
@@ -821,6 +834,7 @@ impl HttpConnectionManager {
                 if let Some(kind) = &upgrade {
                     upgrade::restore_headers(upstream_req.headers_mut(), kind.clone());
                 }
+                charge.mark(&mut upstream_req);
                 let active: Attempt = (GaugeGuard::new(&stats.upstream_rq_active), host.track());
                 let start = Instant::now();
                 let mut try_deadline = per_try.map(|t| Box::pin(tokio::time::sleep(t)));
@@ -894,8 +908,7 @@ impl HttpConnectionManager {
                     Outcome::RouteTimeout => {
                         host.counters.rq_timeout.fetch_add(1, Ordering::Relaxed);
                         cluster.report(&host, HostResult::Timeout);
-                        stats.upstream_rq_timeout.inc();
-                        stats.upstream_rq.record(504);
+                        charge.timeout();
                         let mut resp = local_reply::reply(ResponseFlag::UpstreamRequestTimeout);
                         retry_flags.mark(&mut resp);
                         return resp;
@@ -955,8 +968,7 @@ impl HttpConnectionManager {
                 tokio::select! {
                     biased;
                     () = route_deadline => {
-                        stats.upstream_rq_timeout.inc();
-                        stats.upstream_rq.record(504);
+                        charge.timeout();
                         return local_reply::reply(ResponseFlag::UpstreamRequestTimeout);
                     }
                     () = read_ahead => {
@@ -972,7 +984,7 @@ impl HttpConnectionManager {
                 }
                 let Some(next) = retry_host(&cluster, rs, dst, hashed.hash) else {
                     cluster.stats.upstream_cx_none_healthy.inc();
-                    cluster.stats.upstream_rq.record(503);
+                    charge.code(503);
                     return local_reply::reply(ResponseFlag::NoHealthyUpstream);
                 };
                 host = next;
@@ -982,12 +994,12 @@ impl HttpConnectionManager {
         let resp = match outcome {
             Ok(resp) => resp,
             Err((_, mut reply)) => {
-                stats.upstream_rq.record(reply.status().as_u16());
+                charge.code(reply.status().as_u16());
                 retry_flags.mark(&mut reply);
                 return reply;
             }
         };
-        stats.upstream_rq.record(resp.status().as_u16());
+        charge.code(resp.status().as_u16());
         stats.upstream_rq_completed.inc();
         let mut resp = resp;
         if let Some(down_upgrade) = down_upgrade
@@ -1026,7 +1038,12 @@ impl HttpConnectionManager {
         if let Some(cookie) = hashed.set_cookie {
             parts.headers.append(header::SET_COOKIE, cookie);
         }
-        let body = Guarded::new(incoming, active, deadline).with_idle(idle);
+        let rq_time = RqTime {
+            cluster: cluster.clone(),
+            vcluster,
+            start: stream_start,
+        };
+        let body = Guarded::new(incoming, (active, rq_time), deadline).with_idle(idle);
         let mut resp = Response::from_parts(parts, body::boxed(body));
         retry_flags.mark(&mut resp);
         resp
@@ -1107,6 +1124,7 @@ impl HttpConnectionManager {
                 }
                 let active: Attempt = (GaugeGuard::new(&stats.upstream_rq_active), host.track());
                 let (c, to, n, h2) = (cluster.clone(), host.clone(), attempt, h.h2);
+                h.charge.mark(&mut req);
                 newest = attempt;
                 running.push(async move {
                     let start = Instant::now();
@@ -1159,8 +1177,7 @@ impl HttpConnectionManager {
                     }
                 }
                 () = until(deadline) => {
-                    stats.upstream_rq_timeout.inc();
-                    stats.upstream_rq.record(504);
+                    h.charge.timeout();
                     let mut resp = local_reply::reply(ResponseFlag::UpstreamRequestTimeout);
                     retry_flags.mark(&mut resp);
                     return Err(resp);
@@ -1190,7 +1207,7 @@ impl HttpConnectionManager {
                         }
                         None if running.is_empty() => {
                             stats.upstream_cx_none_healthy.inc();
-                            stats.upstream_rq.record(503);
+                            h.charge.code(503);
                             return Err(local_reply::reply(ResponseFlag::NoHealthyUpstream));
                         }
                         None => {}
@@ -1465,6 +1482,61 @@ impl Drop for RequestDone {
 }
 
 /// What hedged attempts share.
+/// Where the router counts a request's outcome: the cluster's stats, and the virtual
+/// cluster's when the request is in one.
+#[derive(Clone, Copy)]
+struct Charge<'a> {
+    cluster: &'a ClusterStats,
+    vcluster: Option<&'a VclusterStats>,
+}
+
+impl Charge<'_> {
+    /// The response (or local reply) that ends the request.
+    fn code(&self, code: u16) {
+        self.cluster.upstream_rq.record(code);
+        if let Some(v) = self.vcluster {
+            v.upstream_rq.record_completed(code);
+        }
+    }
+
+    /// The route's timeout ended the request (504).
+    fn timeout(&self) {
+        self.cluster.upstream_rq_timeout.inc();
+        if let Some(v) = self.vcluster {
+            v.upstream_rq_timeout.inc();
+        }
+        self.code(504);
+    }
+
+    /// Has an attempt count in the virtual cluster's `upstream_rq_total` too, when the
+    /// pool counts it in the cluster's (once it has a connection).
+    fn mark<B>(&self, req: &mut Request<B>) {
+        if let Some(v) = self.vcluster {
+            req.extensions_mut()
+                .insert(http_pool::AlsoCount(v.upstream_rq_total.clone()));
+        }
+    }
+}
+
+/// Records `upstream_rq_time` (cluster and virtual cluster) when the response ends.
+struct RqTime {
+    cluster: Arc<Cluster>,
+    vcluster: Option<Arc<VclusterStats>>,
+    start: tokio::time::Instant,
+}
+
+impl Observer for RqTime {}
+
+impl Drop for RqTime {
+    fn drop(&mut self) {
+        let took = self.start.elapsed();
+        self.cluster.stats.upstream_rq_time.record(took);
+        if let Some(v) = &self.vcluster {
+            v.upstream_rq_time.record(took);
+        }
+    }
+}
+
 struct Hedging<'a> {
     cluster: &'a Arc<Cluster>,
     resend: &'a Resend,
@@ -1475,6 +1547,7 @@ struct Hedging<'a> {
     hash: Option<u64>,
     count_header: bool,
     limits: &'a StreamLimits,
+    charge: Charge<'a>,
 }
 
 /// A request kept to be sent again: its head, and its body made replayable (none for

@@ -2,7 +2,7 @@
 //! pre-resolved handles, with Envoy's flat names and Prometheus tag extraction.
 use std::sync::Arc;
 
-use super::stats::{CodeCounters, Counter, Gauge, Store};
+use super::stats::{CodeCounters, Counter, Gauge, LazyHistogram, Store};
 
 #[derive(Debug)]
 pub struct ClusterStats {
@@ -38,6 +38,8 @@ pub struct ClusterStats {
     /// `retry.upstream_rq_<code>`, `_<class>xx`, `_completed`: responses that were
     /// retried (made on first use, as Envoy's).
     pub retry_upstream_rq: CodeCounters,
+    /// Request start to the end of the response (made on first use, as Envoy's).
+    pub upstream_rq_time: LazyHistogram,
     pub membership_healthy: Gauge,
     pub membership_degraded: Gauge,
     pub membership_total: Gauge,
@@ -98,19 +100,82 @@ impl ClusterStats {
                 format!("cluster.{name}."),
                 "upstream_rq",
                 "envoy_cluster_upstream_rq".into(),
-                ("envoy_cluster_name", name.to_owned()),
+                vec![("envoy_cluster_name", name.to_owned())],
             ),
             retry_upstream_rq: CodeCounters::new(
                 store,
                 format!("cluster.{name}.retry."),
                 "upstream_rq",
                 "envoy_cluster_retry_upstream_rq".into(),
-                ("envoy_cluster_name", name.to_owned()),
+                vec![("envoy_cluster_name", name.to_owned())],
+            ),
+            upstream_rq_time: LazyHistogram::new(
+                store,
+                format!("cluster.{name}.upstream_rq_time"),
+                "envoy_cluster_upstream_rq_time".into(),
+                vec![("envoy_cluster_name", name.to_owned())],
             ),
             membership_healthy: g("membership_healthy"),
             membership_degraded: g("membership_degraded"),
             membership_total: g("membership_total"),
             lb_healthy_panic: c("lb_healthy_panic"),
+        }
+    }
+}
+
+/// A virtual cluster's stats (`vhost.<vh>.vcluster.<vc>.*`): the requests of a virtual
+/// host that match it, counted as the router counts them for the cluster.
+#[derive(Debug)]
+pub struct VclusterStats {
+    pub upstream_rq_total: Counter,
+    pub upstream_rq_timeout: Counter,
+    pub upstream_rq_retry: Counter,
+    pub upstream_rq_retry_success: Counter,
+    pub upstream_rq_retry_limit_exceeded: Counter,
+    pub upstream_rq_retry_overflow: Counter,
+    /// `upstream_rq_<code>`, `_<class>xx`, `_completed`, made on first use.
+    pub upstream_rq: CodeCounters,
+    pub upstream_rq_time: LazyHistogram,
+}
+
+impl VclusterStats {
+    pub fn new(store: &Arc<Store>, vhost: &str, vcluster: &str) -> Self {
+        let prefix = ["vhost.", vhost, ".vcluster.", vcluster, "."].concat();
+        let labels = vec![
+            ("envoy_virtual_cluster", vcluster.to_owned()),
+            ("envoy_virtual_host", vhost.to_owned()),
+        ];
+        let label_refs = [
+            ("envoy_virtual_cluster", vcluster),
+            ("envoy_virtual_host", vhost),
+        ];
+        let c = |stat: &str| {
+            store.counter(
+                [prefix.as_str(), stat].concat(),
+                &["envoy_vhost_vcluster_", stat].concat(),
+                &label_refs,
+            )
+        };
+        VclusterStats {
+            upstream_rq_total: c("upstream_rq_total"),
+            upstream_rq_timeout: c("upstream_rq_timeout"),
+            upstream_rq_retry: c("upstream_rq_retry"),
+            upstream_rq_retry_success: c("upstream_rq_retry_success"),
+            upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
+            upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
+            upstream_rq: CodeCounters::new(
+                store,
+                prefix.clone(),
+                "upstream_rq",
+                "envoy_vhost_vcluster_upstream_rq".into(),
+                labels.clone(),
+            ),
+            upstream_rq_time: LazyHistogram::new(
+                store,
+                [prefix.as_str(), "upstream_rq_time"].concat(),
+                "envoy_vhost_vcluster_upstream_rq_time".into(),
+                labels,
+            ),
         }
     }
 }
@@ -233,7 +298,7 @@ impl HttpStats {
                 format!("http.{prefix}."),
                 "downstream_rq",
                 "envoy_http_downstream_rq".into(),
-                ("envoy_http_conn_manager_prefix", prefix.to_owned()),
+                vec![("envoy_http_conn_manager_prefix", prefix.to_owned())],
             ),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),

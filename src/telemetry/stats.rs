@@ -519,6 +519,50 @@ fn render_labels(labels: &[(&str, &str)], out: &mut String) {
     }
 }
 
+/// A histogram made on first use (Envoy's `upstream_rq_time` appears once recorded).
+pub struct LazyHistogram {
+    store: Arc<Store>,
+    flat: String,
+    prom: String,
+    labels: Vec<(&'static str, String)>,
+    made: std::sync::OnceLock<Histogram>,
+}
+
+impl std::fmt::Debug for LazyHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyHistogram")
+            .field("flat", &self.flat)
+            .finish()
+    }
+}
+
+impl LazyHistogram {
+    pub fn new(
+        store: &Arc<Store>,
+        flat: String,
+        prom: String,
+        labels: Vec<(&'static str, String)>,
+    ) -> Self {
+        LazyHistogram {
+            store: store.clone(),
+            flat,
+            prom,
+            labels,
+            made: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn record(&self, d: std::time::Duration) {
+        self.made
+            .get_or_init(|| {
+                let labels: Vec<(&str, &str)> =
+                    self.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                self.store.histogram(self.flat.clone(), &self.prom, &labels)
+            })
+            .record(d);
+    }
+}
+
 /// The key of `<stem>_completed` among a [`CodeCounters`]' codes (classes are 1..=5).
 const COMPLETED: u16 = 0;
 
@@ -531,7 +575,8 @@ pub struct CodeCounters {
     flat_prefix: String,
     stem: &'static str,
     prom_stem: String,
-    scope: (&'static str, String),
+    /// The labels every counter carries (Envoy's scope tags), after the code's.
+    scope: Vec<(&'static str, String)>,
     seen: ArcSwap<Vec<(u16, Counter)>>,
     add: Mutex<()>,
 }
@@ -550,7 +595,7 @@ impl CodeCounters {
         flat_prefix: String,
         stem: &'static str,
         prom_stem: String,
-        scope: (&'static str, String),
+        scope: Vec<(&'static str, String)>,
     ) -> Self {
         CodeCounters {
             store: store.clone(),
@@ -593,26 +638,34 @@ impl CodeCounters {
         if let Some((_, c)) = self.seen.load().iter().find(|(k, _)| *k == key) {
             return c.clone();
         }
-        let (scope_k, scope_v) = (self.scope.0, self.scope.1.as_str());
+        fn with<'a>(
+            first: Option<(&'static str, &'a str)>,
+            scope: &'a [(&'static str, String)],
+        ) -> Vec<(&'a str, &'a str)> {
+            first
+                .into_iter()
+                .chain(scope.iter().map(|(k, v)| (*k, v.as_str())))
+                .collect()
+        }
         let c = if key == COMPLETED {
             self.store.counter(
                 format!("{}{}_completed", self.flat_prefix, self.stem),
                 &format!("{}_completed", self.prom_stem),
-                &[(scope_k, scope_v)],
+                &with(None, &self.scope),
             )
         } else if key < 10 {
             let class = key.to_string();
             self.store.counter(
                 format!("{}{}_{class}xx", self.flat_prefix, self.stem),
                 &format!("{}_xx", self.prom_stem),
-                &[("envoy_response_code_class", &class), (scope_k, scope_v)],
+                &with(Some(("envoy_response_code_class", &class)), &self.scope),
             )
         } else {
             let code = key.to_string();
             self.store.counter(
                 format!("{}{}_{code}", self.flat_prefix, self.stem),
                 &self.prom_stem,
-                &[("envoy_response_code", &code), (scope_k, scope_v)],
+                &with(Some(("envoy_response_code", &code)), &self.scope),
             )
         };
         let mut next = (**self.seen.load()).clone();
@@ -640,7 +693,7 @@ mod tests {
             "cluster.x.".into(),
             "upstream_rq",
             "envoy_cluster_upstream_rq".into(),
-            ("envoy_cluster_name", "x".into()),
+            vec![("envoy_cluster_name", "x".into())],
         );
         codes.record(200);
         codes.record(204);

@@ -304,7 +304,7 @@ async fn send_h1(
                 }
             };
             if !std::mem::replace(&mut counted, true) {
-                cluster.stats.upstream_rq_total.inc();
+                count_request(cluster, &req);
             }
             let busy = idle.as_ref().map(ConnIdle::busy);
             match sender.try_send_request(req).await {
@@ -335,7 +335,7 @@ async fn send_h1(
             drop(pending);
             let rq = request_slot(cluster)?;
             if !counted {
-                cluster.stats.upstream_rq_total.inc();
+                count_request(cluster, &req);
             }
             let busy = idle.as_ref().map(ConnIdle::busy);
             let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
@@ -517,7 +517,7 @@ pub async fn send_upgrade(
     run_connection(cluster, conn.with_upgrades(), None, slot, None);
     drop(pending);
     let rq = request_slot(cluster)?;
-    cluster.stats.upstream_rq_total.inc();
+    count_request(cluster, &req);
     let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
     Ok(resp.map(|body| PooledBody {
         body,
@@ -572,7 +572,7 @@ async fn send_h2(
         }
     };
     let rq = request_slot(cluster)?;
-    cluster.stats.upstream_rq_total.inc();
+    count_request(cluster, &req);
     let busy = idle.as_ref().map(ConnIdle::busy);
     let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
     Ok((resp, busy, rq, stream))
@@ -689,6 +689,18 @@ fn least_busy_h2(host: &Host) -> Option<H2Pick> {
         conn.idle.clone(),
         OpenStream::new(&conn.active),
     ))
+}
+
+/// Another counter an attempt counts in beside the cluster's `upstream_rq_total` once
+/// it has a connection (a virtual cluster's), carried in the request's extensions.
+#[derive(Clone)]
+pub struct AlsoCount(pub crate::telemetry::stats::Counter);
+
+fn count_request<B>(cluster: &Cluster, req: &Request<B>) {
+    cluster.stats.upstream_rq_total.inc();
+    if let Some(AlsoCount(c)) = req.extensions().get() {
+        c.inc();
+    }
 }
 
 #[cfg(test)]

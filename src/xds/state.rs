@@ -835,8 +835,9 @@ impl State {
         removed: Option<Vec<String>>,
     ) -> Result<(), String> {
         let known = self.known_clusters();
+        let store = self.rt.ctx.store.clone();
         let prepared = match self.validate(Kind::Route, items, |_, rc: RouteConfiguration| {
-            compile_routes(&rc, &known).map(Arc::new)
+            compile_routes(&rc, &known, &store).map(Arc::new)
         }) {
             Ok(p) => p,
             Err(e) => {
@@ -1176,10 +1177,14 @@ fn absent<A, B>(
 }
 
 /// Compiles an RDS route configuration (`validate_clusters` defaults to false).
-fn compile_routes(rc: &RouteConfiguration, known: &HashSet<String>) -> Result<Routes, String> {
+fn compile_routes(
+    rc: &RouteConfiguration,
+    known: &HashSet<String>,
+    store: &Arc<crate::telemetry::stats::Store>,
+) -> Result<Routes, String> {
     route_config::route_table(rc, "", known, false)
         .map_err(relative)
-        .and_then(|t| Routes::new(&t))
+        .and_then(|t| Routes::new(&t, store))
 }
 
 /// The longest `initial_fetch_timeout` of a listener's RDS sources (`None`: wait).

@@ -1,6 +1,6 @@
 //! One request's retries: whether an attempt's outcome is retried, how many retries
 //! remain, how long to back off, and which hosts were tried — Envoy's rules.
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderName, StatusCode};
 
@@ -8,6 +8,7 @@ use super::policy::{ResetFormat, RetryOn, RetryPolicy};
 use crate::{
     config::LbMetadata,
     http::matchers::{HeaderMatch, HeaderMatcher, RequestHead},
+    telemetry::scopes::VclusterStats,
     upstream::{
         cluster::{Cluster, RetryPermit},
         host::Host,
@@ -63,6 +64,8 @@ pub struct RetryState<'a> {
     pub retries: u32,
     /// The scheduled retry waits on a rate-limit reset header (else the back-off).
     rate_limited: bool,
+    /// The request's virtual cluster, which counts its retries too.
+    vcluster: Option<Arc<VclusterStats>>,
     /// An attempt has reached the upstream (had a connection): `reset-before-request`
     /// no longer applies, to this attempt or any later one (as Envoy).
     started: bool,
@@ -76,6 +79,7 @@ impl<'a> RetryState<'a> {
         policy: &'a RetryPolicy,
         req: &RequestHead<'_>,
         trusted: Option<&HeaderMap>,
+        vcluster: Option<Arc<VclusterStats>>,
     ) -> Option<Self> {
         let mut on = policy.retry_on;
         let mut remaining = policy.num_retries;
@@ -128,6 +132,7 @@ impl<'a> RetryState<'a> {
             permit: None,
             retries: 0,
             rate_limited: false,
+            vcluster,
             started: false,
         })
     }
@@ -259,19 +264,23 @@ impl<'a> RetryState<'a> {
         let stats = &cluster.stats;
         // A retry that was scheduled ends here; if this outcome is not retried, the
         // retry succeeded (Envoy counts it so, whatever the outcome).
+        let vc = self.vcluster.as_deref();
         if self.permit.take().is_some() && !retriable {
             stats.upstream_rq_retry_success.inc();
+            vc.inspect(|v| v.upstream_rq_retry_success.inc());
         }
         if !retriable {
             return Decision::No;
         }
         if self.remaining == 0 {
             stats.upstream_rq_retry_limit_exceeded.inc();
+            vc.inspect(|v| v.upstream_rq_retry_limit_exceeded.inc());
             return Decision::LimitExceeded;
         }
         self.remaining -= 1;
         let Some(permit) = cluster.retry_permit() else {
             stats.upstream_rq_retry_overflow.inc();
+            vc.inspect(|v| v.upstream_rq_retry_overflow.inc());
             return Decision::Overflow;
         };
         self.permit = Some(permit);
@@ -285,6 +294,9 @@ impl<'a> RetryState<'a> {
     pub fn started(&self, cluster: &Cluster) {
         let stats = &cluster.stats;
         stats.upstream_rq_retry.inc();
+        if let Some(v) = &self.vcluster {
+            v.upstream_rq_retry.inc();
+        }
         if self.rate_limited {
             stats.upstream_rq_retry_backoff_ratelimited.inc();
         } else {
@@ -449,7 +461,7 @@ mod tests {
             omit_host_metadata: vec![("version".into(), "v3".into())],
             ..Default::default()
         };
-        let s = RetryState::new(&p, &head(&h), None).unwrap();
+        let s = RetryState::new(&p, &head(&h), None, None).unwrap();
         assert!(s.rejects(&canary));
         assert!(s.rejects(&v2), "a list value matches any of its elements");
         assert!(!s.rejects(&v1));
@@ -459,7 +471,7 @@ mod tests {
             omit_host_metadata: vec![("version".into(), "v1".into()), ("x".into(), 1.0.into())],
             ..Default::default()
         };
-        let s = RetryState::new(&p, &head(&h), None).unwrap();
+        let s = RetryState::new(&p, &head(&h), None, None).unwrap();
         assert!(s.rejects(&v1), "every listed value must match");
         assert!(!s.rejects(&canary) && !s.rejects(&v2));
         let p = RetryPolicy {
@@ -467,7 +479,7 @@ mod tests {
             previous_hosts: true,
             ..Default::default()
         };
-        let mut s = RetryState::new(&p, &head(&h), None).unwrap();
+        let mut s = RetryState::new(&p, &head(&h), None, None).unwrap();
         s.tried.push(bare.addr);
         assert!(s.rejects(&bare) && !s.rejects(&v1));
     }
@@ -477,7 +489,7 @@ mod tests {
         let p = istio();
         let h = HeaderMap::new();
         let c = cluster(3);
-        let mut s = RetryState::new(&p, &head(&h), None).unwrap();
+        let mut s = RetryState::new(&p, &head(&h), None, None).unwrap();
         let r = HeaderMap::new();
         for _ in 0..2 {
             assert!(matches!(
@@ -505,7 +517,7 @@ mod tests {
                 retry_on: RetryOn::parse_config(on).unwrap(),
                 ..Default::default()
             }));
-            RetryState::new(p, &head(&h), None).unwrap()
+            RetryState::new(p, &head(&h), None, None).unwrap()
         };
         let r = HeaderMap::new();
         let s = state("5xx");
@@ -549,7 +561,7 @@ mod tests {
         let p = istio();
         let h = HeaderMap::new();
         let c = cluster(3);
-        let mut s = RetryState::new(&p, &head(&h), None).unwrap();
+        let mut s = RetryState::new(&p, &head(&h), None, None).unwrap();
         assert!(matches!(
             s.on_failure(Failure::ConnectFailure, &c),
             Decision::Retry(_)
@@ -566,8 +578,8 @@ mod tests {
         let p = istio();
         let h = HeaderMap::new();
         let c = cluster(1);
-        let mut a = RetryState::new(&p, &head(&h), None).unwrap();
-        let mut b = RetryState::new(&p, &head(&h), None).unwrap();
+        let mut a = RetryState::new(&p, &head(&h), None, None).unwrap();
+        let mut b = RetryState::new(&p, &head(&h), None, None).unwrap();
         assert!(matches!(
             a.on_failure(Failure::ConnectFailure, &c),
             Decision::Retry(_)
@@ -579,7 +591,7 @@ mod tests {
         assert_eq!(c.stats.upstream_rq_retry_overflow.get(), 1);
         // a's retry answered: the slot is free again.
         a.on_response(StatusCode::OK, &HeaderMap::new(), &c);
-        let mut d = RetryState::new(&p, &head(&h), None).unwrap();
+        let mut d = RetryState::new(&p, &head(&h), None, None).unwrap();
         assert!(matches!(
             d.on_failure(Failure::ConnectFailure, &c),
             Decision::Retry(_)
@@ -599,20 +611,20 @@ mod tests {
             ..Default::default()
         };
         let mut h = HeaderMap::new();
-        assert!(RetryState::new(&p, &head(&h), None).is_none());
+        assert!(RetryState::new(&p, &head(&h), None, None).is_none());
         h.insert("x-retry-me", "1".parse().unwrap());
-        assert!(RetryState::new(&p, &head(&h), None).is_some());
+        assert!(RetryState::new(&p, &head(&h), None, None).is_some());
     }
 
     #[test]
     fn headers_widen_the_policy_when_trusted() {
         let p = RetryPolicy::default();
         let mut h = HeaderMap::new();
-        assert!(RetryState::new(&p, &head(&h), Some(&h)).is_none());
+        assert!(RetryState::new(&p, &head(&h), Some(&h), None).is_none());
         h.insert("x-envoy-retry-on", "5xx".parse().unwrap());
         h.insert("x-envoy-max-retries", "3".parse().unwrap());
-        assert!(RetryState::new(&p, &head(&h), None).is_none());
-        let s = RetryState::new(&p, &head(&h), Some(&h)).unwrap();
+        assert!(RetryState::new(&p, &head(&h), None, None).is_none());
+        let s = RetryState::new(&p, &head(&h), Some(&h), None).unwrap();
         assert_eq!(s.remaining, 3);
         assert!(s.retriable_response(StatusCode::BAD_GATEWAY, &HeaderMap::new()));
     }
@@ -629,6 +641,7 @@ mod tests {
                 t.insert("x-envoy-retry-on", "5xx".parse().unwrap());
                 t
             }),
+            None,
         )
         .unwrap();
         let mut ceilings = Vec::new();
@@ -654,7 +667,7 @@ mod tests {
         };
         let h = HeaderMap::new();
         let c = cluster(3);
-        let mut s = RetryState::new(&p, &head(&h), None).unwrap();
+        let mut s = RetryState::new(&p, &head(&h), None, None).unwrap();
         let mut r = HeaderMap::new();
         r.insert("retry-after", "2".parse().unwrap());
         let Decision::Retry(wait) = s.on_response(StatusCode::TOO_MANY_REQUESTS, &r, &c) else {
