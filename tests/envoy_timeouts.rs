@@ -361,3 +361,109 @@ async fn upstream_connections_end_at_max_connection_duration_as_in_envoy() {
         );
     }
 }
+
+/// `request_headers_timeout` on HTTP/1.1, as Envoy 1.40: headers still incomplete that
+/// long after their first byte get 408 `request header timeout` and the connection
+/// closes (on a fresh connection and on a kept-alive one alike); an idle keep-alive
+/// connection and a request whose headers are whole (its body slow) are not timed.
+#[tokio::test]
+async fn request_headers_timeout_matches_envoy() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let a = Upstream::start("a").await;
+    let routes =
+        "              - match: { prefix: \"/\" }\n                route: { cluster: a }\n";
+    let log = stdout_log(
+        "%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE_DETAILS% %BYTES_SENT%\\n",
+    );
+    let hcm = format!("          request_headers_timeout: 0.5s\n{log}");
+    let yaml = http_bootstrap_logged(routes, &static_cluster("a", &[a.addr], false), &hcm);
+    let (ours, theirs) = start_both(&envoy, &yaml).await;
+    let mut diffs = Differences::default();
+    for (tag, proxy) in [("envoy", &theirs), ("ours", &ours)] {
+        let addr = proxy.listener("http");
+        // Partial headers on a fresh connection.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /partial HTTP/1.1\r\nhost: svc\r\n")
+            .await
+            .unwrap();
+        diffs.check(
+            format!("{tag}: partial headers"),
+            reply_of(&mut s).await,
+            expected_408(),
+        );
+        // A kept-alive connection: idle past the timeout, then a whole request, then a
+        // body slower than the timeout, then partial headers.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        s.write_all(b"POST /echo HTTP/1.1\r\nhost: svc\r\ncontent-length: 5\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        s.write_all(b"hello").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+        diffs.check(
+            format!("{tag}: idle, then a slow body"),
+            first.lines().next().unwrap_or("").to_owned(),
+            "HTTP/1.1 200 OK".to_owned(),
+        );
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        s.write_all(b"GET /again HTTP/1.1\r\n").await.unwrap();
+        diffs.check(
+            format!("{tag}: partial on keep-alive"),
+            reply_of(&mut s).await,
+            expected_408(),
+        );
+    }
+    diffs.assert_none();
+    let (want, got) = (theirs.stdout_lines(3).await, ours.stdout_lines(3).await);
+    assert_eq!(got, want, "access log lines (pilotfish left, Envoy right)");
+    assert_same_samples(
+        &ours,
+        &theirs,
+        &[
+            "envoy_http_downstream_rq_header_timeout{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+            "envoy_http_downstream_rq_xx{envoy_response_code_class=\"4\",envoy_http_conn_manager_prefix=\"ingress_http\"}",
+        ],
+    )
+    .await;
+}
+
+/// Status line, headers (sorted, without `date`) and body of the reply that ends the
+/// connection, and whether it ended.
+async fn reply_of(s: &mut TcpStream) -> (String, Vec<String>, String, bool) {
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .is_ok();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or("").to_owned();
+    let mut headers: Vec<String> = lines
+        .filter(|l| !l.starts_with("date:"))
+        .map(str::to_owned)
+        .collect();
+    headers.sort();
+    (status, headers, body.to_owned(), closed)
+}
+
+fn expected_408() -> (String, Vec<String>, String, bool) {
+    (
+        "HTTP/1.1 408 Request Timeout".into(),
+        vec![
+            "connection: close".into(),
+            "content-length: 22".into(),
+            "content-type: text/plain".into(),
+            "server: envoy".into(),
+        ],
+        "request header timeout".into(),
+        true,
+    )
+}

@@ -773,6 +773,10 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
         .request_timeout
         .as_ref()
         .and_then(|d| off_when_zero(duration(d)));
+    let request_headers_timeout = hcm
+        .request_headers_timeout
+        .as_ref()
+        .and_then(|d| off_when_zero(duration(d)));
     // Escaped slashes are left as they are (what istiod sends).
     {
         use http_connection_manager::PathWithEscapedSlashesAction as A;
@@ -833,6 +837,7 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
         drain_timeout,
         max_stream_duration,
         request_timeout,
+        request_headers_timeout,
     })
 }
 

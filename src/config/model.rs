@@ -292,6 +292,9 @@ pub struct HttpConfig {
     pub max_stream_duration: Option<Duration>,
     /// `request_timeout`: the whole request must arrive within this (408 otherwise).
     pub request_timeout: Option<Duration>,
+    /// `request_headers_timeout`: an HTTP/1.1 request's headers must arrive within this
+    /// from their first byte (408 and the connection closed otherwise).
+    pub request_headers_timeout: Option<Duration>,
 }
 
 /// Where a connection manager's routes come from.

@@ -298,6 +298,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "drain_timeout",
             "internal_address_config",
             "request_timeout",
+            "request_headers_timeout",
         ],
     ),
     (

@@ -5,6 +5,7 @@ pub mod filters;
 pub mod forwarded;
 pub mod hash_policy;
 pub mod header_mutation;
+pub mod header_timeout;
 pub mod headers;
 pub mod idle;
 pub mod local_reply;

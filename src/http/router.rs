@@ -304,6 +304,9 @@ impl HttpConnectionManager {
                 .unwrap_or_default(),
         );
         record.response_headers = Some(resp.headers().clone());
+        if resp.extensions().get::<ViaUpstream>().is_some() {
+            record.response_code_details = Some("via_upstream");
+        }
         record.upstream_host = picked.host;
         if let Some(m) = &picked.matched {
             record.upstream_cluster = m.cluster().map(|c| c.name().to_owned());
@@ -319,6 +322,37 @@ impl HttpConnectionManager {
         };
         let (parts, b) = resp.into_parts();
         Response::from_parts(parts, body::boxed(Guarded::new(b, end, None)))
+    }
+
+    /// `request_headers_timeout` ran out on an HTTP/1.1 connection: counted and
+    /// logged as Envoy does (a request without method or path, 408,
+    /// `request_header_timeout`); returns the reply's bytes.
+    pub fn header_timeout_reply(
+        &self,
+        down: Downstream,
+        waited: std::time::Duration,
+    ) -> bytes::Bytes {
+        let stats = &self.stats;
+        stats.downstream_rq_total.inc();
+        stats.downstream_rq_http1_total.inc();
+        stats.downstream_rq_header_timeout.inc();
+        stats.downstream_rq.record(408);
+        let reply = super::header_timeout::reply_bytes(self.server_name.to_str().unwrap_or(""));
+        let record = Record {
+            start: Some(SystemTime::now() - waited),
+            protocol: Some("HTTP/1.1"),
+            response_code: 408,
+            response_code_details: Some("request_header_timeout"),
+            bytes_sent: "request header timeout".len() as u64,
+            duration: waited,
+            downstream_remote: Some(down.peer),
+            downstream_local: Some(down.local),
+            ..Default::default()
+        };
+        for log in self.access_logs.iter() {
+            log.write(&record);
+        }
+        reply
     }
 
     /// The grpc_stats filter's view of a gRPC request body (its messages).
@@ -1045,6 +1079,7 @@ impl HttpConnectionManager {
         };
         let body = Guarded::new(incoming, (active, rq_time), deadline).with_idle(idle);
         let mut resp = Response::from_parts(parts, body::boxed(body));
+        resp.extensions_mut().insert(ViaUpstream);
         retry_flags.mark(&mut resp);
         resp
     }
@@ -1517,6 +1552,10 @@ impl Charge<'_> {
         }
     }
 }
+
+/// Marks a response that came from upstream (`%RESPONSE_CODE_DETAILS%`: `via_upstream`).
+#[derive(Clone, Copy)]
+struct ViaUpstream;
 
 /// Records `upstream_rq_time` (cluster and virtual cluster) when the response ends.
 struct RqTime {

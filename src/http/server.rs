@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::{
+    body, header_timeout,
     idle::ConnIdle,
     router::{Downstream, HttpConnectionManager},
 };
@@ -49,13 +50,27 @@ pub async fn serve(
     let svc_hcm = hcm.clone();
     let svc_closing = closing.clone();
     let svc_idle = idle.clone();
+    // HTTP/1.1's `request_headers_timeout` clock (see `header_timeout`).
+    let header_clock = match hcm.config.request_headers_timeout {
+        Some(t) if !h2 => Some((header_timeout::Between::new(), t)),
+        _ => None,
+    };
+    let svc_between = header_clock.as_ref().map(|(b, _)| b.clone());
     let svc = service_fn(move |req| {
         let hcm = svc_hcm.clone();
         let closing = svc_closing.clone();
         let idle = svc_idle.clone();
+        let between = svc_between.clone();
         async move {
             let _busy = idle.as_ref().map(ConnIdle::busy);
+            if let Some(b) = &between {
+                b.request_started();
+            }
             let mut resp = hcm.handle(down, req).await;
+            if let Some(b) = &between {
+                let end = b.response_guard();
+                resp = resp.map(|body| body::boxed(body::Guarded::new(body, end, None)));
+            }
             if closing.load(Ordering::Relaxed) {
                 resp.headers_mut().insert(
                     http::header::CONNECTION,
@@ -107,6 +122,17 @@ pub async fn serve(
         stats.downstream_cx_http1_total.inc();
         // No header read timeout: Envoy's `request_headers_timeout` is off by default
         // (hyper's would be 30 s, and a timer per request).
+        let io = match header_clock {
+            Some((between, timeout)) => {
+                let hcm = hcm.clone();
+                let on_timeout = Box::new(move || hcm.header_timeout_reply(down, timeout));
+                let stream = io.into_inner();
+                TokioIo::new(header_timeout::HeaderClock::new(
+                    stream, between, timeout, on_timeout,
+                ))
+            }
+            None => TokioIo::new(header_timeout::HeaderClock::plain(io.into_inner())),
+        };
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(None)

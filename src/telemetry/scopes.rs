@@ -262,6 +262,7 @@ pub struct HttpStats {
     pub downstream_rq_idle_timeout: Counter,
     pub downstream_rq_max_duration_reached: Counter,
     pub downstream_rq_timeout: Counter,
+    pub downstream_rq_header_timeout: Counter,
     pub downstream_cx_idle_timeout: Counter,
     pub downstream_cx_max_duration_reached: Counter,
 }
@@ -308,6 +309,7 @@ impl HttpStats {
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
             downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
             downstream_rq_timeout: c("downstream_rq_timeout"),
+            downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
         }
