@@ -143,16 +143,10 @@ async fn connection_manager_timeouts_match_envoy() {
         );
     }
     diffs.assert_none();
-    let (want, got) = (theirs.stdout_lines(3).await, ours.stdout_lines(3).await);
-    assert_eq!(got, want, "access log lines (pilotfish left, Envoy right)");
-    assert_same_samples(
-        &ours,
-        &theirs,
-        &[
-            "envoy_http_downstream_rq_idle_timeout{envoy_http_conn_manager_prefix=\"ingress_http\"}",
-            "envoy_http_downstream_cx_idle_timeout{envoy_http_conn_manager_prefix=\"ingress_http\"}",
-        ],
-    )
+    same_log_and_samples(&ours, &theirs, 3, &[
+        "envoy_http_downstream_rq_idle_timeout{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+        "envoy_http_downstream_cx_idle_timeout{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+    ])
     .await;
 }
 
@@ -277,16 +271,10 @@ async fn stream_duration_and_request_timeout_match_envoy() {
         slow_upload(ours.listener("http")).await,
     );
     diffs.assert_none();
-    let (want, got) = (theirs.stdout_lines(4).await, ours.stdout_lines(4).await);
-    assert_eq!(got, want, "access log lines (pilotfish left, Envoy right)");
-    assert_same_samples(
-        &ours,
-        &theirs,
-        &[
-            "envoy_http_downstream_rq_max_duration_reached{envoy_http_conn_manager_prefix=\"ingress_http\"}",
-            "envoy_http_downstream_rq_timeout{envoy_http_conn_manager_prefix=\"ingress_http\"}",
-        ],
-    )
+    same_log_and_samples(&ours, &theirs, 4, &[
+        "envoy_http_downstream_rq_max_duration_reached{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+        "envoy_http_downstream_rq_timeout{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+    ])
     .await;
 }
 
@@ -422,16 +410,10 @@ async fn request_headers_timeout_matches_envoy() {
         );
     }
     diffs.assert_none();
-    let (want, got) = (theirs.stdout_lines(3).await, ours.stdout_lines(3).await);
-    assert_eq!(got, want, "access log lines (pilotfish left, Envoy right)");
-    assert_same_samples(
-        &ours,
-        &theirs,
-        &[
-            "envoy_http_downstream_rq_header_timeout{envoy_http_conn_manager_prefix=\"ingress_http\"}",
-            "envoy_http_downstream_rq_xx{envoy_response_code_class=\"4\",envoy_http_conn_manager_prefix=\"ingress_http\"}",
-        ],
-    )
+    same_log_and_samples(&ours, &theirs, 3, &[
+        "envoy_http_downstream_rq_header_timeout{envoy_http_conn_manager_prefix=\"ingress_http\"}",
+        "envoy_http_downstream_rq_xx{envoy_response_code_class=\"4\",envoy_http_conn_manager_prefix=\"ingress_http\"}",
+    ])
     .await;
 }
 
@@ -466,4 +448,15 @@ fn expected_408() -> (String, Vec<String>, String, bool) {
         "request header timeout".into(),
         true,
     )
+}
+
+/// The same access log lines (the last `lines` of each) and the same values of
+/// `samples` in pilotfish and Envoy.
+async fn same_log_and_samples(ours: &Proxy, theirs: &Proxy, lines: usize, samples: &[&str]) {
+    let (want, got) = (
+        theirs.stdout_lines(lines).await,
+        ours.stdout_lines(lines).await,
+    );
+    assert_eq!(got, want, "access log lines (pilotfish left, Envoy right)");
+    assert_same_samples(ours, theirs, samples).await;
 }
