@@ -250,12 +250,12 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             "http_filters[0].typed_config.abort.http_status: 99 is not in [200, 600)",
         ),
         (
-            "a connection limit on requests downstream",
+            "a header count limit downstream",
             hcm("", ROUTER).replace(
                 "stat_prefix: h",
-                "stat_prefix: h\n          common_http_protocol_options: { max_requests_per_connection: 5 }",
+                "stat_prefix: h\n          common_http_protocol_options: { max_headers_count: 50 }",
             ),
-            "typed_config.common_http_protocol_options.max_requests_per_connection: not supported downstream",
+            "typed_config.common_http_protocol_options.max_headers_count",
         ),
         (
             "escaped slashes unescaped",

@@ -460,3 +460,88 @@ async fn same_log_and_samples(ours: &Proxy, theirs: &Proxy, lines: usize, sample
     assert_eq!(got, want, "access log lines (pilotfish left, Envoy right)");
     assert_same_samples(ours, theirs, samples).await;
 }
+
+/// The connection manager's `common_http_protocol_options.max_requests_per_connection`,
+/// as Envoy 1.40: HTTP/1.1 answers the last request with `connection: close` and
+/// closes; HTTP/2 drains (GOAWAY) from the last stream on and then closes.
+#[tokio::test]
+async fn max_requests_per_connection_matches_envoy() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let a = Upstream::start("a").await;
+    let routes =
+        "              - match: { prefix: \"/\" }\n                route: { cluster: a }\n";
+    let hcm = "          common_http_protocol_options: { max_requests_per_connection: 2 }\n          drain_timeout: 0.3s\n";
+    let yaml = http_bootstrap_logged(routes, &static_cluster("a", &[a.addr], false), hcm);
+    let (ours, theirs) = start_both(&envoy, &yaml).await;
+    let mut diffs = Differences::default();
+    for h2 in [false, true] {
+        let want = two_requests_then_closed(theirs.listener("http"), h2).await;
+        assert!(want.1, "Envoy kept the connection (h2: {h2})");
+        if !h2 {
+            assert_eq!(want.0[1], (200, "close".to_owned()));
+        }
+        diffs.check(
+            format!("h2: {h2}"),
+            want,
+            two_requests_then_closed(ours.listener("http"), h2).await,
+        );
+    }
+    diffs.assert_none();
+    assert_same_samples(
+        &ours,
+        &theirs,
+        &["envoy_http_downstream_cx_max_requests_reached{envoy_http_conn_manager_prefix=\"ingress_http\"}"],
+    )
+    .await;
+}
+
+/// Two requests on one connection: their statuses and `connection` headers, and
+/// whether the proxy then ended the connection (bounded wait).
+async fn two_requests_then_closed(addr: SocketAddr, h2: bool) -> (Vec<(u16, String)>, bool) {
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let req = || {
+        let mut r = Request::get(if h2 { "http://svc/" } else { "/" })
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        if !h2 {
+            r.headers_mut().insert("host", "svc".parse().unwrap());
+        }
+        r
+    };
+    let seen = |r: &http::Response<hyper::body::Incoming>| {
+        let connection = r.headers().get("connection");
+        (
+            r.status().as_u16(),
+            connection.map_or("", |v| v.to_str().unwrap()).to_owned(),
+        )
+    };
+    let mut got = Vec::new();
+    let conn = if h2 {
+        let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        let conn = tokio::spawn(conn);
+        for _ in 0..2 {
+            let resp = s.send_request(req()).await.unwrap();
+            got.push(seen(&resp));
+            resp.into_body().collect().await.unwrap();
+        }
+        conn
+    } else {
+        let (mut s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        let conn = tokio::spawn(conn);
+        for _ in 0..2 {
+            s.ready().await.unwrap();
+            let resp = s.send_request(req()).await.unwrap();
+            got.push(seen(&resp));
+            resp.into_body().collect().await.unwrap();
+        }
+        conn
+    };
+    let closed = tokio::time::timeout(Duration::from_secs(8), conn)
+        .await
+        .is_ok();
+    (got, closed)
+}

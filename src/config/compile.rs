@@ -746,14 +746,10 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
             off_when_zero(duration(d))
         });
     let common = hcm.common_http_protocol_options.as_ref();
-    if let Some(c) = common {
-        let cpath = format!("{path}.common_http_protocol_options");
-        if c.max_requests_per_connection.is_some() {
-            return Err(format!(
-                "{cpath}.max_requests_per_connection: not supported downstream"
-            ));
-        }
-    }
+    let max_requests_per_connection = common
+        .and_then(|c| c.max_requests_per_connection.as_ref())
+        .map(|v| v.value)
+        .filter(|&m| m > 0);
     let idle_timeout = common
         .and_then(|c| c.idle_timeout.as_ref())
         .map_or(Some(Duration::from_secs(3600)), |d| {
@@ -838,6 +834,7 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
         max_stream_duration,
         request_timeout,
         request_headers_timeout,
+        max_requests_per_connection,
     })
 }
 

@@ -295,6 +295,9 @@ pub struct HttpConfig {
     /// `request_headers_timeout`: an HTTP/1.1 request's headers must arrive within this
     /// from their first byte (408 and the connection closed otherwise).
     pub request_headers_timeout: Option<Duration>,
+    /// `common_http_protocol_options.max_requests_per_connection`: a connection serves
+    /// this many requests, then closes (HTTP/1.1) or drains (HTTP/2).
+    pub max_requests_per_connection: Option<u32>,
 }
 
 /// Where a connection manager's routes come from.

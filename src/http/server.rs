@@ -5,7 +5,7 @@ use std::{
     io,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::Duration,
 };
@@ -56,17 +56,42 @@ pub async fn serve(
         _ => None,
     };
     let svc_between = header_clock.as_ref().map(|(b, _)| b.clone());
+    // `max_requests_per_connection`: requests so far, and the signal that an HTTP/2
+    // connection reached the limit and drains.
+    let served = Arc::new(AtomicU32::new(0));
+    let limit_reached = Arc::new(tokio::sync::Notify::new());
+    let svc_limit_reached = limit_reached.clone();
     let svc = service_fn(move |req| {
         let hcm = svc_hcm.clone();
         let closing = svc_closing.clone();
         let idle = svc_idle.clone();
         let between = svc_between.clone();
+        let served = served.clone();
+        let limit_reached = svc_limit_reached.clone();
         async move {
             let _busy = idle.as_ref().map(ConnIdle::busy);
             if let Some(b) = &between {
                 b.request_started();
             }
+            // As Envoy: every request at or past the limit counts; HTTP/1.1 closes
+            // after the response to the last one, HTTP/2 starts draining at it.
+            let last = hcm.config.max_requests_per_connection.is_some_and(|max| {
+                let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= max {
+                    hcm.stats.downstream_cx_max_requests_reached.inc();
+                }
+                n == max
+            });
+            if last && h2 {
+                limit_reached.notify_one();
+            }
             let mut resp = hcm.handle(down, req).await;
+            if last && !h2 {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             if let Some(b) = &between {
                 let end = b.response_guard();
                 resp = resp.map(|body| body::boxed(body::Guarded::new(body, end, None)));
@@ -102,6 +127,7 @@ pub async fn serve(
             _ = drain.signaled_quietly() => Stop::Drain,
             () = went_idle => Stop::Idle,
             () = lifetime => Stop::MaxDuration,
+            () = limit_reached.notified() => Stop::MaxRequests,
         }
     };
     if h2 {
@@ -168,12 +194,15 @@ enum Stop {
     Idle,
     /// `common_http_protocol_options.max_connection_duration`.
     MaxDuration,
+    /// `common_http_protocol_options.max_requests_per_connection` (HTTP/2; counted
+    /// per request).
+    MaxRequests,
 }
 
 impl Stop {
     fn count(self, stats: &crate::telemetry::scopes::HttpStats) {
         match self {
-            Stop::Drain => {}
+            Stop::Drain | Stop::MaxRequests => {}
             Stop::Idle => stats.downstream_cx_idle_timeout.inc(),
             Stop::MaxDuration => stats.downstream_cx_max_duration_reached.inc(),
         }

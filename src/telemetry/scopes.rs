@@ -265,6 +265,7 @@ pub struct HttpStats {
     pub downstream_rq_header_timeout: Counter,
     pub downstream_cx_idle_timeout: Counter,
     pub downstream_cx_max_duration_reached: Counter,
+    pub downstream_cx_max_requests_reached: Counter,
 }
 
 impl HttpStats {
@@ -312,6 +313,7 @@ impl HttpStats {
             downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
+            downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
         }
     }
 }
