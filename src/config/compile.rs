@@ -769,6 +769,30 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
         .request_timeout
         .as_ref()
         .and_then(|d| off_when_zero(duration(d)));
+    let http1 = match &hcm.http_protocol_options {
+        Some(o) => crate::http::request_checks::Http1Settings {
+            accept_http_10: o.accept_http_10,
+            default_host_for_http_10: match o.default_host_for_http_10.as_str() {
+                "" => None,
+                h => Some(http::HeaderValue::from_str(h).map_err(|_| {
+                    format!(
+                        "{path}.http_protocol_options.default_host_for_http_10: '{h}' is not a host"
+                    )
+                })?),
+            },
+        },
+        None => Default::default(),
+    };
+    // Envoy's default 60 KiB, at most 8 MiB.
+    let max_request_headers_kb = match hcm.max_request_headers_kb.as_ref().map(|v| v.value) {
+        None => 60,
+        Some(kb @ 1..=8192) => kb,
+        Some(kb) => {
+            return Err(format!(
+                "{path}.max_request_headers_kb: {kb} is not in [1, 8192]"
+            ));
+        }
+    };
     let request_headers_timeout = hcm
         .request_headers_timeout
         .as_ref()
@@ -835,6 +859,8 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
         request_timeout,
         request_headers_timeout,
         max_requests_per_connection,
+        http1,
+        max_request_headers_kb,
     })
 }
 

@@ -298,6 +298,10 @@ pub struct HttpConfig {
     /// `common_http_protocol_options.max_requests_per_connection`: a connection serves
     /// this many requests, then closes (HTTP/1.1) or drains (HTTP/2).
     pub max_requests_per_connection: Option<u32>,
+    /// `http_protocol_options` (HTTP/1.0 acceptance).
+    pub http1: crate::http::request_checks::Http1Settings,
+    /// `max_request_headers_kb` (default 60): a larger request head is refused 431.
+    pub max_request_headers_kb: u32,
 }
 
 /// Where a connection manager's routes come from.

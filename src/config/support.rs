@@ -299,6 +299,8 @@ const FIELDS: &[(&str, &[&str])] = &[
             "internal_address_config",
             "request_timeout",
             "request_headers_timeout",
+            "http_protocol_options",
+            "max_request_headers_kb",
         ],
     ),
     (
@@ -1207,7 +1209,10 @@ const FIELDS: &[(&str, &[&str])] = &[
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig",
         &["http_protocol_options", "http2_protocol_options"],
     ),
-    ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
+    (
+        "envoy.config.core.v3.Http1ProtocolOptions",
+        &["accept_http_10", "default_host_for_http_10"],
+    ),
     (
         "envoy.config.core.v3.Http2ProtocolOptions",
         &[

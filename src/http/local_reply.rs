@@ -38,6 +38,10 @@ pub enum ResponseFlag {
     UpstreamOverflow,
     /// The request body passed the buffer limit while a retry waited for it.
     RetryBufferExceeded,
+    /// The downstream request broke HTTP (Envoy's codec errors).
+    DownstreamProtocolError,
+    /// A local reply Envoy sets no flag for (e.g. a missing `Host`).
+    NoFlag,
 }
 
 impl ResponseFlag {
@@ -57,9 +61,11 @@ impl ResponseFlag {
             ResponseFlag::RbacAccessDenied => "-",
             ResponseFlag::UnauthorizedExternalService => "UAEX",
             // Envoy 1.40 sets no flag for either (only response code details).
+            ResponseFlag::DownstreamProtocolError => "DPE",
             ResponseFlag::MaxDurationReached
             | ResponseFlag::RequestTimeout
-            | ResponseFlag::RetryBufferExceeded => "-",
+            | ResponseFlag::RetryBufferExceeded
+            | ResponseFlag::NoFlag => "-",
         }
     }
 }
@@ -158,6 +164,8 @@ pub fn reply(flag: ResponseFlag) -> Response<Body> {
             StatusCode::INSUFFICIENT_STORAGE,
             "exceeded request buffer limit while retrying upstream",
         ),
+        ResponseFlag::DownstreamProtocolError => (StatusCode::BAD_REQUEST, "Bad Request"),
+        ResponseFlag::NoFlag => (StatusCode::BAD_REQUEST, ""),
     };
     with_body(status, text, flag)
 }

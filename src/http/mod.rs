@@ -13,6 +13,7 @@ pub mod matchers;
 pub mod mirror;
 pub mod path_normalize;
 pub mod redirect;
+pub mod request_checks;
 pub mod retry;
 pub mod rewrite;
 pub mod route_match;

@@ -319,6 +319,11 @@ impl Routes {
     /// The route for a request and the cluster it picks from `clusters`, or `None`
     /// (Envoy's NR).
     pub fn route(&self, req: &RequestHead<'_>, clusters: &ClusterMap) -> Option<Matched<'_>> {
+        // A CONNECT matches only a route with a `connect_matcher`, which pilotfish does
+        // not take: it is never routed (404 NR, as Envoy answers it then).
+        if req.method == "CONNECT" {
+            return None;
+        }
         let vhost = self.virtual_host(req.authority)?;
         let route = vhost.routes.iter().find(|r| r.matches(req))?;
         let (target, weighted) = match &route.action {

@@ -4,7 +4,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Instant, SystemTime},
 };
@@ -30,7 +30,7 @@ use super::{
     idle::Activity,
     local_reply::{self, ResponseFlag, RetryFlags},
     matchers::RequestHead,
-    mirror, path_normalize, redirect,
+    mirror, path_normalize, redirect, request_checks,
     retry::{Decision, Failure, Replay, RetryState},
     rewrite,
     route_match::{Matched, Routes, Target},
@@ -306,6 +306,8 @@ impl HttpConnectionManager {
         record.response_headers = Some(resp.headers().clone());
         if resp.extensions().get::<ViaUpstream>().is_some() {
             record.response_code_details = Some("via_upstream");
+        } else if let Some(d) = resp.extensions().get::<request_checks::Details>() {
+            record.response_code_details = Some(d.0);
         }
         record.upstream_host = picked.host;
         if let Some(m) = &picked.matched {
@@ -463,9 +465,26 @@ impl HttpConnectionManager {
         picked: &mut Picked<'a>,
     ) -> Response<Body> {
         let stream_start = tokio::time::Instant::now();
+        // What Envoy's HTTP/1 codec would refuse never goes further.
+        if let Some(resp) = request_checks::check_http1(&mut req, &self.config.http1) {
+            return resp;
+        }
         // The body stays aside while filters look at the request (ext_authz may
         // buffer it), and goes back before it is forwarded.
         let mut body_slot = std::mem::replace(req.body_mut(), body::empty());
+        // A request body the client breaks (a malformed chunk) fails the attempt
+        // reading it; that is the client's error, answered 400 as Envoy's codec does.
+        let body_broken = Arc::new(AtomicBool::new(false));
+        if !hyper::body::Body::is_end_stream(&body_slot) {
+            let flag = body_broken.clone();
+            body_slot = http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+                body_slot,
+                move |e| {
+                    flag.store(true, Ordering::Relaxed);
+                    e
+                },
+            ));
+        }
         let mut metadata = DynamicMetadata::default();
         let mut authorized: Option<ext_authz::Allowed> = None;
         let authority = request_authority(&req);
@@ -924,6 +943,12 @@ impl HttpConnectionManager {
                     }
                 };
                 let outcome = match outcome {
+                    Outcome::Sent(Err(_)) if body_broken.load(Ordering::Relaxed) => {
+                        return request_checks::codec_error(
+                            http::StatusCode::BAD_REQUEST,
+                            "http1.codec_error",
+                        );
+                    }
                     Outcome::Sent(r) => sent_outcome(r, attempt > 1, cluster.name()),
                     Outcome::PerTryTimeout | Outcome::PerTryIdle => {
                         host.counters.rq_timeout.fetch_add(1, Ordering::Relaxed);

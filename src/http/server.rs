@@ -134,6 +134,7 @@ pub async fn serve(
         stats.downstream_cx_http2_total.inc();
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .max_header_list_size(hcm.config.max_request_headers_kb * 1024)
             .serve_connection(io, svc);
         tokio::pin!(conn);
         tokio::select! {
@@ -159,9 +160,11 @@ pub async fn serve(
             }
             None => TokioIo::new(header_timeout::HeaderClock::plain(io.into_inner())),
         };
+        // The request head must fit in `max_request_headers_kb` (hyper answers 431).
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(None)
+            .max_header_size(hcm.config.max_request_headers_kb as usize * 1024)
             .serve_connection(io, svc)
             .with_upgrades();
         tokio::pin!(conn);
