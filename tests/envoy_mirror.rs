@@ -175,6 +175,13 @@ const CASES: &[Case] = &[
         h2: false,
         headers: &[],
     },
+    // Past the 1 MiB buffer limits: the copy streams, as Envoy's does.
+    Case {
+        path: "/mirror/large",
+        body: 3 << 20,
+        h2: false,
+        headers: &[],
+    },
     Case {
         path: "/mirror/h2",
         body: 10,

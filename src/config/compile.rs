@@ -1228,6 +1228,10 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         breakers,
         added_via_api: false,
         max_requests_per_connection: max_requests_per_connection.filter(|&m| m > 0),
+        buffer_limit: c
+            .per_connection_buffer_limit_bytes
+            .as_ref()
+            .map_or(1 << 20, |v| v.value as usize),
         idle_timeout,
         cleanup_interval: c
             .cleanup_interval

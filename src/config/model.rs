@@ -662,6 +662,9 @@ pub struct ClusterConfig {
     /// `max_requests_per_connection` (the cluster field or `common_http_protocol_options`):
     /// an upstream HTTP connection is used for at most this many requests.
     pub max_requests_per_connection: Option<u32>,
+    /// `per_connection_buffer_limit_bytes` (default 1 MiB): how far a mirror copy sent
+    /// to this cluster may fall behind the request before it is cut off.
+    pub buffer_limit: usize,
     /// `common_http_protocol_options.idle_timeout`: an upstream HTTP connection that
     /// carried no request for this long is closed (Envoy's default 1 h; `None`: `0s`).
     pub idle_timeout: Option<Duration>,
@@ -894,6 +897,7 @@ impl Default for ClusterConfig {
             breakers: Breakers::default(),
             added_via_api: false,
             max_requests_per_connection: None,
+            buffer_limit: 1 << 20,
             idle_timeout: Some(Duration::from_secs(3600)),
             cleanup_interval: Duration::from_secs(5),
             lb: LbConfig::default(),

@@ -1,18 +1,18 @@
 //! Request mirroring (`request_mirror_policies`): a copy of the request, body included,
 //! goes to another cluster with its authority suffixed `-shadow`, fire and forget. The
-//! client gets only the primary's answer; the copy leaves once the primary has read the
-//! whole body (kept up to the buffer limit, as for retries), so a slow, failing or
-//! unreachable mirror never holds the primary back.
+//! client gets only the primary's answer. The copy's body streams as the primary reads
+//! the request's (as Envoy's shadows do), but never holds it back: a mirror that falls
+//! a buffer limit behind is cut off, so a slow, failing or unreachable mirror costs the
+//! primary nothing.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header::HOST};
 use http_body_util::BodyExt;
 
 use super::{
     body::{self, Body},
     headers,
-    retry::replay::Whole,
+    retry::replay::Tap,
 };
 use crate::{
     config::UpstreamProtocol,
@@ -69,8 +69,8 @@ pub struct Copy {
     pub path: http::uri::PathAndQuery,
     pub authority: String,
     pub headers: HeaderMap,
-    /// The body, once whole; `None` for a request without one.
-    pub body: Option<Whole>,
+    /// The body as the primary reads it; `None` for a request without one.
+    pub body: Option<Tap>,
     pub timeout: Option<Duration>,
     pub dst: SocketAddr,
 }
@@ -86,15 +86,6 @@ pub fn send(cluster: Arc<Cluster>, copy: Copy, keep_host: bool) {
     }
     tokio::spawn(async move {
         let work = async {
-            let (data, trailers) = match copy.body {
-                Some(whole) => match whole.wait().await {
-                    Some(b) => b,
-                    // The body never became whole here (past the buffer limit, or the
-                    // request was abandoned): no copy, as Envoy abandons the shadow.
-                    None => return,
-                },
-                None => (Bytes::new(), None),
-            };
             let Some(host) = cluster.pick(Some(copy.dst)) else {
                 cluster.stats.upstream_cx_none_healthy.inc();
                 return;
@@ -105,15 +96,9 @@ pub fn send(cluster: Arc<Cluster>, copy: Copy, keep_host: bool) {
                 shadow_authority(&copy.authority)
             };
             let h2 = cluster.config.protocol == UpstreamProtocol::Http2;
-            let Some(req) = request(
-                copy.method,
-                copy.path,
-                &authority,
-                copy.headers,
-                h2,
-                data,
-                trailers,
-            ) else {
+            let body = copy.body.map_or_else(body::empty, body::boxed);
+            let Some(req) = request(copy.method, copy.path, &authority, copy.headers, h2, body)
+            else {
                 return;
             };
             let _active = (
@@ -149,22 +134,8 @@ fn request(
     authority: &str,
     mut headers: HeaderMap,
     h2: bool,
-    data: Bytes,
-    trailers: Option<HeaderMap>,
+    body: Body,
 ) -> Option<Request<Body>> {
-    let body = match trailers {
-        None if data.is_empty() => body::empty(),
-        None => body::full(data),
-        Some(t) => {
-            let frames = [
-                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(data)),
-                Ok(hyper::body::Frame::trailers(t)),
-            ];
-            body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
-                frames,
-            )))
-        }
-    };
     let mut req = Request::new(body);
     *req.method_mut() = method;
     if h2 {

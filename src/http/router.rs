@@ -810,7 +810,8 @@ impl HttpConnectionManager {
         };
         if let Some(r) = &resend {
             for (mirror, keep_host) in mirror_to {
-                mirror::send(mirror, r.copy(timeout, dst), keep_host);
+                let copy = r.copy(timeout, dst, mirror.config.buffer_limit);
+                mirror::send(mirror, copy, keep_host);
             }
         }
 
@@ -1651,7 +1652,12 @@ impl Resend {
     }
 
     /// The request for a mirror.
-    fn copy(&self, timeout: Option<std::time::Duration>, dst: SocketAddr) -> mirror::Copy {
+    fn copy(
+        &self,
+        timeout: Option<std::time::Duration>,
+        dst: SocketAddr,
+        limit: usize,
+    ) -> mirror::Copy {
         let authority = self
             .uri
             .authority()
@@ -1672,7 +1678,7 @@ impl Resend {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
             authority,
             headers: self.headers.clone(),
-            body: self.body.as_ref().map(Replay::whole),
+            body: self.body.as_ref().and_then(|b| b.tap(limit)),
             timeout,
             dst,
         }

@@ -1,14 +1,19 @@
 //! A request body that can be sent again: the downstream body is read once, each frame
 //! passed to the attempt reading it and kept (up to the buffer limit) so a retry sends
 //! the same bytes. Past the limit the request still streams, only no longer replays
-//! (Envoy's `retry_or_shadow_abandoned`).
+//! (Envoy's `retry_or_shadow_abandoned`). Mirrors tap it: each frame read is also
+//! queued for each mirror as it arrives, and a mirror that falls a buffer limit behind
+//! is cut off rather than hold the request back.
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
 };
 
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -36,12 +41,51 @@ struct Shared {
     /// The newest attempt; an older one reading again is cut off.
     epoch: u32,
     abandoned: Counter,
-    /// Woken when the body ends, stops being replayable, or is dropped: a mirror
-    /// waits for the whole body.
-    changed: Arc<Notify>,
+    /// The mirrors' copies of the body, fed as it is read.
+    taps: Vec<TapTx>,
+}
+
+/// The sending side of a mirror's copy, how many bytes wait in it, and how many may.
+struct TapTx {
+    tx: mpsc::UnboundedSender<Result<Frame<Bytes>, BoxError>>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
 }
 
 impl Shared {
+    /// Passes a frame read from the source to each mirror; one that has its limit of
+    /// bytes queued already is cut off (its copy fails) and counted.
+    fn feed_taps(&mut self, frame: &Frame<Bytes>) {
+        if self.taps.is_empty() {
+            return;
+        }
+        let len = frame.data_ref().map_or(0, Bytes::len);
+        let abandoned = &self.abandoned;
+        self.taps.retain(|t| {
+            if t.queued.load(Ordering::Relaxed) + len > t.limit {
+                abandoned.inc();
+                let _ = t.tx.send(Err(Box::new(Cut::MirrorAbandoned)));
+                return false;
+            }
+            let copy = match (frame.data_ref(), frame.trailers_ref()) {
+                (Some(d), _) => Frame::data(d.clone()),
+                (None, Some(t)) => Frame::trailers(t.clone()),
+                (None, None) => return true,
+            };
+            t.queued.fetch_add(len, Ordering::Relaxed);
+            t.tx.send(Ok(copy)).is_ok()
+        });
+    }
+
+    /// The source ended (`None`) or failed: the copies end the same way.
+    fn end_taps(&mut self, failed: bool) {
+        for t in self.taps.drain(..) {
+            if failed {
+                let _ = t.tx.send(Err(Box::new(Cut::MirrorAbandoned)));
+            }
+        }
+    }
+
     /// Keeps a frame for replay; past the limit, drops what was kept and counts the
     /// body abandoned. Whether the body is still replayable.
     fn keep(&mut self, frame: &Frame<Bytes>) -> bool {
@@ -57,7 +101,6 @@ impl Shared {
             self.spent = true;
             self.kept = Vec::new();
             self.abandoned.inc();
-            self.changed.notify_waiters();
             false
         } else {
             self.kept.push(kept);
@@ -67,10 +110,32 @@ impl Shared {
 }
 
 impl Drop for Shared {
+    /// A body dropped before its end (the request was abandoned) must not look whole
+    /// to a mirror.
     fn drop(&mut self) {
-        self.changed.notify_waiters();
+        let unfinished = self.source.is_some();
+        self.end_taps(unfinished);
     }
 }
+
+/// Why a reader of the body was cut off.
+#[derive(Debug)]
+pub enum Cut {
+    /// An attempt retried on another one.
+    Superseded,
+    /// A mirror's copy fell behind, or the request body did not finish.
+    MirrorAbandoned,
+}
+
+impl std::fmt::Display for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cut::Superseded => "request retried on another attempt",
+            Cut::MirrorAbandoned => "mirror copy of the request body abandoned",
+        })
+    }
+}
+impl std::error::Error for Cut {}
 
 /// The downstream body, shared by the attempts of one request.
 pub struct Replay {
@@ -90,18 +155,44 @@ impl Replay {
                 spent: false,
                 epoch: 0,
                 abandoned,
-                changed: Arc::default(),
+                taps: Vec::new(),
             })),
             hint,
         }
     }
 
-    /// A handle that waits for the whole body (for a mirror), without reading it.
-    pub fn whole(&self) -> Whole {
-        Whole {
-            shared: Arc::downgrade(&self.shared),
-            changed: self.shared.lock().unwrap().changed.clone(),
+    /// A mirror's copy of the body, fed as the attempts read it (the frames read so
+    /// far first), cut off when `limit` bytes wait in it; `None` once the body is past
+    /// replaying (its start is gone).
+    pub fn tap(&self, limit: usize) -> Option<Tap> {
+        let mut s = self.shared.lock().unwrap();
+        if s.spent {
+            return None;
         }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        for k in &s.kept {
+            let frame = match k {
+                Kept::Data(d) => {
+                    queued.fetch_add(d.len(), Ordering::Relaxed);
+                    Frame::data(d.clone())
+                }
+                Kept::Trailers(t) => Frame::trailers(t.clone()),
+            };
+            let _ = tx.send(Ok(frame));
+        }
+        if s.source.is_some() {
+            s.taps.push(TapTx {
+                tx,
+                queued: queued.clone(),
+                limit,
+            });
+        }
+        Some(Tap {
+            rx,
+            queued,
+            hint: self.hint,
+        })
     }
 
     /// Whether another attempt can send the whole body.
@@ -126,17 +217,18 @@ impl Replay {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(None) => {
                         s.source = None;
-                        s.changed.notify_waiters();
+                        s.end_taps(false);
                     }
                     // The next attempt meets the failure where it stands.
                     Poll::Ready(Some(Err(_))) => {
                         s.spent = true;
-                        s.changed.notify_waiters();
+                        s.end_taps(true);
                     }
                     Poll::Ready(Some(Ok(frame))) => {
+                        s.feed_taps(&frame);
                         if s.source.as_ref().is_some_and(HttpBody::is_end_stream) {
                             s.source = None;
-                            s.changed.notify_waiters();
+                            s.end_taps(false);
                         }
                         if !s.keep(&frame) {
                             return Poll::Ready(());
@@ -171,16 +263,6 @@ pub struct Attempt {
     ended: bool,
 }
 
-#[derive(Debug)]
-pub struct Superseded;
-
-impl std::fmt::Display for Superseded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request retried on another attempt")
-    }
-}
-impl std::error::Error for Superseded {}
-
 impl HttpBody for Attempt {
     type Data = Bytes;
     type Error = BoxError;
@@ -192,7 +274,7 @@ impl HttpBody for Attempt {
         let this = &mut *self;
         let mut s = this.shared.lock().unwrap();
         if s.epoch != this.epoch {
-            return Poll::Ready(Some(Err(Box::new(Superseded))));
+            return Poll::Ready(Some(Err(Box::new(Cut::Superseded))));
         }
         if let Some(k) = s.kept.get(this.next) {
             this.next += 1;
@@ -209,20 +291,21 @@ impl HttpBody for Attempt {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 s.source = None;
-                s.changed.notify_waiters();
+                s.end_taps(false);
                 this.ended = true;
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
                 s.spent = true;
-                s.changed.notify_waiters();
+                s.end_taps(true);
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(Some(Ok(frame))) => {
+                s.feed_taps(&frame);
                 // A body of known length may never be polled past its last byte.
                 if s.source.as_ref().is_some_and(HttpBody::is_end_stream) {
                     s.source = None;
-                    s.changed.notify_waiters();
+                    s.end_taps(false);
                 }
                 if !s.spent && s.keep(&frame) {
                     this.next = s.kept.len();
@@ -241,40 +324,32 @@ impl HttpBody for Attempt {
     }
 }
 
-/// Waits for a request body to be read to its end by the attempts.
-pub struct Whole {
-    shared: Weak<Mutex<Shared>>,
-    changed: Arc<Notify>,
+/// A mirror's copy of the request body, as the attempts read it.
+pub struct Tap {
+    rx: mpsc::UnboundedReceiver<Result<Frame<Bytes>, BoxError>>,
+    queued: Arc<AtomicUsize>,
+    hint: SizeHint,
 }
 
-impl Whole {
-    /// The whole body, once the attempts have read it; `None` if it will never be
-    /// whole here: past the buffer limit, failed, or abandoned unread.
-    pub async fn wait(self) -> Option<(Bytes, Option<HeaderMap>)> {
-        loop {
-            let changed = self.changed.notified();
-            let mut changed = std::pin::pin!(changed);
-            changed.as_mut().enable();
-            {
-                let shared = self.shared.upgrade()?;
-                let s = shared.lock().unwrap();
-                if s.spent {
-                    return None;
-                }
-                if s.source.is_none() {
-                    let mut data = bytes::BytesMut::with_capacity(s.kept_bytes);
-                    let mut trailers = None;
-                    for k in &s.kept {
-                        match k {
-                            Kept::Data(d) => data.extend_from_slice(d),
-                            Kept::Trailers(t) => trailers = Some(t.clone()),
-                        }
-                    }
-                    return Some((data.freeze(), trailers));
-                }
-            }
-            changed.await;
+impl HttpBody for Tap {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r
+            && let Some(d) = f.data_ref()
+        {
+            self.queued.fetch_sub(d.len(), Ordering::Relaxed);
         }
+        r
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
     }
 }
 
@@ -316,23 +391,53 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_mirror_gets_the_whole_body_once_it_is_read() {
+    async fn a_mirror_gets_each_frame_as_the_attempt_reads_it() {
         let r = Replay::new(chunks(&["ab", "cd"]), 100, Counter::default());
-        let whole = tokio::spawn(r.whole().wait());
-        tokio::task::yield_now().await;
-        assert!(!whole.is_finished());
-        r.attempt().collect().await.unwrap();
-        let (data, trailers) = whole.await.unwrap().unwrap();
-        assert_eq!((&data[..], trailers), (&b"abcd"[..], None));
+        let mut tap = r.tap(100).unwrap();
+        let mut first = r.attempt();
+        first.frame().await.unwrap().unwrap();
+        let f = tap.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "ab");
+        // A retry re-reads what was kept; the mirror gets each byte once.
+        let whole = r.attempt().collect().await.unwrap().to_bytes();
+        assert_eq!(&whole[..], b"abcd");
+        let rest = tap.collect().await.unwrap().to_bytes();
+        assert_eq!(&rest[..], b"cd");
     }
 
     #[tokio::test]
-    async fn a_mirror_gives_up_on_a_body_nobody_reads() {
-        let r = Replay::new(chunks(&["ab"]), 100, Counter::default());
-        let whole = tokio::spawn(r.whole().wait());
-        tokio::task::yield_now().await;
+    async fn a_mirror_that_falls_behind_is_cut_off() {
+        let abandoned = Counter::default();
+        let r = Replay::new(chunks(&["abc", "def", "ghi"]), 5, abandoned.clone());
+        let tap = r.tap(5).unwrap();
+        // The primary reads everything; the mirror reads nothing.
+        let all = r.attempt().collect().await.unwrap().to_bytes();
+        assert_eq!(&all[..], b"abcdefghi");
+        assert!(tap.collect().await.is_err());
+        assert!(abandoned.get() >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_mirror_keeping_up_gets_a_body_past_the_limit() {
+        let r = Replay::new(chunks(&["abc", "def", "ghi"]), 4, Counter::default());
+        let mut tap = r.tap(4).unwrap();
+        let mut primary = r.attempt();
+        let mut copied = Vec::new();
+        while let Some(f) = primary.frame().await {
+            f.unwrap();
+            copied.extend_from_slice(&tap.frame().await.unwrap().unwrap().into_data().unwrap());
+        }
+        assert!(!r.replayable(), "past the limit: no retry");
+        assert_eq!(&copied[..], b"abcdefghi");
+        assert!(tap.frame().await.is_none(), "then the copy ends cleanly");
+    }
+
+    #[tokio::test]
+    async fn a_mirror_of_a_body_nobody_finished_fails() {
+        let r = Replay::new(chunks(&["ab", "cd"]), 100, Counter::default());
+        let tap = r.tap(100).unwrap();
         drop(r);
-        assert!(whole.await.unwrap().is_none());
+        assert!(tap.collect().await.is_err());
     }
 
     #[tokio::test]
