@@ -70,7 +70,8 @@ fn bootstrap(up: SocketAddr) -> String {
                 route: { cluster: ws, timeout: 1s }"#;
     http_bootstrap(routes, &static_cluster("ws", &[up], false)).replace(
         "          http_filters:\n",
-        "          upgrade_configs: [{ upgrade_type: websocket }]\n          http_filters:\n",
+        // A header timeout shorter than the tunnel's pauses: a tunnel has no heads.
+        "          upgrade_configs: [{ upgrade_type: websocket }]\n          request_headers_timeout: 0.3s\n          http_filters:\n",
     )
 }
 
@@ -109,6 +110,11 @@ async fn run(
             .unwrap();
         let mut buf = vec![0u8; 21];
         s.read_exact(&mut buf).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        s.get_mut().write_all(b" and again").await.unwrap();
+        let mut again = vec![0u8; 10];
+        s.read_exact(&mut again).await.unwrap();
+        buf.extend_from_slice(&again);
         echoed = Some(String::from_utf8_lossy(&buf).into_owned());
     }
     let upstream_saw_upgrade =

@@ -92,7 +92,10 @@ pub async fn serve(
                     http::HeaderValue::from_static("close"),
                 );
             }
-            if let Some(b) = &between {
+            // After a 101 the connection is a tunnel: no request heads to time.
+            if let Some(b) = &between
+                && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
                 let end = b.response_guard();
                 resp = resp.map(|body| body::boxed(body::Guarded::new(body, end, None)));
             }
