@@ -1,9 +1,10 @@
 //! What Envoy's HTTP/1 codec refuses before a request reaches any filter, checked on
 //! what hyper parsed: HTTP/1.0 unless accepted, methods outside the known set,
-//! `Transfer-Encoding` other than `chunked` or together with `Content-Length`, repeated
-//! `Content-Length`, and a missing `Host`. Each is answered as Envoy answers it (and the
-//! connection closes), so a request two parsers could read differently never goes
-//! upstream. hyper already refuses the rest (obs-fold, bare CR, `chunked` not last, …).
+//! `Transfer-Encoding` other than `chunked` or together with `Content-Length` (where
+//! hyper leaves both), and a missing `Host`. Each is answered as Envoy answers it (and
+//! the connection closes), so a request two parsers could read differently never goes
+//! upstream. hyper refuses the rest itself (obs-fold, bare CR, `chunked` not last,
+//! conflicting `Content-Length`s, …) and reads two equal `Content-Length`s as one.
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Version, header};
 
 use super::{
@@ -96,9 +97,6 @@ pub fn check_http1<B>(
                 "http1.invalid_transfer_encoding",
             ));
         }
-    }
-    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
-        return Some(codec_error(StatusCode::BAD_REQUEST, "http1.codec_error"));
     }
     if !h.contains_key(header::HOST) && req.uri().authority().is_none() {
         match &settings.default_host_for_http_10 {
@@ -203,17 +201,6 @@ mod tests {
                 &s
             ),
             None
-        );
-        assert_eq!(
-            status(
-                req(
-                    &[host, ("content-length", "5"), ("content-length", "5")],
-                    "POST",
-                    v11
-                ),
-                &s
-            ),
-            Some((400, "http1.codec_error"))
         );
         assert_eq!(
             status(req(&[], "GET", v11), &s),
