@@ -88,7 +88,17 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
             anyhow::anyhow!("cluster_manager.outlier_detection.event_log_path '{path}': {e}")
         })?;
     }
-    let clusters = Arc::new(ClusterManager::new(&config.clusters, &store));
+    let secrets = Arc::new(crate::tls::SecretStore::new(
+        crate::tls::secrets::sources(&config.clusters),
+        xds::node(&config.node.proto),
+        control.handle().clone(),
+        store.clone(),
+    ));
+    let clusters = Arc::new(ClusterManager::with_secrets(
+        &config.clusters,
+        &store,
+        secrets,
+    ));
     server.active_clusters.set(clusters.len() as i64);
     let listeners = Arc::new(ListenerManager::new(
         workers.handles(),

@@ -16,6 +16,7 @@ pub mod readiness;
 pub mod runtime;
 pub mod tcp;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod workers;
 pub mod xds;

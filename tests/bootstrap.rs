@@ -294,11 +294,11 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             "routes[0].typed_per_filter_config[\"envoy.filters.http.lua\"] (envoy.filters.http.lua): not supported",
         ),
         (
-            "TLS upstream",
+            "TLS 1.1 upstream",
             with_cluster(
-                "  - name: c\n    transport_socket: { name: envoy.transport_sockets.tls, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext } }\n",
+                "  - name: c\n    transport_socket: { name: envoy.transport_sockets.tls, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, common_tls_context: { tls_params: { tls_maximum_protocol_version: TLSv1_1 } } } }\n",
             ),
-            "static_resources.clusters[0].transport_socket: not supported",
+            "static_resources.clusters[0].transport_socket.typed_config.common_tls_context.tls_params.tls_maximum_protocol_version: TLS 1.0 and 1.1 are not supported",
         ),
         (
             "duplicate domains",

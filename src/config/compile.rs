@@ -480,11 +480,22 @@ fn filter_chain(
         &format!("{path}.filters[{}]", chain.filters.len() - 1),
         clusters,
     )?;
+    let tls = match &chain.transport_socket {
+        Some(ts) => super::tls::transport_socket(ts, &format!("{path}.transport_socket"), true)?
+            .map(Arc::new),
+        None => None,
+    };
     Ok(FilterChain {
         name: chain.name.clone(),
         matcher,
         read_filters,
         filter,
+        tls,
+        handshake_timeout: chain
+            .transport_socket_connect_timeout
+            .as_ref()
+            .map(duration)
+            .filter(|d| !d.is_zero()),
     })
 }
 
@@ -1220,7 +1231,9 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
             interval: k.keepalive_interval.as_ref().map(|v| v.value),
         });
     }
+    let transport = transport_sockets(c, path)?;
     Ok(ClusterConfig {
+        transport,
         original_dst_header,
         upstream_socket,
         eds,
@@ -1976,6 +1989,11 @@ pub fn endpoints(
                 },
                 canary: lbe.metadata.as_ref().is_some_and(canary),
                 lb_metadata: lbe.metadata.as_ref().and_then(lb_metadata).map(Arc::new),
+                socket_metadata: lbe
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.filter_metadata.get("envoy.transport_socket_match"))
+                    .map(|s| Arc::new(struct_json(s))),
             };
             let sa = match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
                 Some(address::Address::SocketAddress(sa)) => sa,
@@ -2041,6 +2059,30 @@ pub fn overprovisioning_factor(
         Some(f) => Ok(f.value),
         None => Ok(140),
     }
+}
+
+/// A cluster's `transport_socket` and `transport_socket_matches`.
+fn transport_sockets(c: &Cluster, path: &str) -> Result<TransportSockets> {
+    let socket = |ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket, p: String| {
+        super::tls::transport_socket(ts, &p, false).map(|t| t.map(Arc::new))
+    };
+    let default = match &c.transport_socket {
+        Some(ts) => socket(ts, format!("{path}.transport_socket"))?,
+        None => None,
+    };
+    let mut matches = Vec::new();
+    for (i, m) in c.transport_socket_matches.iter().enumerate() {
+        let mpath = format!("{path}.transport_socket_matches[{i}]");
+        let Some(ts) = &m.transport_socket else {
+            return Err(format!("{mpath}.transport_socket: required"));
+        };
+        matches.push(SocketMatch {
+            name: m.name.clone(),
+            criteria: m.r#match.as_ref().map(struct_json).unwrap_or_default(),
+            tls: socket(ts, format!("{mpath}.transport_socket"))?,
+        });
+    }
+    Ok(TransportSockets { default, matches })
 }
 
 /// `filter_metadata["envoy.lb"].canary: true`.

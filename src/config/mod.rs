@@ -10,6 +10,7 @@ pub mod retry;
 pub mod route_config;
 pub mod server;
 pub mod support;
+pub mod tls;
 pub mod typed_struct;
 
 pub use model::*;

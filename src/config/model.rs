@@ -168,6 +168,10 @@ pub struct FilterChain {
     pub read_filters: Vec<ReadFilter>,
     /// The terminal network filter.
     pub filter: NetworkFilter,
+    /// `transport_socket`: TLS terminated before the filters run (`None`: raw bytes).
+    pub tls: Option<Arc<super::tls::TlsContext>>,
+    /// `transport_socket_connect_timeout`: how long the TLS handshake may take.
+    pub handshake_timeout: Option<Duration>,
 }
 
 /// A network filter that runs before the terminal one and may close the connection.
@@ -627,6 +631,35 @@ pub enum UpstreamProtocol {
     Downstream,
 }
 
+/// A cluster's transport sockets: TLS or raw, per host by its
+/// `envoy.transport_socket_match` metadata (Istio's auto mTLS).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TransportSockets {
+    /// `transport_socket` (`None`: raw bytes).
+    pub default: Option<Arc<super::tls::TlsContext>>,
+    /// `transport_socket_matches`, in order: the first whose `match` the host's metadata
+    /// contains wins; none: `default`.
+    pub matches: Vec<SocketMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketMatch {
+    pub name: String,
+    pub criteria: LbMetadata,
+    pub tls: Option<Arc<super::tls::TlsContext>>,
+}
+
+impl TransportSockets {
+    /// The index of the match a host with `metadata` uses (`None`: the default).
+    pub fn pick(&self, metadata: Option<&LbMetadata>) -> Option<usize> {
+        self.matches.iter().position(|m| {
+            m.criteria
+                .iter()
+                .all(|(k, v)| metadata.is_some_and(|md| md.get(k) == Some(v)))
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DnsFamily {
     /// Envoy's AUTO: IPv6 if the name has one, else IPv4.
@@ -665,6 +698,8 @@ pub struct ClusterConfig {
     /// `per_connection_buffer_limit_bytes` (default 1 MiB): how far a mirror copy sent
     /// to this cluster may fall behind the request before it is cut off.
     pub buffer_limit: usize,
+    /// `transport_socket` and `transport_socket_matches`.
+    pub transport: TransportSockets,
     /// `common_http_protocol_options.idle_timeout`: an upstream HTTP connection that
     /// carried no request for this long is closed (Envoy's default 1 h; `None`: `0s`).
     pub idle_timeout: Option<Duration>,
@@ -892,6 +927,7 @@ impl Default for ClusterConfig {
             endpoints: Vec::new(),
             original_dst_header: None,
             upstream_socket: UpstreamSocket::default(),
+            transport: TransportSockets::default(),
             eds: None,
             alt_stat_name: None,
             breakers: Breakers::default(),
@@ -1029,6 +1065,9 @@ pub struct EndpointAttrs {
     /// The endpoint's `metadata.filter_metadata["envoy.lb"]` (`omit_host_metadata`);
     /// `None` when it has none.
     pub lb_metadata: Option<Arc<LbMetadata>>,
+    /// The endpoint's `metadata.filter_metadata["envoy.transport_socket_match"]`, which
+    /// picks its transport socket (Istio's `tlsMode: istio`).
+    pub socket_metadata: Option<Arc<LbMetadata>>,
 }
 
 /// An endpoint's `envoy.lb` metadata: key → value, numbers as JSON numbers (protobuf's
@@ -1045,6 +1084,7 @@ impl Default for EndpointAttrs {
             health: EdsHealth::Healthy,
             canary: false,
             lb_metadata: None,
+            socket_metadata: None,
         }
     }
 }

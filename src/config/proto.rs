@@ -172,6 +172,14 @@ pub fn unpack<M: Message + Name + Default>(
     M::decode(any.value.as_slice()).map_err(|e| e.to_string())
 }
 
+/// A message from YAML (proto3 JSON), for unit tests.
+#[cfg(test)]
+pub fn from_yaml_for_tests<M: Message + Name + Default>(yaml: &str) -> M {
+    let v: serde_json::Value = serde_yaml::from_str(yaml).expect("YAML");
+    let desc = descriptor(&M::full_name()).expect("a known message");
+    to_typed(&from_json(desc, v).expect("valid proto3 JSON")).expect("decodes")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

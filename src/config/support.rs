@@ -138,6 +138,7 @@ const FIELDS: &[(&str, &[&str])] = &[
         &[
             "ads",
             "path_config_source",
+            "api_config_source",
             "initial_fetch_timeout",
             "resource_api_version",
         ],
@@ -205,6 +206,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "metadata",
             "filter_chain_match",
             "transport_socket_connect_timeout",
+            "transport_socket",
         ],
     ),
     (
@@ -610,7 +612,10 @@ const FIELDS: &[(&str, &[&str])] = &[
             "omit_empty_values",
         ],
     ),
-    ("envoy.config.core.v3.DataSource", &["inline_string"]),
+    (
+        "envoy.config.core.v3.DataSource",
+        &["inline_string", "inline_bytes", "filename"],
+    ),
     (
         "envoy.config.route.v3.RouteConfiguration",
         &[
@@ -931,7 +936,81 @@ const FIELDS: &[(&str, &[&str])] = &[
             "maglev_lb_config",
             "health_checks",
             "load_balancing_policy",
+            "transport_socket",
+            "transport_socket_matches",
         ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.TransportSocketMatch",
+        &["name", "match", "transport_socket"],
+    ),
+    (
+        "envoy.config.core.v3.TransportSocket",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+        &[],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        &["common_tls_context", "sni", "max_session_keys"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        &["common_tls_context", "require_client_certificate"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
+        &[
+            "tls_params",
+            "tls_certificates",
+            "tls_certificate_sds_secret_configs",
+            "validation_context",
+            "validation_context_sds_secret_config",
+            "combined_validation_context",
+            "alpn_protocols",
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext",
+        &[
+            "default_validation_context",
+            "validation_context_sds_secret_config",
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
+        &[
+            "tls_minimum_protocol_version",
+            "tls_maximum_protocol_version",
+            "cipher_suites",
+            "ecdh_curves",
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsCertificate",
+        &["certificate_chain", "private_key"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
+        &[
+            "trusted_ca",
+            "match_subject_alt_names",
+            "match_typed_subject_alt_names",
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher",
+        &["san_type", "matcher"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig",
+        &["name", "sds_config"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.Secret",
+        &["name", "tls_certificate", "validation_context"],
     ),
     ("envoy.config.cluster.v3.LoadBalancingPolicy", &["policies"]),
     (

@@ -1820,7 +1820,9 @@ fn sent_outcome(
                 ResponseFlag::UpstreamConnectionFailure,
             ),
         )),
-        Err(SendError::Connect(ConnectError::Failed(_) | ConnectError::Loop)) => Err((
+        Err(SendError::Connect(
+            ConnectError::Failed(_) | ConnectError::Loop | ConnectError::Tls(_),
+        )) => Err((
             Failure::ConnectFailure,
             reset_reply(
                 local_reply::CONNECT_FAILURE,

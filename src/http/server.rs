@@ -2,31 +2,28 @@
 //! from the connection preface when the codec is AUTO, and drains it gracefully.
 use std::{
     convert::Infallible,
-    io,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
-    time::Duration,
 };
 
 use hyper::{server::conn::http1, server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 
 use super::{
     body, header_timeout,
     idle::ConnIdle,
     router::{Downstream, HttpConnectionManager},
 };
-use crate::{config::Codec, drain, telemetry::stats::GaugeGuard};
+use crate::{config::Codec, drain, net::conn::Conn, telemetry::stats::GaugeGuard};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves requests on `stream` until it closes, or until drain: then HTTP/2 sends
 /// GOAWAY and HTTP/1 answers in-flight requests with `connection: close`.
 pub async fn serve(
-    stream: TcpStream,
+    mut stream: Conn,
     hcm: Arc<HttpConnectionManager>,
     down: Downstream,
     mut drain: drain::Watch,
@@ -34,10 +31,14 @@ pub async fn serve(
     let stats = &hcm.stats;
     stats.downstream_cx_total.inc();
     let _active = GaugeGuard::new(&stats.downstream_cx_active);
-    let h2 = match hcm.config.codec {
-        Codec::Http1 => false,
-        Codec::Http2 => true,
-        Codec::Auto => match starts_with_h2_preface(&stream).await {
+    // TLS: ALPN decides when it negotiated a protocol (as Envoy's AUTO codec does).
+    let alpn = stream.tls().and_then(|t| t.alpn.clone());
+    let h2 = match (hcm.config.codec, alpn.as_deref()) {
+        (Codec::Http1, _) => false,
+        (Codec::Http2, _) => true,
+        (Codec::Auto, Some(b"h2")) => true,
+        (Codec::Auto, Some(b"http/1.1" | b"http/1.0")) => false,
+        (Codec::Auto, _) => match stream.starts_with(H2_PREFACE).await {
             Ok(h2) => h2,
             Err(_) => return,
         },
@@ -213,21 +214,4 @@ impl Stop {
             Stop::MaxDuration => stats.downstream_cx_max_duration_reached.inc(),
         }
     }
-}
-
-/// Peeks (without consuming) whether the client opened with the HTTP/2 preface.
-async fn starts_with_h2_preface(stream: &TcpStream) -> io::Result<bool> {
-    let mut buf = [0u8; 24];
-    for _ in 0..1000 {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 || buf[..n] != H2_PREFACE[..n] {
-            return Ok(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
-        }
-        // A partial preface: wait for the rest to arrive.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    Ok(false)
 }

@@ -32,7 +32,7 @@ use crate::{
         route_slot::{RouteSlot, RouteSlots},
         server,
     },
-    net::orig_dst,
+    net::{conn::Conn, orig_dst},
     tcp::TcpProxy,
     telemetry::{
         access_log::Sinks,
@@ -47,6 +47,8 @@ use crate::{
 pub struct Chain {
     read: Vec<ReadFilter>,
     terminal: Filter,
+    /// The chain's TLS termination, and its handshake timeout.
+    tls: Option<(crate::tls::ServerTls, Option<Duration>)>,
 }
 
 #[derive(Debug)]
@@ -69,7 +71,20 @@ enum ReadFilter {
 }
 
 impl Chain {
-    fn new(c: &FilterChain, ctx: &Context) -> Result<Self, String> {
+    fn new(c: &FilterChain, ctx: &Context, stat_name: &str) -> Result<Self, String> {
+        let tls = match &c.tls {
+            Some(t) => Some((
+                crate::tls::ServerTls::new(
+                    t,
+                    ctx.clusters.secrets(),
+                    &ctx.store,
+                    &format!("listener.{stat_name}"),
+                )
+                .map_err(|e| format!("transport_socket: {e}"))?,
+                c.handshake_timeout,
+            )),
+            None => None,
+        };
         let read = c
             .read_filters
             .iter()
@@ -86,11 +101,18 @@ impl Chain {
         Ok(Chain {
             read,
             terminal: Filter::new(&c.filter, ctx)?,
+            tls,
         })
     }
 
     /// Runs the read filters; false when one closed the connection.
-    fn admit(&self, peer: SocketAddr, dst: SocketAddr, server_name: Option<&str>) -> bool {
+    fn admit(
+        &self,
+        peer: SocketAddr,
+        dst: SocketAddr,
+        server_name: Option<&str>,
+        peer_principal: Option<&str>,
+    ) -> bool {
         self.read.iter().all(|f| match f {
             ReadFilter::Rbac { config, stats } => {
                 let subject = crate::rbac::Subject {
@@ -98,7 +120,7 @@ impl Chain {
                     remote: peer,
                     local: dst,
                     server_name,
-                    peer_principal: None,
+                    peer_principal,
                     request: None,
                 };
                 config.check(&subject, stats).allowed
@@ -153,7 +175,8 @@ pub struct Listener {
 impl Listener {
     pub fn new(config: ListenerConfig, ctx: &Context) -> Result<Self, String> {
         let chain = |c: &FilterChain, what: String| {
-            Chain::new(c, ctx).map_err(|e| format!("listener '{}' {what}: {e}", config.name))
+            Chain::new(c, ctx, &config.stat_name)
+                .map_err(|e| format!("listener '{}' {what}: {e}", config.name))
         };
         let chains = config
             .filter_chains
@@ -310,7 +333,27 @@ impl Listener {
         };
         self.stats.downstream_cx_total.inc();
         let _active = GaugeGuard::new(&self.stats.downstream_cx_active);
-        if !chain.admit(peer, dst, facts.server_name.as_deref()) {
+        let stream = match &chain.tls {
+            None => Conn::Plain(stream),
+            Some((tls, timeout)) => match tls.accept(stream, *timeout).await {
+                Some((s, info)) => Conn::Tls {
+                    stream: Box::new(s),
+                    peer: Arc::new(info),
+                    replay: Vec::new(),
+                },
+                None => {
+                    self.stats.downstream_cx_destroy.inc();
+                    return;
+                }
+            },
+        };
+        let principal = stream.tls().and_then(|t| t.uri_san.clone());
+        if !chain.admit(
+            peer,
+            dst,
+            facts.server_name.as_deref(),
+            principal.as_deref(),
+        ) {
             self.stats.downstream_cx_destroy.inc();
             return;
         }

@@ -16,7 +16,7 @@ use std::{
 
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::{http::idle::Activity, upstream::connect::Upstream};
+use crate::http::idle::Activity;
 
 /// A stream socket `bidirectional` can copy from and to without buffering of its own:
 /// TCP, or a Unix socket (a `pipe` endpoint).
@@ -47,42 +47,6 @@ macro_rules! socket {
 }
 socket!(TcpStream);
 socket!(UnixStream);
-
-impl AsFd for Upstream {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        match self {
-            Upstream::Tcp(s) => s.as_fd(),
-            Upstream::Unix(s) => s.as_fd(),
-        }
-    }
-}
-
-impl Socket for Upstream {
-    async fn readable(&self) -> io::Result<()> {
-        match self {
-            Upstream::Tcp(s) => s.readable().await,
-            Upstream::Unix(s) => s.readable().await,
-        }
-    }
-    async fn writable(&self) -> io::Result<()> {
-        match self {
-            Upstream::Tcp(s) => s.writable().await,
-            Upstream::Unix(s) => s.writable().await,
-        }
-    }
-    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Upstream::Tcp(s) => s.try_read(buf),
-            Upstream::Unix(s) => s.try_read(buf),
-        }
-    }
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Upstream::Tcp(s) => s.try_write(buf),
-            Upstream::Unix(s) => s.try_write(buf),
-        }
-    }
-}
 
 const SCRATCH: usize = 256 << 10;
 
@@ -171,6 +135,51 @@ async fn one_way(
                 }
                 return Ok(());
             }
+        }
+    }
+}
+
+/// [`tracked`] for streams that are not plain sockets (TLS on either side): each
+/// direction copies through a buffer of its own; a clean end of stream (or a peer that
+/// closed without TLS `close_notify`) is passed on as a half-close.
+pub async fn tracked_streams<A, B>(a: A, b: B, moved: &Moved) -> io::Result<()>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    tokio::try_join!(
+        pipe(&mut ar, &mut bw, &moved.a_to_b, moved.activity.as_ref()),
+        pipe(&mut br, &mut aw, &moved.b_to_a, moved.activity.as_ref())
+    )?;
+    Ok(())
+}
+
+async fn pipe(
+    src: &mut (impl tokio::io::AsyncRead + Unpin),
+    dst: &mut (impl tokio::io::AsyncWrite + Unpin),
+    total: &AtomicU64,
+    activity: Option<&Activity>,
+) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = match src.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            match dst.shutdown().await {
+                Err(e) if e.kind() != ErrorKind::NotConnected => return Err(e),
+                _ => return Ok(()),
+            }
+        }
+        dst.write_all(&buf[..n]).await?;
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(a) = activity {
+            a.touch();
         }
     }
 }

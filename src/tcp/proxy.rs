@@ -8,18 +8,22 @@ use std::{
 
 use tokio::time::Instant;
 
-use tokio::net::TcpStream;
-
 use super::copy;
 use crate::{
     config::TcpProxyConfig,
     http::idle::Activity,
+    net::conn::Conn,
     telemetry::{
         access_log::{AccessLog, Record, Sinks},
         scopes::TcpStats,
         stats::{GaugeGuard, Store},
     },
-    upstream::{Cluster, ClusterManager, breakers::Slot, connect::connect, outlier::Outcome},
+    upstream::{
+        Cluster, ClusterManager,
+        breakers::Slot,
+        connect::{Upstream, connect},
+        outlier::Outcome,
+    },
 };
 
 #[derive(Debug)]
@@ -66,7 +70,7 @@ impl TcpProxy {
     /// Proxies one downstream connection whose (original) destination is `dst`.
     pub async fn handle(
         &self,
-        down: TcpStream,
+        down: Conn,
         peer: SocketAddr,
         dst: SocketAddr,
         server_name: Option<String>,
@@ -89,7 +93,7 @@ impl TcpProxy {
         }
     }
 
-    async fn proxy(&self, down: TcpStream, dst: SocketAddr, started: Instant, record: &mut Record) {
+    async fn proxy(&self, down: Conn, dst: SocketAddr, started: Instant, record: &mut Record) {
         let Some(cluster) = self.clusters.get(&self.cluster) else {
             self.stats.downstream_cx_no_route.inc();
             record.response_flags = Some("NC".into());
@@ -98,8 +102,8 @@ impl TcpProxy {
         record.upstream_cluster = Some(cluster.name().to_owned());
         // Envoy hashes the client's IP as text with xxHash64, as for HTTP.
         let hash = self.hash_source_ip.then(|| {
-            let ip = down
-                .peer_addr()
+            let ip = record
+                .downstream_remote
                 .map(|a| a.ip().to_string())
                 .unwrap_or_default();
             xxhash_rust::xxh64::xxh64(ip.as_bytes(), 0)
@@ -136,7 +140,7 @@ impl TcpProxy {
         cluster.report(&host, Outcome::ConnectedFinal);
         record.upstream_local = up.local_addr();
         let _active = GaugeGuard::new(&cs.upstream_cx_active);
-        let _ = down.set_nodelay(true);
+        down.set_nodelay();
         let moved = copy::Moved::new(self.idle_timeout.map(Activity::new));
         // The copy ends when both sides have closed, or on the idle timeout or the
         // connection's maximum duration: then both sockets close.
@@ -153,7 +157,7 @@ impl TcpProxy {
             }
         };
         tokio::select! {
-            _ = copy::tracked(&down, &up, &moved) => {}
+            _ = copy_both(down, up, &moved) => {}
             () = idle => self.stats.idle_timeout.inc(),
             () = lifetime => self.stats.max_downstream_connection_duration.inc(),
         }
@@ -164,6 +168,15 @@ impl TcpProxy {
         cs.upstream_cx_rx_bytes_total.add(received);
         record.bytes_received = sent;
         record.bytes_sent = received;
+    }
+}
+
+/// Copies both ways: socket to socket when neither side is TLS, else through buffers.
+async fn copy_both(down: Conn, up: Upstream, moved: &copy::Moved) -> std::io::Result<()> {
+    match (down, up) {
+        (Conn::Plain(d), Upstream::Tcp(u)) => copy::tracked(&d, &u, moved).await,
+        (Conn::Plain(d), Upstream::Unix(u)) => copy::tracked(&d, &u, moved).await,
+        (d, u) => copy::tracked_streams(d, u, moved).await,
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Cluster {
     pub outlier: Option<Detector>,
     /// Active health checking's stats, when configured.
     pub health_stats: Option<super::health_check::Stats>,
+    /// TLS or raw, per host (see [`Cluster::bind_tls`]).
+    pub transports: super::transport::Transports,
 }
 
 /// A slot of the cluster's retry breaker, given back when dropped.
@@ -104,6 +106,7 @@ impl Cluster {
             breakers,
             outlier,
             health_stats,
+            transports: Default::default(),
         };
         if c.config.health_check.is_some() {
             for h in &hosts {
@@ -112,6 +115,21 @@ impl Cluster {
         }
         c.install(hosts);
         c
+    }
+
+    /// Binds the cluster's TLS contexts to the secret store (before it is shared).
+    pub fn bind_tls(&mut self, secrets: &crate::tls::SecretStore, store: &Arc<Store>) {
+        if self.config.transport != Default::default() {
+            self.transports = super::transport::Transports::new(
+                &self.config.transport,
+                secrets,
+                store,
+                self.config
+                    .alt_stat_name
+                    .as_deref()
+                    .unwrap_or(&self.config.name),
+            );
+        }
     }
 
     /// Publishes a new balancing snapshot over `hosts` and its membership gauges.

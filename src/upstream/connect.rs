@@ -22,6 +22,8 @@ use crate::config::UpstreamSocket;
 pub enum Upstream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// TLS over TCP (the host's transport socket).
+    Tls(Box<crate::tls::ClientStream>),
 }
 
 impl Upstream {
@@ -30,6 +32,15 @@ impl Upstream {
         match self {
             Upstream::Tcp(s) => s.local_addr().ok(),
             Upstream::Unix(_) => None,
+            Upstream::Tls(s) => s.get_ref().0.local_addr().ok(),
+        }
+    }
+
+    /// The ALPN protocol TLS negotiated.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            Upstream::Tls(s) => s.get_ref().1.alpn_protocol(),
+            _ => None,
         }
     }
 }
@@ -43,6 +54,10 @@ macro_rules! delegate {
             }
             Upstream::Unix($s) => {
                 let $s = Pin::new($s);
+                $e
+            }
+            Upstream::Tls($s) => {
+                let $s = Pin::new($s.as_mut());
                 $e
             }
         }
@@ -88,6 +103,7 @@ impl AsyncWrite for Upstream {
         match self {
             Upstream::Tcp(s) => s.is_write_vectored(),
             Upstream::Unix(s) => s.is_write_vectored(),
+            Upstream::Tls(s) => s.is_write_vectored(),
         }
     }
 }
@@ -98,6 +114,8 @@ pub enum ConnectError {
     Failed(io::Error),
     /// The address is one of pilotfish's capture listeners: the connection would loop.
     Loop,
+    /// The TLS handshake failed (or its secrets are missing).
+    Tls(String),
 }
 
 impl std::fmt::Display for ConnectError {
@@ -109,6 +127,7 @@ impl std::fmt::Display for ConnectError {
                 "remote connection failure: the destination is pilotfish's own capture \
                  listener (refused, it would loop)",
             ),
+            ConnectError::Tls(e) => write!(f, "TLS error: {e}"),
         }
     }
 }
@@ -121,45 +140,67 @@ pub async fn connect(cluster: &Cluster, host: &Host) -> Result<Upstream, Connect
     let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
     host.counters.cx_total.fetch_add(1, Ordering::Relaxed);
-    let addr = host.addr;
-    if host.pipe.is_none() && cluster.own.refuse_upstream(addr) {
+    let result = attempt(cluster, host).await;
+    if let Err(e) = &result {
         stats.upstream_cx_connect_fail.inc();
+        if matches!(e, ConnectError::Timeout) {
+            stats.upstream_cx_connect_timeout.inc();
+        }
         host.counters
             .cx_connect_fail
             .fetch_add(1, Ordering::Relaxed);
+    }
+    result
+}
+
+/// One connection attempt, bounded by the cluster's connect timeout. As Envoy's, that
+/// timeout covers the TLS handshake: a connection counts as connected once its
+/// transport socket is.
+async fn attempt(cluster: &Cluster, host: &Host) -> Result<Upstream, ConnectError> {
+    let addr = host.addr;
+    if host.pipe.is_none() && cluster.own.refuse_upstream(addr) {
         return Err(ConnectError::Loop);
     }
-    let attempt = async {
+    let tls = cluster
+        .transports
+        .for_host(&cluster.config.transport, host)
+        .map_err(ConnectError::Tls)?;
+    let connecting = async {
         if let Some(path) = &host.pipe {
-            return UnixStream::connect(path).await.map(Upstream::Unix);
+            if tls.is_some() {
+                return Err(ConnectError::Tls(
+                    "TLS to a pipe endpoint is not supported".into(),
+                ));
+            }
+            return UnixStream::connect(path)
+                .await
+                .map(Upstream::Unix)
+                .map_err(ConnectError::Failed);
         }
-        let opts = &cluster.config.upstream_socket;
-        let socket = socket(addr, opts)?;
-        let s = socket.connect(addr).await?;
-        let _ = s.set_nodelay(true);
-        if let Some(k) = &opts.keepalive {
-            keepalive(&s, k)?;
+        let s = tcp(addr, &cluster.config.upstream_socket)
+            .await
+            .map_err(ConnectError::Failed)?;
+        match tls {
+            None => Ok(Upstream::Tcp(s)),
+            Some(t) => match t.connect(s, addr.ip()).await {
+                Ok(s) => Ok(Upstream::Tls(Box::new(s))),
+                Err(e) => Err(ConnectError::Tls(e.to_string())),
+            },
         }
-        Ok(Upstream::Tcp(s))
     };
-    match tokio::time::timeout(cluster.config.connect_timeout, attempt).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => {
-            stats.upstream_cx_connect_fail.inc();
-            host.counters
-                .cx_connect_fail
-                .fetch_add(1, Ordering::Relaxed);
-            Err(ConnectError::Failed(e))
-        }
-        Err(_) => {
-            stats.upstream_cx_connect_fail.inc();
-            stats.upstream_cx_connect_timeout.inc();
-            host.counters
-                .cx_connect_fail
-                .fetch_add(1, Ordering::Relaxed);
-            Err(ConnectError::Timeout)
-        }
+    tokio::time::timeout(cluster.config.connect_timeout, connecting)
+        .await
+        .unwrap_or(Err(ConnectError::Timeout))
+}
+
+/// A TCP connection to `addr` with the cluster's socket options.
+async fn tcp(addr: SocketAddr, opts: &UpstreamSocket) -> io::Result<TcpStream> {
+    let s = socket(addr, opts)?.connect(addr).await?;
+    let _ = s.set_nodelay(true);
+    if let Some(k) = &opts.keepalive {
+        keepalive(&s, k)?;
     }
+    Ok(s)
 }
 
 /// `upstream_connection_options.tcp_keepalive`: SO_KEEPALIVE, and the probe settings

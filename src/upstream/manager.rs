@@ -19,13 +19,32 @@ pub struct ClusterManager {
     clusters: ArcSwap<ClusterMap>,
     /// pilotfish's capture addresses, which no upstream connection may reach.
     own: Arc<OwnAddresses>,
+    /// The TLS secrets clusters and listeners use.
+    secrets: Arc<crate::tls::SecretStore>,
 }
 
 impl ClusterManager {
     pub fn new(configs: &[ClusterConfig], store: &Arc<Store>) -> Self {
-        let m = ClusterManager::default();
+        Self::with_secrets(configs, store, Default::default())
+    }
+
+    /// A manager whose clusters take their TLS secrets from `secrets`.
+    pub fn with_secrets(
+        configs: &[ClusterConfig],
+        store: &Arc<Store>,
+        secrets: Arc<crate::tls::SecretStore>,
+    ) -> Self {
+        let m = ClusterManager {
+            secrets,
+            ..Default::default()
+        };
         m.apply(configs.to_vec(), &[], store);
         m
+    }
+
+    /// The secret store (listeners bind their TLS contexts to it too).
+    pub fn secrets(&self) -> &Arc<crate::tls::SecretStore> {
+        &self.secrets
     }
 
     /// The capture addresses every cluster refuses to connect to; the listener manager
@@ -70,7 +89,9 @@ impl ClusterManager {
             if next.get(&c.name).is_some_and(|running| running.config == c) {
                 continue;
             }
-            let cluster = Arc::new(Cluster::new(c, store, &self.own));
+            let mut cluster = Cluster::new(c, store, &self.own);
+            cluster.bind_tls(&self.secrets, store);
+            let cluster = Arc::new(cluster);
             built.push(cluster.clone());
             next.insert(cluster.name().to_owned(), cluster);
         }

@@ -87,7 +87,7 @@ pub async fn run(
     }
 }
 
-async fn connect(target: &Target, timeout: Duration) -> Result<Channel, String> {
+pub(crate) async fn connect(target: &Target, timeout: Duration) -> Result<Channel, String> {
     let fail = |e: tonic::transport::Error| format!("connect: {e}");
     match target {
         Target::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))

@@ -22,14 +22,7 @@ const POLL: Duration = Duration::from_secs(1);
 pub async fn watch(path: PathBuf, kind: Kind, state: Arc<Handle>) {
     let mut seen: Option<(SystemTime, u64, u64)> = None;
     loop {
-        let stamp = std::fs::metadata(&path).ok().map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            (
-                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                m.len(),
-                m.ino(),
-            )
-        });
+        let stamp = stamp(&path);
         if stamp.is_some() && stamp != seen {
             seen = stamp;
             load(&path, kind, &state);
@@ -61,6 +54,23 @@ pub fn load(path: &Path, kind: Kind, state: &Handle) {
 }
 
 fn read(path: &Path, kind: Kind) -> Result<DiscoveryResponse, String> {
+    let resp = read_response(path)?;
+    if let Some(bad) = resp
+        .resources
+        .iter()
+        .find(|r| proto::type_name(&r.type_url) != kind.type_name())
+    {
+        return Err(format!(
+            "resources: a {} in a {} file",
+            proto::type_name(&bad.type_url),
+            kind.short()
+        ));
+    }
+    Ok(resp)
+}
+
+/// A `DiscoveryResponse` from a file: binary for `.pb`, JSON for `.json`, else YAML.
+pub fn read_response(path: &Path) -> Result<DiscoveryResponse, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let desc = proto::descriptor("envoy.service.discovery.v3.DiscoveryResponse")
         .expect("DiscoveryResponse is in the pool");
@@ -78,18 +88,18 @@ fn read(path: &Path, kind: Kind) -> Result<DiscoveryResponse, String> {
             proto::from_json(desc, value)?
         }
     };
-    let resp =
-        DiscoveryResponse::decode(msg.encode_to_vec().as_slice()).map_err(|e| e.to_string())?;
-    if let Some(bad) = resp
-        .resources
-        .iter()
-        .find(|r| proto::type_name(&r.type_url) != kind.type_name())
-    {
-        return Err(format!(
-            "resources: a {} in a {} file",
-            proto::type_name(&bad.type_url),
-            kind.short()
-        ));
-    }
-    Ok(resp)
+    DiscoveryResponse::decode(msg.encode_to_vec().as_slice()).map_err(|e| e.to_string())
+}
+
+/// A file's identity for change detection: modification time, size and inode (a
+/// rename over it changes the inode).
+pub fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (
+            m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            m.len(),
+            m.ino(),
+        )
+    })
 }

@@ -2,6 +2,7 @@
 //! with ephemeral ports, echo upstreams on real sockets, and small HTTP clients.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod grpc_services;
 pub mod istio;
 pub mod netns;

@@ -17,6 +17,9 @@ use envoy_types::pb::{
             AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
         },
     },
+    envoy::service::secret::v3::secret_discovery_service_server::{
+        SecretDiscoveryService, SecretDiscoveryServiceServer,
+    },
     google::protobuf::Any,
 };
 use futures_util::{Stream, StreamExt};
@@ -179,7 +182,8 @@ impl XdsServer {
         };
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
-                .add_service(AggregatedDiscoveryServiceServer::new(svc))
+                .add_service(AggregatedDiscoveryServiceServer::new(svc.clone()))
+                .add_service(SecretDiscoveryServiceServer::new(svc))
                 .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l))
                 .await;
         });
@@ -316,6 +320,35 @@ impl Svc {
     fn next_nonce(s: &mut Store) -> String {
         s.nonce += 1;
         format!("n{}", s.nonce)
+    }
+}
+
+/// SDS as Istio's agent serves it next to xDS: state-of-the-world streams, served by
+/// the same store (secrets under the `Secret` type URL).
+#[tonic::async_trait]
+impl SecretDiscoveryService for Svc {
+    type DeltaSecretsStream = Out<DeltaDiscoveryResponse>;
+    type StreamSecretsStream = Out<DiscoveryResponse>;
+
+    async fn stream_secrets(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        self.stream_aggregated_resources(req).await
+    }
+
+    async fn delta_secrets(
+        &self,
+        _: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        Err(Status::unimplemented("delta SDS"))
+    }
+
+    async fn fetch_secrets(
+        &self,
+        _: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        Err(Status::unimplemented("fetch SDS"))
     }
 }
 

@@ -1,0 +1,149 @@
+//! A downstream connection once its filter chain is chosen: plain TCP, or TLS
+//! terminated by the chain's transport socket (with the few bytes read to sniff the
+//! HTTP/2 preface played back first).
+use std::{
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+
+use crate::tls::PeerInfo;
+
+#[derive(Debug)]
+pub enum Conn {
+    Plain(TcpStream),
+    Tls {
+        stream: Box<tokio_rustls::server::TlsStream<TcpStream>>,
+        peer: Arc<PeerInfo>,
+        /// Bytes already read (preface sniffing), served before the stream's.
+        replay: Vec<u8>,
+    },
+}
+
+impl Conn {
+    /// What TLS established, if the connection is TLS.
+    pub fn tls(&self) -> Option<&Arc<PeerInfo>> {
+        match self {
+            Conn::Plain(_) => None,
+            Conn::Tls { peer, .. } => Some(peer),
+        }
+    }
+
+    pub fn set_nodelay(&self) {
+        let s = match self {
+            Conn::Plain(s) => s,
+            Conn::Tls { stream, .. } => stream.get_ref().0,
+        };
+        let _ = s.set_nodelay(true);
+    }
+
+    /// Whether the client opens with `prefix` (the HTTP/2 preface): peeked on a plain
+    /// connection, read and kept for replay on a TLS one. Stops at the first byte that
+    /// differs or at end of stream.
+    pub async fn starts_with(&mut self, prefix: &[u8]) -> io::Result<bool> {
+        match self {
+            Conn::Plain(s) => {
+                let mut buf = vec![0u8; prefix.len()];
+                for _ in 0..1000 {
+                    let n = s.peek(&mut buf).await?;
+                    if n == 0 || buf[..n] != prefix[..n] {
+                        return Ok(false);
+                    }
+                    if n == prefix.len() {
+                        return Ok(true);
+                    }
+                    // A partial preface: wait for the rest to arrive.
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                Ok(false)
+            }
+            Conn::Tls { stream, replay, .. } => {
+                while replay.len() < prefix.len() {
+                    let mut byte = [0u8; 64];
+                    let want = (prefix.len() - replay.len()).min(byte.len());
+                    let n = stream.read(&mut byte[..want]).await?;
+                    if n == 0 {
+                        return Ok(false);
+                    }
+                    replay.extend_from_slice(&byte[..n]);
+                    if replay[..] != prefix[..replay.len()] {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls { stream, replay, .. } => {
+                if !replay.is_empty() {
+                    let n = replay.len().min(buf.remaining());
+                    buf.put_slice(&replay[..n]);
+                    replay.drain(..n);
+                    return Poll::Ready(Ok(()));
+                }
+                Pin::new(stream.as_mut()).poll_read(cx, buf)
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls { stream, .. } => stream.is_write_vectored(),
+        }
+    }
+}

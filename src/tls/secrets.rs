@@ -1,0 +1,241 @@
+//! The secrets TLS contexts use: one slot per SDS secret (source cluster and name),
+//! shared by every context that names it and filled by its SDS subscription. A new
+//! value applies to the next handshake; connections already up keep theirs.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
+
+use arc_swap::ArcSwapOption;
+use rustls::{RootCertStore, sign::CertifiedKey};
+use tokio::sync::watch;
+
+use crate::{
+    config::tls::{CertificatePem, SanMatcher, SdsSecret, SecretSource, SecretValue},
+    telemetry::stats::{Counter, Store},
+};
+
+/// A secret ready for handshakes.
+#[derive(Debug)]
+pub enum Resolved {
+    Certificate {
+        key: Arc<CertifiedKey>,
+        pem: Arc<CertificatePem>,
+    },
+    Validation {
+        roots: Option<Arc<RootCertStore>>,
+        san: Vec<SanMatcher>,
+        pem: Option<Arc<Vec<u8>>>,
+    },
+}
+
+impl Resolved {
+    /// Parses what SDS delivered (already compiled, so it parses).
+    pub fn new(v: SecretValue) -> Result<Self, String> {
+        Ok(match v {
+            SecretValue::Certificate(pem) => Resolved::Certificate {
+                key: super::certs::certified_key(&pem)?,
+                pem,
+            },
+            SecretValue::Validation { trusted_ca, san } => Resolved::Validation {
+                roots: trusted_ca
+                    .as_deref()
+                    .map(|p| super::certs::roots(p))
+                    .transpose()?,
+                san,
+                pem: trusted_ca,
+            },
+        })
+    }
+}
+
+/// One SDS secret's current value.
+#[derive(Debug)]
+pub struct Slot {
+    pub secret: SdsSecret,
+    value: ArcSwapOption<Resolved>,
+    ready: watch::Sender<bool>,
+    pub stats: SdsStats,
+    /// Dropped with the slot: ends its subscription.
+    _alive: tokio::sync::oneshot::Sender<()>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SdsStats {
+    pub update_success: Counter,
+    pub update_rejected: Counter,
+    pub update_failure: Counter,
+    pub init_fetch_timeout: Counter,
+}
+
+impl SdsStats {
+    fn new(store: &Store, name: &str) -> Self {
+        let c = |s: &str| store.counter_tagged_by_default(format!("sds.{name}.{s}"));
+        SdsStats {
+            update_success: c("update_success"),
+            update_rejected: c("update_rejected"),
+            update_failure: c("update_failure"),
+            init_fetch_timeout: c("init_fetch_timeout"),
+        }
+    }
+}
+
+impl Slot {
+    pub fn get(&self) -> Option<Arc<Resolved>> {
+        self.value.load_full()
+    }
+
+    pub fn set(&self, v: Resolved) {
+        self.value.store(Some(Arc::new(v)));
+        self.ready.send_replace(true);
+    }
+
+    /// Waits until the secret has a value, at most its `initial_fetch_timeout`
+    /// (forever with `0s`, as Istio sets it). True when it has one.
+    pub async fn wait(&self) -> bool {
+        let mut rx = self.ready.subscribe();
+        let arrived = rx.wait_for(|r| *r);
+        match self.secret.initial_fetch_timeout {
+            Some(t) => match tokio::time::timeout(t, arrived).await {
+                Ok(r) => r.is_ok(),
+                Err(_) => {
+                    self.stats.init_fetch_timeout.inc();
+                    false
+                }
+            },
+            None => arrived.await.is_ok(),
+        }
+    }
+
+    /// A slot with a value already (unit tests, static secrets).
+    #[cfg(test)]
+    pub fn filled(secret: SdsSecret, v: Resolved) -> Arc<Self> {
+        let slot = Slot::empty(secret, SdsStats::new(&Store::new(), "test")).0;
+        slot.set(v);
+        Arc::new(slot)
+    }
+
+    fn empty(secret: SdsSecret, stats: SdsStats) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (alive, gone) = tokio::sync::oneshot::channel();
+        let slot = Slot {
+            secret,
+            value: ArcSwapOption::empty(),
+            ready: watch::channel(false).0,
+            stats,
+            _alive: alive,
+        };
+        (slot, gone)
+    }
+}
+
+/// Where an SDS cluster is and how long to wait for it to connect.
+#[derive(Debug, Clone)]
+pub struct SdsSource {
+    pub target: crate::xds::ads::Target,
+    pub connect_timeout: Duration,
+}
+
+/// The static clusters an SDS stream can use: those with an IP or pipe endpoint.
+pub fn sources(clusters: &[crate::config::ClusterConfig]) -> HashMap<String, SdsSource> {
+    clusters
+        .iter()
+        .filter_map(|c| {
+            let e = c.endpoints.first()?;
+            let target = match &e.pipe {
+                Some(p) => crate::xds::ads::Target::Unix(p.clone()),
+                None => crate::xds::ads::Target::Tcp(std::net::SocketAddr::new(
+                    e.host.parse().ok()?,
+                    e.port,
+                )),
+            };
+            Some((
+                c.name.clone(),
+                SdsSource {
+                    target,
+                    connect_timeout: c.connect_timeout,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Every secret in use, by source cluster and name.
+#[derive(Debug, Default)]
+pub struct SecretStore {
+    /// The static clusters SDS may stream from.
+    sources: HashMap<String, SdsSource>,
+    node: envoy_types::pb::envoy::config::core::v3::Node,
+    /// Where subscriptions run (the control runtime); none in unit tests.
+    runtime: Option<tokio::runtime::Handle>,
+    stats: Arc<Store>,
+    slots: Mutex<HashMap<(SecretSource, String), Weak<Slot>>>,
+}
+
+impl SecretStore {
+    pub fn new(
+        sources: HashMap<String, SdsSource>,
+        node: envoy_types::pb::envoy::config::core::v3::Node,
+        runtime: tokio::runtime::Handle,
+        stats: Arc<Store>,
+    ) -> Self {
+        SecretStore {
+            sources,
+            node,
+            runtime: Some(runtime),
+            stats,
+            slots: Mutex::default(),
+        }
+    }
+
+    /// The slot of `secret`, subscribing to it when nothing holds it yet. A source that
+    /// is not a static cluster is an error (as Envoy requires for gRPC config sources).
+    pub fn slot(&self, secret: &SdsSecret) -> Result<Arc<Slot>, String> {
+        let source = match &secret.source {
+            SecretSource::Grpc(cluster) => match self.sources.get(cluster) {
+                Some(s) => Some(s.clone()),
+                None => {
+                    return Err(format!(
+                        "SDS secret '{}': cluster '{cluster}' is not a static cluster",
+                        secret.name
+                    ));
+                }
+            },
+            SecretSource::File(_) => None,
+        };
+        let key = (secret.source.clone(), secret.name.clone());
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|_, w| w.strong_count() > 0);
+        if let Some(s) = slots.get(&key).and_then(Weak::upgrade) {
+            return Ok(s);
+        }
+        let (slot, gone) = Slot::empty(secret.clone(), SdsStats::new(&self.stats, &secret.name));
+        let slot = Arc::new(slot);
+        slots.insert(key, Arc::downgrade(&slot));
+        if let Some(rt) = &self.runtime {
+            match (source, &secret.source) {
+                (Some(source), _) => rt.spawn(super::sds::subscribe(
+                    Arc::downgrade(&slot),
+                    source,
+                    self.node.clone(),
+                    gone,
+                )),
+                (None, SecretSource::File(path)) => rt.spawn(super::sds::watch_file(
+                    Arc::downgrade(&slot),
+                    path.clone(),
+                    gone,
+                )),
+                (None, SecretSource::Grpc(_)) => unreachable!("checked above"),
+            };
+        }
+        Ok(slot)
+    }
+
+    /// The secrets in use with a value, for `/certs` and `/config_dump`.
+    pub fn current(&self) -> Vec<Arc<Slot>> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = slots.values().filter_map(Weak::upgrade).collect();
+        out.sort_by(|a, b| a.secret.name.cmp(&b.secret.name));
+        out
+    }
+}

@@ -1,0 +1,80 @@
+//! A cluster's transport sockets at run time: the TLS contexts of `transport_socket`
+//! and `transport_socket_matches`, bound to the secret store when the cluster is built,
+//! and the pick per host by its `envoy.transport_socket_match` metadata.
+use std::sync::Arc;
+
+use super::Host;
+use crate::{
+    config::TransportSockets,
+    telemetry::stats::Store,
+    tls::{ClientTls, SecretStore},
+};
+
+#[derive(Debug, Default)]
+pub struct Transports {
+    default: Option<ClientTls>,
+    /// One per `transport_socket_matches` entry (`None`: raw bytes).
+    matches: Vec<Option<ClientTls>>,
+    /// Why the contexts could not be built (an SDS source that is not a static cluster):
+    /// every connection fails with it.
+    error: Option<String>,
+}
+
+impl Transports {
+    /// Binds the contexts of `config` in the scope `cluster.<stat name>`.
+    pub fn new(
+        config: &TransportSockets,
+        secrets: &SecretStore,
+        store: &Arc<Store>,
+        stat_name: &str,
+    ) -> Self {
+        let scope = format!("cluster.{stat_name}");
+        let build = |ctx: &Option<Arc<crate::config::tls::TlsContext>>| {
+            ctx.as_deref()
+                .map(|c| ClientTls::new(c, secrets, store, &scope))
+                .transpose()
+        };
+        let built = (|| {
+            let default = build(&config.default)?;
+            let matches = config
+                .matches
+                .iter()
+                .map(|m| build(&m.tls))
+                .collect::<Result<Vec<_>, String>>()?;
+            Ok::<_, String>((default, matches))
+        })();
+        match built {
+            Ok((default, matches)) => Transports {
+                default,
+                matches,
+                error: None,
+            },
+            Err(e) => {
+                tracing::warn!("cluster '{stat_name}': TLS: {e}");
+                Transports {
+                    error: Some(e),
+                    ..Default::default()
+                }
+            }
+        }
+    }
+
+    /// The TLS context for connections to `host` (`None`: raw bytes).
+    pub fn for_host(
+        &self,
+        config: &TransportSockets,
+        host: &Host,
+    ) -> Result<Option<&ClientTls>, String> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        if self.matches.is_empty() {
+            return Ok(self.default.as_ref());
+        }
+        let attrs = host.attrs();
+        Ok(match config.pick(attrs.socket_metadata.as_deref()) {
+            Some(i) => self.matches.get(i).and_then(Option::as_ref),
+            None => self.default.as_ref(),
+        })
+    }
+}
