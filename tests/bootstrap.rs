@@ -308,7 +308,7 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
         (
             "REST config source",
             "node: { id: a, cluster: b }\ndynamic_resources: { cds_config: { api_config_source: { api_type: REST } } }\n".into(),
-            "dynamic_resources.cds_config.api_config_source: not supported",
+            "dynamic_resources.cds_config: only ads and path_config_source are supported",
         ),
         (
             "ORIGINAL_DST with round robin",
