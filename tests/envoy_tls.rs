@@ -490,3 +490,255 @@ async fn istio_sds_secrets_rotate_without_a_failed_request() {
         .count();
     assert!(acks >= 6, "ACKs: {:?}", sds.requests());
 }
+
+/// A TCP echo server.
+async fn echo() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// The back sidecar's inbound as istiod builds it for PERMISSIVE (a TLS chain and a
+/// plaintext chain picked by the TLS inspector) or STRICT (the TLS chain only), for
+/// HTTP (`http`, to the app) and TCP (`tcp`, to the echo server).
+fn inbound_yaml(p: &Pki, app: SocketAddr, echo: SocketAddr, strict: bool) -> String {
+    let tls = downstream_tls(p, "back", "ca", "spiffe://cluster.local/");
+    let hcm = |prefix: &str| {
+        format!(
+            r#"      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {prefix}
+          route_config:
+            virtual_hosts:
+            - {{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: / }}, route: {{ cluster: app }} }}] }}
+          http_filters:
+          - {{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}
+"#
+        )
+    };
+    let tcp = |prefix: &str| {
+        format!(
+            r#"      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {prefix}, cluster: echo }}
+"#
+        )
+    };
+    let plain = |filters: String| {
+        if strict {
+            String::new()
+        } else {
+            format!(
+                "    - filter_chain_match: {{ transport_protocol: raw_buffer }}\n      filters:\n{filters}"
+            )
+        }
+    };
+    let inspector = r#"    listener_filters:
+    - name: envoy.filters.listener.tls_inspector
+      typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector }
+"#;
+    format!(
+        r#"node: {{ id: back, cluster: test }}
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: http
+    stat_prefix: back
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+{inspector}    filter_chains:
+    - filter_chain_match: {{ transport_protocol: tls }}
+{tls}      filters:
+{}{}
+  - name: tcp
+    stat_prefix: back_tcp
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+{inspector}    filter_chains:
+    - filter_chain_match: {{ transport_protocol: tls }}
+{tls}      filters:
+{}{}
+  clusters:
+{}{}"#,
+        hcm("inbound_tls"),
+        plain(hcm("inbound_plain")),
+        tcp("inbound_tcp_tls"),
+        plain(tcp("inbound_tcp_plain")),
+        static_cluster("app", &[app], false),
+        static_cluster("echo", &[echo], false),
+    )
+}
+
+/// The front sidecar's outbound with auto mTLS: one cluster over two endpoints, the
+/// back sidecar (`tlsMode: istio`) and the app itself (no sidecar, plaintext), as
+/// istiod's `transport_socket_matches` and EDS metadata make it; and a TCP listener to
+/// the back's TCP port the same way.
+fn auto_mtls_yaml(p: &Pki, back: SocketAddr, app: SocketAddr, back_tcp: SocketAddr) -> String {
+    // istiod's matches: the mTLS socket for `tlsMode: istio`, else plaintext.
+    let tls: String = upstream_tls(p, "front", "ca", BACK_ID)
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    let matches = format!(
+        r#"    transport_socket_matches:
+    - name: tlsMode-istio
+      match: {{ tlsMode: istio }}
+{tls}    - name: tlsMode-disabled
+      match: {{}}
+      transport_socket: {{ name: envoy.transport_sockets.raw_buffer, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer }} }}
+"#
+    );
+    let ep = |a: SocketAddr, istio: bool| {
+        let md = if istio {
+            ", metadata: { filter_metadata: { envoy.transport_socket_match: { tlsMode: istio } } }"
+        } else {
+            ""
+        };
+        format!(
+            "        - {{ endpoint: {{ address: {{ socket_address: {{ address: \"{}\", port_value: {} }} }} }}{md} }}\n",
+            a.ip(),
+            a.port()
+        )
+    };
+    let cluster = |name: &str, eps: String| {
+        format!(
+            "  - name: {name}\n    connect_timeout: 1s\n    type: STATIC\n{matches}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n{eps}"
+        )
+    };
+    let tcp_listener = r#"  - name: tcp
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: outbound_tcp, cluster: mesh_tcp }
+"#;
+    http_bootstrap(
+        "              - match: { prefix: / }\n                route: { cluster: mesh }\n",
+        &format!(
+            "{}{}",
+            cluster("mesh", format!("{}{}", ep(back, true), ep(app, false))),
+            cluster("mesh_tcp", ep(back_tcp, true))
+        ),
+    )
+    .replacen("  clusters:\n", &format!("{tcp_listener}  clusters:\n"), 1)
+}
+
+/// Sends `msg` over TCP to `addr` and reads the echo.
+async fn tcp_echo(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(msg).await.unwrap();
+    // Read the echo before closing: a half-close while the proxy still inspects the
+    // connection makes Envoy drop it.
+    let mut got = vec![0u8; msg.len()];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut got));
+    match read.await {
+        Ok(Ok(_)) => got,
+        _ => Vec::new(),
+    }
+}
+
+/// Auto mTLS and PERMISSIVE/STRICT inbound, pilotfish and Envoy in each role: the
+/// front picks TLS for the sidecar endpoint and plaintext for the bare app by endpoint
+/// metadata (every request answered: a wrong pick fails), over HTTP and tcp_proxy; a
+/// PERMISSIVE inbound takes both, a STRICT one closes plaintext connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_mtls_and_permissive_inbound_match_envoy() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let ca = Ca::new("cluster.local");
+    let foreign = Ca::new("elsewhere");
+    let p = pki(&ca, &ca.leaf(FRONT_ID), &ca.leaf(BACK_ID), &foreign);
+    write_ca_secret(p.dir.path(), "ca", &p.path("ca.pem"));
+    let app = Upstream::start("app").await;
+    let echo = echo().await;
+    let pilotfish = common::BIN.to_string();
+    for (front_bin, back_bin) in [
+        (&pilotfish, &pilotfish),
+        (&envoy, &pilotfish),
+        (&pilotfish, &envoy),
+    ] {
+        let pair = format!(
+            "{} → {}",
+            if *front_bin == pilotfish {
+                "pilotfish"
+            } else {
+                "envoy"
+            },
+            if *back_bin == pilotfish {
+                "pilotfish"
+            } else {
+                "envoy"
+            }
+        );
+        let back = start(back_bin, &inbound_yaml(&p, app.addr, echo, false)).await;
+        let front = start(
+            front_bin,
+            &auto_mtls_yaml(&p, back.listener("http"), app.addr, back.listener("tcp")),
+        )
+        .await;
+        let before = app.requests().len();
+        for i in 0..10 {
+            let got = http_get(front.listener("http"), &format!("/auto{i}")).await;
+            assert_eq!(got.as_ref().map(|(s, _)| *s), Ok(200), "{pair}: {got:?}");
+        }
+        assert_eq!(app.requests().len() - before, 10, "{pair}");
+        // Round robin (per worker) over the two endpoints: some went through the back
+        // sidecar over mTLS, the others straight to the app in plaintext.
+        let via_back = stat(&back, "http.inbound_tls.downstream_rq_total").await;
+        assert!(
+            matches!(via_back, Some(1..=9)),
+            "{pair}: {via_back:?} of 10 via the back sidecar"
+        );
+        let handshakes = stat(&front, "cluster.mesh.ssl.handshake").await;
+        assert!(matches!(handshakes, Some(1..=2)), "{pair}: {handshakes:?}");
+        assert_eq!(
+            tcp_echo(front.listener("tcp"), b"over mtls").await,
+            b"over mtls",
+            "{pair}"
+        );
+        assert_eq!(
+            stat(&back, "listener.back_tcp.ssl.handshake").await,
+            Some(1),
+            "{pair}"
+        );
+        // PERMISSIVE: plaintext from a client without a sidecar is served too.
+        assert_eq!(
+            http_get(back.listener("http"), "/plain")
+                .await
+                .map(|(s, _)| s),
+            Ok(200),
+            "{pair}"
+        );
+        assert_eq!(
+            tcp_echo(back.listener("tcp"), b"plain").await,
+            b"plain",
+            "{pair}"
+        );
+    }
+    // STRICT: plaintext is closed without a chain, counted as Envoy counts it.
+    let mut counts = Vec::new();
+    for bin in [&pilotfish, &envoy] {
+        let back = start(bin, &inbound_yaml(&p, app.addr, echo, true)).await;
+        assert!(http_get(back.listener("http"), "/plain").await.is_err());
+        assert_eq!(tcp_echo(back.listener("tcp"), b"plain").await, b"");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        counts.push((
+            stat(&back, "listener.back.no_filter_chain_match").await,
+            stat(&back, "listener.back_tcp.no_filter_chain_match").await,
+        ));
+    }
+    assert_eq!(counts[0], (Some(1), Some(1)));
+    assert_eq!(
+        counts[0], counts[1],
+        "STRICT counters: pilotfish left, Envoy right"
+    );
+}
