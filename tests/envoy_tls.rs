@@ -93,11 +93,13 @@ fn upstream_tls(p: &Pki, cert: &str, ca: &str, san_exact: &str) -> String {
     )
 }
 
-/// The back proxy: TLS listener `http` (stat prefix `back`) to the app.
+/// The back proxy: TLS listener `http` (stat prefix `back`) to the app, forwarding the
+/// client's certificate details as istiod's inbound connection managers do.
 fn back_yaml(app: SocketAddr, tls: &str) -> String {
-    http_bootstrap(
+    common::http_bootstrap_logged(
         "              - match: { prefix: / }\n                route: { cluster: app }\n",
         &static_cluster("app", &[app], false),
+        "          forward_client_cert_details: APPEND_FORWARD\n          set_current_client_cert_details: { subject: true, dns: true, uri: true }\n",
     )
     .replacen(
         "    filter_chains:\n    - filters:",
@@ -183,7 +185,9 @@ async fn every_pairing_carries_traffic_and_refusals_match_envoy() {
         }
     };
 
-    // 1. Every pairing, both ways: 200 from the app, one handshake on each side.
+    // 1. Every pairing, both ways: 200 from the app, one handshake on each side, and
+    //    what the app sees of the client (XFCC, scheme) the same from either back.
+    let mut seen_by_app = Vec::new();
     for back_bin in &bins {
         let back = start(
             back_bin,
@@ -217,9 +221,37 @@ async fn every_pairing_carries_traffic_and_refusals_match_envoy() {
                 name(front_bin),
                 name(back_bin)
             );
+            let last = app.requests().last().cloned().unwrap();
+            let header = |n: &str| {
+                last.headers
+                    .get(n)
+                    .map(|v| v.to_str().unwrap_or_default().to_owned())
+            };
+            seen_by_app.push((
+                name(back_bin),
+                header("x-forwarded-client-cert"),
+                header("x-forwarded-proto"),
+            ));
         }
         assert_eq!(stat(&back, "listener.back.ssl.handshake").await, Some(2));
     }
+    let ours: Vec<_> = seen_by_app
+        .iter()
+        .filter(|s| s.0 == "pilotfish")
+        .map(|s| (&s.1, &s.2))
+        .collect();
+    let theirs: Vec<_> = seen_by_app
+        .iter()
+        .filter(|s| s.0 == "envoy")
+        .map(|s| (&s.1, &s.2))
+        .collect();
+    assert_eq!(
+        ours, theirs,
+        "XFCC and x-forwarded-proto: pilotfish left, Envoy right"
+    );
+    let xfcc = ours[0].0.as_deref().unwrap_or_default();
+    assert!(xfcc.starts_with(&format!("By={BACK_ID};Hash=")), "{xfcc}");
+    assert!(xfcc.ends_with(&format!("URI={FRONT_ID}")), "{xfcc}");
 
     // 2. Refusals: the same answer and the same counters from either back proxy (the
     //    front is pilotfish or Envoy alike; each front's own counters are compared too).
@@ -301,7 +333,7 @@ async fn every_pairing_carries_traffic_and_refusals_match_envoy() {
     }
 }
 
-const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+use common::certs::SECRET;
 
 /// istiod's `sds_config`: the agent's `sds-grpc` cluster, waiting for the secret.
 const ISTIO_SDS: &str = r#"{ api_config_source: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: sds-grpc } }], set_node_on_first_message_only: true }, initial_fetch_timeout: 0s, resource_api_version: V3 }"#;
@@ -364,50 +396,12 @@ fn istio_upstream_tls(san: &str) -> String {
     )
 }
 
-fn certificate_secret(name: &str, leaf: &Leaf) -> envoy_types::pb::google::protobuf::Any {
-    common::xds::any(&common::xds::from_yaml::<
-        envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
-    >(&format!(
-        "name: {name}\ntls_certificate:\n  certificate_chain: {{ inline_string: {:?} }}\n  private_key: {{ inline_string: {:?} }}\n",
-        leaf.cert, leaf.key
-    )))
-}
-
-fn root_secret(ca: &Ca) -> envoy_types::pb::google::protobuf::Any {
-    common::xds::any(&common::xds::from_yaml::<
-        envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
-    >(&format!(
-        "name: ROOTCA\nvalidation_context:\n  trusted_ca: {{ inline_string: {:?} }}\n",
-        ca.pem
-    )))
-}
-
 /// The serial number of the certificate `addr` presents to a client with `client`.
 async fn served_serial(addr: SocketAddr, ca: &Ca, client: &Leaf) -> String {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
-    use std::sync::Arc;
-    let provider = pilotfish::tls::provider();
-    let verifier = Arc::new(pilotfish::tls::verify::PeerVerifier {
-        trust: Some(pilotfish::tls::verify::Trust::Static(
-            pilotfish::tls::certs::roots(ca.pem.as_bytes()).unwrap(),
-        )),
-        san: Vec::new(),
-        algs: provider.signature_verification_algorithms,
-        mandatory: true,
-    });
-    let chain = CertificateDer::pem_slice_iter(client.cert.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(client.key.as_bytes()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
+    use rustls::pki_types::ServerName;
+    let config = common::certs::client_config(ca, client, BACK_ID, &[]);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("back").unwrap(), tcp)
         .await
         .unwrap();
@@ -429,8 +423,11 @@ async fn istio_sds_secrets_rotate_without_a_failed_request() {
     sds.set(
         SECRET,
         vec![
-            ("default".into(), certificate_secret("default", &first)),
-            ("ROOTCA".into(), root_secret(&ca)),
+            (
+                "default".into(),
+                common::certs::certificate_secret("default", &first),
+            ),
+            ("ROOTCA".into(), common::certs::root_secret(&ca)),
         ],
     );
     let app = Upstream::start("app").await;
@@ -461,8 +458,11 @@ async fn istio_sds_secrets_rotate_without_a_failed_request() {
             sds.set(
                 SECRET,
                 vec![
-                    ("default".into(), certificate_secret("default", &second)),
-                    ("ROOTCA".into(), root_secret(&ca)),
+                    (
+                        "default".into(),
+                        common::certs::certificate_secret("default", &second),
+                    ),
+                    ("ROOTCA".into(), common::certs::root_secret(&ca)),
                 ],
             );
             // Both proxies have the new secret before the traffic goes on.

@@ -419,7 +419,12 @@ fn get(addr: &str, host: &str, headers: &[(&str, &str)]) -> String {
 
 /// What the app in the pod gets outbound, and what a client in the cluster gets from
 /// the pod inbound.
-fn traffic(pod: &Netns, cluster: &Netns) -> BTreeMap<&'static str, String> {
+fn traffic(
+    pod: &Netns,
+    cluster: &Netns,
+    mesh_client: &std::sync::Arc<rustls::ClientConfig>,
+) -> BTreeMap<&'static str, String> {
+    let mesh_client = mesh_client.clone();
     let mut out: BTreeMap<&'static str, String> = pod
         .run(|| {
             BTreeMap::from([
@@ -455,8 +460,12 @@ fn traffic(pod: &Netns, cluster: &Netns) -> BTreeMap<&'static str, String> {
         .unwrap();
     out.extend(
         cluster
-            .run(|| {
+            .run(move || {
                 [
+                    (
+                        "inbound HTTP over mTLS from a mesh client",
+                        tls_get("10.244.0.10:9080", "productpage:9080", mesh_client),
+                    ),
                     (
                         "inbound HTTP on the service port",
                         get("10.244.0.10:9080", "productpage:9080", &[]),
@@ -477,6 +486,50 @@ fn traffic(pod: &Netns, cluster: &Netns) -> BTreeMap<&'static str, String> {
             .unwrap(),
     );
     out
+}
+
+/// SPIFFE IDs of the bookinfo service accounts.
+const SA: &str = "spiffe://cluster.local/ns/default/sa/";
+
+/// Where Istio's bootstrap looks for the agent's SDS socket, under the sidecar's
+/// working directory (`./var/run/secrets/workload-spiffe-uds/test.sock` in the golden).
+fn sds_dir(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let d = dir.join("var/run/secrets/workload-spiffe-uds");
+    std::fs::create_dir_all(&d).unwrap();
+    for p in [
+        dir.join("var"),
+        dir.join("var/run"),
+        dir.join("var/run/secrets"),
+        d.clone(),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    d.join("test.sock")
+}
+
+/// GET over mTLS with `client`: the status line and body, or what went wrong.
+fn tls_get(addr: &str, host: &str, client: std::sync::Arc<rustls::ClientConfig>) -> String {
+    let tcp = match TcpStream::connect(addr) {
+        Ok(t) => t,
+        Err(e) => return format!("connect: {e}"),
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+    let name = rustls::pki_types::ServerName::try_from("productpage").unwrap();
+    let conn = rustls::ClientConnection::new(client, name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    if let Err(e) = write!(
+        tls,
+        "GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    ) {
+        return format!("TLS: {e}");
+    }
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    let status = text.lines().next().unwrap_or_default().to_owned();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    format!("{status} | {body}")
 }
 
 /// Istio's rendered bootstrap where pilot-agent writes it (`etc/istio/proxy/` under the
@@ -528,15 +581,27 @@ async fn productpage_sidecar_as_istiod_configures_it() {
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/pilotfish-iptables"
     )]);
+    // The mesh's workloads answer through their sidecars' mTLS (the endpoints carry
+    // `tlsMode: istio`), each with its service account's SPIFFE certificate from
+    // Istio's CA; the host outside the mesh answers in plaintext.
+    let ca = common::certs::Ca::new("cluster.local");
+    let sa = |name: &str| common::certs::server_config(&ca, &format!("{SA}{name}"));
+    let mesh = [
+        sa("bookinfo-details"),
+        sa("bookinfo-ratings"),
+        sa("bookinfo-reviews"),
+        sa("default"),
+    ];
     cluster
-        .run(|| {
-            http_server("10.244.0.21:9080", "details-v1");
+        .run(move || {
+            let [details, ratings, reviews, default] = mesh;
+            http_server_on("10.244.0.21:9080", "details-v1", Some(details));
             // Fails every other request the way istiod's retry policy retries.
-            unavailable_every_other("10.244.0.22:9080", "ratings-v1");
-            http_server("10.244.0.23:9080", "reviews-v1");
-            http_server("10.244.0.24:9080", "reviews-v2");
-            http_server("10.244.0.25:9080", "reviews-v3");
-            server_first("10.244.0.26:3306");
+            unavailable_every_other("10.244.0.22:9080", "ratings-v1", Some(ratings));
+            http_server_on("10.244.0.23:9080", "reviews-v1", Some(reviews.clone()));
+            http_server_on("10.244.0.24:9080", "reviews-v2", Some(reviews.clone()));
+            http_server_on("10.244.0.25:9080", "reviews-v3", Some(reviews));
+            server_first_on("10.244.0.26:3306", Some(default));
             http_server("10.244.0.30:9080", "outside");
             line_echo("10.244.0.30:7070");
         })
@@ -553,10 +618,36 @@ async fn productpage_sidecar_as_istiod_configures_it() {
     let dir = tempfile::tempdir().unwrap();
     let socket = agent_dir(dir.path());
     let xds = XdsServer::start_unix(&socket).await;
+    // The agent's SDS socket, serving productpage's certificate and Istio's root.
+    let sds_socket = sds_dir(dir.path());
+    let sds = XdsServer::start_unix(&sds_socket).await;
+    sds.set(
+        common::certs::SECRET,
+        vec![
+            (
+                "default".into(),
+                common::certs::certificate_secret(
+                    "default",
+                    &ca.leaf(&format!("{SA}bookinfo-productpage")),
+                ),
+            ),
+            ("ROOTCA".into(), common::certs::root_secret(&ca)),
+        ],
+    );
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+        for s in [&socket, &sds_socket] {
+            std::fs::set_permissions(s, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
     }
+    // A client sidecar in the mesh (reviews) calling productpage over mTLS, offering
+    // the ALPN an Envoy sidecar's `istio.alpn` sets for HTTP/1.1.
+    let mesh_client = common::certs::client_config(
+        &ca,
+        &ca.leaf(&format!("{SA}bookinfo-reviews")),
+        &format!("{SA}bookinfo-productpage"),
+        &["istio-http/1.1", "istio", "http/1.1"],
+    );
     let pool = istio_pool();
     let mut doc: Value = serde_json::from_str(
         &std::fs::read_to_string(format!("{DATA}/productpage-1.30.json")).unwrap(),
@@ -604,7 +695,7 @@ async fn productpage_sidecar_as_istiod_configures_it() {
         .unwrap()
     };
     wait_ready("pilotfish");
-    let pilotfish_answers = traffic(&pod, &cluster);
+    let pilotfish_answers = traffic(&pod, &cluster, &mesh_client);
     let log = ours.stop();
 
     // 3. Envoy, on the same bootstrap and the same (accepted) configuration.
@@ -612,7 +703,7 @@ async fn productpage_sidecar_as_istiod_configures_it() {
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let theirs = Sidecar::start(&pod, &argv, dir.path(), ("127.0.0.1:15000", "/server_info"));
     wait_ready("Envoy");
-    let envoy_answers = traffic(&pod, &cluster);
+    let envoy_answers = traffic(&pod, &cluster, &mesh_client);
     let envoy_log = theirs.stop();
 
     let mut diff = Differences::default();
@@ -641,6 +732,10 @@ async fn productpage_sidecar_as_istiod_configures_it() {
         ),
         ("inbound HTTP on another port", "app8000 saw 127.0.0.6"),
         ("inbound TCP on another port", "echo hello from 127.0.0.6"),
+        (
+            "inbound HTTP over mTLS from a mesh client",
+            "HTTP/1.1 200 OK | productpage saw 127.0.0.6",
+        ),
     ];
     for (case, answer) in want {
         assert_eq!(pilotfish_answers[case], answer, "{case}");

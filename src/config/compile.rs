@@ -690,6 +690,7 @@ fn network_filter(
 }
 
 fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> Result<HttpConfig> {
+    let client_cert = client_cert(&hcm, path)?;
     if hcm.stat_prefix.is_empty() {
         return Err(format!("{path}.stat_prefix: required"));
     }
@@ -841,6 +842,7 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
             .collect(),
         normalize_path: hcm.normalize_path.as_ref().is_some_and(|b| b.value),
         merge_slashes: hcm.merge_slashes,
+        client_cert,
         forwarded: ForwardedConfig {
             use_remote_address: hcm.use_remote_address.as_ref().is_some_and(|b| b.value),
             skip_xff_append: hcm.skip_xff_append,
@@ -877,6 +879,40 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
 
 /// The HTTP filter chain: `envoy.filters.http.cors` and `envoy.filters.http.fault` (at
 /// most one each, in any order), then the router, last.
+/// `forward_client_cert_details` and `set_current_client_cert_details`.
+fn client_cert(
+    hcm: &HttpConnectionManager,
+    path: &str,
+) -> Result<crate::http::client_cert::ClientCertConfig> {
+    use crate::http::client_cert::{ClientCertConfig, Details, ForwardMode};
+    use http_connection_manager::ForwardClientCertDetails as F;
+    let mode = match F::try_from(hcm.forward_client_cert_details) {
+        Ok(F::Sanitize) => ForwardMode::Sanitize,
+        Ok(F::ForwardOnly) => ForwardMode::ForwardOnly,
+        Ok(F::AppendForward) => ForwardMode::AppendForward,
+        Ok(F::SanitizeSet) => ForwardMode::SanitizeSet,
+        Ok(F::AlwaysForwardOnly) => ForwardMode::AlwaysForwardOnly,
+        Err(_) => {
+            return Err(format!(
+                "{path}.forward_client_cert_details: unknown value {}",
+                hcm.forward_client_cert_details
+            ));
+        }
+    };
+    let details = hcm
+        .set_current_client_cert_details
+        .as_ref()
+        .map(|d| Details {
+            subject: d.subject.as_ref().is_some_and(|b| b.value),
+            cert: d.cert,
+            chain: d.chain,
+            dns: d.dns,
+            uri: d.uri,
+        })
+        .unwrap_or_default();
+    Ok(ClientCertConfig { mode, details })
+}
+
 fn http_filters(
     filters: &[envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter],
     path: &str,

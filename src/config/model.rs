@@ -276,6 +276,8 @@ pub struct HttpConfig {
     pub normalize_path: bool,
     pub merge_slashes: bool,
     pub forwarded: ForwardedConfig,
+    /// `forward_client_cert_details` / `set_current_client_cert_details`.
+    pub client_cert: crate::http::client_cert::ClientCertConfig,
     /// The listener's `per_connection_buffer_limit_bytes` (Envoy's default 1 MiB): how
     /// much of a request body is kept to replay it on a retry.
     pub buffer_limit: usize,

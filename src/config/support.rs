@@ -277,6 +277,8 @@ const FIELDS: &[(&str, &[&str])] = &[
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         &[
+            "forward_client_cert_details",
+            "set_current_client_cert_details",
             "stat_prefix",
             "codec_type",
             "route_config",
@@ -939,6 +941,10 @@ const FIELDS: &[(&str, &[&str])] = &[
             "transport_socket",
             "transport_socket_matches",
         ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails",
+        &["subject", "cert", "chain", "dns", "uri"],
     ),
     (
         "envoy.config.cluster.v3.Cluster.TransportSocketMatch",

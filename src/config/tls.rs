@@ -103,6 +103,18 @@ pub struct SanMatcher {
 }
 
 impl SanMatcher {
+    /// Matches a URI SAN exactly (a SPIFFE ID).
+    pub fn exact_uri(id: &str) -> Self {
+        SanMatcher {
+            san_type: SanType::Uri,
+            matcher: StringMatcher {
+                kind: crate::http::matchers::StringMatch::Exact(id.to_owned()),
+                ignore_case: false,
+            },
+            source: format!("uri:{id}"),
+        }
+    }
+
     #[cfg(test)]
     pub fn for_tests(san_type: SanType, matcher: StringMatcher) -> Self {
         SanMatcher {

@@ -95,7 +95,9 @@ impl ForwardedConfig {
     /// Applies the rules to a request from `peer`; `internal` is what
     /// [`is_internal`](Self::is_internal) said of it. Runs before the connection
     /// manager adds its own headers (`x-request-id`, the expected timeout).
-    pub fn apply(&self, h: &mut HeaderMap, peer: SocketAddr, internal: bool) {
+    /// `tls`: the connection is TLS (`x-forwarded-proto: https`).
+    pub fn apply(&self, h: &mut HeaderMap, peer: SocketAddr, internal: bool, tls: bool) {
+        let scheme = HeaderValue::from_static(if tls { "https" } else { "http" });
         if internal {
             // Envoy's control headers from an internal client are trusted.
             h.insert("x-envoy-internal", HeaderValue::from_static("true"));
@@ -107,7 +109,7 @@ impl ForwardedConfig {
         }
         if !self.use_remote_address {
             if !h.contains_key(X_FORWARDED_PROTO) {
-                h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+                h.insert(X_FORWARDED_PROTO, scheme);
             }
             return;
         }
@@ -131,7 +133,7 @@ impl ForwardedConfig {
             }
         }
         if self.xff_num_trusted_hops == 0 || !h.contains_key(X_FORWARDED_PROTO) {
-            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            h.insert(X_FORWARDED_PROTO, scheme);
         }
         // What only an external (edge) request gets.
         if internal {
@@ -212,7 +214,7 @@ mod tests {
             .collect();
         let peer = "10.0.0.9:5555".parse().unwrap();
         let internal = cfg.is_internal(&h, peer);
-        cfg.apply(&mut h, peer, internal);
+        cfg.apply(&mut h, peer, internal, false);
         h
     }
 

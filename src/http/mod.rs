@@ -1,5 +1,6 @@
 //! Downstream HTTP: connection serving, route selection, the router and local replies.
 pub mod body;
+pub mod client_cert;
 pub mod dynamic_metadata;
 pub mod filters;
 pub mod forwarded;

@@ -247,8 +247,12 @@ impl HttpConnectionManager {
             .remote_address(req.headers(), down.peer);
         // The connection manager's own request headers, before routing (as Envoy).
         let internal = self.config.forwarded.is_internal(req.headers(), down.peer);
+        let tls = req.extensions().get::<Arc<crate::tls::PeerInfo>>().cloned();
         let h = req.headers_mut();
-        self.config.forwarded.apply(h, down.peer, internal);
+        self.config
+            .forwarded
+            .apply(h, down.peer, internal, tls.is_some());
+        self.config.client_cert.apply(h, tls.as_deref());
         if self.config.generate_request_id && !h.contains_key(headers::X_REQUEST_ID) {
             h.insert(headers::X_REQUEST_ID, headers::request_id());
         }
@@ -469,6 +473,8 @@ impl HttpConnectionManager {
         if let Some(resp) = request_checks::check_http1(&mut req, &self.config.http1) {
             return resp;
         }
+        // The TLS peer (RBAC's `authenticated` principal, `requested_server_name`).
+        let tls = req.extensions().get::<Arc<crate::tls::PeerInfo>>().cloned();
         // The body stays aside while filters look at the request (ext_authz may
         // buffer it), and goes back before it is forwarded.
         let mut body_slot = std::mem::replace(req.body_mut(), body::empty());
@@ -554,8 +560,8 @@ impl HttpConnectionManager {
                         peer: down.peer,
                         remote,
                         local: down.local,
-                        server_name: None,
-                        peer_principal: None,
+                        server_name: tls.as_ref().and_then(|t| t.sni.as_deref()),
+                        peer_principal: tls.as_ref().and_then(|t| t.uri_san.as_deref()),
                         request: Some(&head),
                     };
                     let decision = cfg.check(&subject, stats);

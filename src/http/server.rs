@@ -33,6 +33,8 @@ pub async fn serve(
     let _active = GaugeGuard::new(&stats.downstream_cx_active);
     // TLS: ALPN decides when it negotiated a protocol (as Envoy's AUTO codec does).
     let alpn = stream.tls().and_then(|t| t.alpn.clone());
+    // What TLS established travels with each request (XFCC, RBAC, the scheme).
+    let tls = stream.tls().cloned();
     let h2 = match (hcm.config.codec, alpn.as_deref()) {
         (Codec::Http1, _) => false,
         (Codec::Http2, _) => true,
@@ -62,7 +64,10 @@ pub async fn serve(
     let served = Arc::new(AtomicU32::new(0));
     let limit_reached = Arc::new(tokio::sync::Notify::new());
     let svc_limit_reached = limit_reached.clone();
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        if let Some(t) = &tls {
+            req.extensions_mut().insert(t.clone());
+        }
         let hcm = svc_hcm.clone();
         let closing = svc_closing.clone();
         let idle = svc_idle.clone();

@@ -118,3 +118,60 @@ pub fn info(der: &[u8]) -> Option<CertInfo> {
         expiration_time: cert.validity().not_after.timestamp(),
     })
 }
+
+/// The SHA-256 of a DER certificate, lowercase hex (XFCC's `Hash`).
+pub fn sha256_hex(der: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+}
+
+/// A DER certificate as PEM.
+pub fn pem(der: &[u8]) -> String {
+    let b64 = data_encoding::BASE64.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// The subject of a DER certificate in RFC 2253 form (last RDN first, `+` within an
+/// RDN, special characters escaped), as BoringSSL prints it for Envoy.
+pub fn subject(der: &[u8]) -> String {
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) else {
+        return String::new();
+    };
+    let registry = x509_parser::objects::oid_registry();
+    let rdns: Vec<String> = cert
+        .subject()
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attr| {
+                    let key = x509_parser::objects::oid2abbrev(attr.attr_type(), registry)
+                        .map(str::to_owned)
+                        .unwrap_or_else(|_| attr.attr_type().to_id_string());
+                    let value = attr.as_str().map(escape_rfc2253).unwrap_or_default();
+                    format!("{key}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+}
+
+fn escape_rfc2253(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for (i, c) in v.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i + 1 == v.chars().count() && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}

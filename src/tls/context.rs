@@ -266,19 +266,39 @@ pub struct PeerInfo {
     pub uri_san: Option<String>,
     /// The peer's certificate (DER), when it presented one.
     pub certificate: Option<Arc<[u8]>>,
+    /// The rest of the peer's chain (DER).
+    pub chain: Vec<Arc<[u8]>>,
+    /// The certificate this side presented.
+    pub local: Option<Arc<CertifiedKey>>,
     pub alpn: Option<Vec<u8>>,
     pub sni: Option<String>,
     pub version: Option<&'static str>,
 }
 
-fn peer_info(conn: &rustls::CommonState, sni: Option<&str>) -> PeerInfo {
-    let certificate: Option<Arc<[u8]>> = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| Arc::from(c.as_ref()));
+impl PeerInfo {
+    /// The first URI SAN of this side's certificate (XFCC's `By`).
+    pub fn local_uri_san(&self) -> Option<String> {
+        let cert = self.local.as_ref()?.cert.first()?;
+        super::certs::uri_san(cert)
+    }
+}
+
+fn peer_info(
+    conn: &rustls::CommonState,
+    sni: Option<&str>,
+    local: Option<Arc<CertifiedKey>>,
+) -> PeerInfo {
+    let certs = conn.peer_certificates().unwrap_or_default();
+    let certificate: Option<Arc<[u8]>> = certs.first().map(|c| Arc::from(c.as_ref()));
     PeerInfo {
         uri_san: certificate.as_deref().and_then(super::certs::uri_san),
         certificate,
+        chain: certs
+            .iter()
+            .skip(1)
+            .map(|c| Arc::from(c.as_ref()))
+            .collect(),
+        local,
         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
         sni: sni.map(str::to_owned),
         version: conn.protocol_version().map(|v| match v {
@@ -297,6 +317,8 @@ pub struct ServerTls {
     /// protocol negotiated (as BoringSSL's Envoy does; rustls alone would refuse it).
     without_alpn: Arc<ServerConfig>,
     alpn: Vec<Vec<u8>>,
+    /// The certificate presented (for the identity the connection carries).
+    certificate: Arc<Certificate>,
     secrets: Secrets,
     pub stats: TlsStats,
 }
@@ -323,7 +345,7 @@ impl ServerTls {
             })),
             None => builder.with_no_client_auth(),
         };
-        let mut config = builder.with_cert_resolver(cert);
+        let mut config = builder.with_cert_resolver(cert.clone());
         // Resumption as Envoy's defaults: stateless tickets and a session cache.
         config.ticketer =
             rustls::crypto::ring::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
@@ -331,6 +353,7 @@ impl ServerTls {
         let without_alpn = Arc::new(config.clone());
         config.alpn_protocols = ctx.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         Ok(ServerTls {
+            certificate: cert,
             alpn: config.alpn_protocols.clone(),
             with_alpn: Arc::new(config),
             without_alpn,
@@ -375,7 +398,7 @@ impl ServerTls {
             Ok((s, sni)) => {
                 let conn = s.get_ref().1;
                 self.stats.completed(conn, true);
-                let info = peer_info(conn, sni.as_deref());
+                let info = peer_info(conn, sni.as_deref(), self.certificate.get());
                 Some((s, info))
             }
             Err(e) => {

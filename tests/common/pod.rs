@@ -2,7 +2,7 @@
 //! (Istio's proxy user), and small blocking servers and clients that say who they are
 //! and whom they saw.
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
     process::{Child, Command},
@@ -88,7 +88,24 @@ impl Drop for Sidecar {
 
 // ---- servers (run them on a thread inside a namespace) ----
 
-pub fn serve(addr: &str, handle: impl Fn(TcpStream, SocketAddr) + Send + Sync + 'static) {
+/// A server's connection: plain, or TLS as a mesh workload's sidecar would terminate
+/// it.
+pub trait Conn: Read + Write {}
+impl<T: Read + Write> Conn for T {}
+
+/// TLS for a test server (a workload in the mesh), or none.
+pub type Tls = Option<Arc<rustls::ServerConfig>>;
+
+pub fn serve(addr: &str, handle: impl Fn(&mut dyn Conn, SocketAddr) + Send + Sync + 'static) {
+    serve_on(addr, None, handle)
+}
+
+/// [`serve`], terminating TLS with `tls` first when given.
+pub fn serve_on(
+    addr: &str,
+    tls: Tls,
+    handle: impl Fn(&mut dyn Conn, SocketAddr) + Send + Sync + 'static,
+) {
     let a: SocketAddr = addr.parse().unwrap();
     let sock =
         socket2::Socket::new(socket2::Domain::for_address(a), socket2::Type::STREAM, None).unwrap();
@@ -103,25 +120,46 @@ pub fn serve(addr: &str, handle: impl Fn(TcpStream, SocketAddr) + Send + Sync + 
     let l: TcpListener = sock.into();
     let handle = Arc::new(handle);
     thread::spawn(move || {
-        for s in l.incoming().map_while(Result::ok) {
+        for mut s in l.incoming().map_while(Result::ok) {
             let peer = s.peer_addr().unwrap();
             let handle = handle.clone();
+            let tls = tls.clone();
             thread::spawn(move || {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
-                handle(s, peer)
+                match tls {
+                    None => handle(&mut s, peer),
+                    Some(config) => {
+                        let Ok(conn) = rustls::ServerConnection::new(config) else {
+                            return;
+                        };
+                        let mut tls = rustls::StreamOwned::new(conn, s);
+                        handle(&mut tls, peer);
+                        tls.conn.send_close_notify();
+                        let _ = tls.flush();
+                    }
+                }
             });
         }
     });
 }
 
+/// Reads a request head.
+fn read_head(s: &mut dyn Conn) {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
+        head.push(b[0]);
+    }
+}
+
 /// HTTP/1.1 answering `<name> saw <peer ip>`.
 pub fn http_server(addr: &str, name: &'static str) {
-    serve(addr, move |mut s, peer| {
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
-            head.push(b[0]);
-        }
+    http_server_on(addr, name, None)
+}
+
+pub fn http_server_on(addr: &str, name: &'static str, tls: Tls) {
+    serve_on(addr, tls, move |s, peer| {
+        read_head(s);
         let body = format!("{name} saw {}", peer.ip());
         let _ = write!(
             s,
@@ -134,14 +172,10 @@ pub fn http_server(addr: &str, name: &'static str) {
 /// Like [`http_server`], but every odd-numbered request gets a trailers-only gRPC
 /// `unavailable` (`200` with `grpc-status: 14`, no body): what istiod's default retry
 /// policy retries.
-pub fn unavailable_every_other(addr: &str, name: &'static str) {
+pub fn unavailable_every_other(addr: &str, name: &'static str, tls: Tls) {
     let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    serve(addr, move |mut s, peer| {
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
-            head.push(b[0]);
-        }
+    serve_on(addr, tls, move |s, peer| {
+        read_head(s);
         if n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             .is_multiple_of(2)
         {
@@ -163,29 +197,38 @@ pub fn unavailable_every_other(addr: &str, name: &'static str) {
 /// Reads a line and answers `echo <line> from <peer ip>`.
 pub fn line_echo(addr: &str) {
     serve(addr, |s, peer| {
-        let mut line = String::new();
-        let _ = BufReader::new(&s).read_line(&mut line);
-        let _ = write!(&s, "echo {} from {}", line.trim(), peer.ip());
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while !line.ends_with(b"\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
+            line.push(b[0]);
+        }
+        let line = String::from_utf8_lossy(&line);
+        let _ = write!(s, "echo {} from {}", line.trim(), peer.ip());
     });
 }
 
 /// Speaks first, like MySQL.
 pub fn server_first(addr: &str) {
-    serve(addr, |mut s, peer| {
+    server_first_on(addr, None)
+}
+
+pub fn server_first_on(addr: &str, tls: Tls) {
+    serve_on(addr, tls, |s, peer| {
         let _ = write!(s, "mysql banner to {}", peer.ip());
+        let _ = s.flush();
     });
 }
 
 /// Greets on connect with `<name> saw <peer ip>`.
 pub fn greeter(addr: &str, name: &'static str) {
-    serve(addr, move |mut s, peer| {
+    serve(addr, move |s, peer| {
         let _ = write!(s, "{name} saw {}", peer.ip());
     });
 }
 
 /// Reads everything the client sends and returns it after `<name>\n`.
 pub fn recorder(addr: &str, name: &'static str) {
-    serve(addr, move |mut s, peer| {
+    serve(addr, move |s, peer| {
         let mut got = Vec::new();
         let _ = s.read_to_end(&mut got);
         let mut reply = format!("{name} {}\n", peer.ip()).into_bytes();
