@@ -218,7 +218,19 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
             };
             let _ = state.xds.set(handle);
         }
-        None => readiness.set_initialized(),
+        None => {
+            // Ready once the TLS secrets the static config uses are in.
+            let secrets = clusters.secrets().clone();
+            if secrets.pending() {
+                let readiness = readiness.clone();
+                control.spawn(async move {
+                    secrets.arrived().await;
+                    readiness.set_initialized();
+                });
+            } else {
+                readiness.set_initialized();
+            }
+        }
     }
     server.live.set(1);
     // What runs was compiled from `config`; the rest of it, and what loading it

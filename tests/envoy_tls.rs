@@ -420,6 +420,24 @@ async fn istio_sds_secrets_rotate_without_a_failed_request() {
     let sds = common::xds::XdsServer::start_unix(&socket).await;
     let ca = Ca::new("cluster.local");
     let first = ca.leaf(BACK_ID);
+    let app = Upstream::start("app").await;
+    // Until its secrets arrive, the back is not ready (Envoy's listeners warm).
+    let mut back = Proxy::start_unready(
+        common::BIN,
+        &back_yaml(app.addr, &istio_downstream_tls()).replacen(
+            "  clusters:\n",
+            &format!("  clusters:\n{}", sds_cluster(&socket)),
+            1,
+        ),
+        &[],
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        back.admin_get("/ready").await.0,
+        503,
+        "ready without its certificate"
+    );
     sds.set(
         SECRET,
         vec![
@@ -430,13 +448,18 @@ async fn istio_sds_secrets_rotate_without_a_failed_request() {
             ("ROOTCA".into(), common::certs::root_secret(&ca)),
         ],
     );
-    let app = Upstream::start("app").await;
-    let back = Proxy::start(&back_yaml(app.addr, &istio_downstream_tls()).replacen(
-        "  clusters:\n",
-        &format!("  clusters:\n{}", sds_cluster(&socket)),
-        1,
-    ))
-    .await;
+    for _ in 0..250 {
+        if back.admin_get("/ready").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        back.admin_get("/ready").await.0,
+        200,
+        "ready once the secrets are in"
+    );
+    back.refresh_listeners().await;
     let front = Proxy::start(
         &front_yaml(back.listener("http"), &istio_upstream_tls(BACK_ID)).replacen(
             "  clusters:\n",

@@ -178,7 +178,6 @@ fn apply(slot: &Slot, resp: &DiscoveryResponse) -> Result<(), String> {
         slot.set(Resolved::new(value)?);
         return Ok(());
     }
-    // A response without the secret leaves the value as it is (Envoy does not remove a
-    // secret a context still uses).
-    Ok(())
+    // As Envoy's: a response without the secret is rejected (and the value kept).
+    Err(format!("Missing SDS resources for {}", slot.secret.name))
 }

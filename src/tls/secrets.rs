@@ -231,7 +231,23 @@ impl SecretStore {
         Ok(slot)
     }
 
-    /// The secrets in use with a value, for `/certs` and `/config_dump`.
+    /// Waits until every secret in use has arrived (each within its
+    /// `initial_fetch_timeout`; Istio's `0s` waits as long as it takes): Envoy's
+    /// listeners and clusters warm until then, and the server is not ready before.
+    pub async fn arrived(&self) {
+        for slot in self.current() {
+            if slot.get().is_none() {
+                slot.wait().await;
+            }
+        }
+    }
+
+    /// Whether a secret in use has not arrived yet.
+    pub fn pending(&self) -> bool {
+        self.current().iter().any(|s| s.get().is_none())
+    }
+
+    /// The secrets in use, for `/certs` and `/config_dump`.
     pub fn current(&self) -> Vec<Arc<Slot>> {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<_> = slots.values().filter_map(Weak::upgrade).collect();

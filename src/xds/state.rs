@@ -1032,7 +1032,17 @@ impl State {
             } else {
                 self.phase = Phase::Done;
                 tracing::info!("initial configuration applied");
-                self.rt.readiness.set_initialized();
+                // Ready once the TLS secrets that configuration uses are in too.
+                let secrets = self.rt.ctx.clusters.secrets().clone();
+                if !secrets.pending() {
+                    self.rt.readiness.set_initialized();
+                    return;
+                }
+                let readiness = self.rt.readiness.clone();
+                tokio::spawn(async move {
+                    secrets.arrived().await;
+                    readiness.set_initialized();
+                });
             }
         }
     }
