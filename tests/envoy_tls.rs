@@ -512,6 +512,59 @@ async fn istio_sds_secrets_rotate_without_a_failed_request() {
         .filter(|r| r.type_url == SECRET && r.error.is_none() && !r.nonce.is_empty())
         .count();
     assert!(acks >= 6, "ACKs: {:?}", sds.requests());
+
+    // `/certs` shows the certificate now served; `/config_dump` the secrets as Envoy
+    // dumps them (same names, versions, redacted key) for the same bootstrap.
+    let (_, certs) = back.admin_get("/certs").await;
+    assert!(
+        certs.contains(&format!("\"serial_number\": \"{after}\"")),
+        "{certs}"
+    );
+    assert!(certs.contains(BACK_ID), "{certs}");
+    let envoy = reference_envoy();
+    if let Some(envoy) = envoy {
+        let theirs = start(
+            &envoy,
+            &back_yaml(app.addr, &istio_downstream_tls()).replacen(
+                "  clusters:\n",
+                &format!("  clusters:\n{}", sds_cluster(&socket)),
+                1,
+            ),
+        )
+        .await;
+        let ours = secrets_dumped(&back).await;
+        assert_eq!(ours.len(), 2, "{ours:?}");
+        assert!(ours.iter().any(|s| s.2.contains("[redacted]")), "{ours:?}");
+        assert_eq!(ours, secrets_dumped(&theirs).await, "pilotfish left, Envoy right");
+    }
+}
+
+/// (name, version, private key) of each secret in `/config_dump`'s `SecretsConfigDump`.
+async fn secrets_dumped(p: &Proxy) -> Vec<(String, String, String)> {
+    let (_, body) = p.admin_get("/config_dump").await;
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let secrets = dump["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["@type"] == "type.googleapis.com/envoy.admin.v3.SecretsConfigDump")
+        .cloned()
+        .unwrap_or_default();
+    let mut out: Vec<_> = secrets["dynamic_active_secrets"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default().to_owned(),
+                s["version_info"].as_str().unwrap_or_default().to_owned(),
+                s["secret"]["tls_certificate"]["private_key"].to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// A TCP echo server.

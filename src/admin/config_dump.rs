@@ -179,6 +179,27 @@ pub fn with_dynamic(static_dump: &str, dynamic: &crate::xds::state::Dump) -> Str
     serde_json::to_string_pretty(&dump).unwrap_or_default()
 }
 
+/// The dump with the SDS secrets in use (`SecretsConfigDump`).
+fn with_secrets(body: &str, secrets: &SecretsConfigDump) -> String {
+    if secrets == &SecretsConfigDump::default() {
+        return body.to_owned();
+    }
+    let Ok(mut dump) = serde_json::from_str::<serde_json::Value>(body) else {
+        return body.to_owned();
+    };
+    let ty = serde_json::Value::String(SecretsConfigDump::type_url());
+    if let Some(slot) = dump
+        .get_mut("configs")
+        .and_then(|c| c.as_array_mut())
+        .and_then(|c| c.iter_mut().find(|c| c.get("@type") == Some(&ty)))
+        && let serde_json::Value::Object(mut fields) = proto::to_json(secrets)
+    {
+        fields.insert("@type".into(), ty);
+        *slot = serde_json::Value::Object(fields);
+    }
+    serde_json::to_string_pretty(&dump).unwrap_or_default()
+}
+
 /// `GET /config_dump` with its query.
 pub fn handle(state: &super::State, query: &super::Query) -> super::Reply {
     use http::StatusCode;
@@ -188,6 +209,7 @@ pub fn handle(state: &super::State, query: &super::Query) -> super::Reply {
         Some(x) => with_dynamic(&rendered, &x.dump(query.has("include_eds"))),
         None => rendered,
     };
+    let body = with_secrets(&body, &state.clusters.secrets().dump());
     let out = select(
         &body,
         query.get("resource"),

@@ -1,6 +1,7 @@
 //! The admin (15000), Prometheus stats (15090) and health (15021) servers. They run on
 //! the control runtime, never on a traffic worker. Endpoints answer in Envoy's formats:
 //! pilot-agent and istioctl parse them.
+mod certs;
 mod clusters;
 pub mod config_dump;
 mod server_info;
@@ -177,7 +178,7 @@ fn handle<B>(role: Role, state: &State, req: &Request<B>) -> Reply {
         (Role::Admin, "/certs") => Reply::new(
             StatusCode::OK,
             "application/json",
-            "{\n \"certificates\": []\n}\n".into(),
+            certs::render(state.clusters.secrets()),
         ),
         (Role::Admin, "/runtime") => Reply::new(
             StatusCode::OK,

@@ -175,7 +175,7 @@ fn apply(slot: &Slot, resp: &DiscoveryResponse) -> Result<(), String> {
         let secret = crate::xds::resource::check(&any, secret)
             .map_err(|e| format!("Secret '{}': {e}", slot.secret.name))?;
         let value = crate::config::tls::secret(&secret, &format!("Secret '{}'", secret.name))?;
-        slot.set(Resolved::new(value)?);
+        slot.update(Resolved::new(value)?, &resp.version_info, secret);
         return Ok(());
     }
     // As Envoy's: a response without the secret is rejected (and the value kept).

@@ -57,6 +57,9 @@ pub struct Slot {
     value: ArcSwapOption<Resolved>,
     ready: watch::Sender<bool>,
     pub stats: SdsStats,
+    /// What `/config_dump` shows: the version, when it arrived, and the `Secret` with
+    /// its private key redacted.
+    shown: Mutex<Option<Shown>>,
     /// Dropped with the slot: ends its subscription.
     _alive: tokio::sync::oneshot::Sender<()>,
 }
@@ -81,7 +84,43 @@ impl SdsStats {
     }
 }
 
+/// A secret as `/config_dump` lists it.
+#[derive(Debug, Clone)]
+struct Shown {
+    version: String,
+    at: std::time::SystemTime,
+    secret: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+}
+
 impl Slot {
+    /// Takes a new value from SDS: `secret` as received, `version` its response's.
+    pub fn update(
+        &self,
+        v: Resolved,
+        version: &str,
+        mut secret: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+    ) {
+        use envoy_types::pb::envoy::{
+            config::core::v3::{DataSource, data_source::Specifier},
+            extensions::transport_sockets::tls::v3::secret::Type,
+        };
+        // As Envoy's dump: the key never leaves the process.
+        if let Some(Type::TlsCertificate(c)) = &mut secret.r#type
+            && c.private_key.is_some()
+        {
+            c.private_key = Some(DataSource {
+                specifier: Some(Specifier::InlineString("[redacted]".into())),
+                ..Default::default()
+            });
+        }
+        *self.shown.lock().unwrap_or_else(|e| e.into_inner()) = Some(Shown {
+            version: version.to_owned(),
+            at: std::time::SystemTime::now(),
+            secret,
+        });
+        self.set(v);
+    }
+
     pub fn get(&self) -> Option<Arc<Resolved>> {
         self.value.load_full()
     }
@@ -123,6 +162,7 @@ impl Slot {
             value: ArcSwapOption::empty(),
             ready: watch::channel(false).0,
             stats,
+            shown: Mutex::default(),
             _alive: alive,
         };
         (slot, gone)
@@ -240,6 +280,32 @@ impl SecretStore {
                 slot.wait().await;
             }
         }
+    }
+
+    /// Envoy's `SecretsConfigDump`: the secrets in use that arrived (keys redacted),
+    /// and those still awaited as warming.
+    pub fn dump(&self) -> envoy_types::pb::envoy::admin::v3::SecretsConfigDump {
+        use envoy_types::pb::envoy::admin::v3::{
+            SecretsConfigDump, secrets_config_dump::DynamicSecret,
+        };
+        let mut out = SecretsConfigDump::default();
+        for slot in self.current() {
+            let shown = slot.shown.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match shown {
+                Some(s) => out.dynamic_active_secrets.push(DynamicSecret {
+                    name: slot.secret.name.clone(),
+                    version_info: s.version,
+                    last_updated: Some(crate::admin::config_dump::timestamp(s.at)),
+                    secret: Some(crate::xds::resource::pack(&s.secret)),
+                    ..Default::default()
+                }),
+                None => out.dynamic_warming_secrets.push(DynamicSecret {
+                    name: slot.secret.name.clone(),
+                    ..Default::default()
+                }),
+            }
+        }
+        out
     }
 
     /// Whether a secret in use has not arrived yet.
