@@ -61,34 +61,10 @@ fn details(der: &[u8], now: i64) -> Option<Value> {
     }))
 }
 
-/// Unix seconds as protobuf JSON's timestamp text.
+/// Unix seconds as protobuf JSON's timestamp text (whole seconds: no fraction).
 fn rfc3339(secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
-    civil_time(t)
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` without a date library: days since the epoch to a civil date
-/// (Howard Hinnant's algorithm).
-fn civil_time(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::telemetry::access_log::rfc3339_millis(t).replace(".000Z", "Z")
 }
 
 #[cfg(test)]
