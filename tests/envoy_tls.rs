@@ -14,6 +14,9 @@ use common::{
     http_bootstrap, http_get, reference_envoy, static_cluster,
 };
 
+/// The access-log operators of the downstream TLS connection.
+const TLS_LOG: &str = "%DOWNSTREAM_PEER_URI_SAN% %DOWNSTREAM_LOCAL_URI_SAN% %DOWNSTREAM_TLS_VERSION% %REQUESTED_SERVER_NAME% %DOWNSTREAM_PEER_FINGERPRINT_256% %DOWNSTREAM_PEER_SUBJECT%\\n";
+
 const FRONT_ID: &str = "spiffe://cluster.local/ns/default/sa/front";
 const BACK_ID: &str = "spiffe://cluster.local/ns/default/sa/back";
 
@@ -99,7 +102,10 @@ fn back_yaml(app: SocketAddr, tls: &str) -> String {
     common::http_bootstrap_logged(
         "              - match: { prefix: / }\n                route: { cluster: app }\n",
         &static_cluster("app", &[app], false),
-        "          forward_client_cert_details: APPEND_FORWARD\n          set_current_client_cert_details: { subject: true, dns: true, uri: true }\n",
+        &format!(
+            "          forward_client_cert_details: APPEND_FORWARD\n          set_current_client_cert_details: {{ subject: true, dns: true, uri: true }}\n{}",
+            common::stdout_log(TLS_LOG)
+        ),
     )
     .replacen(
         "    filter_chains:\n    - filters:",
@@ -140,7 +146,12 @@ async fn start(bin: &str, yaml: &str) -> Proxy {
     if bin == common::BIN {
         Proxy::start(yaml).await
     } else {
-        Proxy::start_bin(bin, yaml, &["--disable-hot-restart"]).await
+        Proxy::start_bin(
+            bin,
+            yaml,
+            &["--disable-hot-restart", "--file-flush-interval-msec", "50"],
+        )
+        .await
     }
 }
 
@@ -188,6 +199,7 @@ async fn every_pairing_carries_traffic_and_refusals_match_envoy() {
     // 1. Every pairing, both ways: 200 from the app, one handshake on each side, and
     //    what the app sees of the client (XFCC, scheme) the same from either back.
     let mut seen_by_app = Vec::new();
+    let mut logged = Vec::new();
     for back_bin in &bins {
         let back = start(
             back_bin,
@@ -234,7 +246,17 @@ async fn every_pairing_carries_traffic_and_refusals_match_envoy() {
             ));
         }
         assert_eq!(stat(&back, "listener.back.ssl.handshake").await, Some(2));
+        logged.push((name(back_bin), back.stdout_lines(2).await));
     }
+    assert_eq!(
+        logged[0].1, logged[1].1,
+        "TLS access log: pilotfish first, Envoy second"
+    );
+    // No TLS inspector on the back's listener: no requested server name, as in Envoy.
+    assert!(
+        logged[0].1[0].starts_with(&format!("{FRONT_ID} {BACK_ID} TLSv1.3 - ")),
+        "{logged:?}"
+    );
     let ours: Vec<_> = seen_by_app
         .iter()
         .filter(|s| s.0 == "pilotfish")
@@ -535,7 +557,11 @@ async fn istio_sds_secrets_rotate_without_a_failed_request() {
         let ours = secrets_dumped(&back).await;
         assert_eq!(ours.len(), 2, "{ours:?}");
         assert!(ours.iter().any(|s| s.2.contains("[redacted]")), "{ours:?}");
-        assert_eq!(ours, secrets_dumped(&theirs).await, "pilotfish left, Envoy right");
+        assert_eq!(
+            ours,
+            secrets_dumped(&theirs).await,
+            "pilotfish left, Envoy right"
+        );
     }
 }
 

@@ -279,11 +279,13 @@ impl HttpConnectionManager {
             method: Some(req.method().to_string()),
             path: req.uri().path_and_query().map(|p| p.to_string()),
             authority: request_authority(&req),
-            scheme: Some("http"),
+            scheme: Some(if tls.is_some() { "https" } else { "http" }),
             protocol: Some(protocol_name(req.version())),
             request_headers: Some(req.headers().clone()),
             downstream_remote: Some(down.peer),
             downstream_local: Some(down.local),
+            requested_server_name: tls.as_ref().and_then(|t| t.sni.clone()),
+            tls: tls.clone(),
             ..Default::default()
         };
         let received = Arc::new(AtomicU64::new(0));

@@ -338,7 +338,12 @@ impl Listener {
             Some((tls, timeout)) => match tls.accept(stream, *timeout).await {
                 Some((s, info)) => Conn::Tls {
                     stream: Box::new(s),
-                    peer: Arc::new(info),
+                    // Envoy's requested server name is the TLS inspector's, not the
+                    // handshake's: without the inspector there is none.
+                    peer: Arc::new(crate::tls::PeerInfo {
+                        sni: facts.server_name.clone(),
+                        ..info
+                    }),
                     replay: Vec::new(),
                 },
                 None => {

@@ -82,6 +82,7 @@ impl TcpProxy {
             downstream_remote: Some(peer),
             downstream_local: Some(dst),
             requested_server_name: server_name,
+            tls: down.tls().cloned(),
             ..Default::default()
         };
         self.proxy(down, dst, started, &mut record).await;

@@ -76,6 +76,12 @@ pub enum Op {
     RouteName,
     ConnectionTerminationDetails,
     Hostname,
+    /// The downstream TLS connection's facts.
+    DownstreamPeerUriSan,
+    DownstreamLocalUriSan,
+    DownstreamPeerSubject,
+    DownstreamPeerFingerprint256,
+    DownstreamTlsVersion,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -159,6 +165,11 @@ fn parse_op(text: &str) -> Result<Op, String> {
         "DOWNSTREAM_LOCAL_ADDRESS" => Op::DownstreamLocalAddress,
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Op::DownstreamLocalAddressWithoutPort,
         "REQUESTED_SERVER_NAME" => Op::RequestedServerName,
+        "DOWNSTREAM_PEER_URI_SAN" => Op::DownstreamPeerUriSan,
+        "DOWNSTREAM_LOCAL_URI_SAN" => Op::DownstreamLocalUriSan,
+        "DOWNSTREAM_PEER_SUBJECT" => Op::DownstreamPeerSubject,
+        "DOWNSTREAM_PEER_FINGERPRINT_256" => Op::DownstreamPeerFingerprint256,
+        "DOWNSTREAM_TLS_VERSION" => Op::DownstreamTlsVersion,
         "ROUTE_NAME" => Op::RouteName,
         "CONNECTION_TERMINATION_DETAILS" => Op::ConnectionTerminationDetails,
         "HOSTNAME" => Op::Hostname,
@@ -191,6 +202,8 @@ pub struct Record {
     pub route_name: Option<String>,
     /// The SNI the TLS inspector read.
     pub requested_server_name: Option<String>,
+    /// What the downstream TLS handshake established, on a TLS connection.
+    pub tls: Option<std::sync::Arc<crate::tls::PeerInfo>>,
 }
 
 impl Record {
@@ -245,6 +258,17 @@ impl Record {
             Op::Hostname => std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .ok()
                 .map(|h| h.trim().to_owned()),
+            Op::DownstreamPeerUriSan => self.tls.as_ref()?.uri_san.clone(),
+            Op::DownstreamLocalUriSan => self.tls.as_ref()?.local_uri_san(),
+            Op::DownstreamPeerSubject => {
+                let der = self.tls.as_ref()?.certificate.clone()?;
+                Some(crate::tls::certs::subject(&der))
+            }
+            Op::DownstreamPeerFingerprint256 => {
+                let der = self.tls.as_ref()?.certificate.clone()?;
+                Some(crate::tls::certs::sha256_hex(&der))
+            }
+            Op::DownstreamTlsVersion => self.tls.as_ref()?.version.map(str::to_owned),
         }
     }
 

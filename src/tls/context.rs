@@ -271,6 +271,7 @@ pub struct PeerInfo {
     /// The certificate this side presented.
     pub local: Option<Arc<CertifiedKey>>,
     pub alpn: Option<Vec<u8>>,
+    /// The requested server name as Envoy's connection knows it: the TLS inspector's.
     pub sni: Option<String>,
     pub version: Option<&'static str>,
 }
