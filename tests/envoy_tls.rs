@@ -844,3 +844,72 @@ async fn auto_mtls_and_permissive_inbound_match_envoy() {
         "STRICT counters: pilotfish left, Envoy right"
     );
 }
+
+/// HTTP/2 over TLS: the front's HTTP/2 cluster negotiates `h2` by ALPN and the back
+/// serves it as HTTP/2 (counted as such), with pilotfish or Envoy as the back; a
+/// client offering `h2` directly gets HTTP/2 too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_is_negotiated_by_alpn() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let ca = Ca::new("cluster.local");
+    let foreign = Ca::new("elsewhere");
+    let front_leaf = ca.leaf(FRONT_ID);
+    let p = pki(&ca, &front_leaf, &ca.leaf(BACK_ID), &foreign);
+    write_ca_secret(p.dir.path(), "ca", &p.path("ca.pem"));
+    let app = Upstream::start("app").await;
+    for bin in [common::BIN.to_string(), envoy] {
+        let back = start(
+            &bin,
+            &back_yaml(
+                app.addr,
+                &downstream_tls(&p, "back", "ca", "spiffe://cluster.local/"),
+            ),
+        )
+        .await;
+        let tls = upstream_tls(&p, "front", "ca", BACK_ID).replace(
+            "alpn_protocols: [istio-peer-exchange, istio]",
+            "alpn_protocols: [h2]",
+        );
+        let h2_cluster = static_cluster("mesh", &[back.listener("http")], true);
+        let front = Proxy::start(&http_bootstrap(
+            "              - match: { prefix: / }\n                route: { cluster: mesh }\n",
+            &format!("{h2_cluster}{tls}"),
+        ))
+        .await;
+        let got = http_get(front.listener("http"), "/h2").await;
+        assert_eq!(got.as_ref().map(|(s, _)| *s), Ok(200), "{bin}: {got:?}");
+        // A client of its own offering h2.
+        let config = common::certs::client_config(&ca, &front_leaf, BACK_ID, &["h2"]);
+        let tcp = tokio::net::TcpStream::connect(back.listener("http"))
+            .await
+            .unwrap();
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(
+                rustls::pki_types::ServerName::try_from("back").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "{bin}");
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("https://back/direct")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{bin}");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(
+            stat(&back, "http.ingress_http.downstream_cx_http2_total").await,
+            Some(2),
+            "{bin}: both connections served as HTTP/2"
+        );
+    }
+}
