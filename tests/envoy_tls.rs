@@ -913,3 +913,79 @@ async fn http2_is_negotiated_by_alpn() {
         );
     }
 }
+
+/// A server context with Envoy's SPIFFE validator: a CA bundle per trust domain.
+fn downstream_tls_spiffe(p: &Pki) -> String {
+    format!(
+        r#"      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{ filename: "{}" }}
+              private_key: {{ filename: "{}" }}
+            validation_context:
+              custom_validator_config:
+                name: envoy.tls.cert_validator.spiffe
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig
+                  trust_domains:
+                  - {{ name: cluster.local, trust_bundle: {{ filename: "{}" }} }}
+                  - {{ name: other.domain, trust_bundle: {{ filename: "{}" }} }}
+"#,
+        p.path("back.crt"),
+        p.path("back.key"),
+        p.path("ca.pem"),
+        p.path("foreign.pem"),
+    )
+}
+
+/// The SPIFFE validator picks the CA bundle by the client's trust domain: a client of
+/// either domain is accepted with its own domain's CA, a certificate of one CA claiming
+/// the other's trust domain is refused, with the same counters as Envoy's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spiffe_validator_checks_each_trust_domain_against_its_bundle() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let ca = Ca::new("cluster.local");
+    let other = Ca::new("other.domain");
+    let p = pki(&ca, &ca.leaf(FRONT_ID), &ca.leaf(BACK_ID), &other);
+    other
+        .leaf("spiffe://other.domain/ns/x/sa/y")
+        .write(p.dir.path(), "front-other");
+    other.leaf(FRONT_ID).write(p.dir.path(), "front-spoof");
+    let app = Upstream::start("app").await;
+    let mut answers = Vec::new();
+    for bin in [common::BIN.to_string(), envoy] {
+        let back = start(&bin, &back_yaml(app.addr, &downstream_tls_spiffe(&p))).await;
+        let mut seen = Vec::new();
+        for cert in ["front", "front-other", "front-spoof"] {
+            let front = Proxy::start(&front_yaml(
+                back.listener("http"),
+                &upstream_tls(&p, cert, "ca", BACK_ID),
+            ))
+            .await;
+            let status = http_get(front.listener("http"), "/").await.map(|(s, _)| s);
+            seen.push((cert, status.unwrap_or(0)));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let mut counters = Vec::new();
+        for c in [
+            "handshake",
+            "fail_verify_error",
+            "fail_verify_san",
+            "connection_error",
+        ] {
+            counters.push(stat(&back, &format!("listener.back.ssl.{c}")).await);
+        }
+        answers.push((seen, counters));
+    }
+    assert_eq!(
+        answers[0].0,
+        [("front", 200), ("front-other", 200), ("front-spoof", 503)]
+    );
+    assert_eq!(answers[0], answers[1], "pilotfish first, Envoy second");
+}

@@ -23,11 +23,11 @@ pub fn render(secrets: &SecretStore) -> String {
                 "cert_chain",
                 key.cert.iter().map(|c| c.as_ref().to_vec()).collect(),
             ),
-            Resolved::Validation { pem: Some(pem), .. } => (
+            Resolved::Validation { pem: Some(ca), .. } => (
                 "ca_cert",
-                certs::chain(pem)
-                    .unwrap_or_default()
-                    .iter()
+                ca.pems()
+                    .into_iter()
+                    .flat_map(|pem| certs::chain(pem).unwrap_or_default())
                     .map(|c| c.as_ref().to_vec())
                     .collect(),
             ),

@@ -1004,7 +1004,16 @@ const FIELDS: &[(&str, &[&str])] = &[
             "trusted_ca",
             "match_subject_alt_names",
             "match_typed_subject_alt_names",
+            "custom_validator_config",
         ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig",
+        &["trust_domains"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig.TrustDomain",
+        &["name", "trust_bundle"],
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher",

@@ -87,9 +87,27 @@ pub struct Validation {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrustSource {
-    /// PEM CA certificates.
-    Static(Arc<Vec<u8>>),
+    Static(CaBundle),
     Sds(SdsSecret),
+}
+
+/// Trusted CAs (PEM): one bundle (`trusted_ca`), or one per SPIFFE trust domain (the
+/// `envoy.tls.cert_validator.spiffe` validator: a peer is checked against the bundle of
+/// its SPIFFE ID's trust domain only).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CaBundle {
+    Pem(Arc<Vec<u8>>),
+    Spiffe(Arc<Vec<(String, Vec<u8>)>>),
+}
+
+impl CaBundle {
+    /// Every CA certificate, PEM.
+    pub fn pems(&self) -> Vec<&[u8]> {
+        match self {
+            CaBundle::Pem(p) => vec![p.as_slice()],
+            CaBundle::Spiffe(d) => d.iter().map(|(_, p)| p.as_slice()).collect(),
+        }
+    }
 }
 
 /// A compiled `SubjectAltNameMatcher` (or a legacy `match_subject_alt_names` entry,
@@ -164,8 +182,8 @@ pub struct TlsParams {
 pub enum SecretValue {
     Certificate(Arc<CertificatePem>),
     Validation {
-        /// PEM CA certificates (`trusted_ca`).
-        trusted_ca: Option<Arc<Vec<u8>>>,
+        /// The trusted CAs (`trusted_ca` or the SPIFFE validator's bundles).
+        trusted_ca: Option<CaBundle>,
         san: Vec<SanMatcher>,
     },
 }
@@ -339,21 +357,25 @@ fn certificate(c: &TlsCertificate, path: &str) -> Result<CertificatePem> {
     Ok(pem)
 }
 
-/// PEM CA certificates, when given.
-type TrustedCa = Option<Arc<Vec<u8>>>;
+/// The trusted CAs, when given.
+type TrustedCa = Option<CaBundle>;
 
 /// A `CertificateValidationContext`: its trusted CAs and SAN matchers.
 fn validation_context(
     v: &CertificateValidationContext,
     path: &str,
 ) -> Result<(TrustedCa, Vec<SanMatcher>)> {
-    let trusted_ca = match &v.trusted_ca {
-        Some(ds) => {
+    let trusted_ca = match (&v.custom_validator_config, &v.trusted_ca) {
+        (Some(cv), _) => Some(spiffe_validator(
+            cv,
+            &format!("{path}.custom_validator_config"),
+        )?),
+        (None, Some(ds)) => {
             let pem = data(Some(ds), &format!("{path}.trusted_ca"))?;
             crate::tls::certs::roots(&pem).map_err(|e| format!("{path}.trusted_ca: {e}"))?;
-            Some(Arc::new(pem))
+            Some(CaBundle::Pem(Arc::new(pem)))
         }
-        None => None,
+        (None, None) => None,
     };
     let mut san = Vec::new();
     #[allow(deprecated)]
@@ -372,6 +394,36 @@ fn validation_context(
         )?);
     }
     Ok((trusted_ca, san))
+}
+
+/// `envoy.tls.cert_validator.spiffe`: a bundle per trust domain (as Istio's agent
+/// sends `ROOTCA` for a mesh with several trust domains). Envoy ignores `trusted_ca`
+/// next to it; so does pilotfish.
+fn spiffe_validator(
+    cv: &envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig,
+    path: &str,
+) -> Result<CaBundle> {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SpiffeCertValidatorConfig;
+    let Some(any) = &cv.typed_config else {
+        return Err(format!("{path}.typed_config: required"));
+    };
+    let c: SpiffeCertValidatorConfig =
+        proto::unpack(any).map_err(|e| format!("{path}.typed_config: {e}"))?;
+    let tpath = format!("{path}.typed_config");
+    if c.trust_domains.is_empty() {
+        return Err(format!("{tpath}.trust_domains: at least one is required"));
+    }
+    let mut domains = Vec::new();
+    for (i, td) in c.trust_domains.iter().enumerate() {
+        let dpath = format!("{tpath}.trust_domains[{i}]");
+        if td.name.is_empty() {
+            return Err(format!("{dpath}.name: required"));
+        }
+        let pem = data(td.trust_bundle.as_ref(), &format!("{dpath}.trust_bundle"))?;
+        crate::tls::certs::roots(&pem).map_err(|e| format!("{dpath}.trust_bundle: {e}"))?;
+        domains.push((td.name.clone(), pem));
+    }
+    Ok(CaBundle::Spiffe(Arc::new(domains)))
 }
 
 fn typed_san(m: &SubjectAltNameMatcher, path: &str) -> Result<SanMatcher> {

@@ -49,6 +49,52 @@ pub fn roots(pem: &[u8]) -> Result<Arc<RootCertStore>, String> {
     Ok(Arc::new(store))
 }
 
+/// Trust anchors as a context uses them: one store, or one per SPIFFE trust domain.
+#[derive(Debug, Clone)]
+pub enum Roots {
+    One(Arc<RootCertStore>),
+    Spiffe(Vec<(String, Arc<RootCertStore>)>),
+}
+
+impl Roots {
+    pub fn new(bundle: &crate::config::tls::CaBundle) -> Result<Self, String> {
+        use crate::config::tls::CaBundle;
+        Ok(match bundle {
+            CaBundle::Pem(p) => Roots::One(roots(p)?),
+            CaBundle::Spiffe(domains) => Roots::Spiffe(
+                domains
+                    .iter()
+                    .map(|(d, p)| Ok((d.clone(), roots(p)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+        })
+    }
+
+    /// The anchors a certificate is checked against: with the SPIFFE validator, those
+    /// of the trust domain of its one URI SAN (none when it has no SPIFFE ID, several
+    /// URI SANs, or a trust domain not configured: Envoy refuses those).
+    pub fn for_cert(&self, der: &[u8]) -> Option<Arc<RootCertStore>> {
+        match self {
+            Roots::One(r) => Some(r.clone()),
+            Roots::Spiffe(domains) => {
+                let uris: Vec<String> = sans(der)
+                    .into_iter()
+                    .filter_map(|s| match s {
+                        San::Uri(u) => Some(u),
+                        _ => None,
+                    })
+                    .collect();
+                let [uri] = uris.as_slice() else { return None };
+                let domain = uri.strip_prefix("spiffe://")?.split('/').next()?;
+                domains
+                    .iter()
+                    .find(|(d, _)| d == domain)
+                    .map(|(_, r)| r.clone())
+            }
+        }
+    }
+}
+
 /// A subject alt name of a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum San {

@@ -101,7 +101,7 @@ fn bind(
     };
     let trust = match &ctx.validation.trust {
         None => None,
-        Some(TrustSource::Static(pem)) => Some(Trust::Static(super::certs::roots(pem)?)),
+        Some(TrustSource::Static(ca)) => Some(Trust::Static(super::certs::Roots::new(ca)?)),
         Some(TrustSource::Sds(s)) => {
             let slot = store.slot(s)?;
             slots.push(slot.clone());

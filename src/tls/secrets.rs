@@ -8,7 +8,7 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use rustls::{RootCertStore, sign::CertifiedKey};
+use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
 use crate::{
@@ -24,9 +24,9 @@ pub enum Resolved {
         pem: Arc<CertificatePem>,
     },
     Validation {
-        roots: Option<Arc<RootCertStore>>,
+        roots: Option<super::certs::Roots>,
         san: Vec<SanMatcher>,
-        pem: Option<Arc<Vec<u8>>>,
+        pem: Option<crate::config::tls::CaBundle>,
     },
 }
 
@@ -40,8 +40,8 @@ impl Resolved {
             },
             SecretValue::Validation { trusted_ca, san } => Resolved::Validation {
                 roots: trusted_ca
-                    .as_deref()
-                    .map(|p| super::certs::roots(p))
+                    .as_ref()
+                    .map(super::certs::Roots::new)
                     .transpose()?,
                 san,
                 pem: trusted_ca,

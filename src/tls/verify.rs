@@ -6,8 +6,7 @@
 use std::sync::Arc;
 
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, Error, RootCertStore,
-    SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::WebPkiSupportedAlgorithms,
     pki_types::{CertificateDer, ServerName, UnixTime},
@@ -15,7 +14,7 @@ use rustls::{
 };
 
 use super::{
-    certs::{San, sans},
+    certs::{Roots, San, sans},
     secrets::{Resolved, Slot},
 };
 use crate::config::tls::{SanMatcher, SanType};
@@ -23,7 +22,7 @@ use crate::config::tls::{SanMatcher, SanType};
 /// Where the trusted CAs are.
 #[derive(Debug)]
 pub enum Trust {
-    Static(Arc<RootCertStore>),
+    Static(Roots),
     Sds(Arc<Slot>),
 }
 
@@ -61,6 +60,9 @@ impl PeerVerifier {
                 _ => return Err(Error::InvalidCertificate(CertificateError::UnknownIssuer)),
             },
         };
+        let roots = roots
+            .for_cert(end_entity)
+            .ok_or(Error::InvalidCertificate(CertificateError::UnknownIssuer))?;
         let cert = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
         cert.verify_for_usage(

@@ -146,7 +146,9 @@ pub fn client_config(
     let provider = pilotfish::tls::provider();
     let verifier = Arc::new(pilotfish::tls::verify::PeerVerifier {
         trust: Some(pilotfish::tls::verify::Trust::Static(
-            pilotfish::tls::certs::roots(ca.pem.as_bytes()).unwrap(),
+            pilotfish::tls::certs::Roots::One(
+                pilotfish::tls::certs::roots(ca.pem.as_bytes()).unwrap(),
+            ),
         )),
         san: vec![pilotfish::config::tls::SanMatcher::exact_uri(server_id)],
         algs: provider.signature_verification_algorithms,
