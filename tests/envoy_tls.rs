@@ -169,19 +169,26 @@ fn write_ca_secret(dir: &Path, name: &str, ca_pem_path: &str) {
     std::fs::write(dir.join(format!("{name}.sds.yaml")), yaml).unwrap();
 }
 
+/// The reference Envoy and a PKI: Istio's CA, a second CA named `other`, and the
+/// front's and back's certificates and the CA bundles written out.
+fn setup(other: &str) -> Option<(String, Ca, Ca, Pki)> {
+    let envoy = reference_envoy()?;
+    let ca = Ca::new("cluster.local");
+    let foreign = Ca::new(other);
+    let p = pki(&ca, &ca.leaf(FRONT_ID), &ca.leaf(BACK_ID), &foreign);
+    write_ca_secret(p.dir.path(), "ca", &p.path("ca.pem"));
+    Some((envoy, ca, foreign, p))
+}
+
 /// One proxy pair's answer to a refusal case: (proxy, back counters, front counters,
 /// HTTP status at the front).
 type Outcome = (String, Vec<Option<u64>>, Vec<Option<u64>>, u16);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_pairing_carries_traffic_and_refusals_match_envoy() {
-    let Some(envoy) = reference_envoy() else {
+    let Some((envoy, ca, foreign, p)) = setup("elsewhere") else {
         return;
     };
-    let ca = Ca::new("cluster.local");
-    let foreign = Ca::new("elsewhere");
-    let p = pki(&ca, &ca.leaf(FRONT_ID), &ca.leaf(BACK_ID), &foreign);
-    write_ca_secret(p.dir.path(), "ca", &p.path("ca.pem"));
     // A client certificate from another root, and an expired one.
     foreign.leaf(FRONT_ID).write(p.dir.path(), "front-foreign");
     ca.expired_leaf(FRONT_ID)
@@ -753,13 +760,9 @@ async fn tcp_echo(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
 /// PERMISSIVE inbound takes both, a STRICT one closes plaintext connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_mtls_and_permissive_inbound_match_envoy() {
-    let Some(envoy) = reference_envoy() else {
+    let Some((envoy, _, _, p)) = setup("elsewhere") else {
         return;
     };
-    let ca = Ca::new("cluster.local");
-    let foreign = Ca::new("elsewhere");
-    let p = pki(&ca, &ca.leaf(FRONT_ID), &ca.leaf(BACK_ID), &foreign);
-    write_ca_secret(p.dir.path(), "ca", &p.path("ca.pem"));
     let app = Upstream::start("app").await;
     let echo = echo().await;
     let pilotfish = common::BIN.to_string();
@@ -850,14 +853,10 @@ async fn auto_mtls_and_permissive_inbound_match_envoy() {
 /// client offering `h2` directly gets HTTP/2 too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_is_negotiated_by_alpn() {
-    let Some(envoy) = reference_envoy() else {
+    let Some((envoy, ca, _, p)) = setup("elsewhere") else {
         return;
     };
-    let ca = Ca::new("cluster.local");
-    let foreign = Ca::new("elsewhere");
     let front_leaf = ca.leaf(FRONT_ID);
-    let p = pki(&ca, &front_leaf, &ca.leaf(BACK_ID), &foreign);
-    write_ca_secret(p.dir.path(), "ca", &p.path("ca.pem"));
     let app = Upstream::start("app").await;
     for bin in [common::BIN.to_string(), envoy] {
         let back = start(
@@ -947,12 +946,9 @@ fn downstream_tls_spiffe(p: &Pki) -> String {
 /// the other's trust domain is refused, with the same counters as Envoy's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spiffe_validator_checks_each_trust_domain_against_its_bundle() {
-    let Some(envoy) = reference_envoy() else {
+    let Some((envoy, _, other, p)) = setup("other.domain") else {
         return;
     };
-    let ca = Ca::new("cluster.local");
-    let other = Ca::new("other.domain");
-    let p = pki(&ca, &ca.leaf(FRONT_ID), &ca.leaf(BACK_ID), &other);
     other
         .leaf("spiffe://other.domain/ns/x/sa/y")
         .write(p.dir.path(), "front-other");
