@@ -38,6 +38,12 @@ PROXY_TCP = 10001
 # tcp_proxy to the HTTP upstream: the same requests forwarded as bytes, no HTTP (the floor).
 PROXY_L4 = 10002
 ADMIN = 19000
+# Mutual TLS on both hops (Istio's shape): the client sidecar's plain listener, to the
+# server sidecar's TLS listener, to nginx.
+PROXY_MTLS = 10003
+BACK_MTLS = 10004
+BACK_ADMIN = 19001
+SPIFFE = "spiffe://cluster.local/ns/default/sa/"
 
 OPEN_CB = """    circuit_breakers:
       thresholds:
@@ -142,6 +148,130 @@ http {{
 """
 
 
+def mtls_pki(tmp):
+    """Istio's CA and two workload certificates (RSA 2048 with SPIFFE URI SANs, as
+    istiod's CA issues them by default), made with openssl."""
+    def sh(*args):
+        subprocess.run(args, check=True, capture_output=True, cwd=tmp)
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+       "-days", "2", "-subj", "/O=cluster.local")
+    for name in ("front", "back"):
+        with open(os.path.join(tmp, f"{name}.ext"), "w") as f:
+            f.write(f"subjectAltName=URI:{SPIFFE}{name}\nextendedKeyUsage=serverAuth,clientAuth\n"
+                    "keyUsage=digitalSignature,keyEncipherment\n")
+        sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+           "-subj", f"/O={name}")
+        sh("openssl", "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+           "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+
+
+def mtls_bootstraps(tmp):
+    """(front, back): istiod's UpstreamTlsContext on the front's cluster, its inbound
+    DownstreamTlsContext on the back's listener, certificates from files."""
+    f = lambda n: os.path.join(tmp, n)
+    common = ("tls_params: { tls_minimum_protocol_version: TLSv1_2, tls_maximum_protocol_version: TLSv1_3 }")
+    router = '{ name: envoy.filters.http.router, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }'
+    hcm = lambda prefix, cluster: f"""      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {prefix}
+          route_config:
+            virtual_hosts:
+            - {{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: {cluster} }} }}] }}
+          http_filters: [{router}]
+"""
+    front = f"""admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ADMIN} }} }}
+static_resources:
+  listeners:
+  - name: outbound
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {PROXY_MTLS} }} }}
+    filter_chains:
+    - filters:
+{hcm("outbound", "mesh")}  clusters:
+  - name: mesh
+    connect_timeout: 1s
+    lb_policy: LEAST_REQUEST
+{OPEN_CB}    load_assignment: {{ cluster_name: mesh, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {BACK_MTLS} }} }} }} }}] }}] }}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: outbound_.80_._.back.default.svc.cluster.local
+        common_tls_context:
+          {common}
+          alpn_protocols: [istio-peer-exchange, istio]
+          tls_certificates: [{{ certificate_chain: {{ filename: "{f('front.crt')}" }}, private_key: {{ filename: "{f('front.key')}" }} }}]
+          validation_context:
+            trusted_ca: {{ filename: "{f('ca.pem')}" }}
+            match_subject_alt_names: [{{ exact: "{SPIFFE}back" }}]
+"""
+    back = f"""admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {BACK_ADMIN} }} }}
+static_resources:
+  listeners:
+  - name: inbound
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {BACK_MTLS} }} }}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            {common}
+            alpn_protocols: [h2, http/1.1]
+            tls_certificates: [{{ certificate_chain: {{ filename: "{f('back.crt')}" }}, private_key: {{ filename: "{f('back.key')}" }} }}]
+            validation_context:
+              trusted_ca: {{ filename: "{f('ca.pem')}" }}
+              match_subject_alt_names: [{{ prefix: "spiffe://cluster.local/" }}]
+      filters:
+{hcm("inbound", "app")}  clusters:
+{cluster("app", UPSTREAM_HTTP + 1)}"""
+    paths = (f("mtls-front.yaml"), f("mtls-back.yaml"))
+    for path, text in zip(paths, (front, back)):
+        with open(path, "w") as fh:
+            fh.write(text)
+    return paths
+
+
+def handshakes(port, tmp, seconds, reuse):
+    """TLS handshakes per second against `port` (openssl s_time with the front's
+    certificate): full ones, or resumed (`-reuse`)."""
+    args = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-time", str(seconds),
+            "-cert", os.path.join(tmp, "front.crt"), "-key", os.path.join(tmp, "front.key"),
+            "-reuse" if reuse else "-new"]
+    out = run(args, timeout=seconds * 4 + 30)
+    m = re.search(r"(\d+) connections in (\d+) real seconds", out)
+    return int(m.group(1)) / max(1, int(m.group(2)))
+
+
+def mtls_round(summary_add, target, seconds, tmp, paths):
+    """One round of the mutual-TLS figures for `target` (both sidecars, one worker each)."""
+    front_cfg, back_cfg = paths
+    back = start_proxy(target, 1, back_cfg, admin=BACK_ADMIN)
+    front = start_proxy(target, 1, front_cfg)
+    try:
+        both = lambda: tuple(map(sum, zip(front.cpu_split(), back.cpu_split())))
+        wrk(PROXY_MTLS, 2)  # connections and sessions up
+        split0 = both()
+        rps, done = wrk(PROXY_MTLS, seconds)
+        split1 = both()
+        summary_add("rps_h1_mtls", target, 1, rps)
+        summary_add("user_us_per_rq_mtls", target, 1, (split1[0] - split0[0]) / done * 1e6)
+        split0 = both()
+        lat = oha_fixed_rate(PROXY_MTLS, seconds)
+        split1 = both()
+        summary_add("cpu_per_1k_mtls", target, 1, (sum(split1) - sum(split0)) / (lat["requests"] / 1000))
+        for k in ("p50", "p99"):
+            summary_add(f"lat_{k}_mtls", target, 1, lat[k])
+        summary_add("handshakes_full", target, 1, handshakes(BACK_MTLS, tmp, max(3, seconds // 2), False))
+        summary_add("handshakes_resumed", target, 1, handshakes(BACK_MTLS, tmp, max(3, seconds // 2), True))
+    finally:
+        front.stop()
+        back.stop()
+
+
 def wait_port(port, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -153,11 +283,11 @@ def wait_port(port, timeout=60):
     raise RuntimeError(f"port {port} did not open")
 
 
-def wait_ready(timeout=300):
+def wait_ready(timeout=300, admin=ADMIN):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/ready", timeout=1) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as r:
                 if r.status == 200:
                     return
         except Exception:
@@ -192,13 +322,13 @@ class Proc:
         self.p.wait()
 
 
-def start_proxy(kind, concurrency, cfg):
+def start_proxy(kind, concurrency, cfg, admin=ADMIN):
     if kind == "pilotfish":
         args = [PILOTFISH, "-c", cfg, "--concurrency", str(concurrency), "-l", "error"]
     else:
         args = [ENVOY, "-c", cfg, "--concurrency", str(concurrency), "-l", "error", "--disable-hot-restart"]
     p = Proc(args)
-    wait_ready()
+    wait_ready(admin=admin)
     return p
 
 
@@ -250,6 +380,8 @@ def main():
     ap.add_argument("--clusters", default="1,1000,10000")
     ap.add_argument("--no-docs", action="store_true", help="print results, leave docs/ alone")
     ap.add_argument("--render", metavar="RESULTS_JSON", help="only rewrite docs/ from an earlier run's results")
+    ap.add_argument("--mtls-only", action="store_true",
+                    help="run only the mutual-TLS figures and merge them into target/bench/results.json")
     a = ap.parse_args()
     concurrencies = [int(c) for c in a.concurrency.split(",")]
     if a.render:
@@ -258,6 +390,12 @@ def main():
         write_docs(saved["summary"], saved["meta"], concurrencies, [int(x) for x in a.clusters.split(",")])
         return
     tmp = tempfile.mkdtemp(prefix="pilotfish-bench-")
+    with open(os.path.join(tmp, "nginx.conf"), "w") as f:
+        f.write(NGINX_CONF.replace("{dir}", tmp))
+    mtls_pki(tmp)
+    mtls_paths = mtls_bootstraps(tmp)
+    if a.mtls_only:
+        return mtls_only(a, tmp, mtls_paths, concurrencies)
     cfg = os.path.join(tmp, "bootstrap.yaml")
     with open(cfg, "w") as f:
         f.write(bootstrap())
@@ -329,6 +467,12 @@ def main():
                     finally:
                         if proxy:
                             proxy.stop()
+                    if conc == concurrencies[0]:
+                        if proxy:
+                            mtls_round(add, target, a.seconds, tmp, mtls_paths)
+                        else:
+                            add("lat_p50_mtls", "direct", 0, lat["p50"])
+                            add("lat_p99_mtls", "direct", 0, lat["p99"])
         # Idle RSS with many clusters (and as many routes).
         for r in range(a.runs):
             for n in [int(x) for x in a.clusters.split(",")]:
@@ -348,6 +492,41 @@ def main():
     meta = machine_meta(a)
     os.makedirs(os.path.join(ROOT, "target/bench"), exist_ok=True)
     with open(os.path.join(ROOT, "target/bench/results.json"), "w") as f:
+        json.dump({"meta": meta, "summary": summary, "samples": samples}, f, indent=1)
+    if a.no_docs:
+        print(render(summary, meta, concurrencies, [int(x) for x in a.clusters.split(",")]))
+    else:
+        write_docs(summary, meta, concurrencies, [int(x) for x in a.clusters.split(",")])
+
+
+def mtls_only(a, tmp, paths, concurrencies):
+    """The mutual-TLS rounds alone, merged into the last full run's results (the rest of
+    docs/benchmarks.md keeps that run's figures; the section says which commit each is)."""
+    results = os.path.join(ROOT, "target/bench/results.json")
+    with open(results) as f:
+        saved = json.load(f)
+    samples = {k: v for k, v in saved["samples"].items()
+               if "_mtls|" not in k and not k.startswith("handshakes_")}
+
+    def add(scn, target, conc, value):
+        samples.setdefault(f"{scn}|{target}|{conc}", []).append(value)
+
+    nginx = Proc(["nginx", "-c", os.path.join(tmp, "nginx.conf")])
+    wait_port(UPSTREAM_HTTP)
+    try:
+        for r in range(a.runs):
+            lat = oha_fixed_rate(UPSTREAM_HTTP + 1, a.seconds)
+            add("lat_p50_mtls", "direct", 0, lat["p50"])
+            add("lat_p99_mtls", "direct", 0, lat["p99"])
+            for target in (["pilotfish", "envoy"] if r % 2 == 0 else ["envoy", "pilotfish"]):
+                print(f"mTLS round {r + 1}/{a.runs}: {target}", file=sys.stderr)
+                mtls_round(add, target, a.seconds, tmp, paths)
+    finally:
+        nginx.stop()
+    meta = saved["meta"]
+    meta["mtls"] = machine_meta(a)
+    summary = {k: median_range(v) for k, v in samples.items()}
+    with open(results, "w") as f:
         json.dump({"meta": meta, "summary": summary, "samples": samples}, f, indent=1)
     if a.no_docs:
         print(render(summary, meta, concurrencies, [int(x) for x in a.clusters.split(",")]))
@@ -461,6 +640,7 @@ def render(summary, meta, concs, clusters):
         L.append(f"| (e) RSS steady, MiB | | {fmt(p('rss_steady'), 1)} | {fmt(e('rss_steady'), 1)} | {ratio(p('rss_steady'), e('rss_steady'))} | |")
         L.append(f"| (e) RSS peak, MiB | | {fmt(p('rss_peak'), 1)} | {fmt(e('rss_peak'), 1)} | {ratio(p('rss_peak'), e('rss_peak'))} | |")
         L.append("")
+    L.extend(render_mtls(summary, meta))
     L.append("## Idle RSS with many clusters (and as many routes), concurrency 1\n")
     L.append("| clusters | pilotfish MiB | Envoy MiB | pilotfish / Envoy | target |")
     L.append("|---|---|---|---|---|")
@@ -473,6 +653,38 @@ def render(summary, meta, concs, clusters):
     L.append("![latency percentiles at 1,000 rps](img/latency.png)\n")
     L.append("![resident memory](img/rss.png)\n")
     return "\n".join(L) + "\n"
+
+
+def render_mtls(summary, meta):
+    """Mutual TLS on both hops, as Istio's sidecars run it."""
+    p = lambda scn: get(summary, scn, "pilotfish", 1)
+    e = lambda scn: get(summary, scn, "envoy", 1)
+    d = lambda scn: get(summary, scn, "direct", 0)
+    if not p("rps_h1_mtls"):
+        return []
+    m = meta.get("mtls", meta)
+    L = ["## Mutual TLS on both hops (Istio's shape), one worker per sidecar\n",
+         "A client sidecar (plain HTTP in, istiod's `UpstreamTlsContext` out) and a server sidecar",
+         "(istiod's inbound `DownstreamTlsContext`: client certificate required, SPIFFE SAN matched) in",
+         "front of nginx, both pilotfish or both Envoy, RSA 2048 workload certificates as Istio's CA issues",
+         "them. CPU is both sidecars' together. Handshakes: `openssl s_time` against the server sidecar",
+         "with the client's certificate (full, and resumed sessions); one openssl process does the client",
+         "side of every handshake, RSA signature included, so on a small machine these two rows are bound",
+         f"by the client as much as by the sidecar. Measured at pilotfish `{m['pilotfish']}`, {m['date']}.\n",
+         "| figure | pilotfish | Envoy | pilotfish / Envoy | target |", "|---|---|---|---|---|"]
+    L.append(f"| HTTP/1.1 keep-alive rps through both sidecars (wrk, 64 conns) | {fmt(p('rps_h1_mtls'))} | {fmt(e('rps_h1_mtls'))} | {ratio(p('rps_h1_mtls'), e('rps_h1_mtls'))} | ≥ 2.5× |")
+    L.append(f"| CPU seconds per 1,000 requests, both sidecars (at 1,000 rps) | {fmt(p('cpu_per_1k_mtls'), 4)} | {fmt(e('cpu_per_1k_mtls'), 4)} | {ratio(p('cpu_per_1k_mtls'), e('cpu_per_1k_mtls'))} | ≤ 0.4× |")
+    L.append(f"| user µs per request under wrk, both sidecars | {fmt(p('user_us_per_rq_mtls'), 1)} | {fmt(e('user_us_per_rq_mtls'), 1)} | {ratio(p('user_us_per_rq_mtls'), e('user_us_per_rq_mtls'))} | |")
+    for k in ("p50", "p99"):
+        dd, pp, ee = d(f"lat_{k}_mtls"), p(f"lat_{k}_mtls"), e(f"lat_{k}_mtls")
+        if dd and pp and ee:
+            ap, ae = pp["median"] - dd["median"], ee["median"] - dd["median"]
+            r = f"{ap / ae:.2f}×" if ae > 0 else "–"
+            L.append(f"| added latency {k} at 1,000 rps (vs nginx direct), ms | {ap:.3f} | {ae:.3f} | {r} | |")
+    L.append(f"| full handshakes per second (server sidecar) | {fmt(p('handshakes_full'))} | {fmt(e('handshakes_full'))} | {ratio(p('handshakes_full'), e('handshakes_full'))} | |")
+    L.append(f"| resumed handshakes per second (server sidecar) | {fmt(p('handshakes_resumed'))} | {fmt(e('handshakes_resumed'))} | {ratio(p('handshakes_resumed'), e('handshakes_resumed'))} | |")
+    L.append("")
+    return L
 
 
 def target_check(summary, concs, clusters):
