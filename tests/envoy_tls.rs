@@ -132,6 +132,18 @@ async fn stat(p: &Proxy, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The back proxy with istiod's inbound TLS context (any client of the mesh's CA).
+async fn start_back(bin: &str, app: SocketAddr, p: &Pki) -> Proxy {
+    start(
+        bin,
+        &back_yaml(
+            app,
+            &downstream_tls(p, "back", "ca", "spiffe://cluster.local/"),
+        ),
+    )
+    .await
+}
+
 async fn wait_stat(p: &Proxy, name: &str, want: u64) {
     for _ in 0..250 {
         if stat(p, name).await == Some(want) {
@@ -859,14 +871,7 @@ async fn http2_is_negotiated_by_alpn() {
     let front_leaf = ca.leaf(FRONT_ID);
     let app = Upstream::start("app").await;
     for bin in [common::BIN.to_string(), envoy] {
-        let back = start(
-            &bin,
-            &back_yaml(
-                app.addr,
-                &downstream_tls(&p, "back", "ca", "spiffe://cluster.local/"),
-            ),
-        )
-        .await;
+        let back = start_back(&bin, app.addr, &p).await;
         let tls = upstream_tls(&p, "front", "ca", BACK_ID).replace(
             "alpn_protocols: [istio-peer-exchange, istio]",
             "alpn_protocols: [h2]",
@@ -984,4 +989,49 @@ async fn spiffe_validator_checks_each_trust_domain_against_its_bundle() {
         [("front", 200), ("front-other", 200), ("front-spoof", 503)]
     );
     assert_eq!(answers[0], answers[1], "pilotfish first, Envoy second");
+}
+
+/// A client that comes back resumes its TLS session (a TLS 1.3 ticket), counted in
+/// `ssl.session_reused` as by Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume_as_with_envoy() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some((envoy, ca, _, p)) = setup("elsewhere") else {
+        return;
+    };
+    let app = Upstream::start("app").await;
+    let mut counts = Vec::new();
+    for bin in [common::BIN.to_string(), envoy] {
+        let back = start_back(&bin, app.addr, &p).await;
+        // One client configuration (and so one session cache) for both connections.
+        let config = common::certs::client_config(&ca, &ca.leaf(FRONT_ID), BACK_ID, &[]);
+        for _ in 0..2 {
+            let tcp = tokio::net::TcpStream::connect(back.listener("http"))
+                .await
+                .unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(
+                    rustls::pki_types::ServerName::try_from("back").unwrap(),
+                    tcp,
+                )
+                .await
+                .unwrap();
+            tls.write_all(b"GET / HTTP/1.1\r\nhost: back\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            let _ = tls.read_to_end(&mut out).await;
+            assert!(
+                out.starts_with(b"HTTP/1.1 200"),
+                "{bin}: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+        counts.push((
+            stat(&back, "listener.back.ssl.handshake").await,
+            stat(&back, "listener.back.ssl.session_reused").await,
+        ));
+    }
+    assert_eq!(counts[0], (Some(2), Some(1)));
+    assert_eq!(counts[0], counts[1], "pilotfish first, Envoy second");
 }

@@ -221,3 +221,50 @@ fn escape_rfc2253(v: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tls::CaBundle;
+
+    /// A CA (PEM) and a leaf it signed with the given URI SANs (DER).
+    fn ca_and_leaf(uris: &[&str]) -> (String, Vec<u8>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf.subject_alt_names = uris
+            .iter()
+            .map(|u| SanType::URI((*u).try_into().unwrap()))
+            .collect();
+        let der = leaf
+            .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
+            .unwrap()
+            .der()
+            .to_vec();
+        (ca_pem, der)
+    }
+
+    #[test]
+    fn spiffe_roots_follow_the_single_spiffe_id() {
+        let (ca, der) = ca_and_leaf(&["spiffe://a.local/ns/x/sa/y"]);
+        let roots = Roots::new(&CaBundle::Spiffe(Arc::new(vec![
+            ("b.local".into(), ca.clone().into_bytes()),
+            ("a.local".into(), ca.clone().into_bytes()),
+        ])))
+        .unwrap();
+        assert!(roots.for_cert(&der).is_some());
+        let (_, two) = ca_and_leaf(&["spiffe://a.local/x", "spiffe://a.local/y"]);
+        assert!(roots.for_cert(&two).is_none(), "several URI SANs");
+        let (_, other) = ca_and_leaf(&["spiffe://c.local/x"]);
+        assert!(roots.for_cert(&other).is_none(), "an unlisted trust domain");
+        let (_, none) = ca_and_leaf(&["https://a.local/x"]);
+        assert!(roots.for_cert(&none).is_none(), "not a SPIFFE ID");
+        assert_eq!(uri_san(&der).as_deref(), Some("spiffe://a.local/ns/x/sa/y"));
+        assert_eq!(sha256_hex(&der).len(), 64);
+        assert!(pem(&der).starts_with("-----BEGIN CERTIFICATE-----\n"));
+    }
+}

@@ -564,3 +564,57 @@ impl AsyncWrite for ClientStream {
         self.inner.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(
+        min: TlsVersion,
+        max: TlsVersion,
+        suites: Option<Vec<&'static str>>,
+        curves: Option<Vec<&'static str>>,
+    ) -> TlsParams {
+        TlsParams {
+            min,
+            max,
+            tls12_suites: suites,
+            curves,
+        }
+    }
+
+    #[test]
+    fn versions_follow_the_range_and_the_usable_suites() {
+        use TlsVersion::*;
+        let v = |p: &TlsParams| versions(p).iter().map(|v| v.version).collect::<Vec<_>>();
+        assert_eq!(v(&params(V1_2, V1_3, None, None)).len(), 2);
+        assert_eq!(
+            v(&params(V1_2, V1_2, None, None)),
+            [rustls::ProtocolVersion::TLSv1_2]
+        );
+        // Only suites rustls lacks were listed: TLS 1.2 is not offered at all.
+        assert_eq!(
+            v(&params(V1_2, V1_3, Some(vec![]), None)),
+            [rustls::ProtocolVersion::TLSv1_3]
+        );
+    }
+
+    #[test]
+    fn the_provider_keeps_the_listed_suites_and_curves_in_order() {
+        let p = provider(&params(
+            TlsVersion::V1_2,
+            TlsVersion::V1_3,
+            Some(vec!["TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"]),
+            Some(vec!["secp256r1", "X25519"]),
+        ));
+        let tls12: Vec<_> = p
+            .cipher_suites
+            .iter()
+            .filter(|s| matches!(s, SupportedCipherSuite::Tls12(_)))
+            .map(|s| s.suite().as_str())
+            .collect();
+        assert_eq!(tls12, [Some("TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384")]);
+        let groups: Vec<_> = p.kx_groups.iter().map(|g| g.name().as_str()).collect();
+        assert_eq!(groups, [Some("secp256r1"), Some("X25519")]);
+    }
+}

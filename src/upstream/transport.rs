@@ -78,3 +78,43 @@ impl Transports {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{LbMetadata, SocketMatch, TransportSockets};
+
+    fn md(kv: &[(&str, &str)]) -> LbMetadata {
+        kv.iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+            .collect()
+    }
+
+    fn m(name: &str, kv: &[(&str, &str)]) -> SocketMatch {
+        SocketMatch {
+            name: name.into(),
+            criteria: md(kv),
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn the_first_match_the_metadata_contains_wins() {
+        let t = TransportSockets {
+            default: None,
+            matches: vec![m("istio", &[("tlsMode", "istio")]), m("disabled", &[])],
+        };
+        let istio = md(&[("tlsMode", "istio"), ("x", "y")]);
+        assert_eq!(t.pick(Some(&istio)), Some(0));
+        assert_eq!(t.pick(Some(&md(&[("tlsMode", "disabled")]))), Some(1));
+        assert_eq!(t.pick(None), Some(1), "an empty match takes every host");
+        let only = TransportSockets {
+            default: None,
+            matches: vec![m("istio", &[("tlsMode", "istio")])],
+        };
+        assert_eq!(
+            only.pick(None),
+            None,
+            "no match: the cluster's transport_socket"
+        );
+    }
+}
