@@ -815,6 +815,13 @@ async fn auto_mtls_and_permissive_inbound_match_envoy() {
             matches!(via_back, Some(1..=9)),
             "{pair}: {via_back:?} of 10 via the back sidecar"
         );
+        // Each host counted once under the socket it resolved to, as Envoy counts them.
+        let mut picks = Vec::new();
+        for m in ["tlsMode-istio", "tlsMode-disabled", "default"] {
+            picks.push(stat(&front, &format!("cluster.mesh.{m}.total_match_count")).await);
+        }
+        picks.push(stat(&back, "cluster.app.default.total_match_count").await);
+        assert_eq!(picks, [Some(1), Some(1), Some(0), Some(1)], "{pair}");
         let handshakes = stat(&front, "cluster.mesh.ssl.handshake").await;
         assert!(matches!(handshakes, Some(1..=2)), "{pair}: {handshakes:?}");
         assert_eq!(

@@ -119,21 +119,25 @@ impl Cluster {
 
     /// Binds the cluster's TLS contexts to the secret store (before it is shared).
     pub fn bind_tls(&mut self, secrets: &crate::tls::SecretStore, store: &Arc<Store>) {
-        if self.config.transport != Default::default() {
-            self.transports = super::transport::Transports::new(
-                &self.config.transport,
-                secrets,
-                store,
-                self.config
-                    .alt_stat_name
-                    .as_deref()
-                    .unwrap_or(&self.config.name),
-            );
+        self.transports = super::transport::Transports::new(
+            &self.config.transport,
+            secrets,
+            store,
+            self.config
+                .alt_stat_name
+                .as_deref()
+                .unwrap_or(&self.config.name),
+        );
+        for h in &self.hosts.load().all {
+            self.transports.count(&self.config.transport, h);
         }
     }
 
     /// Publishes a new balancing snapshot over `hosts` and its membership gauges.
     fn install(&self, hosts: Vec<Arc<Host>>) {
+        for h in &hosts {
+            self.transports.count(&self.config.transport, h);
+        }
         let overprovisioning = self.overprovisioning.load(Ordering::Relaxed);
         let set = HostSet::build(hosts, &self.config.lb, overprovisioning);
         self.stats.membership_total.set(i64::from(set.counts.total));

@@ -30,6 +30,8 @@ pub struct Host {
     /// Failing its active health check (a host of a health-checked cluster starts so,
     /// until its first check passes, as in Envoy).
     pub(super) hc_failed: AtomicBool,
+    /// Its transport socket pick has been counted (`<match>.total_match_count`).
+    pub(super) socket_counted: AtomicBool,
     /// Requests in flight to this host.
     rq_active: Arc<AtomicU32>,
     /// Outlier detection's counters and ejection history for this host.
@@ -109,6 +111,7 @@ impl Host {
             attrs: ArcSwap::from_pointee(attrs),
             ejected: AtomicBool::new(false),
             hc_failed: AtomicBool::new(false),
+            socket_counted: AtomicBool::new(false),
             rq_active: Arc::default(),
             monitor: HostMonitor::new(),
             checks: Default::default(),

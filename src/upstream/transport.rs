@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::Host;
 use crate::{
     config::TransportSockets,
-    telemetry::stats::Store,
+    telemetry::stats::{Counter, Store},
     tls::{ClientTls, SecretStore},
 };
 
@@ -15,6 +15,9 @@ pub struct Transports {
     default: Option<ClientTls>,
     /// One per `transport_socket_matches` entry (`None`: raw bytes).
     matches: Vec<Option<ClientTls>>,
+    /// `<match name>.total_match_count` per entry, then `default.total_match_count`:
+    /// hosts that resolved to each socket, counted once per host as Envoy counts them.
+    match_counts: Vec<Counter>,
     /// Why the contexts could not be built (an SDS source that is not a static cluster):
     /// every connection fails with it.
     error: Option<String>,
@@ -29,6 +32,13 @@ impl Transports {
         stat_name: &str,
     ) -> Self {
         let scope = format!("cluster.{stat_name}");
+        let match_counts = config
+            .matches
+            .iter()
+            .map(|m| m.name.as_str())
+            .chain(["default"])
+            .map(|n| store.counter_tagged_by_default(format!("{scope}.{n}.total_match_count")))
+            .collect();
         let build = |ctx: &Option<Arc<crate::config::tls::TlsContext>>| {
             ctx.as_deref()
                 .map(|c| ClientTls::new(c, secrets, store, &scope))
@@ -47,15 +57,31 @@ impl Transports {
             Ok((default, matches)) => Transports {
                 default,
                 matches,
+                match_counts,
                 error: None,
             },
             Err(e) => {
                 tracing::warn!("cluster '{stat_name}': TLS: {e}");
                 Transports {
                     error: Some(e),
+                    match_counts,
                     ..Default::default()
                 }
             }
+        }
+    }
+
+    /// Counts the socket `host` resolves to, the first time it is seen.
+    pub fn count(&self, config: &TransportSockets, host: &Host) {
+        use std::sync::atomic::Ordering;
+        if self.match_counts.is_empty() || host.socket_counted.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let i = config
+            .pick(host.attrs().socket_metadata.as_deref())
+            .unwrap_or(config.matches.len());
+        if let Some(c) = self.match_counts.get(i) {
+            c.inc();
         }
     }
 
