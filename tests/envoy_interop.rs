@@ -50,7 +50,7 @@ fn bootstrap(a: SocketAddr, b: SocketAddr, dead: SocketAddr) -> String {
 }
 
 /// The access log both proxies write: the response flags are the point.
-const LOG_FORMAT: &str = "%RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %REQ(:METHOD)% %REQ(:PATH)% %REQ(:AUTHORITY)% %PROTOCOL% %BYTES_RECEIVED% %BYTES_SENT% %ROUTE_NAME%\\n";
+const LOG_FORMAT: &str = "%RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %REQ(:METHOD)% %REQ(:PATH)% %REQ(:AUTHORITY)% %PROTOCOL% %BYTES_RECEIVED% %BYTES_SENT% %ROUTE_NAME% %UPSTREAM_TRANSPORT_FAILURE_REASON%\\n";
 
 struct Case {
     name: &'static str,
@@ -200,7 +200,12 @@ async fn same_bootstrap_same_behaviour_as_envoy() {
         .unwrap();
     let yaml = bootstrap(a.addr, b.addr, dead);
     let ours = Proxy::start(&yaml).await;
-    let theirs = Proxy::start_bin(&envoy, &yaml, &["--disable-hot-restart"]).await;
+    let theirs = Proxy::start_bin(
+        &envoy,
+        &yaml,
+        &["--disable-hot-restart", "--file-flush-interval-msec", "50"],
+    )
+    .await;
     // Make sure the reference really is Envoy (pilotfish has no /server_info).
     assert!(
         theirs
@@ -216,6 +221,22 @@ async fn same_bootstrap_same_behaviour_as_envoy() {
         diffs.check(case.name, want, got);
     }
     diffs.assert_none();
+    // And log it the same, line for line (a connect failure with Envoy's transport
+    // failure reason).
+    let (our_log, their_log) = (
+        ours.stdout_lines(CASES.len()).await,
+        theirs.stdout_lines(CASES.len()).await,
+    );
+    assert_eq!(
+        our_log, their_log,
+        "access log: pilotfish left, Envoy right"
+    );
+    assert!(
+        our_log
+            .iter()
+            .any(|l| l.ends_with(" delayed_connect_error:_Connection_refused")),
+        "{our_log:?}"
+    );
 
     // Both count the same traffic under the same Prometheus names.
     tokio::time::sleep(Duration::from_millis(200)).await;

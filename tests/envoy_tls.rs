@@ -116,11 +116,15 @@ fn back_yaml(app: SocketAddr, tls: &str) -> String {
     .replacen("admin:", "node: { id: back, cluster: test }\nadmin:", 1)
 }
 
-/// The front proxy: plain listener `http` to cluster `mesh` (the back proxy) over TLS.
+/// The front proxy: plain listener `http` to cluster `mesh` (the back proxy) over TLS,
+/// logging why an upstream connection failed.
 fn front_yaml(back: SocketAddr, tls: &str) -> String {
-    http_bootstrap(
+    common::http_bootstrap_logged(
         "              - match: { prefix: / }\n                route: { cluster: mesh }\n",
         &format!("{}{tls}", static_cluster("mesh", &[back], false)),
+        &common::stdout_log(
+            "%RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_TRANSPORT_FAILURE_REASON%\\n",
+        ),
     )
 }
 
@@ -194,7 +198,7 @@ fn setup(other: &str) -> Option<(String, Ca, Ca, Pki)> {
 
 /// One proxy pair's answer to a refusal case: (proxy, back counters, front counters,
 /// HTTP status at the front).
-type Outcome = (String, Vec<Option<u64>>, Vec<Option<u64>>, u16);
+type Outcome = (String, Vec<Option<u64>>, Vec<Option<u64>>, u16, Vec<String>);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_pairing_carries_traffic_and_refusals_match_envoy() {
@@ -362,13 +366,19 @@ async fn every_pairing_carries_traffic_and_refusals_match_envoy() {
                 back_stats.push(stat(&back, &format!("listener.back.{c}")).await);
                 front_stats.push(stat(&front, &format!("cluster.mesh.{c}")).await);
             }
-            seen.push((name(bin).into(), back_stats, front_stats, status));
+            let logged = front.stdout_lines(1).await;
+            seen.push((name(bin).into(), back_stats, front_stats, status, logged));
         }
         let (ours, theirs) = (&seen[0], &seen[1]);
         assert_eq!(ours.3, 503, "{what}: pilotfish answered {}", ours.3);
         assert_eq!(
-            (ours.1.clone(), ours.2.clone(), ours.3),
-            (theirs.1.clone(), theirs.2.clone(), theirs.3),
+            (ours.1.clone(), ours.2.clone(), ours.3, ours.4.clone()),
+            (
+                theirs.1.clone(),
+                theirs.2.clone(),
+                theirs.3,
+                theirs.4.clone()
+            ),
             "{what}: pilotfish (back, front counters {counters:?}, status) differs from Envoy"
         );
     }

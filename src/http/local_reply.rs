@@ -104,6 +104,11 @@ pub fn flags_text(flag: Option<ResponseFlag>, delayed: bool, retry: RetryFlags) 
     (!set.is_empty()).then(|| set.join(","))
 }
 
+/// Why the upstream connection failed, as Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`
+/// says it (a connect error, or the TLS error), carried on the local reply.
+#[derive(Debug, Clone)]
+pub struct TransportFailure(pub String);
+
 pub const CONNECT_FAILURE: &str = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
 pub const CONNECT_TIMEOUT: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection timeout";

@@ -316,6 +316,10 @@ impl HttpConnectionManager {
             record.response_code_details = Some(d.0);
         }
         record.upstream_host = picked.host;
+        record.upstream_transport_failure_reason = resp
+            .extensions()
+            .get::<local_reply::TransportFailure>()
+            .map(|t| t.0.clone());
         if let Some(m) = &picked.matched {
             record.upstream_cluster = m.cluster().map(|c| c.name().to_owned());
             record.route_name = Some(m.route.name.clone());
@@ -1829,15 +1833,20 @@ fn sent_outcome(
             ),
         )),
         Err(SendError::Connect(
-            ConnectError::Failed(_) | ConnectError::Loop | ConnectError::Tls(_),
-        )) => Err((
-            Failure::ConnectFailure,
-            reset_reply(
+            e @ (ConnectError::Failed(_) | ConnectError::Loop | ConnectError::Tls(_)),
+        )) => {
+            let mut reply = reset_reply(
                 local_reply::CONNECT_FAILURE,
                 local_reply::RETRIED_CONNECT_FAILURE,
                 ResponseFlag::UpstreamConnectionFailure,
-            ),
-        )),
+            );
+            if let Some(reason) = e.transport_failure_reason() {
+                reply
+                    .extensions_mut()
+                    .insert(local_reply::TransportFailure(reason));
+            }
+            Err((Failure::ConnectFailure, reply))
+        }
         Err(SendError::Reset(e)) => {
             tracing::debug!(cluster, "upstream reset before headers: {e}");
             let refused = refused_stream(&e);

@@ -126,7 +126,8 @@ impl TcpProxy {
             record.upstream_host = Some(host.addr);
             match connect(&cluster, &host).await {
                 Ok(up) => break (host, up),
-                Err(_) => {
+                Err(e) => {
+                    record.upstream_transport_failure_reason = e.transport_failure_reason();
                     cluster.report(&host, Outcome::ConnectFailed);
                     if attempt >= self.max_connect_attempts {
                         if self.max_connect_attempts > 1 {

@@ -202,6 +202,8 @@ pub struct Record {
     pub route_name: Option<String>,
     /// The SNI the TLS inspector read.
     pub requested_server_name: Option<String>,
+    /// Why the upstream connection failed (a connect or TLS error), in Envoy's words.
+    pub upstream_transport_failure_reason: Option<String>,
     /// What the downstream TLS handshake established, on a TLS connection.
     pub tls: Option<std::sync::Arc<crate::tls::PeerInfo>>,
 }
@@ -247,7 +249,11 @@ impl Record {
             Op::UpstreamHost => addr(self.upstream_host),
             Op::UpstreamCluster => self.upstream_cluster.clone(),
             Op::UpstreamLocalAddress => addr(self.upstream_local),
-            Op::UpstreamTransportFailureReason => None,
+            // Envoy writes it with spaces as underscores.
+            Op::UpstreamTransportFailureReason => self
+                .upstream_transport_failure_reason
+                .as_ref()
+                .map(|r| r.replace(' ', "_")),
             Op::DownstreamRemoteAddress | Op::DownstreamPeerAddress => addr(self.downstream_remote),
             Op::DownstreamRemoteAddressWithoutPort => ip(self.downstream_remote),
             Op::DownstreamLocalAddress => addr(self.downstream_local),

@@ -233,12 +233,67 @@ impl TlsStats {
     fn failed(&self, e: &io::Error) {
         let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
         match inner {
-            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)) => {
+            Some(rustls::Error::InvalidCertificate(c))
+                if super::verify::is_san_mismatch(c).is_some() =>
+            {
                 self.fail_verify_san.inc()
             }
             Some(rustls::Error::InvalidCertificate(_)) => self.fail_verify_error.inc(),
             Some(rustls::Error::NoCertificatesPresented) => self.fail_verify_no_cert.inc(),
             _ => self.connection_error.inc(),
+        }
+    }
+}
+
+/// A failed handshake as Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%` words it:
+/// BoringSSL's packed error code, library and reason, for the failures rustls can tell
+/// apart (a refused certificate, an alert from the peer, a peer not speaking TLS).
+pub fn failure_reason(e: &io::Error) -> String {
+    use rustls::{AlertDescription as A, Error as E};
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    let (code, name) = match inner {
+        Some(E::InvalidCertificate(c)) => {
+            let detail = match super::verify::is_san_mismatch(c) {
+                Some(m) => m.to_string(),
+                None => format!("verify cert failed: {}", chain_failure(c)),
+            };
+            return format!(
+                "TLS_error:|{}:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:{detail}:TLS_error_end",
+                (16u32 << 24) | 125
+            );
+        }
+        Some(E::AlertReceived(a)) => match a {
+            A::HandshakeFailure => (1040, "SSLV3_ALERT_HANDSHAKE_FAILURE"),
+            A::BadCertificate => (1042, "SSLV3_ALERT_BAD_CERTIFICATE"),
+            A::CertificateExpired => (1045, "SSLV3_ALERT_CERTIFICATE_EXPIRED"),
+            A::UnknownCA => (1048, "TLSV1_ALERT_UNKNOWN_CA"),
+            A::DecryptError => (1051, "TLSV1_ALERT_DECRYPT_ERROR"),
+            A::ProtocolVersion => (1070, "TLSV1_ALERT_PROTOCOL_VERSION"),
+            A::CertificateRequired => (1116, "TLSV1_ALERT_CERTIFICATE_REQUIRED"),
+            A::NoApplicationProtocol => (1120, "TLSV1_ALERT_NO_APPLICATION_PROTOCOL"),
+            _ => return format!("TLS error: {e}"),
+        },
+        Some(E::InvalidMessage(_)) => (247, "WRONG_VERSION_NUMBER"),
+        _ => return format!("TLS error: {e}"),
+    };
+    format!(
+        "TLS_error:|{}:SSL routines:OPENSSL_internal:{name}:TLS_error_end",
+        (16u32 << 24) | code
+    )
+}
+
+/// BoringSSL's words for a chain that does not verify, as Envoy reports them.
+fn chain_failure(c: &rustls::CertificateError) -> &'static str {
+    use rustls::CertificateError as C;
+    match c {
+        C::Expired | C::ExpiredContext { .. } => {
+            "X509_verify_cert: certificate verification error at depth 0: certificate has expired"
+        }
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            "X509_verify_cert: certificate verification error at depth 0: certificate is not yet valid"
+        }
+        _ => {
+            "X509_verify_cert: certificate verification error at depth 0: unable to get local issuer certificate"
         }
     }
 }

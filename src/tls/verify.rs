@@ -83,10 +83,46 @@ impl PeerVerifier {
                 .iter()
                 .any(|m| names.iter().any(|n| san_matches(m, n)))
             {
-                return Err(Error::InvalidCertificate(CertificateError::NotValidForName));
+                return Err(Error::InvalidCertificate(CertificateError::Other(
+                    rustls::OtherError(Arc::new(SanMismatch(names))),
+                )));
             }
         }
         Ok(())
+    }
+}
+
+/// A peer certificate none of whose SANs the matchers accept (`ssl.fail_verify_san`).
+#[derive(Debug)]
+pub struct SanMismatch(pub Vec<San>);
+
+impl std::fmt::Display for SanMismatch {
+    /// As Envoy words it in the transport failure reason.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self
+            .0
+            .iter()
+            .map(|s| match s {
+                San::Dns(v) | San::Uri(v) | San::Email(v) => v.clone(),
+                San::Ip(ip) => ip.to_string(),
+            })
+            .collect();
+        write!(
+            f,
+            "verify cert failed: SAN matcher, certificate SANs are [{}]",
+            names.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for SanMismatch {}
+
+/// The SAN mismatch behind a certificate error, if that is what it is (as opposed to a
+/// chain that does not verify).
+pub fn is_san_mismatch(e: &CertificateError) -> Option<&SanMismatch> {
+    match e {
+        CertificateError::Other(o) => o.0.downcast_ref::<SanMismatch>(),
+        _ => None,
     }
 }
 

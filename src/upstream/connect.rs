@@ -108,13 +108,30 @@ impl AsyncWrite for Upstream {
     }
 }
 
+impl ConnectError {
+    /// Envoy's transport failure reason for this failure, if it names one.
+    pub fn transport_failure_reason(&self) -> Option<String> {
+        match self {
+            ConnectError::Failed(e) => {
+                let text = e.to_string();
+                // io::Error adds " (os error N)"; Envoy prints the message alone.
+                let msg = text.split(" (os error").next().unwrap_or(&text);
+                Some(format!("delayed connect error: {msg}"))
+            }
+            ConnectError::Tls(reason) => Some(reason.clone()),
+            ConnectError::Timeout | ConnectError::Loop => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum ConnectError {
     Timeout,
     Failed(io::Error),
     /// The address is one of pilotfish's capture listeners: the connection would loop.
     Loop,
-    /// The TLS handshake failed (or its secrets are missing).
+    /// The TLS handshake failed (or its secrets are missing), with the reason as
+    /// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%` words it.
     Tls(String),
 }
 
@@ -127,7 +144,7 @@ impl std::fmt::Display for ConnectError {
                 "remote connection failure: the destination is pilotfish's own capture \
                  listener (refused, it would loop)",
             ),
-            ConnectError::Tls(e) => write!(f, "TLS error: {e}"),
+            ConnectError::Tls(e) => f.write_str(e),
         }
     }
 }
@@ -184,7 +201,7 @@ async fn attempt(cluster: &Cluster, host: &Host) -> Result<Upstream, ConnectErro
             None => Ok(Upstream::Tcp(s)),
             Some(t) => match t.connect(s, addr.ip()).await {
                 Ok(s) => Ok(Upstream::Tls(Box::new(s))),
-                Err(e) => Err(ConnectError::Tls(e.to_string())),
+                Err(e) => Err(ConnectError::Tls(crate::tls::context::failure_reason(&e))),
             },
         }
     };
