@@ -489,16 +489,7 @@ async fn istio_sds_secrets_rotate_without_a_failed_request() {
         503,
         "ready without its certificate"
     );
-    sds.set(
-        SECRET,
-        vec![
-            (
-                "default".into(),
-                common::certs::certificate_secret("default", &first),
-            ),
-            ("ROOTCA".into(), common::certs::root_secret(&ca)),
-        ],
-    );
+    sds.set(SECRET, common::certs::istio_secrets(&ca, &first));
     for _ in 0..250 {
         if back.admin_get("/ready").await.0 == 200 {
             break;
@@ -529,16 +520,7 @@ async fn istio_sds_secrets_rotate_without_a_failed_request() {
     for i in 0..60 {
         if i == 30 {
             let second = ca.leaf(BACK_ID);
-            sds.set(
-                SECRET,
-                vec![
-                    (
-                        "default".into(),
-                        common::certs::certificate_secret("default", &second),
-                    ),
-                    ("ROOTCA".into(), common::certs::root_secret(&ca)),
-                ],
-            );
+            sds.set(SECRET, common::certs::istio_secrets(&ca, &second));
             // Both proxies have the new secret before the traffic goes on.
             for p in [&back, &front] {
                 wait_stat(p, "sds.default.update_success", 2).await;

@@ -623,16 +623,7 @@ async fn productpage_sidecar_as_istiod_configures_it() {
     let sds = XdsServer::start_unix(&sds_socket).await;
     sds.set(
         common::certs::SECRET,
-        vec![
-            (
-                "default".into(),
-                common::certs::certificate_secret(
-                    "default",
-                    &ca.leaf(&format!("{SA}bookinfo-productpage")),
-                ),
-            ),
-            ("ROOTCA".into(), common::certs::root_secret(&ca)),
-        ],
+        common::certs::istio_secrets(&ca, &ca.leaf(&format!("{SA}bookinfo-productpage"))),
     );
     {
         use std::os::unix::fs::PermissionsExt;

@@ -112,6 +112,18 @@ pub fn root_secret(ca: &Ca) -> envoy_types::pb::google::protobuf::Any {
     )))
 }
 
+/// What Istio's agent serves over SDS: the workload's certificate as `default` and the
+/// mesh's root as `ROOTCA`.
+pub fn istio_secrets(
+    ca: &Ca,
+    leaf: &Leaf,
+) -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
+    vec![
+        ("default".into(), certificate_secret("default", leaf)),
+        ("ROOTCA".into(), root_secret(ca)),
+    ]
+}
+
 /// A mesh workload's sidecar as a TLS server: its certificate for `spiffe_id`, client
 /// certificates verified against `ca` and required (STRICT-like).
 pub fn server_config(ca: &Ca, spiffe_id: &str) -> std::sync::Arc<rustls::ServerConfig> {
