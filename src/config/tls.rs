@@ -188,13 +188,6 @@ pub enum SecretValue {
     },
 }
 
-/// Which side a context is for: the defaults differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Client,
-    Server,
-}
-
 /// A transport socket on a cluster or filter chain: `None` for `raw_buffer`.
 pub fn transport_socket(
     ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
@@ -225,7 +218,6 @@ fn upstream(c: &UpstreamTlsContext, path: &str) -> Result<TlsContext> {
     let mut ctx = common(
         c.common_tls_context.as_ref(),
         &format!("{path}.common_tls_context"),
-        Side::Client,
     )?;
     ctx.sni = (!c.sni.is_empty()).then(|| c.sni.clone());
     ctx.max_session_keys = c.max_session_keys.map_or(1, |v| v.value as usize);
@@ -236,7 +228,6 @@ fn downstream_ctx(c: &DownstreamTlsContext, path: &str) -> Result<TlsContext> {
     let mut ctx = common(
         c.common_tls_context.as_ref(),
         &format!("{path}.common_tls_context"),
-        Side::Server,
     )?;
     if ctx.certificate.is_none() {
         return Err(format!(
@@ -254,7 +245,7 @@ fn downstream_ctx(c: &DownstreamTlsContext, path: &str) -> Result<TlsContext> {
     Ok(ctx)
 }
 
-fn common(c: Option<&CommonTlsContext>, path: &str, side: Side) -> Result<TlsContext> {
+fn common(c: Option<&CommonTlsContext>, path: &str) -> Result<TlsContext> {
     let default = CommonTlsContext::default();
     let c = c.unwrap_or(&default);
     let n = c.tls_certificates.len() + c.tls_certificate_sds_secret_configs.len();
@@ -296,7 +287,8 @@ fn common(c: Option<&CommonTlsContext>, path: &str, side: Side) -> Result<TlsCon
         },
         Some(ValidationContextType::CombinedValidationContext(cv)) => {
             let cpath = format!("{path}.combined_validation_context");
-            let (trusted_ca, san) = match &cv.default_validation_context {
+            // Its trusted CAs, if any, are replaced by the SDS secret's (Envoy's MergeFrom).
+            let (_, san) = match &cv.default_validation_context {
                 Some(v) => validation_context(v, &format!("{cpath}.default_validation_context"))?,
                 None => (None, Vec::new()),
             };
@@ -313,7 +305,6 @@ fn common(c: Option<&CommonTlsContext>, path: &str, side: Side) -> Result<TlsCon
                     ));
                 }
             };
-            let _ = trusted_ca;
             Validation { trust, san }
         }
         Some(_) => {
@@ -339,7 +330,7 @@ fn common(c: Option<&CommonTlsContext>, path: &str, side: Side) -> Result<TlsCon
         certificate,
         validation,
         alpn: c.alpn_protocols.clone(),
-        params: params(c.tls_params.as_ref(), &format!("{path}.tls_params"), side)?,
+        params: params(c.tls_params.as_ref(), &format!("{path}.tls_params"))?,
         sni: None,
         require_client_certificate: false,
         max_session_keys: 1,
@@ -501,7 +492,7 @@ fn sds_source(cs: &ConfigSource, path: &str) -> Result<SecretSource> {
     }
 }
 
-fn params(p: Option<&TlsParameters>, path: &str, side: Side) -> Result<TlsParams> {
+fn params(p: Option<&TlsParameters>, path: &str) -> Result<TlsParams> {
     let default = TlsParameters::default();
     let p = p.unwrap_or(&default);
     let version = |v: i32, field: &str, auto: TlsVersion| -> Result<Option<TlsVersion>> {
@@ -534,7 +525,6 @@ fn params(p: Option<&TlsParameters>, path: &str, side: Side) -> Result<TlsParams
              implements TLS 1.2 and 1.3)"
         )
     })?;
-    let _ = side;
     if min > max {
         return Err(format!(
             "{path}: tls_minimum_protocol_version is above tls_maximum_protocol_version"
@@ -680,7 +670,7 @@ mod tests {
 
     fn tls_params(yaml: &str) -> Result<TlsParams> {
         let p: TlsParameters = crate::config::proto::from_yaml_for_tests(yaml);
-        params(Some(&p), "tls_params", Side::Server)
+        params(Some(&p), "tls_params")
     }
 
     #[test]
