@@ -5,9 +5,13 @@ use std::{env, fs, path::PathBuf, process::Command};
 use prost::Message;
 use prost_types::FileDescriptorSet;
 
+#[path = "src/istio/protos.rs"]
+mod istio_protos;
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=Cargo.lock");
+    println!("cargo:rerun-if-changed=src/istio/protos.rs");
     git_sha();
     let src = envoy_types_dir().join("src/generated/types.bin");
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("envoy_descriptors.bin.zz");
@@ -19,6 +23,7 @@ fn main() {
         file.source_code_info = None;
     }
     set.file.extend(typed_structs());
+    set.file.extend(istio_protos::files());
     // Stored compressed (0.6 MB -> about 0.1 MB): decoding the pool reads all of it, and
     // every page read stays resident for the life of the process.
     let packed = miniz_oxide::deflate::compress_to_vec_zlib(&set.encode_to_vec(), 9);

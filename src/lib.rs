@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod http;
+pub mod istio;
 pub mod listener;
 pub mod logging;
 pub mod memory;

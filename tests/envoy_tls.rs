@@ -1034,3 +1034,171 @@ async fn sessions_resume_as_with_envoy() {
     assert_eq!(counts[0], (Some(2), Some(1)));
     assert_eq!(counts[0], counts[1], "pilotfish first, Envoy second");
 }
+
+/// The back sidecar's inbound as istiod builds it for PERMISSIVE mTLS, its chains
+/// picked by the ALPN the client offers: `istio-http/*` and `istio-h2` to the HTTP
+/// chain (stat prefix `inbound_http`), `istio-peer-exchange` and `istio` to the TCP
+/// chain (`inbound_tcp`), both to the app.
+fn inbound_by_alpn_yaml(p: &Pki, app: SocketAddr) -> String {
+    let tls = |alpn: &str| {
+        downstream_tls(p, "back", "ca", "spiffe://cluster.local/")
+            .replace("alpn_protocols: [h2, http/1.1]", alpn)
+    };
+    format!(
+        r#"node: {{ id: back, cluster: test }}
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: http
+    stat_prefix: back
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    listener_filters:
+    - name: envoy.filters.listener.tls_inspector
+      typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector }}
+    filter_chains:
+    - filter_chain_match: {{ transport_protocol: tls, application_protocols: [istio-http/1.0, istio-http/1.1, istio-h2] }}
+{}      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: inbound_http
+          route_config:
+            virtual_hosts:
+            - {{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: / }}, route: {{ cluster: app }} }}] }}
+          http_filters:
+          - {{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}
+    - filter_chain_match: {{ transport_protocol: tls, application_protocols: [istio-peer-exchange, istio] }}
+{}      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: inbound_tcp, cluster: app }}
+  clusters:
+{}"#,
+        tls("alpn_protocols: [h2, http/1.1]"),
+        tls("alpn_protocols: [istio-peer-exchange, h2, http/1.1]"),
+        static_cluster("app", &[app], false),
+    )
+}
+
+/// The front sidecar's outbound as istiod builds it: listener `alpn` carries the
+/// `istio.alpn` filter (istiod's lists) and routes `/h1` to `mesh` (HTTP/1.1), `/h2`
+/// to `mesh_h2` (HTTP/2) and `/keep` to `mesh_keep` (marked `alpn_override: "false"`,
+/// a DestinationRule's own TLS); listener `plain` has no such filter and routes to
+/// `mesh`. Every cluster offers istiod's `istio-peer-exchange, istio`.
+fn istio_alpn_front_yaml(p: &Pki, back: SocketAddr) -> String {
+    let hcm = |prefix: &str, alpn_filter: &str, routes: &str| {
+        format!(
+            r#"    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {prefix}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{routes}]
+          http_filters:
+{alpn_filter}          - {{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}
+"#
+        )
+    };
+    let alpn_filter = r#"          - name: istio.alpn
+            typed_config:
+              "@type": type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig
+              alpn_override:
+              - alpn_override: [istio-http/1.0, istio, http/1.0]
+              - { upstream_protocol: HTTP11, alpn_override: [istio-http/1.1, istio, http/1.1] }
+              - { upstream_protocol: HTTP2, alpn_override: [istio-h2, istio, h2] }
+"#;
+    let route = |prefix: &str, cluster: &str| {
+        format!("{{ match: {{ prefix: {prefix} }}, route: {{ cluster: {cluster} }} }}")
+    };
+    let tls = upstream_tls(p, "front", "ca", BACK_ID);
+    let cluster =
+        |name: &str, extra: &str| format!("{}{extra}{tls}", static_cluster(name, &[back], false));
+    format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: alpn
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+{}  - name: plain
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+{}  clusters:
+{}{}{}"#,
+        hcm(
+            "outbound_alpn",
+            alpn_filter,
+            &[
+                route("/h1", "mesh"),
+                route("/h2", "mesh_h2"),
+                route("/keep", "mesh_keep"),
+            ]
+            .join(", ")
+        ),
+        hcm("outbound_plain", "", &route("/", "mesh")),
+        cluster("mesh", ""),
+        cluster(
+            "mesh_h2",
+            r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+"#
+        ),
+        cluster(
+            "mesh_keep",
+            "    metadata: { filter_metadata: { istio: { alpn_override: \"false\" } } }\n"
+        ),
+    )
+}
+
+/// `istio.alpn`: an HTTP request over Istio mTLS offers `istio-http/1.1` (HTTP/1.1) or
+/// `istio-h2` (HTTP/2) instead of the cluster's `istio-peer-exchange, istio`, so it lands
+/// on the peer's HTTP chain, with Envoy as the peer as with pilotfish; a cluster marked
+/// `alpn_override: "false"` and a connection manager without the filter keep the
+/// cluster's list (the peer's TCP chain), and the two never share a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_alpn_lands_http_on_the_peers_http_chain() {
+    let Some((envoy, _, _, p)) = setup("elsewhere") else {
+        return;
+    };
+    let app = Upstream::start("app").await;
+    for back_bin in [envoy.as_str(), common::BIN] {
+        let back = start(back_bin, &inbound_by_alpn_yaml(&p, app.addr)).await;
+        let front = Proxy::start(&istio_alpn_front_yaml(&p, back.listener("http"))).await;
+        let counts = || async {
+            (
+                stat(&back, "http.inbound_http.downstream_rq_http1_total").await,
+                stat(&back, "http.inbound_http.downstream_rq_http2_total").await,
+                stat(&back, "tcp.inbound_tcp.downstream_cx_total").await,
+            )
+        };
+        let get = |listener: &str, path: &str| {
+            let addr = front.listener(listener);
+            let path = path.to_owned();
+            async move {
+                let got = http_get(addr, &path).await;
+                assert_eq!(got.as_ref().map(|(s, _)| *s), Ok(200), "{path}: {got:?}");
+            }
+        };
+        for _ in 0..3 {
+            get("alpn", "/h1").await;
+        }
+        for _ in 0..2 {
+            get("alpn", "/h2").await;
+        }
+        assert_eq!(counts().await, (Some(3), Some(2), Some(0)), "{back_bin}");
+        get("alpn", "/keep").await;
+        assert_eq!(counts().await, (Some(3), Some(2), Some(1)), "{back_bin}");
+        // The same cluster without the filter: the cluster's own list, on a connection
+        // of its own; and then with the filter again, not on that connection.
+        get("plain", "/").await;
+        assert_eq!(counts().await, (Some(3), Some(2), Some(2)), "{back_bin}");
+        get("alpn", "/h1").await;
+        assert_eq!(counts().await, (Some(4), Some(2), Some(2)), "{back_bin}");
+    }
+}

@@ -45,91 +45,10 @@ const POD: &str = "pf-ipod";
 const CLUSTER: &str = "pf-icluster";
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/istio");
 
-/// pilotfish's descriptor pool plus the two Istio filter configs istiod sends as plain
-/// `Any`s (the others come in `udpa.type.v1.TypedStruct`), so that the test can encode
-/// istiod's resources as istiod does. Field numbers from istio/proxy and istio/api.
+/// pilotfish's descriptor pool: it has Istio's filter configs too, so the test encodes
+/// istiod's resources (some of them plain `Any`s of Istio's types) as istiod does.
 fn istio_pool() -> DescriptorPool {
-    use prost_types::{
-        DescriptorProto, EnumDescriptorProto, EnumValueDescriptorProto, FieldDescriptorProto,
-        FileDescriptorProto,
-        field_descriptor_proto::{Label, Type},
-    };
-    let field = |name: &str, number: i32, label: Label, ty: Type, type_name: Option<&str>| {
-        FieldDescriptorProto {
-            name: Some(name.into()),
-            number: Some(number),
-            label: Some(label as i32),
-            r#type: Some(ty as i32),
-            type_name: type_name.map(str::to_owned),
-            json_name: None,
-            ..Default::default()
-        }
-    };
-    let stats = FileDescriptorProto {
-        name: Some("istio_stats/config.proto".into()),
-        package: Some("stats".into()),
-        syntax: Some("proto3".into()),
-        message_type: vec![DescriptorProto {
-            name: Some("PluginConfig".into()),
-            field: vec![field(
-                "disable_host_header_fallback",
-                6,
-                Label::Optional,
-                Type::Bool,
-                None,
-            )],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let alpn_pkg = "istio.envoy.config.filter.http.alpn.v2alpha1";
-    let alpn = FileDescriptorProto {
-        name: Some("envoy/config/filter/http/alpn/v2alpha1/config.proto".into()),
-        package: Some(alpn_pkg.into()),
-        syntax: Some("proto3".into()),
-        message_type: vec![DescriptorProto {
-            name: Some("FilterConfig".into()),
-            field: vec![field(
-                "alpn_override",
-                1,
-                Label::Repeated,
-                Type::Message,
-                Some(&format!(".{alpn_pkg}.FilterConfig.AlpnOverride")),
-            )],
-            nested_type: vec![DescriptorProto {
-                name: Some("AlpnOverride".into()),
-                field: vec![
-                    field(
-                        "upstream_protocol",
-                        1,
-                        Label::Optional,
-                        Type::Enum,
-                        Some(&format!(".{alpn_pkg}.FilterConfig.Protocol")),
-                    ),
-                    field("alpn_override", 2, Label::Repeated, Type::String, None),
-                ],
-                ..Default::default()
-            }],
-            enum_type: vec![EnumDescriptorProto {
-                name: Some("Protocol".into()),
-                value: ["HTTP10", "HTTP11", "HTTP2"]
-                    .iter()
-                    .zip(0..)
-                    .map(|(n, i)| EnumValueDescriptorProto {
-                        name: Some((*n).into()),
-                        number: Some(i),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let mut pool = pilotfish::config::proto::pool();
-    pool.add_file_descriptor_protos([stats, alpn]).unwrap();
-    pool
+    pilotfish::config::proto::pool()
 }
 
 /// One resource type of the configuration, as served.

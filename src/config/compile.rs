@@ -980,6 +980,15 @@ fn http_filters(
                     &format!("{fpath}.typed_config"),
                 )?),
             },
+            (Some(crate::istio::alpn::TYPE), Some(http_filter::ConfigType::TypedConfig(any))) => {
+                HttpFilter::IstioAlpn {
+                    name: f.name.clone(),
+                    config: crate::istio::alpn::compile(
+                        &proto::any_to_json(any).map_err(|e| format!("{fpath}: {e}"))?,
+                        &format!("{fpath}.typed_config"),
+                    )?,
+                }
+            }
             _ => return Err(format!("{fpath} ({}): not supported", f.name)),
         };
         // Envoy chains any number of filters; pilotfish's filters act once each, except
@@ -1269,6 +1278,7 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     }
     let transport = transport_sockets(c, path)?;
     Ok(ClusterConfig {
+        keep_alpn: c.metadata.as_ref().is_some_and(keeps_alpn),
         transport,
         original_dst_header,
         upstream_socket,
@@ -2119,6 +2129,15 @@ fn transport_sockets(c: &Cluster, path: &str) -> Result<TransportSockets> {
         });
     }
     Ok(TransportSockets { default, matches })
+}
+
+/// `filter_metadata["istio"].alpn_override: "false"`.
+fn keeps_alpn(m: &envoy_types::pb::envoy::config::core::v3::Metadata) -> bool {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    m.filter_metadata
+        .get("istio")
+        .and_then(|s| s.fields.get("alpn_override"))
+        .is_some_and(|v| matches!(&v.kind, Some(Kind::StringValue(s)) if s == "false"))
 }
 
 /// `filter_metadata["envoy.lb"].canary: true`.

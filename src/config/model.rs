@@ -343,6 +343,11 @@ pub enum HttpFilter {
         name: String,
         config: Arc<crate::http::filters::ext_authz::ExtAuthzConfig>,
     },
+    /// `istio.alpn`: the ALPN a TLS upstream offers, by upstream protocol.
+    IstioAlpn {
+        name: String,
+        config: crate::istio::alpn::AlpnConfig,
+    },
     /// `envoy.filters.http.compressor` (several may be chained, one per encoding).
     Compressor {
         name: String,
@@ -721,6 +726,10 @@ pub struct ClusterConfig {
     /// `common_http_protocol_options.max_connection_duration`: an upstream connection
     /// takes no new request after this long and closes once idle.
     pub max_connection_duration: Option<Duration>,
+    /// `metadata.filter_metadata["istio"].alpn_override` is `"false"`: `istio.alpn`
+    /// leaves this cluster's ALPN list alone (istiod's mark for a DestinationRule's
+    /// own TLS).
+    pub keep_alpn: bool,
 }
 
 /// Upstream `http2_protocol_options`.
@@ -944,6 +953,7 @@ impl Default for ClusterConfig {
             health_check: None,
             h2: H2Options::default(),
             max_connection_duration: None,
+            keep_alpn: false,
         }
     }
 }

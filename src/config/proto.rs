@@ -172,6 +172,17 @@ pub fn unpack<M: Message + Name + Default>(
     M::decode(any.value.as_slice()).map_err(|e| e.to_string())
 }
 
+/// The proto3 JSON (field names as in the proto) of an `Any` whose type has no typed
+/// struct (Istio's extension configs), checked against the descriptor pool.
+pub fn any_to_json(
+    any: &envoy_types::pb::google::protobuf::Any,
+) -> Result<serde_json::Value, String> {
+    let name = type_name(&any.type_url);
+    let desc = descriptor(name).ok_or_else(|| format!("unknown type {name}"))?;
+    let msg = DynamicMessage::decode(desc, any.value.as_slice()).map_err(|e| e.to_string())?;
+    Ok(dynamic_to_json(&msg))
+}
+
 /// A message from YAML (proto3 JSON), for unit tests.
 #[cfg(test)]
 pub fn from_yaml_for_tests<M: Message + Name + Default>(yaml: &str) -> M {

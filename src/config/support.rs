@@ -349,6 +349,14 @@ const FIELDS: &[(&str, &[&str])] = &[
     ),
     ("envoy.config.core.v3.GrpcMethodList", &["services"]),
     (
+        "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
+        &["alpn_override"],
+    ),
+    (
+        "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig.AlpnOverride",
+        &["upstream_protocol", "alpn_override"],
+    ),
+    (
         "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
         &[
             "grpc_service",

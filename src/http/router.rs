@@ -69,6 +69,8 @@ pub struct HttpConnectionManager {
     compressors: Vec<compressor::Compressor>,
     /// `envoy.filters.http.grpc_stats`, counting gRPC calls.
     grpc_stats: Option<grpc_stats::GrpcStats>,
+    /// `istio.alpn`: the ALPN TLS upstreams offer, by upstream protocol.
+    istio_alpn: Option<crate::istio::alpn::AlpnConfig>,
 }
 
 /// An HTTP filter (by its name in `http_filters`, which per-route configs use).
@@ -165,13 +167,19 @@ impl HttpConnectionManager {
                     stats: ExtAuthzStats::new(store, &config.stat_prefix, c),
                     config: c.clone(),
                 }),
-                HttpFilter::Compressor { .. } | HttpFilter::GrpcStats { .. } => None,
+                HttpFilter::Compressor { .. }
+                | HttpFilter::GrpcStats { .. }
+                | HttpFilter::IstioAlpn { .. } => None,
             })
             .collect();
         let grpc_stats = config.filters.iter().find_map(|f| match f {
             HttpFilter::GrpcStats { config: c, .. } => {
                 Some(grpc_stats::GrpcStats::new(c.clone(), store))
             }
+            _ => None,
+        });
+        let istio_alpn = config.filters.iter().find_map(|f| match f {
+            HttpFilter::IstioAlpn { config: c, .. } => Some(c.clone()),
             _ => None,
         });
         let compressors = config
@@ -202,6 +210,7 @@ impl HttpConnectionManager {
             filters,
             compressors,
             grpc_stats,
+            istio_alpn,
         })
     }
 
@@ -365,6 +374,32 @@ impl HttpConnectionManager {
             log.write(&record);
         }
         reply
+    }
+
+    /// The `istio.alpn` override for a request to `cluster`: by the protocol it goes
+    /// upstream with (HTTP/1.0 only when the cluster follows the downstream's), unless
+    /// the cluster keeps its own ALPN.
+    fn alpn_override(
+        &self,
+        cluster: &Cluster,
+        h2: bool,
+        version: Version,
+    ) -> Option<&crate::istio::alpn::Override> {
+        use crate::istio::alpn::Protocol;
+        let config = self.istio_alpn.as_ref()?;
+        if cluster.config.keep_alpn {
+            return None;
+        }
+        let protocol = if h2 {
+            Protocol::Http2
+        } else if cluster.config.protocol == UpstreamProtocol::Downstream
+            && version == Version::HTTP_10
+        {
+            Protocol::Http10
+        } else {
+            Protocol::Http11
+        };
+        config.for_protocol(protocol)
     }
 
     /// The grpc_stats filter's view of a gRPC request body (its messages).
@@ -738,6 +773,7 @@ impl HttpConnectionManager {
                 UpstreamProtocol::Http2 => true,
                 UpstreamProtocol::Downstream => req.version() == Version::HTTP_2,
             };
+        let alpn = self.alpn_override(&cluster, h2, req.version());
         // The route's retry policy (an upgrade is never retried: its body is a tunnel);
         // an internal request's headers may ask for retries on a route without one.
         let trusted = picked.internal.then(|| req.headers());
@@ -851,6 +887,7 @@ impl HttpConnectionManager {
                 resend: r,
                 idle: idle.as_ref(),
                 h2,
+                alpn,
                 dst,
                 hash: hashed.hash,
                 count_header: matched.attempt_count().0,
@@ -901,6 +938,9 @@ impl HttpConnectionManager {
                     upgrade::restore_headers(upstream_req.headers_mut(), kind.clone());
                 }
                 charge.mark(&mut upstream_req);
+                if let Some(o) = alpn {
+                    upstream_req.extensions_mut().insert(o.clone());
+                }
                 let active: Attempt = (GaugeGuard::new(&stats.upstream_rq_active), host.track());
                 let start = Instant::now();
                 let mut try_deadline = per_try.map(|t| Box::pin(tokio::time::sleep(t)));
@@ -1198,6 +1238,9 @@ impl HttpConnectionManager {
                 let active: Attempt = (GaugeGuard::new(&stats.upstream_rq_active), host.track());
                 let (c, to, n, h2) = (cluster.clone(), host.clone(), attempt, h.h2);
                 h.charge.mark(&mut req);
+                if let Some(o) = h.alpn {
+                    req.extensions_mut().insert(o.clone());
+                }
                 newest = attempt;
                 running.push(async move {
                     let start = Instant::now();
@@ -1619,6 +1662,8 @@ struct Hedging<'a> {
     resend: &'a Resend,
     idle: Option<&'a Activity>,
     h2: bool,
+    /// The `istio.alpn` override the attempts carry.
+    alpn: Option<&'a crate::istio::alpn::Override>,
     dst: SocketAddr,
     /// The request's hash for a hashing balancer.
     hash: Option<u64>,

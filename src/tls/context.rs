@@ -470,6 +470,9 @@ impl ServerTls {
 #[derive(Debug)]
 pub struct ClientTls {
     config: Arc<ClientConfig>,
+    /// The config with each `istio.alpn` override's list, by its index, made on first
+    /// use (the certificate resolver and session cache are shared).
+    overridden: std::sync::OnceLock<Box<[std::sync::OnceLock<Arc<ClientConfig>>]>>,
     sni: Option<ServerName<'static>>,
     secrets: Secrets,
     pub stats: TlsStats,
@@ -514,17 +517,20 @@ impl ClientTls {
         config.enable_sni = sni.is_some();
         Ok(ClientTls {
             config: Arc::new(config),
+            overridden: Default::default(),
             sni,
             secrets: slots,
             stats: TlsStats::new(store, scope),
         })
     }
 
-    /// Handshakes over `io` to `host` (the name sent is `sni`; without one, none is).
+    /// Handshakes over `io` to `host` (the name sent is `sni`; without one, none is),
+    /// offering `alpn` instead of the context's list when given.
     pub async fn connect(
         &self,
         io: tokio::net::TcpStream,
         host: IpAddr,
+        alpn: Option<&crate::istio::alpn::Override>,
     ) -> io::Result<ClientStream> {
         if !self.secrets.ready().await {
             self.stats.connection_error.inc();
@@ -534,10 +540,21 @@ impl ClientTls {
             .sni
             .clone()
             .unwrap_or(ServerName::IpAddress(host.into()));
-        match TlsConnector::from(self.config.clone())
-            .connect(name, io)
-            .await
-        {
+        let config = match alpn {
+            None => self.config.clone(),
+            Some(o) => self.overridden.get_or_init(|| {
+                (0..crate::istio::alpn::MAX_LISTS)
+                    .map(|_| std::sync::OnceLock::new())
+                    .collect()
+            })[usize::from(o.id) - 1]
+                .get_or_init(|| {
+                    let mut c = (*self.config).clone();
+                    c.alpn_protocols = o.protocols.to_vec();
+                    Arc::new(c)
+                })
+                .clone(),
+        };
+        match TlsConnector::from(config).connect(name, io).await {
             Ok(s) => {
                 self.stats.completed(s.get_ref().1, false);
                 Ok(ClientStream {

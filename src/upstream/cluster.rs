@@ -274,7 +274,7 @@ impl Cluster {
     /// Forgets ORIGINAL_DST hosts nobody holds and that have no open connection.
     pub fn cleanup_original_dst(&self) {
         let mut map = self.original_dst.lock().unwrap();
-        map.retain(|_, h| Arc::strong_count(h) > 1 || !h.pool.is_idle_empty());
+        map.retain(|_, h| Arc::strong_count(h) > 1 || !h.pools_idle_empty());
     }
 }
 

@@ -154,10 +154,20 @@ impl std::fmt::Display for ConnectError {
 /// socket is made (counted in `pilotfish_listener_loop_refused` and as a connect
 /// failure), whatever the cluster's type.
 pub async fn connect(cluster: &Cluster, host: &Host) -> Result<Upstream, ConnectError> {
+    connect_alpn(cluster, host, None).await
+}
+
+/// [`connect`], a TLS connection offering `alpn` (an `istio.alpn` override) instead of
+/// its context's ALPN list.
+pub async fn connect_alpn(
+    cluster: &Cluster,
+    host: &Host,
+    alpn: Option<&crate::istio::alpn::Override>,
+) -> Result<Upstream, ConnectError> {
     let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
     host.counters.cx_total.fetch_add(1, Ordering::Relaxed);
-    let result = attempt(cluster, host).await;
+    let result = attempt(cluster, host, alpn).await;
     if let Err(e) = &result {
         stats.upstream_cx_connect_fail.inc();
         if matches!(e, ConnectError::Timeout) {
@@ -173,7 +183,11 @@ pub async fn connect(cluster: &Cluster, host: &Host) -> Result<Upstream, Connect
 /// One connection attempt, bounded by the cluster's connect timeout. As Envoy's, that
 /// timeout covers the TLS handshake: a connection counts as connected once its
 /// transport socket is.
-async fn attempt(cluster: &Cluster, host: &Host) -> Result<Upstream, ConnectError> {
+async fn attempt(
+    cluster: &Cluster,
+    host: &Host,
+    alpn: Option<&crate::istio::alpn::Override>,
+) -> Result<Upstream, ConnectError> {
     let addr = host.addr;
     if host.pipe.is_none() && cluster.own.refuse_upstream(addr) {
         return Err(ConnectError::Loop);
@@ -199,7 +213,7 @@ async fn attempt(cluster: &Cluster, host: &Host) -> Result<Upstream, ConnectErro
             .map_err(ConnectError::Failed)?;
         match tls {
             None => Ok(Upstream::Tcp(s)),
-            Some(t) => match t.connect(s, addr.ip()).await {
+            Some(t) => match t.connect(s, addr.ip(), alpn).await {
                 Ok(s) => Ok(Upstream::Tls(Box::new(s))),
                 Err(e) => Err(ConnectError::Tls(crate::tls::context::failure_reason(&e))),
             },

@@ -22,6 +22,9 @@ pub struct Host {
     /// The endpoint's hostname (its DNS name, or `hostname`), for `auto_host_rewrite`.
     pub hostname: Option<Arc<str>>,
     pub pool: HostPool,
+    /// Pools of connections made with an `istio.alpn` override, by its index (made on
+    /// first use): such a connection carries only requests with the same override.
+    alpn_pools: std::sync::OnceLock<Box<[HostPool]>>,
     /// Weight, priority, locality and EDS health; an update replaces them in place (the
     /// host keeps its connections), as Envoy updates a host that stays.
     attrs: ArcSwap<EndpointAttrs>,
@@ -108,6 +111,7 @@ impl Host {
             pipe,
             hostname,
             pool: HostPool::default(),
+            alpn_pools: Default::default(),
             attrs: ArcSwap::from_pointee(attrs),
             ejected: AtomicBool::new(false),
             hc_failed: AtomicBool::new(false),
@@ -117,6 +121,28 @@ impl Host {
             checks: Default::default(),
             counters: HostCounters::default(),
         })
+    }
+
+    /// The pool for connections offering the cluster's ALPN (`alpn` 0) or the
+    /// `istio.alpn` override with that index.
+    pub fn pool_for(&self, alpn: u8) -> &HostPool {
+        if alpn == 0 {
+            return &self.pool;
+        }
+        &self.alpn_pools.get_or_init(|| {
+            (0..crate::istio::alpn::MAX_LISTS)
+                .map(|_| HostPool::default())
+                .collect()
+        })[usize::from(alpn) - 1]
+    }
+
+    /// True when no pool of the host holds a live connection.
+    pub fn pools_idle_empty(&self) -> bool {
+        self.pool.is_idle_empty()
+            && self
+                .alpn_pools
+                .get()
+                .is_none_or(|p| p.iter().all(HostPool::is_idle_empty))
     }
 
     pub fn attrs(&self) -> Arc<EndpointAttrs> {

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use super::{
     Cluster, Host,
     breakers::Slot,
-    connect::{ConnectError, connect},
+    connect::{ConnectError, connect_alpn},
     h2_settings::{PeerLimit, Watched},
 };
 use crate::{
@@ -25,6 +25,7 @@ use crate::{
         body::Body,
         idle::{Busy, ConnIdle},
     },
+    istio::alpn::Override,
     telemetry::stats::GaugeGuard,
     workers,
 };
@@ -122,6 +123,8 @@ impl Drop for OpenStream {
 #[derive(Debug)]
 struct Pooled {
     sender: http1::SendRequest<Body>,
+    /// The pool it belongs to (its `istio.alpn` override's index, 0 for none).
+    alpn: u8,
     /// Requests it has carried.
     served: u32,
     /// Its idle timeout's state, when the cluster has one.
@@ -160,6 +163,7 @@ struct ConnSlot {
     _cx: Slot,
     /// Weak: the host's pool holds the connection that holds this.
     host: std::sync::Weak<Host>,
+    alpn: u8,
     worker: usize,
     h1: bool,
 }
@@ -169,7 +173,7 @@ impl Drop for ConnSlot {
         let Some(host) = self.host.upgrade() else {
             return;
         };
-        let pool = &host.pool.all()[self.worker];
+        let pool = &host.pool_for(self.alpn).all()[self.worker];
         if self.h1 {
             pool.h1_open.fetch_sub(1, Ordering::Relaxed);
         }
@@ -182,9 +186,10 @@ impl ConnSlot {
     /// cluster's `max_connections`, or beyond it when the pool has no connection of
     /// this kind (so a pending request is never stranded, as in Envoy). `None` (counted
     /// in `upstream_cx_overflow`) when the request must wait.
-    fn acquire(cluster: &Cluster, host: &Arc<Host>, h1: bool) -> Option<Self> {
-        let worker = workers::current() % host.pool.all().len();
-        let pool = &host.pool.all()[worker];
+    fn acquire(cluster: &Cluster, host: &Arc<Host>, alpn: u8, h1: bool) -> Option<Self> {
+        let all = host.pool_for(alpn).all();
+        let worker = workers::current() % all.len();
+        let pool = &all[worker];
         let cx = match cluster.breakers.connections.try_acquire() {
             Some(s) => s,
             None if !h1 || pool.h1_open.load(Ordering::Relaxed) == 0 => {
@@ -202,6 +207,7 @@ impl ConnSlot {
         Some(ConnSlot {
             _cx: cx,
             host: Arc::downgrade(host),
+            alpn,
             worker,
             h1,
         })
@@ -241,14 +247,18 @@ fn request_slot(cluster: &Cluster) -> Result<Slot, SendError> {
 
 /// Sends `req` to `host` over a pooled connection of the given protocol. The request
 /// counts in the cluster's `upstream_rq_total` once it has a connection, as in Envoy.
+/// An `istio.alpn` override in the request's extensions picks the connections made
+/// with it.
 pub async fn send(
     cluster: &Cluster,
     host: &Arc<Host>,
     req: Request<Body>,
     h2: bool,
 ) -> Result<Response<PooledBody>, SendError> {
+    let alpn = req.extensions().get::<Override>().cloned();
+    let alpn = alpn.as_ref();
     if h2 {
-        let (resp, busy, rq, stream) = send_h2(cluster, host, req).await?;
+        let (resp, busy, rq, stream) = send_h2(cluster, host, req, alpn).await?;
         Ok(resp.map(|body| PooledBody {
             body,
             back: None,
@@ -257,27 +267,35 @@ pub async fn send(
             _stream: Some(stream),
         }))
     } else {
-        send_h1(cluster, host, req).await
+        send_h1(cluster, host, req, alpn).await
     }
+}
+
+/// The pool index of an override.
+fn index(alpn: Option<&Override>) -> u8 {
+    alpn.map_or(0, |o| o.id)
 }
 
 async fn send_h1(
     cluster: &Cluster,
     host: &Arc<Host>,
     mut req: Request<Body>,
+    alpn: Option<&Override>,
 ) -> Result<Response<PooledBody>, SendError> {
+    let id = index(alpn);
     let max = cluster.config.max_requests_per_connection;
     let mut counted = false;
     let mut pending = None;
     loop {
         // Reuse an idle connection; one that turns out closed hands the request back.
         loop {
-            let idle = host.pool.mine().h1_idle.lock().unwrap().pop();
+            let idle = host.pool_for(id).mine().h1_idle.lock().unwrap().pop();
             let Some(Pooled {
                 mut sender,
                 served,
                 idle,
                 expires,
+                ..
             }) = idle
             else {
                 break;
@@ -295,6 +313,7 @@ async fn send_h1(
                         host.clone(),
                         Pooled {
                             sender,
+                            alpn: id,
                             served,
                             idle,
                             expires,
@@ -311,6 +330,7 @@ async fn send_h1(
                 Ok(resp) => {
                     let conn = Pooled {
                         sender,
+                        alpn: id,
                         served: served + 1,
                         idle,
                         expires,
@@ -327,8 +347,8 @@ async fn send_h1(
         if pending.is_none() {
             pending = Some(Pending::acquire(cluster)?);
         }
-        if let Some(slot) = ConnSlot::acquire(cluster, host, true) {
-            let (mut sender, conn) = open_h1(cluster, host).await?;
+        if let Some(slot) = ConnSlot::acquire(cluster, host, id, true) {
+            let (mut sender, conn) = open_h1(cluster, host, alpn).await?;
             let idle = cluster.config.idle_timeout.map(ConnIdle::new);
             let expires = expiry(cluster);
             run_connection(cluster, conn, idle.clone(), slot, expires);
@@ -341,6 +361,7 @@ async fn send_h1(
             let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
             let conn = Pooled {
                 sender,
+                alpn: id,
                 served: 1,
                 idle,
                 expires,
@@ -349,7 +370,7 @@ async fn send_h1(
         }
         // At the connection limit: wait for one of this worker's connections to come
         // back or close.
-        host.pool.mine().released.notified().await;
+        host.pool_for(id).mine().released.notified().await;
     }
 }
 
@@ -482,7 +503,7 @@ fn put_back(back: Option<(Arc<Host>, Pooled)>) {
     if conn.sender.is_closed() || expired(conn.expires) {
         return;
     }
-    let pool = host.pool.mine();
+    let pool = host.pool_for(conn.alpn).mine();
     let mut idle = pool.h1_idle.lock().unwrap();
     // Checkout skips closed connections. Sweeping them out on every return would touch
     // every idle connection per request; upstreams close the longest idle first, so
@@ -505,14 +526,16 @@ pub async fn send_upgrade(
     req: Request<Body>,
 ) -> Result<Response<PooledBody>, SendError> {
     let pending = Pending::acquire(cluster)?;
+    let alpn = req.extensions().get::<Override>().cloned();
     // A tunnel's connection is its own, outside the pool's count.
     let slot = ConnSlot {
         _cx: cluster.breakers.connections.acquire_anyway(),
         host: Arc::downgrade(host),
+        alpn: index(alpn.as_ref()),
         worker: workers::current() % host.pool.all().len(),
         h1: false,
     };
-    let (mut sender, conn) = open_h1(cluster, host).await?;
+    let (mut sender, conn) = open_h1(cluster, host, alpn.as_ref()).await?;
     // A tunnel's connection has no idle timeout here (the tunnel has its own life).
     run_connection(cluster, conn.with_upgrades(), None, slot, None);
     drop(pending);
@@ -532,6 +555,7 @@ pub async fn send_upgrade(
 async fn open_h1(
     cluster: &Cluster,
     host: &Host,
+    alpn: Option<&Override>,
 ) -> Result<
     (
         http1::SendRequest<Body>,
@@ -539,7 +563,9 @@ async fn open_h1(
     ),
     SendError,
 > {
-    let stream = connect(cluster, host).await.map_err(SendError::Connect)?;
+    let stream = connect_alpn(cluster, host, alpn)
+        .await
+        .map_err(SendError::Connect)?;
     http1::handshake(TokioIo::new(stream))
         .await
         .map_err(SendError::Reset)
@@ -549,24 +575,26 @@ async fn send_h2(
     cluster: &Cluster,
     host: &Arc<Host>,
     req: Request<Body>,
+    alpn: Option<&Override>,
 ) -> Result<(Response<Incoming>, Option<Busy>, Slot, OpenStream), SendError> {
-    let (mut sender, idle, stream) = match live_h2(cluster, host) {
+    let id = index(alpn);
+    let (mut sender, idle, stream) = match live_h2(cluster, host, id) {
         Some(s) => s,
         None => {
             // Pending while the connection is made (or while another request makes it).
             let pending = Pending::acquire(cluster)?;
-            let _gate = host.pool.mine().h2_connect.lock().await;
-            match live_h2(cluster, host) {
+            let _gate = host.pool_for(id).mine().h2_connect.lock().await;
+            match live_h2(cluster, host, id) {
                 Some(s) => s,
-                None => match h2_slot(cluster, host) {
+                None => match h2_slot(cluster, host, id) {
                     Some(slot) => {
-                        let opened = open_h2(cluster, host, slot).await?;
+                        let opened = open_h2(cluster, host, slot, alpn).await?;
                         drop(pending);
                         opened
                     }
                     // At the connection limit with connections open: the stream
                     // waits on the least busy one for the peer to allow it.
-                    None => least_busy_h2(host).ok_or(SendError::Overflow)?,
+                    None => least_busy_h2(host, id).ok_or(SendError::Overflow)?,
                 },
             }
         }
@@ -581,9 +609,9 @@ async fn send_h2(
 type H2Pick = (http2::SendRequest<Body>, Option<Arc<ConnIdle>>, OpenStream);
 
 /// A new connection: within `max_connections`, or the worker's first to the host.
-fn h2_slot(cluster: &Cluster, host: &Arc<Host>) -> Option<ConnSlot> {
+fn h2_slot(cluster: &Cluster, host: &Arc<Host>, alpn: u8) -> Option<ConnSlot> {
     let first = host
-        .pool
+        .pool_for(alpn)
         .mine()
         .h2
         .lock()
@@ -591,7 +619,7 @@ fn h2_slot(cluster: &Cluster, host: &Arc<Host>) -> Option<ConnSlot> {
         .iter()
         .all(|c| c.sender.is_closed());
     if first {
-        ConnSlot::acquire(cluster, host, false)
+        ConnSlot::acquire(cluster, host, alpn, false)
     } else {
         let cx = cluster.breakers.connections.try_acquire();
         if cx.is_none() {
@@ -600,15 +628,23 @@ fn h2_slot(cluster: &Cluster, host: &Arc<Host>) -> Option<ConnSlot> {
         cx.map(|cx| ConnSlot {
             _cx: cx,
             host: Arc::downgrade(host),
-            worker: workers::current() % host.pool.all().len(),
+            alpn,
+            worker: workers::current() % host.pool_for(alpn).all().len(),
             h1: false,
         })
     }
 }
 
 /// Opens an HTTP/2 connection with the cluster's settings and counts one stream on it.
-async fn open_h2(cluster: &Cluster, host: &Arc<Host>, slot: ConnSlot) -> Result<H2Pick, SendError> {
-    let stream = connect(cluster, host).await.map_err(SendError::Connect)?;
+async fn open_h2(
+    cluster: &Cluster,
+    host: &Arc<Host>,
+    slot: ConnSlot,
+    alpn: Option<&Override>,
+) -> Result<H2Pick, SendError> {
+    let stream = connect_alpn(cluster, host, alpn)
+        .await
+        .map_err(SendError::Connect)?;
     let (stream, peer) = Watched::new(stream);
     let opts = &cluster.config.h2;
     let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -639,14 +675,19 @@ async fn open_h2(cluster: &Cluster, host: &Arc<Host>, slot: ConnSlot) -> Result<
     let open = OpenStream::new(&active);
     // A connection allowed one request only is never shared.
     if cluster.config.max_requests_per_connection != Some(1) {
-        host.pool.mine().h2.lock().unwrap().push(H2Conn {
-            sender: sender.clone(),
-            served: 1,
-            idle: idle.clone(),
-            active,
-            peer,
-            expires,
-        });
+        host.pool_for(index(alpn))
+            .mine()
+            .h2
+            .lock()
+            .unwrap()
+            .push(H2Conn {
+                sender: sender.clone(),
+                served: 1,
+                idle: idle.clone(),
+                active,
+                peer,
+                expires,
+            });
     }
     Ok((sender, idle, open))
 }
@@ -655,10 +696,10 @@ async fn open_h2(cluster: &Cluster, host: &Arc<Host>, slot: ConnSlot) -> Result<
 /// one (fewer streams open than the peer and `max_concurrent_streams` allow); a
 /// connection leaves the pool (its streams finish, then it closes) once it has carried
 /// `max_requests_per_connection`, or when it stops taking streams (GOAWAY).
-fn live_h2(cluster: &Cluster, host: &Host) -> Option<H2Pick> {
+fn live_h2(cluster: &Cluster, host: &Host, alpn: u8) -> Option<H2Pick> {
     let max_requests = cluster.config.max_requests_per_connection;
     let max_streams = cluster.config.h2.max_concurrent_streams;
-    let mut conns = host.pool.mine().h2.lock().unwrap();
+    let mut conns = host.pool_for(alpn).mine().h2.lock().unwrap();
     conns.retain(|c| !c.sender.is_closed() && c.sender.is_ready() && !expired(c.expires));
     let i = conns
         .iter()
@@ -677,8 +718,8 @@ fn live_h2(cluster: &Cluster, host: &Host) -> Option<H2Pick> {
 }
 
 /// The worker's HTTP/2 connection to `host` with the fewest open streams.
-fn least_busy_h2(host: &Host) -> Option<H2Pick> {
-    let mut conns = host.pool.mine().h2.lock().unwrap();
+fn least_busy_h2(host: &Host, alpn: u8) -> Option<H2Pick> {
+    let mut conns = host.pool_for(alpn).mine().h2.lock().unwrap();
     let conn = conns
         .iter_mut()
         .filter(|c| !c.sender.is_closed())
@@ -719,6 +760,7 @@ mod tests {
     fn pooled_conn(sender: http1::SendRequest<Body>) -> Pooled {
         Pooled {
             sender,
+            alpn: 0,
             served: 1,
             idle: None,
             expires: None,
