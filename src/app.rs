@@ -88,6 +88,7 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
             anyhow::anyhow!("cluster_manager.outlier_detection.event_log_path '{path}': {e}")
         })?;
     }
+    crate::istio::peer_metadata::set_local_node(&config.node.proto);
     let secrets = Arc::new(crate::tls::SecretStore::new(
         crate::tls::secrets::sources(&config.clusters),
         xds::node(&config.node.proto),

@@ -980,6 +980,16 @@ fn http_filters(
                     &format!("{fpath}.typed_config"),
                 )?),
             },
+            (
+                Some(crate::istio::peer_metadata::TYPE),
+                Some(http_filter::ConfigType::TypedConfig(any)),
+            ) => HttpFilter::IstioPeerMetadata {
+                name: f.name.clone(),
+                config: crate::istio::peer_metadata::compile(
+                    &proto::any_to_json(any).map_err(|e| format!("{fpath}: {e}"))?,
+                    &format!("{fpath}.typed_config"),
+                )?,
+            },
             (Some(crate::istio::alpn::TYPE), Some(http_filter::ConfigType::TypedConfig(any))) => {
                 HttpFilter::IstioAlpn {
                     name: f.name.clone(),
@@ -1279,6 +1289,7 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     let transport = transport_sockets(c, path)?;
     Ok(ClusterConfig {
         keep_alpn: c.metadata.as_ref().is_some_and(keeps_alpn),
+        istio_marks: istio_marks(c),
         transport,
         original_dst_header,
         upstream_socket,
@@ -2129,6 +2140,23 @@ fn transport_sockets(c: &Cluster, path: &str) -> Result<TransportSockets> {
         });
     }
     Ok(TransportSockets { default, matches })
+}
+
+/// `filter_metadata["istio"]`'s `external: true` (or the `PassthroughCluster`) and
+/// `disable_mx: true`.
+fn istio_marks(c: &Cluster) -> crate::istio::peer_metadata::ClusterMarks {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let flag = |key: &str| {
+        c.metadata
+            .as_ref()
+            .and_then(|m| m.filter_metadata.get("istio"))
+            .and_then(|s| s.fields.get(key))
+            .is_some_and(|v| matches!(v.kind, Some(Kind::BoolValue(true))))
+    };
+    crate::istio::peer_metadata::ClusterMarks {
+        external: c.name == "PassthroughCluster" || flag("external"),
+        disable_mx: flag("disable_mx"),
+    }
 }
 
 /// `filter_metadata["istio"].alpn_override: "false"`.

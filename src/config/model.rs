@@ -343,6 +343,11 @@ pub enum HttpFilter {
         name: String,
         config: Arc<crate::http::filters::ext_authz::ExtAuthzConfig>,
     },
+    /// Istio's HTTP peer metadata exchange (`io.istio.http.peer_metadata.Config`).
+    IstioPeerMetadata {
+        name: String,
+        config: crate::istio::peer_metadata::PeerMetadataConfig,
+    },
     /// `istio.alpn`: the ALPN a TLS upstream offers, by upstream protocol.
     IstioAlpn {
         name: String,
@@ -730,6 +735,8 @@ pub struct ClusterConfig {
     /// leaves this cluster's ALPN list alone (istiod's mark for a DestinationRule's
     /// own TLS).
     pub keep_alpn: bool,
+    /// What its `istio` metadata (and name) say about the peer metadata exchange.
+    pub istio_marks: crate::istio::peer_metadata::ClusterMarks,
 }
 
 /// Upstream `http2_protocol_options`.
@@ -954,6 +961,7 @@ impl Default for ClusterConfig {
             h2: H2Options::default(),
             max_connection_duration: None,
             keep_alpn: false,
+            istio_marks: Default::default(),
         }
     }
 }

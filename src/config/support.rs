@@ -349,6 +349,29 @@ const FIELDS: &[(&str, &[&str])] = &[
     ),
     ("envoy.config.core.v3.GrpcMethodList", &["services"]),
     (
+        "io.istio.http.peer_metadata.Config",
+        &[
+            "downstream_discovery",
+            "upstream_discovery",
+            "downstream_propagation",
+            "upstream_propagation",
+            "additional_labels",
+        ],
+    ),
+    (
+        "io.istio.http.peer_metadata.Config.DiscoveryMethod",
+        &["istio_headers", "workload_discovery"],
+    ),
+    (
+        "io.istio.http.peer_metadata.Config.PropagationMethod",
+        &["istio_headers"],
+    ),
+    (
+        "io.istio.http.peer_metadata.Config.IstioHeaders",
+        &["skip_external_clusters"],
+    ),
+    ("io.istio.http.peer_metadata.Config.WorkloadDiscovery", &[]),
+    (
         "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
         &["alpn_override"],
     ),

@@ -71,6 +71,8 @@ pub struct HttpConnectionManager {
     grpc_stats: Option<grpc_stats::GrpcStats>,
     /// `istio.alpn`: the ALPN TLS upstreams offer, by upstream protocol.
     istio_alpn: Option<crate::istio::alpn::AlpnConfig>,
+    /// Istio's HTTP peer metadata exchange.
+    peer_metadata: Option<crate::istio::peer_metadata::PeerMetadataConfig>,
 }
 
 /// An HTTP filter (by its name in `http_filters`, which per-route configs use).
@@ -115,6 +117,8 @@ struct Picked<'a> {
     /// The request is internal (`internal_address_config`): Envoy's control headers
     /// (`x-envoy-retry-on`, `x-envoy-upstream-rq-timeout-ms`, …) apply.
     internal: bool,
+    /// The Istio peer metadata headers the request carried (they came off it).
+    peer_headers: crate::istio::peer_metadata::Seen,
 }
 
 /// What the listener knows about the downstream connection.
@@ -169,7 +173,8 @@ impl HttpConnectionManager {
                 }),
                 HttpFilter::Compressor { .. }
                 | HttpFilter::GrpcStats { .. }
-                | HttpFilter::IstioAlpn { .. } => None,
+                | HttpFilter::IstioAlpn { .. }
+                | HttpFilter::IstioPeerMetadata { .. } => None,
             })
             .collect();
         let grpc_stats = config.filters.iter().find_map(|f| match f {
@@ -180,6 +185,10 @@ impl HttpConnectionManager {
         });
         let istio_alpn = config.filters.iter().find_map(|f| match f {
             HttpFilter::IstioAlpn { config: c, .. } => Some(c.clone()),
+            _ => None,
+        });
+        let peer_metadata = config.filters.iter().find_map(|f| match f {
+            HttpFilter::IstioPeerMetadata { config: c, .. } => Some(c.clone()),
             _ => None,
         });
         let compressors = config
@@ -211,6 +220,7 @@ impl HttpConnectionManager {
             compressors,
             grpc_stats,
             istio_alpn,
+            peer_metadata,
         })
     }
 
@@ -234,10 +244,20 @@ impl HttpConnectionManager {
         let view = (routes.as_deref(), &*clusters);
         let grpc = headers::is_grpc(req.headers());
         let mut req = req;
+        // Istio's peer metadata filter comes first in istiod's chains.
+        let peer_headers = self
+            .peer_metadata
+            .as_ref()
+            .map(|p| p.on_request(req.headers_mut()))
+            .unwrap_or_default();
         if (self.config.normalize_path || self.config.merge_slashes)
             && let Err(mut resp) = self.normalize(&mut req)
         {
-            self.finish(&Picked::default(), down, grpc, &mut resp);
+            let picked = Picked {
+                peer_headers,
+                ..Default::default()
+            };
+            self.finish(&picked, down, grpc, &mut resp);
             return resp;
         }
         // What the compressors need of the request, before anything forwards it.
@@ -270,6 +290,7 @@ impl HttpConnectionManager {
             let mut picked = Picked {
                 grpc_call: grpc_call.clone(),
                 internal,
+                peer_headers,
                 ..Default::default()
             };
             let req = Self::count_grpc_request(&grpc_call, req.map(body::boxed));
@@ -303,6 +324,7 @@ impl HttpConnectionManager {
         let mut picked = Picked {
             grpc_call: grpc_call.clone(),
             internal,
+            peer_headers,
             ..Default::default()
         };
         let mut resp = self.forward(view, down, remote, req, &mut picked).await;
@@ -495,6 +517,9 @@ impl HttpConnectionManager {
                 });
                 header_mutation::apply_all(levels(), resp.headers_mut(), ctx.as_ref());
             }
+        }
+        if let Some(p) = &self.peer_metadata {
+            p.on_response(resp.headers_mut(), picked.peer_headers);
         }
         self.stats.downstream_rq.record(resp.status().as_u16());
         resp.headers_mut()
@@ -838,6 +863,10 @@ impl HttpConnectionManager {
                 .collect(),
             _ => Vec::new(),
         };
+        // Istio's peer metadata filter, before the router's header mutations.
+        if let Some(p) = &self.peer_metadata {
+            p.on_upstream_request(req.headers_mut(), cluster.config.istio_marks);
+        }
         let upstream_req = match self.upstream_request(req, &matched, down, authority, h2, expected)
         {
             Ok(r) => r,

@@ -1,0 +1,264 @@
+//! Istio's HTTP peer metadata exchange between two pilotfish sidecars configured as
+//! istiod 1.30 configures them (the `istio.metadata_exchange` HTTP filter in a
+//! `TypedStruct`, nodes with the metadata Istio's injector sets): each sidecar's
+//! identity travels in `x-envoy-peer-metadata[-id]` as istio-proxy encodes it (a
+//! `Struct` with Istio's reduced key set, base64), and neither app ever sees the
+//! headers. Envoy 1.40 has no such filter (it is istio-proxy's), so there is no
+//! differential run; the encoding is checked byte for byte in the unit tests.
+mod common;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use common::{Proxy, Upstream, static_cluster};
+use envoy_types::pb::google::protobuf::{Struct, value::Kind};
+use http::Request;
+use http_body_util::Full;
+use prost::Message;
+
+const CLIENT_ID: &str = "sidecar~10.244.0.10~client-7d4b9c-abcde.default~default.svc.cluster.local";
+const SERVER_ID: &str = "sidecar~10.244.0.20~server-5f6c8d-fghij.default~default.svc.cluster.local";
+
+/// A node as pilot-agent renders it (the parts the exchange reads, and some it
+/// leaves out).
+fn node(id: &str, workload: &str, pod: &str) -> String {
+    format!(
+        r#"node:
+  id: "{id}"
+  cluster: {workload}.default
+  locality: {{ region: us-east1, zone: us-east1-b }}
+  metadata:
+    NAME: {pod}
+    NAMESPACE: default
+    WORKLOAD_NAME: {workload}
+    CLUSTER_ID: Kubernetes
+    MESH_ID: cluster.local
+    ISTIO_VERSION: 1.30.3
+    OWNER: kubernetes://apis/apps/v1/namespaces/default/deployments/{workload}
+    LABELS:
+      app: {workload}
+      version: v1
+      pod-template-hash: 7d4b9c
+      service.istio.io/canonical-name: {workload}
+      service.istio.io/canonical-revision: v1
+"#
+    )
+}
+
+fn hcm(filter: &str, routes: &str) -> String {
+    format!(
+        r#"    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: test
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{routes}]
+          http_filters:
+          - name: istio.metadata_exchange
+            typed_config:
+              "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+              type_url: type.googleapis.com/io.istio.http.peer_metadata.Config
+              value: {filter}
+          - {{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}
+"#
+    )
+}
+
+fn bootstrap(node: &str, listener: &str, clusters: &str) -> String {
+    format!(
+        r#"{node}admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: http
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+{listener}  clusters:
+{clusters}"#
+    )
+}
+
+/// istiod's inbound config of the filter.
+const INBOUND: &str = "{ downstream_discovery: [{ istio_headers: {} }, { workload_discovery: {} }], downstream_propagation: [{ istio_headers: {} }] }";
+/// istiod's outbound config, with `metadataExchangeHeaders.mode: IN_MESH`.
+const OUTBOUND: &str = "{ upstream_discovery: [{ istio_headers: {} }, { workload_discovery: {} }], upstream_propagation: [{ istio_headers: { skip_external_clusters: true } }] }";
+
+async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> http::HeaderMap {
+    let mut req = Request::get(path).header("host", "test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let (status, h, _) = common::send(addr, false, req.body(Full::<Bytes>::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{path}");
+    h
+}
+
+/// The `Struct` an `x-envoy-peer-metadata` value carries, as strings (and `LABELS`
+/// as `key=value` pairs, sorted).
+fn decoded(value: &http::HeaderValue) -> Vec<(String, String)> {
+    let bytes = data_encoding::BASE64
+        .decode(value.as_bytes())
+        .expect("standard base64");
+    let s = Struct::decode(bytes.as_slice()).expect("a protobuf Struct");
+    let mut out: Vec<(String, String)> = s
+        .fields
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v.kind {
+                Some(Kind::StringValue(s)) => s,
+                Some(Kind::StructValue(l)) => {
+                    let mut pairs: Vec<String> = l
+                        .fields
+                        .into_iter()
+                        .map(|(k, v)| match v.kind {
+                            Some(Kind::StringValue(s)) => format!("{k}={s}"),
+                            other => format!("{k}={other:?}"),
+                        })
+                        .collect();
+                    pairs.sort();
+                    pairs.join(",")
+                }
+                other => format!("{other:?}"),
+            };
+            (k, v)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn expected(workload: &str, pod: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = [
+        ("AVAILABILITY_ZONE", "us-east1-b".to_owned()),
+        ("CLUSTER_ID", "Kubernetes".to_owned()),
+        (
+            "LABELS",
+            format!(
+                "app={workload},service.istio.io/canonical-name={workload},service.istio.io/canonical-revision=v1,version=v1"
+            ),
+        ),
+        ("NAME", pod.to_owned()),
+        ("NAMESPACE", "default".to_owned()),
+        (
+            "OWNER",
+            format!("kubernetes://apis/apps/v1/namespaces/default/deployments/{workload}"),
+        ),
+        ("REGION", "us-east1".to_owned()),
+        ("WORKLOAD_NAME", workload.to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    out.sort();
+    out
+}
+
+fn peer_headers(h: &http::HeaderMap) -> Vec<&str> {
+    ["x-envoy-peer-metadata", "x-envoy-peer-metadata-id"]
+        .into_iter()
+        .filter(|n| h.contains_key(*n))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_exchange_identities_and_apps_never_see_the_headers() {
+    let app = Upstream::start("app").await;
+    let server = Proxy::start(&bootstrap(
+        &node(SERVER_ID, "server", "server-5f6c8d-fghij"),
+        &hcm(
+            INBOUND,
+            "{ match: { prefix: / }, route: { cluster: inbound_app } }",
+        ),
+        &static_cluster("inbound_app", &[app.addr], false),
+    ))
+    .await;
+    let client = Proxy::start(&bootstrap(
+        &node(CLIENT_ID, "client", "client-7d4b9c-abcde"),
+        &hcm(
+            OUTBOUND,
+            "{ match: { prefix: /direct }, route: { cluster: direct } }, \
+             { match: { prefix: /out }, route: { cluster: PassthroughCluster } }, \
+             { match: { prefix: / }, route: { cluster: server } }",
+        ),
+        &format!(
+            "{}{}{}",
+            static_cluster("server", &[server.listener("http")], false),
+            static_cluster("direct", &[app.addr], false),
+            static_cluster("PassthroughCluster", &[app.addr], false),
+        ),
+    ))
+    .await;
+
+    // Client app → client sidecar → server sidecar → server app: the server app sees
+    // no exchange header, and neither does the client app in the response.
+    let before = app.requests().len();
+    let resp = get(client.listener("http"), "/mesh", &[]).await;
+    assert_eq!(peer_headers(&resp), Vec::<&str>::new());
+    let seen = &app.requests()[before];
+    assert_eq!(seen.path, "/mesh");
+    assert_eq!(peer_headers(&seen.headers), Vec::<&str>::new());
+
+    // What the client sidecar sends (seen by an app it reaches without a sidecar in
+    // between): its node id, and its node reduced as istio-proxy reduces it.
+    get(client.listener("http"), "/direct", &[]).await;
+    let seen = app.requests().pop().unwrap();
+    assert_eq!(seen.headers["x-envoy-peer-metadata-id"], CLIENT_ID);
+    assert_eq!(
+        decoded(&seen.headers["x-envoy-peer-metadata"]),
+        expected("client", "client-7d4b9c-abcde")
+    );
+
+    // What the server sidecar answers: its own, for each header the request carried
+    // (here as an istio-proxy client would send them); its app sees neither.
+    let resp = get(
+        server.listener("http"),
+        "/from-istio-proxy",
+        &[
+            (
+                "x-envoy-peer-metadata-id",
+                "sidecar~10.244.0.30~other.default~default.svc.cluster.local",
+            ),
+            (
+                "x-envoy-peer-metadata",
+                "Ch4KCkNMVVNURVJfSUQSEBoOc2VydmVyLWNsdXN0ZXI=",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(resp["x-envoy-peer-metadata-id"], SERVER_ID);
+    assert_eq!(
+        decoded(&resp["x-envoy-peer-metadata"]),
+        expected("server", "server-5f6c8d-fghij")
+    );
+    assert_eq!(
+        peer_headers(&app.requests().pop().unwrap().headers),
+        Vec::<&str>::new()
+    );
+    let resp = get(
+        server.listener("http"),
+        "/id-only",
+        &[("x-envoy-peer-metadata-id", "x")],
+    )
+    .await;
+    assert_eq!(peer_headers(&resp), ["x-envoy-peer-metadata-id"]);
+    let resp = get(server.listener("http"), "/none", &[]).await;
+    assert_eq!(peer_headers(&resp), Vec::<&str>::new());
+
+    // Outside the mesh (`skip_external_clusters`, the PassthroughCluster): nothing is
+    // sent, and what the app sent is left as it is.
+    get(
+        client.listener("http"),
+        "/out",
+        &[("x-envoy-peer-metadata-id", "the-apps-own")],
+    )
+    .await;
+    let seen = app.requests().pop().unwrap();
+    assert_eq!(seen.headers["x-envoy-peer-metadata-id"], "the-apps-own");
+    assert!(!seen.headers.contains_key("x-envoy-peer-metadata"));
+}
