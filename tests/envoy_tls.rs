@@ -128,14 +128,6 @@ fn front_yaml(back: SocketAddr, tls: &str) -> String {
     )
 }
 
-/// `name`'s value in `/stats` (flat names), if it exists.
-async fn stat(p: &Proxy, name: &str) -> Option<u64> {
-    let (_, text) = p.admin_get(&format!("/stats?filter=^{name}$")).await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// The back proxy with istiod's inbound TLS context (any client of the mesh's CA).
 async fn start_back(bin: &str, app: SocketAddr, p: &Pki) -> Proxy {
     start(
@@ -150,12 +142,12 @@ async fn start_back(bin: &str, app: SocketAddr, p: &Pki) -> Proxy {
 
 async fn wait_stat(p: &Proxy, name: &str, want: u64) {
     for _ in 0..250 {
-        if stat(p, name).await == Some(want) {
+        if p.stat(name).await == Some(want) {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    panic!("{name} is {:?}, want {want}", stat(p, name).await);
+    panic!("{name} is {:?}, want {want}", p.stat(name).await);
 }
 
 async fn start(bin: &str, yaml: &str) -> Proxy {
@@ -250,7 +242,7 @@ async fn every_pairing_carries_traffic_and_refusals_match_envoy() {
                 back.logs()
             );
             assert_eq!(
-                stat(&front, "cluster.mesh.ssl.handshake").await,
+                front.stat("cluster.mesh.ssl.handshake").await,
                 Some(1),
                 "{} → {}",
                 name(front_bin),
@@ -268,7 +260,7 @@ async fn every_pairing_carries_traffic_and_refusals_match_envoy() {
                 header("x-forwarded-proto"),
             ));
         }
-        assert_eq!(stat(&back, "listener.back.ssl.handshake").await, Some(2));
+        assert_eq!(back.stat("listener.back.ssl.handshake").await, Some(2));
         logged.push((name(back_bin), back.stdout_lines(2).await));
     }
     assert_eq!(
@@ -363,8 +355,8 @@ async fn every_pairing_carries_traffic_and_refusals_match_envoy() {
             let mut back_stats = Vec::new();
             let mut front_stats = Vec::new();
             for c in counters {
-                back_stats.push(stat(&back, &format!("listener.back.{c}")).await);
-                front_stats.push(stat(&front, &format!("cluster.mesh.{c}")).await);
+                back_stats.push(back.stat(&format!("listener.back.{c}")).await);
+                front_stats.push(front.stat(&format!("cluster.mesh.{c}")).await);
             }
             let logged = front.stdout_lines(1).await;
             seen.push((name(bin).into(), back_stats, front_stats, status, logged));
@@ -604,21 +596,6 @@ async fn secrets_dumped(p: &Proxy) -> Vec<(String, String, String)> {
     out
 }
 
-/// A TCP echo server.
-async fn echo() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
-
 /// The back sidecar's inbound as istiod builds it for PERMISSIVE (a TLS chain and a
 /// plaintext chain picked by the TLS inspector) or STRICT (the TLS chain only), for
 /// HTTP (`http`, to the app) and TCP (`tcp`, to the echo server).
@@ -768,7 +745,7 @@ async fn auto_mtls_and_permissive_inbound_match_envoy() {
         return;
     };
     let app = Upstream::start("app").await;
-    let echo = echo().await;
+    let echo = common::tcp_echo_server().await;
     let pilotfish = common::BIN.to_string();
     for (front_bin, back_bin) in [
         (&pilotfish, &pilotfish),
@@ -802,7 +779,7 @@ async fn auto_mtls_and_permissive_inbound_match_envoy() {
         assert_eq!(app.requests().len() - before, 10, "{pair}");
         // Round robin (per worker) over the two endpoints: some went through the back
         // sidecar over mTLS, the others straight to the app in plaintext.
-        let via_back = stat(&back, "http.inbound_tls.downstream_rq_total").await;
+        let via_back = back.stat("http.inbound_tls.downstream_rq_total").await;
         assert!(
             matches!(via_back, Some(1..=9)),
             "{pair}: {via_back:?} of 10 via the back sidecar"
@@ -810,11 +787,15 @@ async fn auto_mtls_and_permissive_inbound_match_envoy() {
         // Each host counted once under the socket it resolved to, as Envoy counts them.
         let mut picks = Vec::new();
         for m in ["tlsMode-istio", "tlsMode-disabled", "default"] {
-            picks.push(stat(&front, &format!("cluster.mesh.{m}.total_match_count")).await);
+            picks.push(
+                front
+                    .stat(&format!("cluster.mesh.{m}.total_match_count"))
+                    .await,
+            );
         }
-        picks.push(stat(&back, "cluster.app.default.total_match_count").await);
+        picks.push(back.stat("cluster.app.default.total_match_count").await);
         assert_eq!(picks, [Some(1), Some(1), Some(0), Some(1)], "{pair}");
-        let handshakes = stat(&front, "cluster.mesh.ssl.handshake").await;
+        let handshakes = front.stat("cluster.mesh.ssl.handshake").await;
         assert!(matches!(handshakes, Some(1..=2)), "{pair}: {handshakes:?}");
         assert_eq!(
             tcp_echo(front.listener("tcp"), b"over mtls").await,
@@ -822,7 +803,7 @@ async fn auto_mtls_and_permissive_inbound_match_envoy() {
             "{pair}"
         );
         assert_eq!(
-            stat(&back, "listener.back_tcp.ssl.handshake").await,
+            back.stat("listener.back_tcp.ssl.handshake").await,
             Some(1),
             "{pair}"
         );
@@ -848,8 +829,8 @@ async fn auto_mtls_and_permissive_inbound_match_envoy() {
         assert_eq!(tcp_echo(back.listener("tcp"), b"plain").await, b"");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         counts.push((
-            stat(&back, "listener.back.no_filter_chain_match").await,
-            stat(&back, "listener.back_tcp.no_filter_chain_match").await,
+            back.stat("listener.back.no_filter_chain_match").await,
+            back.stat("listener.back_tcp.no_filter_chain_match").await,
         ));
     }
     assert_eq!(counts[0], (Some(1), Some(1)));
@@ -910,7 +891,8 @@ async fn http2_is_negotiated_by_alpn() {
         assert_eq!(resp.status(), 200, "{bin}");
         assert_eq!(resp.version(), http::Version::HTTP_2);
         assert_eq!(
-            stat(&back, "http.ingress_http.downstream_cx_http2_total").await,
+            back.stat("http.ingress_http.downstream_cx_http2_total")
+                .await,
             Some(2),
             "{bin}: both connections served as HTTP/2"
         );
@@ -979,7 +961,7 @@ async fn spiffe_validator_checks_each_trust_domain_against_its_bundle() {
             "fail_verify_san",
             "connection_error",
         ] {
-            counters.push(stat(&back, &format!("listener.back.ssl.{c}")).await);
+            counters.push(back.stat(&format!("listener.back.ssl.{c}")).await);
         }
         answers.push((seen, counters));
     }
@@ -1027,8 +1009,8 @@ async fn sessions_resume_as_with_envoy() {
             );
         }
         counts.push((
-            stat(&back, "listener.back.ssl.handshake").await,
-            stat(&back, "listener.back.ssl.session_reused").await,
+            back.stat("listener.back.ssl.handshake").await,
+            back.stat("listener.back.ssl.session_reused").await,
         ));
     }
     assert_eq!(counts[0], (Some(2), Some(1)));
@@ -1172,9 +1154,11 @@ async fn istio_alpn_lands_http_on_the_peers_http_chain() {
         let front = Proxy::start(&istio_alpn_front_yaml(&p, back.listener("http"))).await;
         let counts = || async {
             (
-                stat(&back, "http.inbound_http.downstream_rq_http1_total").await,
-                stat(&back, "http.inbound_http.downstream_rq_http2_total").await,
-                stat(&back, "tcp.inbound_tcp.downstream_cx_total").await,
+                back.stat("http.inbound_http.downstream_rq_http1_total")
+                    .await,
+                back.stat("http.inbound_http.downstream_rq_http2_total")
+                    .await,
+                back.stat("tcp.inbound_tcp.downstream_cx_total").await,
             )
         };
         let get = |listener: &str, path: &str| {

@@ -1,4 +1,4 @@
-//! Istio's HTTP peer metadata exchange between two pilotfish sidecars configured as
+//! Istio's peer metadata exchanges, HTTP and TCP, between two pilotfish sidecars configured as
 //! istiod 1.30 configures them (the `istio.metadata_exchange` HTTP filter in a
 //! `TypedStruct`, nodes with the metadata Istio's injector sets): each sidecar's
 //! identity travels in `x-envoy-peer-metadata[-id]` as istio-proxy encodes it (a
@@ -261,4 +261,204 @@ async fn sidecars_exchange_identities_and_apps_never_see_the_headers() {
     let seen = app.requests().pop().unwrap();
     assert_eq!(seen.headers["x-envoy-peer-metadata-id"], "the-apps-own");
     assert!(!seen.headers.contains_key("x-envoy-peer-metadata"));
+}
+
+/// istiod's TCP metadata exchange config (listener chains and clusters).
+const EXCHANGE: &str = r#"{ "@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange, value: { protocol: istio-peer-exchange, enable_discovery: true } }"#;
+
+const BACK_ID: &str = "spiffe://cluster.local/ns/default/sa/server";
+const FRONT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
+
+/// A frame as istio-proxy writes it, built here with the protobuf types: magic and
+/// length (big-endian), then `Any(Struct{x-envoy-peer-metadata, -id})`.
+fn istio_proxy_frame(id: &str, workload: &str) -> Vec<u8> {
+    use envoy_types::pb::google::protobuf::{Any, Value};
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.into())),
+    };
+    let node = Struct {
+        fields: [("WORKLOAD_NAME".to_owned(), s(workload))].into(),
+    };
+    let outer = Struct {
+        fields: [
+            (
+                "x-envoy-peer-metadata".to_owned(),
+                Value {
+                    kind: Some(Kind::StructValue(node)),
+                },
+            ),
+            ("x-envoy-peer-metadata-id".to_owned(), s(id)),
+        ]
+        .into(),
+    };
+    let any = Any {
+        type_url: "type.googleapis.com/google.protobuf.Struct".into(),
+        value: outer.encode_to_vec(),
+    }
+    .encode_to_vec();
+    let mut out = 0x3D23_0467u32.to_be_bytes().to_vec();
+    out.extend_from_slice(&(any.len() as u32).to_be_bytes());
+    out.extend_from_slice(&any);
+    out
+}
+
+/// Istio's TCP metadata exchange over mTLS that negotiated `istio-peer-exchange`:
+/// between two pilotfish sidecars the echo comes back byte for byte (each side took
+/// the other's frame off), and against an istio-proxy-like peer (a client writing
+/// istio-proxy's frame) the server sidecar's own frame comes first, carrying its node,
+/// then the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_metadata_exchange_frames_never_reach_the_app() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = common::certs::Ca::new("cluster.local");
+    let dir = tempfile::tempdir().unwrap();
+    ca.leaf(BACK_ID).write(dir.path(), "back");
+    ca.leaf(FRONT_ID).write(dir.path(), "front");
+    let ca_path = common::certs::write_ca(dir.path(), "ca", &ca.pem);
+    let file = |n: &str| dir.path().join(n).display().to_string();
+    let echo = common::tcp_echo_server().await;
+    let back = Proxy::start(&format!(
+        r#"{}admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: tcp
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            alpn_protocols: [istio-peer-exchange, h2, http/1.1]
+            tls_certificates: [{{ certificate_chain: {{ filename: "{}" }}, private_key: {{ filename: "{}" }} }}]
+            validation_context: {{ trusted_ca: {{ filename: "{}" }} }}
+      filters:
+      - {{ name: istio.metadata_exchange, typed_config: {EXCHANGE} }}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: inbound_tcp, cluster: echo }}
+  clusters:
+{}"#,
+        node(SERVER_ID, "server", "server-5f6c8d-fghij"),
+        file("back.crt"),
+        file("back.key"),
+        ca_path.display(),
+        static_cluster("echo", &[echo], false),
+    ))
+    .await;
+    let front = Proxy::start(&format!(
+        r#"{}admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: tcp
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: outbound_tcp, cluster: mesh }}
+  clusters:
+{}    filters:
+    - {{ name: istio.metadata_exchange, typed_config: {EXCHANGE} }}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          alpn_protocols: [istio-peer-exchange, istio]
+          tls_certificates: [{{ certificate_chain: {{ filename: "{}" }}, private_key: {{ filename: "{}" }} }}]
+          validation_context: {{ trusted_ca: {{ filename: "{}" }}, match_subject_alt_names: [{{ exact: "{BACK_ID}" }}] }}
+"#,
+        node(CLIENT_ID, "client", "client-7d4b9c-abcde"),
+        static_cluster("mesh", &[back.listener("tcp")], false),
+        file("front.crt"),
+        file("front.key"),
+        ca_path.display(),
+    ))
+    .await;
+
+    // Sidecar to sidecar: the app's bytes, and only they, come back.
+    let mut s = tokio::net::TcpStream::connect(front.listener("tcp"))
+        .await
+        .unwrap();
+    s.write_all(b"over mtls").await.unwrap();
+    let mut got = [0u8; 9];
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .expect("the echo")
+        .unwrap();
+    assert_eq!(&got, b"over mtls");
+    drop(s);
+    for p in [&front, &back] {
+        for (name, want) in [
+            ("alpn_protocol_found", 1),
+            ("metadata_added", 1),
+            ("initial_header_not_found", 0),
+            ("header_not_found", 0),
+        ] {
+            assert_eq!(
+                p.stat(&format!("metadata_exchange.{name}")).await,
+                Some(want),
+                "{name}"
+            );
+        }
+    }
+
+    // An istio-proxy-like client: its frame, then data; the sidecar's frame first.
+    let connector = tokio_rustls::TlsConnector::from(common::certs::client_config(
+        &ca,
+        &ca.leaf(FRONT_ID),
+        BACK_ID,
+        &["istio-peer-exchange", "istio"],
+    ));
+    let tcp = tokio::net::TcpStream::connect(back.listener("tcp"))
+        .await
+        .unwrap();
+    let mut tls = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("back").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"istio-peer-exchange"[..])
+    );
+    let mut out = istio_proxy_frame(
+        "sidecar~10.244.0.99~other.default~default.svc.cluster.local",
+        "other",
+    );
+    out.extend_from_slice(b"hello");
+    tls.write_all(&out).await.unwrap();
+    let read = async {
+        let mut header = [0u8; 8];
+        tls.read_exact(&mut header).await.unwrap();
+        assert_eq!(header[..4], [0x3d, 0x23, 0x04, 0x67]);
+        let len = u32::from_be_bytes(header[4..].try_into().unwrap()) as usize;
+        let mut any = vec![0u8; len];
+        tls.read_exact(&mut any).await.unwrap();
+        let mut data = [0u8; 5];
+        tls.read_exact(&mut data).await.unwrap();
+        (any, data)
+    };
+    let (any, data) = tokio::time::timeout(std::time::Duration::from_secs(5), read)
+        .await
+        .expect("the frame and the echo");
+    assert_eq!(&data, b"hello", "the peer's frame never reached the app");
+    let any = envoy_types::pb::google::protobuf::Any::decode(any.as_slice()).unwrap();
+    assert_eq!(any.type_url, "type.googleapis.com/google.protobuf.Struct");
+    let outer = Struct::decode(any.value.as_slice()).unwrap();
+    assert!(matches!(
+        &outer.fields["x-envoy-peer-metadata-id"].kind,
+        Some(Kind::StringValue(id)) if id == SERVER_ID
+    ));
+    let Some(Kind::StructValue(node)) = &outer.fields["x-envoy-peer-metadata"].kind else {
+        panic!("no node struct");
+    };
+    assert!(matches!(
+        &node.fields["WORKLOAD_NAME"].kind,
+        Some(Kind::StringValue(w)) if w == "server"
+    ));
 }

@@ -516,6 +516,12 @@ fn read_filter(
                 stat_prefix,
             })
         }
+        crate::istio::exchange::TYPE => Ok(ReadFilter::MetadataExchange(
+            crate::istio::exchange::compile(
+                &proto::any_to_json(any).map_err(|e| format!("{path}: {e}"))?,
+                &format!("{path}.typed_config"),
+            )?,
+        )),
         TCP_PROXY | HCM => Err(format!(
             "{path} ({}): a terminal filter must be the chain's last",
             f.name
@@ -1290,6 +1296,7 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     Ok(ClusterConfig {
         keep_alpn: c.metadata.as_ref().is_some_and(keeps_alpn),
         istio_marks: istio_marks(c),
+        metadata_exchange: cluster_filters(c, path)?,
         transport,
         original_dst_header,
         upstream_socket,
@@ -2140,6 +2147,31 @@ fn transport_sockets(c: &Cluster, path: &str) -> Result<TransportSockets> {
         });
     }
     Ok(TransportSockets { default, matches })
+}
+
+/// A cluster's `filters` (upstream network filters): Istio's metadata exchange only.
+fn cluster_filters(
+    c: &Cluster,
+    path: &str,
+) -> Result<Option<crate::istio::exchange::ExchangeConfig>> {
+    let mut out = None;
+    for (i, f) in c.filters.iter().enumerate() {
+        let fpath = format!("{path}.filters[{i}]");
+        match f
+            .typed_config
+            .as_ref()
+            .map(|a| (proto::type_name(&a.type_url), a))
+        {
+            Some((crate::istio::exchange::TYPE, any)) if out.is_none() => {
+                out = Some(crate::istio::exchange::compile(
+                    &proto::any_to_json(any).map_err(|e| format!("{fpath}: {e}"))?,
+                    &format!("{fpath}.typed_config"),
+                )?);
+            }
+            _ => return Err(format!("{fpath} ({}): not supported", f.name)),
+        }
+    }
+    Ok(out)
 }
 
 /// `filter_metadata["istio"]`'s `external: true` (or the `PassthroughCluster`) and

@@ -182,6 +182,8 @@ pub enum ReadFilter {
         config: Arc<crate::rbac::RbacConfig>,
         stat_prefix: String,
     },
+    /// Istio's TCP metadata exchange (`istio.metadata_exchange`).
+    MetadataExchange(crate::istio::exchange::ExchangeConfig),
 }
 
 /// `filter_chain_match`. Empty lists and `None` match anything.
@@ -737,6 +739,8 @@ pub struct ClusterConfig {
     pub keep_alpn: bool,
     /// What its `istio` metadata (and name) say about the peer metadata exchange.
     pub istio_marks: crate::istio::peer_metadata::ClusterMarks,
+    /// `filters`: Istio's TCP metadata exchange on its connections.
+    pub metadata_exchange: Option<crate::istio::exchange::ExchangeConfig>,
 }
 
 /// Upstream `http2_protocol_options`.
@@ -962,6 +966,7 @@ impl Default for ClusterConfig {
             max_connection_duration: None,
             keep_alpn: false,
             istio_marks: Default::default(),
+            metadata_exchange: None,
         }
     }
 }

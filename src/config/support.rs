@@ -348,6 +348,11 @@ const FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.config.core.v3.GrpcMethodList", &["services"]),
+    ("envoy.config.cluster.v3.Filter", &["name", "typed_config"]),
+    (
+        "envoy.tcp.metadataexchange.config.MetadataExchange",
+        &["protocol", "enable_discovery", "additional_labels"],
+    ),
     (
         "io.istio.http.peer_metadata.Config",
         &[
@@ -944,6 +949,7 @@ const FIELDS: &[(&str, &[&str])] = &[
         "envoy.config.cluster.v3.Cluster",
         &[
             "name",
+            "filters",
             "type",
             "lb_policy",
             "connect_timeout",

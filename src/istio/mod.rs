@@ -2,6 +2,7 @@
 //! their descriptors (`protos.rs`, compiled into the config decoder's pool by
 //! `build.rs`) and what each does.
 pub mod alpn;
+pub mod exchange;
 pub mod peer_metadata;
 
 #[cfg(test)]

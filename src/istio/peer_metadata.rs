@@ -175,13 +175,19 @@ fn local_headers(additional: &[String]) -> &'static (HeaderValue, HeaderValue) {
     if let Some((_, v)) = made.iter().find(|(k, _)| k == additional) {
         return v;
     }
-    let node = NODE.get().cloned().unwrap_or_default();
-    let id = HeaderValue::from_str(&node.id).unwrap_or(HeaderValue::from_static(""));
-    let encoded = data_encoding::BASE64.encode(&encode_struct(&flatten(&node, additional)));
+    let (id, node) = local_node(additional);
+    let id = HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static(""));
+    let encoded = data_encoding::BASE64.encode(&encode_struct(&node));
     let metadata = HeaderValue::from_str(&encoded).expect("base64 is a valid header value");
     let v: &'static _ = Box::leak(Box::new((id, metadata)));
     made.push((additional.to_vec(), v));
     v
+}
+
+/// This node's id and its reduced `Struct`.
+pub fn local_node(additional: &[String]) -> (String, BTreeMap<String, Field>) {
+    let node = NODE.get().cloned().unwrap_or_default();
+    (node.id.clone(), flatten(&node, additional))
 }
 
 /// A `Struct` value: a string or a nested struct (all the exchange uses).
@@ -314,7 +320,7 @@ pub fn encode_struct(fields: &BTreeMap<String, Field>) -> Vec<u8> {
     out
 }
 
-fn bytes_field(out: &mut Vec<u8>, number: u32, bytes: &[u8]) {
+pub fn bytes_field(out: &mut Vec<u8>, number: u32, bytes: &[u8]) {
     varint(out, u64::from(number << 3 | 2));
     varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);

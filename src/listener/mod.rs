@@ -49,6 +49,8 @@ pub struct Chain {
     terminal: Filter,
     /// The chain's TLS termination, and its handshake timeout.
     tls: Option<(crate::tls::ServerTls, Option<Duration>)>,
+    /// Istio's TCP metadata exchange, when the chain has it.
+    exchange: Option<crate::istio::exchange::Exchange>,
 }
 
 #[derive(Debug)]
@@ -88,17 +90,25 @@ impl Chain {
         let read = c
             .read_filters
             .iter()
-            .map(|r| match r {
+            .filter_map(|r| match r {
                 crate::config::ReadFilter::Rbac {
                     config,
                     stat_prefix,
-                } => ReadFilter::Rbac {
+                } => Some(ReadFilter::Rbac {
                     stats: crate::rbac::RbacStats::new(&ctx.store, stat_prefix, config),
                     config: config.clone(),
-                },
+                }),
+                crate::config::ReadFilter::MetadataExchange(_) => None,
             })
             .collect();
+        let exchange = c.read_filters.iter().find_map(|r| match r {
+            crate::config::ReadFilter::MetadataExchange(x) => {
+                Some(crate::istio::exchange::Exchange::new(x, &ctx.store))
+            }
+            _ => None,
+        });
         Ok(Chain {
+            exchange,
             read,
             terminal: Filter::new(&c.filter, ctx)?,
             tls,
@@ -345,6 +355,7 @@ impl Listener {
                         ..info
                     }),
                     replay: Vec::new(),
+                    inbox: None,
                 },
                 None => {
                     self.stats.downstream_cx_destroy.inc();
@@ -352,6 +363,13 @@ impl Listener {
                 }
             },
         };
+        let mut stream = stream;
+        if let Some(x) = &chain.exchange
+            && stream.exchange(x).await.is_err()
+        {
+            self.stats.downstream_cx_destroy.inc();
+            return;
+        }
         let principal = stream.tls().and_then(|t| t.uri_san.clone());
         if !chain.admit(
             peer,

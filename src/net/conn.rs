@@ -23,6 +23,8 @@ pub enum Conn {
         peer: Arc<PeerInfo>,
         /// Bytes already read (preface sniffing), served before the stream's.
         replay: Vec<u8>,
+        /// Istio's metadata exchange: takes the peer's frame off the stream.
+        inbox: Option<Box<crate::istio::exchange::Inbox>>,
     },
 }
 
@@ -33,6 +35,23 @@ impl Conn {
             Conn::Plain(_) => None,
             Conn::Tls { peer, .. } => Some(peer),
         }
+    }
+
+    /// Istio's TCP metadata exchange, when the connection negotiated its protocol:
+    /// our frame is written now and the peer's taken off what is read.
+    pub async fn exchange(&mut self, x: &crate::istio::exchange::Exchange) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let Conn::Tls { stream, inbox, .. } = self else {
+            x.applies(None);
+            return Ok(());
+        };
+        if !x.applies(stream.get_ref().1.alpn_protocol()) {
+            return Ok(());
+        }
+        stream.write_all(x.our_frame()).await?;
+        stream.flush().await?;
+        *inbox = Some(Box::new(x.inbox()));
+        Ok(())
     }
 
     pub fn set_nodelay(&self) {
@@ -90,14 +109,22 @@ impl AsyncRead for Conn {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls { stream, replay, .. } => {
+            Conn::Tls {
+                stream,
+                replay,
+                inbox,
+                ..
+            } => {
                 if !replay.is_empty() {
                     let n = replay.len().min(buf.remaining());
                     buf.put_slice(&replay[..n]);
                     replay.drain(..n);
                     return Poll::Ready(Ok(()));
                 }
-                Pin::new(stream.as_mut()).poll_read(cx, buf)
+                match inbox {
+                    Some(i) => i.poll_read(Pin::new(stream.as_mut()), cx, buf),
+                    None => Pin::new(stream.as_mut()).poll_read(cx, buf),
+                }
             }
         }
     }

@@ -560,6 +560,7 @@ impl ClientTls {
                 Ok(ClientStream {
                     inner: s,
                     connection_error: self.stats.connection_error.clone(),
+                    inbox: None,
                 })
             }
             Err(e) => {
@@ -577,9 +578,24 @@ impl ClientTls {
 pub struct ClientStream {
     inner: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     connection_error: Counter,
+    /// Istio's metadata exchange: takes the peer's frame off the stream.
+    inbox: Option<Box<crate::istio::exchange::Inbox>>,
 }
 
 impl ClientStream {
+    /// Istio's TCP metadata exchange, when the connection negotiated its protocol:
+    /// our frame is written now and the peer's taken off what is read.
+    pub async fn exchange(&mut self, x: &crate::istio::exchange::Exchange) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        if !x.applies(self.inner.get_ref().1.alpn_protocol()) {
+            return Ok(());
+        }
+        self.inner.write_all(x.our_frame()).await?;
+        self.inner.flush().await?;
+        self.inbox = Some(Box::new(x.inbox()));
+        Ok(())
+    }
+
     pub fn get_ref(&self) -> (&tokio::net::TcpStream, &rustls::ClientConnection) {
         self.inner.get_ref()
     }
@@ -591,7 +607,11 @@ impl AsyncRead for ClientStream {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let this = &mut *self;
+        let r = match &mut this.inbox {
+            Some(i) => i.poll_read(std::pin::Pin::new(&mut this.inner), cx, buf),
+            None => std::pin::Pin::new(&mut this.inner).poll_read(cx, buf),
+        };
         if let std::task::Poll::Ready(Err(e)) = &r
             && e.get_ref().is_some_and(|i| i.is::<rustls::Error>())
         {

@@ -51,6 +51,8 @@ pub struct Cluster {
     pub health_stats: Option<super::health_check::Stats>,
     /// TLS or raw, per host (see [`Cluster::bind_tls`]).
     pub transports: super::transport::Transports,
+    /// Istio's TCP metadata exchange on its connections (the cluster's `filters`).
+    pub exchange: Option<crate::istio::exchange::Exchange>,
 }
 
 /// A slot of the cluster's retry breaker, given back when dropped.
@@ -97,6 +99,10 @@ impl Cluster {
             _ => Vec::new(),
         };
         let c = Cluster {
+            exchange: config
+                .metadata_exchange
+                .as_ref()
+                .map(|x| crate::istio::exchange::Exchange::new(x, store)),
             overprovisioning: AtomicU32::new(config.overprovisioning_factor),
             config,
             stats,

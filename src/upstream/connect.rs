@@ -212,9 +212,19 @@ async fn attempt(
             .await
             .map_err(ConnectError::Failed)?;
         match tls {
-            None => Ok(Upstream::Tcp(s)),
+            None => {
+                if let Some(x) = &cluster.exchange {
+                    x.applies(None);
+                }
+                Ok(Upstream::Tcp(s))
+            }
             Some(t) => match t.connect(s, addr.ip(), alpn).await {
-                Ok(s) => Ok(Upstream::Tls(Box::new(s))),
+                Ok(mut s) => {
+                    if let Some(x) = &cluster.exchange {
+                        s.exchange(x).await.map_err(ConnectError::Failed)?;
+                    }
+                    Ok(Upstream::Tls(Box::new(s)))
+                }
                 Err(e) => Err(ConnectError::Tls(crate::tls::context::failure_reason(&e))),
             },
         }

@@ -158,6 +158,14 @@ impl Proxy {
         lines
     }
 
+    /// `name`'s value in `/stats` (Envoy's flat names), if it exists.
+    pub async fn stat(&self, name: &str) -> Option<u64> {
+        let (_, text) = self.admin_get(&format!("/stats?filter=^{name}$")).await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// The value of one Prometheus sample line, e.g. `envoy_cluster_upstream_rq_total{envoy_cluster_name="a"}`.
     pub async fn metric(&self, sample: &str) -> Option<i64> {
         let text = self.prometheus().await;
@@ -668,4 +676,19 @@ pub fn envoy_bin() -> Option<String> {
         .output()
         .is_ok_and(|o| o.status.success());
     found.then(|| "envoy".into())
+}
+
+/// A TCP server on 127.0.0.1 that echoes what it reads until the client closes.
+pub async fn tcp_echo_server() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
 }
