@@ -317,12 +317,12 @@ async fn tcp_metadata_exchange_frames_never_reach_the_app() {
     let ca_path = common::certs::write_ca(dir.path(), "ca", &ca.pem);
     let file = |n: &str| dir.path().join(n).display().to_string();
     let echo = common::tcp_echo_server().await;
-    let back = Proxy::start(&format!(
-        r#"{}admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: tcp
+    let app = Upstream::start("app").await;
+    // The back's chains as istiod's inbound has them: TLS, the exchange, then
+    // tcp_proxy (listener `tcp`) or a connection manager (listener `http`).
+    let listener = |name: &str, terminal: &str| {
+        format!(
+            r#"  - name: {name}
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
     filter_chains:
     - transport_socket:
@@ -336,15 +336,36 @@ static_resources:
             validation_context: {{ trusted_ca: {{ filename: "{}" }} }}
       filters:
       - {{ name: istio.metadata_exchange, typed_config: {EXCHANGE} }}
-      - name: envoy.filters.network.tcp_proxy
-        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: inbound_tcp, cluster: echo }}
-  clusters:
-{}"#,
+{terminal}"#,
+            file("back.crt"),
+            file("back.key"),
+            ca_path.display(),
+        )
+    };
+    let back = Proxy::start(&format!(
+        "{}admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\nstatic_resources:\n  listeners:\n{}{}  clusters:\n{}{}",
         node(SERVER_ID, "server", "server-5f6c8d-fghij"),
-        file("back.crt"),
-        file("back.key"),
-        ca_path.display(),
+        listener(
+            "tcp",
+            r#"      - name: envoy.filters.network.tcp_proxy
+        typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: inbound_tcp, cluster: echo }
+"#
+        ),
+        listener(
+            "http",
+            r#"      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: inbound_http
+          route_config:
+            virtual_hosts:
+            - { name: all, domains: ["*"], routes: [{ match: { prefix: / }, route: { cluster: app } }] }
+          http_filters:
+          - { name: envoy.filters.http.router, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }
+"#
+        ),
         static_cluster("echo", &[echo], false),
+        static_cluster("app", &[app.addr], false),
     ))
     .await;
     let front = Proxy::start(&format!(
@@ -461,4 +482,31 @@ static_resources:
         &node.fields["WORKLOAD_NAME"].kind,
         Some(Kind::StringValue(w)) if w == "server"
     ));
+
+    // The same on a connection manager's chain: the frame comes off before the HTTP
+    // codec (and HTTP/2 detection) sees the request.
+    let tcp = tokio::net::TcpStream::connect(back.listener("http"))
+        .await
+        .unwrap();
+    let mut tls = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("back").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let mut out = istio_proxy_frame(
+        "sidecar~10.244.0.99~other.default~default.svc.cluster.local",
+        "other",
+    );
+    out.extend_from_slice(b"GET /after-frame HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n");
+    tls.write_all(&out).await.unwrap();
+    let mut all = Vec::new();
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_to_end(&mut all)).await;
+    assert!(all.len() > 8 && all[..4] == [0x3d, 0x23, 0x04, 0x67]);
+    let len = u32::from_be_bytes(all[4..8].try_into().unwrap()) as usize;
+    let reply = String::from_utf8_lossy(&all[8 + len..]).to_string();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(app.requests().pop().unwrap().path, "/after-frame");
 }

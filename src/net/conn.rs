@@ -82,11 +82,27 @@ impl Conn {
                 }
                 Ok(false)
             }
-            Conn::Tls { stream, replay, .. } => {
+            Conn::Tls {
+                stream,
+                replay,
+                inbox,
+                ..
+            } => {
                 while replay.len() < prefix.len() {
                     let mut byte = [0u8; 64];
                     let want = (prefix.len() - replay.len()).min(byte.len());
-                    let n = stream.read(&mut byte[..want]).await?;
+                    // Past Istio's metadata exchange frame, when there is one.
+                    let n = match inbox {
+                        Some(i) => {
+                            let mut rb = ReadBuf::new(&mut byte[..want]);
+                            std::future::poll_fn(|cx| {
+                                i.poll_read(Pin::new(stream.as_mut()), cx, &mut rb)
+                            })
+                            .await?;
+                            rb.filled().len()
+                        }
+                        None => stream.read(&mut byte[..want]).await?,
+                    };
                     if n == 0 {
                         return Ok(false);
                     }
