@@ -99,7 +99,7 @@ pub struct Exchange {
 impl Exchange {
     pub fn new(config: &ExchangeConfig, store: &Arc<Store>) -> Self {
         Exchange {
-            frame: frame(&config.additional_labels).into(),
+            frame: shared_frame(&config.additional_labels),
             config: config.clone(),
             stats: ExchangeStats::new(store),
         }
@@ -130,6 +130,20 @@ impl Exchange {
             stats: self.stats.clone(),
         }
     }
+}
+
+/// One copy of each frame, however many clusters carry the exchange (istiod puts it on
+/// every outbound cluster).
+fn shared_frame(additional: &[String]) -> Arc<[u8]> {
+    type Made = Vec<(Vec<String>, Arc<[u8]>)>;
+    static MADE: std::sync::Mutex<Made> = std::sync::Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap();
+    if let Some((_, f)) = made.iter().find(|(k, _)| k == additional) {
+        return f.clone();
+    }
+    let f: Arc<[u8]> = frame(additional).into();
+    made.push((additional.to_vec(), f.clone()));
+    f
 }
 
 /// This node's frame: magic, length, `Any(Struct)`.

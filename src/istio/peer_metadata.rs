@@ -41,6 +41,8 @@ pub struct PeerMetadataConfig {
     upstream_propagation: Option<bool>,
     /// `additional_labels`: node labels sent besides Istio's four.
     additional_labels: Vec<String>,
+    /// Our two header values, looked up once (the traffic path takes no lock).
+    local: OnceLock<&'static (HeaderValue, HeaderValue)>,
 }
 
 /// What the request carried, for the response's propagation.
@@ -155,7 +157,8 @@ impl PeerMetadataConfig {
     }
 
     fn local(&self) -> &(HeaderValue, HeaderValue) {
-        local_headers(&self.additional_labels)
+        self.local
+            .get_or_init(|| local_headers(&self.additional_labels))
     }
 }
 
