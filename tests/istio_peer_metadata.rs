@@ -433,16 +433,15 @@ static_resources:
         BACK_ID,
         &["istio-peer-exchange", "istio"],
     ));
-    let tcp = tokio::net::TcpStream::connect(back.listener("tcp"))
-        .await
-        .unwrap();
-    let mut tls = connector
-        .connect(
-            rustls::pki_types::ServerName::try_from("back").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let connect = |listener: &str| {
+        let (addr, connector) = (back.listener(listener), connector.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("back").unwrap();
+            connector.connect(name, tcp).await.unwrap()
+        }
+    };
+    let mut tls = connect("tcp").await;
     assert_eq!(
         tls.get_ref().1.alpn_protocol(),
         Some(&b"istio-peer-exchange"[..])
@@ -485,16 +484,7 @@ static_resources:
 
     // The same on a connection manager's chain: the frame comes off before the HTTP
     // codec (and HTTP/2 detection) sees the request.
-    let tcp = tokio::net::TcpStream::connect(back.listener("http"))
-        .await
-        .unwrap();
-    let mut tls = connector
-        .connect(
-            rustls::pki_types::ServerName::try_from("back").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let mut tls = connect("http").await;
     let mut out = istio_proxy_frame(
         "sidecar~10.244.0.99~other.default~default.svc.cluster.local",
         "other",
