@@ -647,7 +647,78 @@ async fn productpage_sidecar_as_istiod_configures_it() {
     };
     wait_ready("pilotfish");
     let pilotfish_answers = traffic(&pod, &cluster, &mesh_client);
+    let scraped = pod
+        .run(|| raw_get("127.0.0.1:15090", "/stats/prometheus", &[]).unwrap_or_default())
+        .join()
+        .unwrap();
     let log = ours.stop();
+    // Istio's standard metrics (`istio.stats`) on 15090, as istio-proxy labels the
+    // same traffic (the golden node has no workload metadata: local labels are empty;
+    // the upstreams here have no sidecar: their side is `unknown`).
+    for (what, name, fragments, want) in [
+        (
+            "outbound HTTP over mTLS",
+            "istio_requests_total",
+            &[
+                "reporter=\"source\"",
+                "source_workload=\"\"",
+                "source_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-productpage\"",
+                "destination_workload=\"unknown\",destination_workload_namespace=\"default\",destination_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-reviews\"",
+                "destination_service=\"reviews.default.svc.cluster.local\"",
+                "destination_canonical_revision=\"latest\",destination_service_name=\"reviews\",destination_service_namespace=\"default\"",
+                "request_protocol=\"http\",response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\",connection_security_policy=\"unknown\"}",
+            ][..],
+            2,
+        ),
+        (
+            "inbound HTTP over mTLS",
+            "istio_requests_total",
+            &[
+                "reporter=\"destination\"",
+                "source_workload_namespace=\"default\",source_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-reviews\"",
+                "destination_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-productpage\"",
+                "destination_service=\"productpage.default.svc.cluster.local\"",
+                "connection_security_policy=\"mutual_tls\"}",
+            ][..],
+            1,
+        ),
+        (
+            "outbound HTTP outside the mesh",
+            "istio_requests_total",
+            &[
+                "reporter=\"source\"",
+                "destination_service=\"10.244.0.30:9080\"",
+                "destination_service_name=\"PassthroughCluster\"",
+            ][..],
+            1,
+        ),
+        (
+            "outbound TCP to mysqldb",
+            "istio_tcp_connections_opened_total",
+            &[
+                "reporter=\"source\"",
+                "destination_service=\"mysqldb.default.svc.cluster.local\"",
+                "request_protocol=\"tcp\",response_flags=\"-\",connection_security_policy=\"unknown\"}",
+            ][..],
+            1,
+        ),
+    ] {
+        let found: Vec<&str> = scraped
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!("{name}{{")) && fragments.iter().all(|f| l.contains(f))
+            })
+            .collect();
+        assert_eq!(
+            found
+                .iter()
+                .map(|l| l.rsplit(' ').next().unwrap())
+                .collect::<Vec<_>>(),
+            [want.to_string()],
+            "{what}: one series with {fragments:?} in\n{scraped}"
+        );
+    }
+    assert!(scraped.contains("istio_build{component=\"proxy\",tag=\"binary-1.0\"} 1\n"));
 
     // 3. Envoy, on the same bootstrap and the same (accepted) configuration, less the
     //    filters only Istio's build of Envoy has (upstream Envoy cannot load them).

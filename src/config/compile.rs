@@ -522,6 +522,10 @@ fn read_filter(
                 &format!("{path}.typed_config"),
             )?,
         )),
+        crate::istio::stats::TYPE => Ok(ReadFilter::IstioStats(crate::istio::stats::compile(
+            &proto::any_to_json(any).map_err(|e| format!("{path}: {e}"))?,
+            &format!("{path}.typed_config"),
+        )?)),
         TCP_PROXY | HCM => Err(format!(
             "{path} ({}): a terminal filter must be the chain's last",
             f.name
@@ -996,6 +1000,15 @@ fn http_filters(
                     &format!("{fpath}.typed_config"),
                 )?,
             },
+            (Some(crate::istio::stats::TYPE), Some(http_filter::ConfigType::TypedConfig(any))) => {
+                HttpFilter::IstioStats {
+                    name: f.name.clone(),
+                    config: crate::istio::stats::compile(
+                        &proto::any_to_json(any).map_err(|e| format!("{fpath}: {e}"))?,
+                        &format!("{fpath}.typed_config"),
+                    )?,
+                }
+            }
             (Some(crate::istio::alpn::TYPE), Some(http_filter::ConfigType::TypedConfig(any))) => {
                 HttpFilter::IstioAlpn {
                     name: f.name.clone(),
@@ -1296,6 +1309,7 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     Ok(ClusterConfig {
         keep_alpn: c.metadata.as_ref().is_some_and(keeps_alpn),
         istio_marks: istio_marks(c),
+        istio_service: istio_service(c).map(Arc::new),
         metadata_exchange: cluster_filters(c, path)?,
         transport,
         original_dst_header,
@@ -2189,6 +2203,19 @@ fn istio_marks(c: &Cluster) -> crate::istio::peer_metadata::ClusterMarks {
         external: c.name == "PassthroughCluster" || flag("external"),
         disable_mx: flag("disable_mx"),
     }
+}
+
+/// `filter_metadata["istio"].services[0]` (`host`, `name`, `namespace`).
+fn istio_service(c: &Cluster) -> Option<crate::istio::stats::labels::Service> {
+    let meta = c.metadata.as_ref()?.filter_metadata.get("istio")?;
+    let json = crate::istio::stats::labels::struct_json(meta);
+    let first = json["services"].get(0)?;
+    let s = |k: &str| first[k].as_str().unwrap_or_default().to_owned();
+    Some(crate::istio::stats::labels::Service {
+        host: s("host"),
+        name: s("name"),
+        namespace: s("namespace"),
+    })
 }
 
 /// `filter_metadata["istio"].alpn_override: "false"`.

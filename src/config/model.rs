@@ -184,6 +184,8 @@ pub enum ReadFilter {
     },
     /// Istio's TCP metadata exchange (`istio.metadata_exchange`).
     MetadataExchange(crate::istio::exchange::ExchangeConfig),
+    /// `istio.stats` (`stats.PluginConfig`): Istio's TCP metrics.
+    IstioStats(crate::istio::stats::StatsConfig),
 }
 
 /// `filter_chain_match`. Empty lists and `None` match anything.
@@ -354,6 +356,11 @@ pub enum HttpFilter {
     IstioAlpn {
         name: String,
         config: crate::istio::alpn::AlpnConfig,
+    },
+    /// `istio.stats` (`stats.PluginConfig`): Istio's standard metrics.
+    IstioStats {
+        name: String,
+        config: crate::istio::stats::StatsConfig,
     },
     /// `envoy.filters.http.compressor` (several may be chained, one per encoding).
     Compressor {
@@ -739,6 +746,9 @@ pub struct ClusterConfig {
     pub keep_alpn: bool,
     /// What its `istio` metadata (and name) say about the peer metadata exchange.
     pub istio_marks: crate::istio::peer_metadata::ClusterMarks,
+    /// `filter_metadata.istio.services[0]`: the service istiod made it for (Istio's
+    /// `destination_service` labels).
+    pub istio_service: Option<Arc<crate::istio::stats::labels::Service>>,
     /// `filters`: Istio's TCP metadata exchange on its connections.
     pub metadata_exchange: Option<crate::istio::exchange::ExchangeConfig>,
 }
@@ -966,6 +976,7 @@ impl Default for ClusterConfig {
             max_connection_duration: None,
             keep_alpn: false,
             istio_marks: Default::default(),
+            istio_service: None,
             metadata_exchange: None,
         }
     }

@@ -381,6 +381,21 @@ const FIELDS: &[(&str, &[&str])] = &[
         &["alpn_override"],
     ),
     (
+        "stats.PluginConfig",
+        &[
+            "disable_host_header_fallback",
+            "tcp_reporting_duration",
+            "metrics",
+            "reporter",
+            "rotation_interval",
+            "graceful_deletion_interval",
+        ],
+    ),
+    (
+        "stats.MetricConfig",
+        &["dimensions", "name", "tags_to_remove", "drop"],
+    ),
+    (
         "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig.AlpnOverride",
         &["upstream_protocol", "alpn_override"],
     ),

@@ -46,6 +46,8 @@ impl std::error::Error for DeadlineExceeded {}
 /// Per-request state a body carries: told of each data frame, dropped at the end.
 pub trait Observer: Send + 'static {
     fn data(&mut self, _bytes: usize) {}
+    /// The body's trailers, when it has some.
+    fn trailers(&mut self, _trailers: &http::HeaderMap) {}
 }
 
 impl Observer for crate::telemetry::stats::GaugeGuard {}
@@ -58,6 +60,10 @@ impl<A: Observer, B: Observer> Observer for (A, B) {
     fn data(&mut self, bytes: usize) {
         self.0.data(bytes);
         self.1.data(bytes);
+    }
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        self.0.trailers(trailers);
+        self.1.trailers(trailers);
     }
 }
 
@@ -151,6 +157,10 @@ where
                     if let Some((activity, _)) = this.idle.as_ref() {
                         activity.touch();
                     }
+                } else if let Some(t) = frame.trailers_ref()
+                    && let Some(g) = this.guard.as_mut()
+                {
+                    g.trailers(t);
                 }
             }
             Poll::Ready(_) => {}

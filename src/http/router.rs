@@ -73,6 +73,8 @@ pub struct HttpConnectionManager {
     istio_alpn: Option<crate::istio::alpn::AlpnConfig>,
     /// Istio's HTTP peer metadata exchange.
     peer_metadata: Option<crate::istio::peer_metadata::PeerMetadataConfig>,
+    /// `istio.stats`: Istio's standard metrics.
+    istio_stats: Option<crate::istio::stats::IstioStats>,
 }
 
 /// An HTTP filter (by its name in `http_filters`, which per-route configs use).
@@ -130,12 +132,15 @@ pub struct Downstream {
 }
 
 impl HttpConnectionManager {
+    /// The connection manager of a listener whose `traffic_direction` is INBOUND
+    /// (`inbound`) or not (which side Istio's stats report as).
     pub fn new(
         config: HttpConfig,
         clusters: &Arc<ClusterManager>,
         slots: &RouteSlots,
         store: &Arc<Store>,
         sinks: &Sinks,
+        inbound: bool,
     ) -> Result<Self, String> {
         let routes = RoutesHandle::new(&config.routes, slots, &config.stat_prefix, store)?;
         let access_logs = config
@@ -174,6 +179,7 @@ impl HttpConnectionManager {
                 HttpFilter::Compressor { .. }
                 | HttpFilter::GrpcStats { .. }
                 | HttpFilter::IstioAlpn { .. }
+                | HttpFilter::IstioStats { .. }
                 | HttpFilter::IstioPeerMetadata { .. } => None,
             })
             .collect();
@@ -189,6 +195,12 @@ impl HttpConnectionManager {
         });
         let peer_metadata = config.filters.iter().find_map(|f| match f {
             HttpFilter::IstioPeerMetadata { config: c, .. } => Some(c.clone()),
+            _ => None,
+        });
+        let istio_stats = config.filters.iter().find_map(|f| match f {
+            HttpFilter::IstioStats { config: c, .. } => {
+                Some(crate::istio::stats::IstioStats::new(c, inbound, store))
+            }
             _ => None,
         });
         let compressors = config
@@ -221,6 +233,7 @@ impl HttpConnectionManager {
             grpc_stats,
             istio_alpn,
             peer_metadata,
+            istio_stats,
         })
     }
 
@@ -286,7 +299,7 @@ impl HttpConnectionManager {
             h.insert(headers::X_REQUEST_ID, headers::request_id());
         }
         let grpc_call = (grpc && self.grpc_stats.is_some()).then(Arc::<grpc_stats::Call>::default);
-        if self.access_logs.is_empty() {
+        if self.access_logs.is_empty() && self.istio_stats.is_none() {
             let mut picked = Picked {
                 grpc_call: grpc_call.clone(),
                 internal,
@@ -302,8 +315,19 @@ impl HttpConnectionManager {
             return Response::from_parts(parts, body::boxed(Guarded::new(b, active, None)));
         }
 
-        // With access logs: note the request, count bytes both ways, log at the end.
+        // With access logs or Istio's stats: note the request, count bytes both ways,
+        // log and record at the end.
         let started = Instant::now();
+        let logs = !self.access_logs.is_empty();
+        let keep_headers = logs
+            || self
+                .istio_stats
+                .as_ref()
+                .is_some_and(|s| s.needs_request_headers());
+        let istio = self
+            .istio_stats
+            .as_ref()
+            .map(|_| IstioEnd::new(&req, tls.as_deref(), grpc));
         let mut record = Record {
             start: Some(SystemTime::now()),
             method: Some(req.method().to_string()),
@@ -311,7 +335,7 @@ impl HttpConnectionManager {
             authority: request_authority(&req),
             scheme: Some(if tls.is_some() { "https" } else { "http" }),
             protocol: Some(protocol_name(req.version())),
-            request_headers: Some(req.headers().clone()),
+            request_headers: keep_headers.then(|| req.headers().clone()),
             downstream_remote: Some(down.peer),
             downstream_local: Some(down.local),
             requested_server_name: tls.as_ref().and_then(|t| t.sni.clone()),
@@ -328,7 +352,7 @@ impl HttpConnectionManager {
             ..Default::default()
         };
         let mut resp = self.forward(view, down, remote, req, &mut picked).await;
-        self.finish(&picked, down, grpc, &mut resp);
+        let upstream_peer = self.finish(&picked, down, grpc, &mut resp);
         self.compress(compress, &mut resp);
         let resp = Self::count_grpc_response(&grpc_call, resp);
         record.response_code = resp.status().as_u16();
@@ -340,7 +364,9 @@ impl HttpConnectionManager {
                 .copied()
                 .unwrap_or_default(),
         );
-        record.response_headers = Some(resp.headers().clone());
+        if logs {
+            record.response_headers = Some(resp.headers().clone());
+        }
         if resp.extensions().get::<ViaUpstream>().is_some() {
             record.response_code_details = Some("via_upstream");
         } else if let Some(d) = resp.extensions().get::<request_checks::Details>() {
@@ -355,6 +381,39 @@ impl HttpConnectionManager {
             record.upstream_cluster = m.cluster().map(|c| c.name().to_owned());
             record.route_name = Some(m.route.name.clone());
         }
+        let istio = istio.map(|mut i| {
+            let stats = self
+                .istio_stats
+                .as_ref()
+                .expect("istio.stats is configured");
+            let reporter = stats.reporter();
+            i.peer = match reporter {
+                crate::istio::stats::labels::Reporter::Destination => {
+                    picked.peer_headers.peer.as_ref()
+                }
+                crate::istio::stats::labels::Reporter::Source => upstream_peer.as_ref(),
+            }
+            .and_then(|v| crate::istio::peer::Peer::from_header(v.as_bytes()));
+            if reporter == crate::istio::stats::labels::Reporter::Source {
+                // The upstream connection's identities, when it was TLS.
+                let up = resp
+                    .extensions()
+                    .get::<Arc<crate::upstream::http_pool::UpstreamIdentity>>();
+                i.peer_principal = up.and_then(|u| u.peer.clone());
+                i.local_principal = up.and_then(|u| u.local.clone());
+            }
+            if !stats.host_fallback() {
+                i.host = None;
+            }
+            i.service = picked
+                .matched
+                .as_ref()
+                .and_then(|m| m.cluster())
+                .and_then(|c| c.config.istio_service.clone());
+            i.messages = picked.grpc_call.clone();
+            i.on_response(&resp);
+            (self.clone(), i)
+        });
         let end = RequestEnd {
             _active: active,
             record,
@@ -362,6 +421,7 @@ impl HttpConnectionManager {
             received,
             sent: 0,
             logs: self.access_logs.clone(),
+            istio,
         };
         let (parts, b) = resp.into_parts();
         Response::from_parts(parts, body::boxed(Guarded::new(b, end, None)))
@@ -485,7 +545,14 @@ impl HttpConnectionManager {
     /// Everything a response gets once routing is done: the route's response header
     /// mutations (upstream responses and local replies after routing alike, as Envoy),
     /// the response-code stats and the `server` header.
-    fn finish(&self, picked: &Picked<'_>, down: Downstream, grpc: bool, resp: &mut Response<Body>) {
+    /// Returns the upstream peer's Istio metadata the response carried (taken off it).
+    fn finish(
+        &self,
+        picked: &Picked<'_>,
+        down: Downstream,
+        grpc: bool,
+        resp: &mut Response<Body>,
+    ) -> Option<HeaderValue> {
         if grpc {
             local_reply::to_grpc(resp);
         }
@@ -518,12 +585,14 @@ impl HttpConnectionManager {
                 header_mutation::apply_all(levels(), resp.headers_mut(), ctx.as_ref());
             }
         }
-        if let Some(p) = &self.peer_metadata {
-            p.on_response(resp.headers_mut(), picked.peer_headers);
-        }
+        let upstream_peer = self
+            .peer_metadata
+            .as_ref()
+            .and_then(|p| p.on_response(resp.headers_mut(), &picked.peer_headers));
         self.stats.downstream_rq.record(resp.status().as_u16());
         resp.headers_mut()
             .insert(header::SERVER, self.server_name.clone());
+        upstream_peer
     }
 
     async fn forward<'a>(
@@ -1516,7 +1585,7 @@ impl Observer for ByteCount {
 type Attempt = (GaugeGuard, crate::upstream::host::InFlight);
 
 /// Rides on the response body; when the response is done (or abandoned), writes the
-/// access log lines and releases the active-request gauge.
+/// access log lines, records Istio's stats and releases the active-request gauge.
 struct RequestEnd {
     _active: GaugeGuard,
     record: Record,
@@ -1524,11 +1593,20 @@ struct RequestEnd {
     received: Arc<AtomicU64>,
     sent: u64,
     logs: Arc<[AccessLog]>,
+    istio: Option<(Arc<HttpConnectionManager>, IstioEnd)>,
 }
 
 impl Observer for RequestEnd {
     fn data(&mut self, bytes: usize) {
         self.sent += bytes as u64;
+    }
+
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some((_, i)) = &mut self.istio
+            && let Some(s) = grpc_status_of(trailers)
+        {
+            i.grpc_status = Some(s);
+        }
     }
 }
 
@@ -1540,7 +1618,125 @@ impl Drop for RequestEnd {
         for log in self.logs.iter() {
             log.write(&self.record);
         }
+        if let Some((hcm, i)) = &self.istio
+            && let Some(stats) = &hcm.istio_stats
+        {
+            i.record(stats, &self.record);
+        }
     }
+}
+
+/// What Istio's stats need of a stream beyond the access log's record.
+struct IstioEnd {
+    /// The other workload, from its peer metadata header.
+    peer: Option<crate::istio::peer::Peer>,
+    peer_principal: Option<String>,
+    local_principal: Option<String>,
+    /// `Host` / `:authority` (Istio's destination service fallback).
+    host: Option<String>,
+    service: Option<Arc<crate::istio::stats::labels::Service>>,
+    grpc: bool,
+    grpc_status: Option<u32>,
+    /// The request's and the response's head as HTTP/1.1 text: with the bodies,
+    /// what Istio's byte histograms measure (wire bytes).
+    request_head: u64,
+    response_head: u64,
+    messages: Option<Arc<grpc_stats::Call>>,
+}
+
+impl IstioEnd {
+    fn new<B>(req: &Request<B>, tls: Option<&crate::tls::PeerInfo>, grpc: bool) -> Self {
+        let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+        IstioEnd {
+            peer: None,
+            peer_principal: tls.and_then(|t| t.uri_san.clone()),
+            local_principal: tls.and_then(|t| t.local_uri_san()),
+            host: request_authority(req),
+            service: None,
+            grpc,
+            grpc_status: None,
+            request_head: (req.method().as_str().len() + target + 12) as u64
+                + head_len(req.headers()),
+            response_head: 0,
+            messages: None,
+        }
+    }
+
+    fn on_response<B>(&mut self, resp: &Response<B>) {
+        self.response_head = 17 + head_len(resp.headers());
+        if self.grpc {
+            self.grpc_status = grpc_status_of(resp.headers());
+        }
+    }
+
+    fn record(&self, stats: &crate::istio::stats::IstioStats, r: &Record) {
+        use crate::istio::stats::{HttpEnd, attrs::Attrs, labels};
+        let code = r.response_code;
+        let facts = labels::Facts {
+            reporter: stats.reporter(),
+            peer: self.peer.as_ref(),
+            peer_principal: self.peer_principal.as_deref(),
+            local_principal: self.local_principal.as_deref(),
+            host: self.host.as_deref(),
+            route_name: r.route_name.as_deref(),
+            cluster_name: r.upstream_cluster.as_deref(),
+            service: self.service.as_deref(),
+            protocol: if self.grpc { "grpc" } else { "http" },
+            response_code: code,
+            grpc_status: if self.grpc {
+                labels::grpc_status(self.grpc_status, code)
+            } else {
+                None
+            },
+            response_flags: r.response_flags.as_deref().unwrap_or("-"),
+        };
+        let (downstream_peer, upstream_peer) = match facts.reporter {
+            labels::Reporter::Destination => (self.peer.as_ref(), None),
+            labels::Reporter::Source => (None, self.peer.as_ref()),
+        };
+        let attrs = Attrs {
+            request_headers: r.request_headers.as_ref(),
+            method: r.method.as_deref(),
+            path: r.path.as_deref(),
+            host: r.authority.as_deref(),
+            protocol: r.protocol,
+            scheme: r.scheme,
+            response_code: Some(code),
+            response_headers: r.response_headers.as_ref(),
+            source: r.downstream_remote,
+            destination: r.downstream_local,
+            upstream: r.upstream_host,
+            mtls: self.peer_principal.is_some(),
+            peer_principal: self.peer_principal.as_deref(),
+            local_principal: self.local_principal.as_deref(),
+            server_name: r.requested_server_name.as_deref(),
+            cluster_name: r.upstream_cluster.as_deref(),
+            route_name: r.route_name.as_deref(),
+            downstream_peer,
+            upstream_peer,
+            local: None,
+        };
+        let end = HttpEnd {
+            duration_ms: r.duration.as_millis() as u64,
+            request_bytes: self.request_head + r.bytes_received,
+            response_bytes: self.response_head + r.bytes_sent,
+            messages: self.messages.as_ref().map(|c| c.messages()),
+        };
+        stats.record_http(&facts, &attrs, &end);
+    }
+}
+
+/// The size of a header block as HTTP/1.1 text (`name: value\r\n` each, and the blank
+/// line).
+fn head_len(h: &http::HeaderMap) -> u64 {
+    h.iter()
+        .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+        .sum::<u64>()
+        + 2
+}
+
+fn grpc_status_of(h: &http::HeaderMap) -> Option<u32> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// The retry policy of a route without one, for an internal request whose headers ask

@@ -13,7 +13,7 @@
 //! pilotfish writes its frame as soon as the handshake is done (istio-proxy on its
 //! first read or write; the peer cannot tell). A stream that does not open with the
 //! magic is passed on untouched (`initial_header_not_found`), as istio-proxy does. The
-//! peer's identity is read and dropped: nothing consumes it until `istio.stats` lands.
+//! peer's identity goes to the inbox's [`PeerSlot`], where `istio.stats` reads it.
 //! Counters `metadata_exchange.{alpn_protocol_found,alpn_protocol_not_found,
 //! initial_header_not_found,header_not_found,metadata_added}`, one set per process.
 use std::{
@@ -26,7 +26,10 @@ use std::{
 use serde_json::Value;
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::peer_metadata::{self, Field};
+use super::{
+    peer::{self, PeerSlot},
+    peer_metadata::{self, Field},
+};
 use crate::telemetry::stats::{Counter, Store};
 
 pub const TYPE: &str = "envoy.tcp.metadataexchange.config.MetadataExchange";
@@ -128,6 +131,7 @@ impl Exchange {
             acc: Vec::new(),
             state: State::Reading,
             stats: self.stats.clone(),
+            peer: PeerSlot::default(),
         }
     }
 }
@@ -169,6 +173,8 @@ pub struct Inbox {
     acc: Vec<u8>,
     state: State,
     stats: ExchangeStats,
+    /// The peer, once its frame is read (or known absent).
+    peer: PeerSlot,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -182,6 +188,11 @@ enum State {
 }
 
 impl Inbox {
+    /// Where the peer the frame describes is left.
+    pub fn peer_slot(&self) -> PeerSlot {
+        self.peer.clone()
+    }
+
     /// Reads from `io` into `buf`, the peer's frame first taken off.
     pub fn poll_read<S: AsyncRead + ?Sized>(
         &mut self,
@@ -211,6 +222,7 @@ impl Inbox {
                         if !self.acc.is_empty() {
                             self.stats.header_not_found.inc();
                         }
+                        let _ = self.peer.set(None);
                         self.state = State::Passing;
                         continue;
                     }
@@ -226,6 +238,7 @@ impl Inbox {
         if acc.len() >= 4 && acc[..4] != MAGIC.to_be_bytes() {
             // Not a frame: the peer has no exchange; its bytes are data.
             self.stats.initial_header_not_found.inc();
+            let _ = self.peer.set(None);
             self.state = State::Passing;
             return;
         }
@@ -235,27 +248,21 @@ impl Inbox {
         let len = u32::from_be_bytes([acc[4], acc[5], acc[6], acc[7]]) as usize;
         if len > MAX_FRAME {
             self.stats.header_not_found.inc();
+            let _ = self.peer.set(None);
             self.state = State::Passing;
             return;
         }
         if acc.len() < 8 + len {
             return;
         }
-        if !is_struct_any(&acc[8..8 + len]) {
+        let found = peer::from_frame(&acc[8..8 + len]);
+        if found.is_none() {
             self.stats.header_not_found.inc();
         }
+        let _ = self.peer.set(found.map(Arc::new));
         self.acc.drain(..8 + len);
         self.state = State::Passing;
     }
-}
-
-/// Whether `bytes` is an `Any` holding a `Struct`.
-fn is_struct_any(bytes: &[u8]) -> bool {
-    use prost::Message;
-    envoy_types::pb::google::protobuf::Any::decode(bytes).is_ok_and(|a| {
-        a.type_url.ends_with("/google.protobuf.Struct")
-            && envoy_types::pb::google::protobuf::Struct::decode(a.value.as_slice()).is_ok()
-    })
 }
 
 #[cfg(test)]
@@ -305,7 +312,7 @@ mod tests {
             u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize,
             bytes.len() - 8
         );
-        assert!(is_struct_any(&bytes[8..]));
+        assert!(peer::from_frame(&bytes[8..]).is_some());
         bytes.extend_from_slice(b"hello");
         let (out, stats) = read_through(bytes).await;
         assert_eq!(out, b"hello");

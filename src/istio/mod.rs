@@ -3,7 +3,9 @@
 //! `build.rs`) and what each does.
 pub mod alpn;
 pub mod exchange;
+pub mod peer;
 pub mod peer_metadata;
+pub mod stats;
 
 #[cfg(test)]
 mod tests {

@@ -45,11 +45,13 @@ pub struct PeerMetadataConfig {
     local: OnceLock<&'static (HeaderValue, HeaderValue)>,
 }
 
-/// What the request carried, for the response's propagation.
-#[derive(Debug, Clone, Copy, Default)]
+/// What the request carried, for the response's propagation and Istio's stats.
+#[derive(Debug, Clone, Default)]
 pub struct Seen {
     id: bool,
     metadata: bool,
+    /// The downstream peer's `x-envoy-peer-metadata`.
+    pub peer: Option<HeaderValue>,
 }
 
 pub fn compile(json: &Value, path: &str) -> Result<PeerMetadataConfig, String> {
@@ -119,9 +121,11 @@ impl PeerMetadataConfig {
         if !self.downstream_discovery {
             return Seen::default();
         }
+        let peer = headers.remove(METADATA_HEADER);
         Seen {
             id: headers.remove(ID_HEADER).is_some(),
-            metadata: headers.remove(METADATA_HEADER).is_some(),
+            metadata: peer.is_some(),
+            peer,
         }
     }
 
@@ -139,11 +143,12 @@ impl PeerMetadataConfig {
     }
 
     /// On the response going downstream: the upstream peer's come off, and ours go on
-    /// for each the request carried.
-    pub fn on_response(&self, headers: &mut HeaderMap, seen: Seen) {
+    /// for each the request carried. Returns the upstream peer's metadata.
+    pub fn on_response(&self, headers: &mut HeaderMap, seen: &Seen) -> Option<HeaderValue> {
+        let mut upstream = None;
         if self.upstream_discovery {
             headers.remove(ID_HEADER);
-            headers.remove(METADATA_HEADER);
+            upstream = headers.remove(METADATA_HEADER);
         }
         if self.downstream_propagation && (seen.id || seen.metadata) {
             let (id, metadata) = self.local();
@@ -154,6 +159,7 @@ impl PeerMetadataConfig {
                 headers.insert(METADATA_HEADER, metadata.clone());
             }
         }
+        upstream
     }
 
     fn local(&self) -> &(HeaderValue, HeaderValue) {
@@ -167,6 +173,11 @@ static NODE: OnceLock<envoy_types::pb::envoy::config::core::v3::Node> = OnceLock
 
 pub fn set_local_node(node: &envoy_types::pb::envoy::config::core::v3::Node) {
     let _ = NODE.set(node.clone());
+}
+
+/// This process's node, once set.
+pub fn node() -> Option<&'static envoy_types::pb::envoy::config::core::v3::Node> {
+    NODE.get()
 }
 
 /// The header values for this node (computed once per set of additional labels).
@@ -451,7 +462,7 @@ mod tests {
         let mut resp = HeaderMap::new();
         resp.insert(ID_HEADER, HeaderValue::from_static("peer"));
         resp.insert(METADATA_HEADER, HeaderValue::from_static("x"));
-        f.on_response(&mut resp, Seen::default());
+        f.on_response(&mut resp, &Seen::default());
         assert!(resp.is_empty());
     }
 
@@ -476,7 +487,7 @@ mod tests {
             let seen = f.on_request(&mut req);
             assert!(req.is_empty());
             let mut resp = HeaderMap::new();
-            f.on_response(&mut resp, seen);
+            f.on_response(&mut resp, &seen);
             assert_eq!(
                 (
                     resp.contains_key(ID_HEADER),

@@ -51,6 +51,8 @@ pub struct Chain {
     tls: Option<(crate::tls::ServerTls, Option<Duration>)>,
     /// Istio's TCP metadata exchange, when the chain has it.
     exchange: Option<crate::istio::exchange::Exchange>,
+    /// `istio.stats` (its TCP metrics), when the chain has it.
+    istio_stats: Option<crate::istio::stats::IstioStats>,
 }
 
 #[derive(Debug)]
@@ -73,7 +75,7 @@ enum ReadFilter {
 }
 
 impl Chain {
-    fn new(c: &FilterChain, ctx: &Context, stat_name: &str) -> Result<Self, String> {
+    fn new(c: &FilterChain, ctx: &Context, stat_name: &str, inbound: bool) -> Result<Self, String> {
         let tls = match &c.tls {
             Some(t) => Some((
                 crate::tls::ServerTls::new(
@@ -98,9 +100,16 @@ impl Chain {
                     stats: crate::rbac::RbacStats::new(&ctx.store, stat_prefix, config),
                     config: config.clone(),
                 }),
-                crate::config::ReadFilter::MetadataExchange(_) => None,
+                crate::config::ReadFilter::MetadataExchange(_)
+                | crate::config::ReadFilter::IstioStats(_) => None,
             })
             .collect();
+        let istio_stats = c.read_filters.iter().find_map(|r| match r {
+            crate::config::ReadFilter::IstioStats(s) => {
+                Some(crate::istio::stats::IstioStats::new(s, inbound, &ctx.store))
+            }
+            _ => None,
+        });
         let exchange = c.read_filters.iter().find_map(|r| match r {
             crate::config::ReadFilter::MetadataExchange(x) => {
                 Some(crate::istio::exchange::Exchange::new(x, &ctx.store))
@@ -109,8 +118,9 @@ impl Chain {
         });
         Ok(Chain {
             exchange,
+            istio_stats,
             read,
-            terminal: Filter::new(&c.filter, ctx)?,
+            terminal: Filter::new(&c.filter, ctx, inbound)?,
             tls,
         })
     }
@@ -140,7 +150,7 @@ impl Chain {
 }
 
 impl Filter {
-    fn new(config: &NetworkFilter, ctx: &Context) -> Result<Self, String> {
+    fn new(config: &NetworkFilter, ctx: &Context, inbound: bool) -> Result<Self, String> {
         Ok(match config {
             NetworkFilter::TcpProxy(t) => {
                 Filter::Tcp(TcpProxy::new(t, &ctx.clusters, &ctx.store, &ctx.sinks)?)
@@ -151,6 +161,7 @@ impl Filter {
                 &ctx.routes,
                 &ctx.store,
                 &ctx.sinks,
+                inbound,
             )?)),
         })
     }
@@ -185,7 +196,7 @@ pub struct Listener {
 impl Listener {
     pub fn new(config: ListenerConfig, ctx: &Context) -> Result<Self, String> {
         let chain = |c: &FilterChain, what: String| {
-            Chain::new(c, ctx, &config.stat_name)
+            Chain::new(c, ctx, &config.stat_name, config.inbound)
                 .map_err(|e| format!("listener '{}' {what}: {e}", config.name))
         };
         let chains = config
@@ -381,7 +392,16 @@ impl Listener {
             return;
         }
         match &chain.terminal {
-            Filter::Tcp(t) => t.handle(stream, peer, dst, facts.server_name).await,
+            Filter::Tcp(t) => {
+                t.handle(
+                    stream,
+                    peer,
+                    dst,
+                    facts.server_name,
+                    chain.istio_stats.as_ref(),
+                )
+                .await
+            }
             Filter::Http(h) => {
                 server::serve(stream, h.clone(), Downstream { peer, local: dst }, drain).await
             }

@@ -54,6 +54,15 @@ impl Conn {
         Ok(())
     }
 
+    /// What Istio's TCP metadata exchange learns of the peer; `None` when the
+    /// connection does not exchange.
+    pub fn peer_slot(&self) -> Option<crate::istio::peer::PeerSlot> {
+        match self {
+            Conn::Tls { inbox: Some(i), .. } => Some(i.peer_slot()),
+            _ => None,
+        }
+    }
+
     pub fn set_nodelay(&self) {
         let s = match self {
             Conn::Plain(s) => s,

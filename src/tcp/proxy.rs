@@ -12,6 +12,7 @@ use super::copy;
 use crate::{
     config::TcpProxyConfig,
     http::idle::Activity,
+    istio::stats::{IstioStats, TcpConn, labels::Reporter},
     net::conn::Conn,
     telemetry::{
         access_log::{AccessLog, Record, Sinks},
@@ -67,16 +68,32 @@ impl TcpProxy {
         })
     }
 
-    /// Proxies one downstream connection whose (original) destination is `dst`.
+    /// Proxies one downstream connection whose (original) destination is `dst`, with
+    /// Istio's TCP metrics when the chain has `istio.stats`.
     pub async fn handle(
         &self,
         down: Conn,
         peer: SocketAddr,
         dst: SocketAddr,
         server_name: Option<String>,
+        istio: Option<&IstioStats>,
     ) {
         self.stats.downstream_cx_total.inc();
         let started = Instant::now();
+        let mut istio = istio.map(|s| {
+            let mut c = TcpConn::new(s);
+            c.source = Some(peer);
+            c.destination = Some(dst);
+            c.server_name = server_name.clone();
+            if c.reporter() == Reporter::Destination {
+                c.slot = down.peer_slot();
+                if let Some(t) = down.tls() {
+                    c.peer_principal = t.uri_san.clone();
+                    c.local_principal = t.local_uri_san();
+                }
+            }
+            c
+        });
         let mut record = Record {
             start: Some(SystemTime::now()),
             downstream_remote: Some(peer),
@@ -85,7 +102,16 @@ impl TcpProxy {
             tls: down.tls().cloned(),
             ..Default::default()
         };
-        self.proxy(down, dst, started, &mut record).await;
+        self.proxy(down, dst, started, &mut record, istio.as_mut())
+            .await;
+        if let Some(i) = &mut istio {
+            // Bytes from the downstream are the ones sent upstream, and back.
+            i.close(
+                record.response_flags.as_deref().unwrap_or("-"),
+                record.bytes_sent,
+                record.bytes_received,
+            );
+        }
         if !self.access_logs.is_empty() {
             record.duration = started.elapsed();
             for log in &self.access_logs {
@@ -94,13 +120,24 @@ impl TcpProxy {
         }
     }
 
-    async fn proxy(&self, down: Conn, dst: SocketAddr, started: Instant, record: &mut Record) {
+    async fn proxy(
+        &self,
+        down: Conn,
+        dst: SocketAddr,
+        started: Instant,
+        record: &mut Record,
+        mut istio: Option<&mut TcpConn<'_>>,
+    ) {
         let Some(cluster) = self.clusters.get(&self.cluster) else {
             self.stats.downstream_cx_no_route.inc();
             record.response_flags = Some("NC".into());
             return;
         };
         record.upstream_cluster = Some(cluster.name().to_owned());
+        if let Some(i) = istio.as_deref_mut() {
+            i.cluster_name = Some(cluster.name().to_owned());
+            i.service = cluster.config.istio_service.clone();
+        }
         // Envoy hashes the client's IP as text with xxHash64, as for HTTP.
         let hash = self.hash_source_ip.then(|| {
             let ip = record
@@ -141,6 +178,17 @@ impl TcpProxy {
         };
         cluster.report(&host, Outcome::ConnectedFinal);
         record.upstream_local = up.local_addr();
+        if let Some(i) = istio.as_deref_mut() {
+            i.upstream = Some(host.addr);
+            if i.reporter() == Reporter::Source
+                && let Upstream::Tls(t) = &up
+            {
+                // The cluster's exchange writes to the upstream connection.
+                i.slot = t.peer_slot();
+                i.peer_principal = t.peer_uri_san();
+                i.local_principal = t.local_uri_san();
+            }
+        }
         let _active = GaugeGuard::new(&cs.upstream_cx_active);
         down.set_nodelay();
         let moved = copy::Moved::new(self.idle_timeout.map(Activity::new));
@@ -158,10 +206,25 @@ impl TcpProxy {
                 None => std::future::pending().await,
             }
         };
+        // Istio's periodic TCP report (never ends).
+        let reporting = async {
+            match istio.as_deref_mut() {
+                Some(i) if let Some(period) = i.period() => {
+                    let mut next = tokio::time::interval_at(started + period, period);
+                    loop {
+                        next.tick().await;
+                        let (to_up, to_down) = moved.totals();
+                        i.tick(to_down, to_up);
+                    }
+                }
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = copy_both(down, up, &moved) => {}
             () = idle => self.stats.idle_timeout.inc(),
             () = lifetime => self.stats.max_downstream_connection_duration.inc(),
+            () = reporting => {}
         }
         let (sent, received) = moved.totals();
         self.stats.downstream_cx_rx_bytes_total.add(sent);

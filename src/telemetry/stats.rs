@@ -135,6 +135,19 @@ impl Histogram {
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// Records a value in the histogram's own unit (bytes, whole milliseconds).
+    pub fn record_value(&self, v: u64) {
+        let bounds = self.bounds();
+        let i = bounds
+            .iter()
+            .position(|b| v as f64 <= *b)
+            .unwrap_or(bounds.len());
+        self.0.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.0
+            .sum_us
+            .fetch_add(v.saturating_mul(1000), Ordering::Relaxed);
+    }
+
     pub fn count(&self) -> u64 {
         self.0
             .counts
@@ -330,6 +343,41 @@ impl Store {
         }
     }
 
+    /// A counter whose labels are given, whatever the `stats_tags` would extract from
+    /// its flat name (Envoy's stats made with explicit tags, as Istio's are).
+    pub fn counter_with_tags(&self, flat: String, prom: &str, labels: &[(&str, &str)]) -> Counter {
+        match self.register_as(flat, prom, labels, true, || {
+            Value::Counter(Counter::default())
+        }) {
+            Value::Counter(c) => c,
+            _ => Counter::default(),
+        }
+    }
+
+    /// A gauge whose labels are given (see [`Store::counter_with_tags`]).
+    pub fn gauge_with_tags(&self, flat: String, prom: &str, labels: &[(&str, &str)]) -> Gauge {
+        match self.register_as(flat, prom, labels, true, || Value::Gauge(Gauge::default())) {
+            Value::Gauge(g) => g,
+            _ => Gauge::default(),
+        }
+    }
+
+    /// A histogram whose labels are given (see [`Store::counter_with_tags`]).
+    pub fn histogram_with_tags(
+        &self,
+        flat: String,
+        prom: &str,
+        labels: &[(&str, &str)],
+    ) -> Histogram {
+        let bounds = self.naming.buckets_for(&flat);
+        match self.register_as(flat, prom, labels, true, || {
+            Value::Histogram(Histogram::with_bounds(bounds))
+        }) {
+            Value::Histogram(h) => h,
+            _ => Histogram::default(),
+        }
+    }
+
     /// The stat named `flat`, made by `make` if new. A name the `stats_matcher` rejects
     /// gets a handle of its own that nothing lists, as Envoy's null stats.
     fn register(
@@ -337,6 +385,18 @@ impl Store {
         flat: String,
         prom: &str,
         labels: &[(&str, &str)],
+        make: impl FnOnce() -> Value,
+    ) -> Value {
+        self.register_as(flat, prom, labels, false, make)
+    }
+
+    /// [`Store::register`]; with `explicit`, the labels given are kept.
+    fn register_as(
+        &self,
+        flat: String,
+        prom: &str,
+        labels: &[(&str, &str)],
+        explicit: bool,
         make: impl FnOnce() -> Value,
     ) -> Value {
         if !self.naming.accepts(&flat) {
@@ -348,7 +408,7 @@ impl Store {
         }
         let v = make();
         let handle = v.handle();
-        match self.naming.prometheus(&flat) {
+        match self.naming.prometheus(&flat).filter(|_| !explicit) {
             Some((prom, labels)) => {
                 let labels: Vec<(&str, &str)> = labels
                     .iter()

@@ -475,6 +475,8 @@ pub struct ClientTls {
     overridden: std::sync::OnceLock<Box<[std::sync::OnceLock<Arc<ClientConfig>>]>>,
     sni: Option<ServerName<'static>>,
     secrets: Secrets,
+    /// The certificate presented, for the connection's local identity.
+    cert: Option<Arc<Certificate>>,
     pub stats: TlsStats,
 }
 
@@ -497,8 +499,9 @@ impl ClientTls {
                 algs: provider.signature_verification_algorithms,
                 mandatory: true,
             }));
-        let mut config = match cert {
-            Some(c) => builder.with_client_cert_resolver(Arc::new(c)),
+        let cert = cert.map(Arc::new);
+        let mut config = match &cert {
+            Some(c) => builder.with_client_cert_resolver(c.clone()),
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = ctx.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
@@ -520,6 +523,7 @@ impl ClientTls {
             overridden: Default::default(),
             sni,
             secrets: slots,
+            cert,
             stats: TlsStats::new(store, scope),
         })
     }
@@ -561,6 +565,7 @@ impl ClientTls {
                     inner: s,
                     connection_error: self.stats.connection_error.clone(),
                     inbox: None,
+                    local: self.cert.as_ref().and_then(|c| c.get()),
                 })
             }
             Err(e) => {
@@ -580,6 +585,8 @@ pub struct ClientStream {
     connection_error: Counter,
     /// Istio's metadata exchange: takes the peer's frame off the stream.
     inbox: Option<Box<crate::istio::exchange::Inbox>>,
+    /// The certificate this side had to present.
+    local: Option<Arc<CertifiedKey>>,
 }
 
 impl ClientStream {
@@ -594,6 +601,24 @@ impl ClientStream {
         self.inner.flush().await?;
         self.inbox = Some(Box::new(x.inbox()));
         Ok(())
+    }
+
+    /// What Istio's TCP metadata exchange learns of the peer; `None` when the
+    /// connection does not exchange.
+    pub fn peer_slot(&self) -> Option<crate::istio::peer::PeerSlot> {
+        self.inbox.as_ref().map(|i| i.peer_slot())
+    }
+
+    /// The server certificate's first URI SAN (its SPIFFE identity).
+    pub fn peer_uri_san(&self) -> Option<String> {
+        let cert = self.inner.get_ref().1.peer_certificates()?.first()?;
+        super::certs::uri_san(cert)
+    }
+
+    /// The first URI SAN of the certificate this side presented.
+    pub fn local_uri_san(&self) -> Option<String> {
+        let cert = self.local.as_ref()?.cert.first()?;
+        super::certs::uri_san(cert)
     }
 
     pub fn get_ref(&self) -> (&tokio::net::TcpStream, &rustls::ClientConnection) {

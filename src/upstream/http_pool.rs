@@ -92,6 +92,7 @@ impl HostPool {
 #[derive(Debug)]
 struct H2Conn {
     sender: http2::SendRequest<Body>,
+    identity: Identity,
     /// Streams it has carried.
     served: u32,
     idle: Option<Arc<ConnIdle>>,
@@ -119,10 +120,31 @@ impl Drop for OpenStream {
     }
 }
 
+/// The identities of an upstream TLS connection (each certificate's first URI SAN),
+/// carried on each response it brings (Istio's stats label the peer with them).
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamIdentity {
+    pub peer: Option<String>,
+    pub local: Option<String>,
+}
+
+type Identity = Option<Arc<UpstreamIdentity>>;
+
+fn identity(stream: &super::connect::Upstream) -> Identity {
+    match stream {
+        super::connect::Upstream::Tls(t) => Some(Arc::new(UpstreamIdentity {
+            peer: t.peer_uri_san(),
+            local: t.local_uri_san(),
+        })),
+        _ => None,
+    }
+}
+
 /// An idle HTTP/1.1 connection in the pool.
 #[derive(Debug)]
 struct Pooled {
     sender: http1::SendRequest<Body>,
+    identity: Identity,
     /// The pool it belongs to (its `istio.alpn` override's index, 0 for none).
     alpn: u8,
     /// Requests it has carried.
@@ -292,6 +314,7 @@ async fn send_h1(
             let idle = host.pool_for(id).mine().h1_idle.lock().unwrap().pop();
             let Some(Pooled {
                 mut sender,
+                identity,
                 served,
                 idle,
                 expires,
@@ -313,6 +336,7 @@ async fn send_h1(
                         host.clone(),
                         Pooled {
                             sender,
+                            identity,
                             alpn: id,
                             served,
                             idle,
@@ -330,6 +354,7 @@ async fn send_h1(
                 Ok(resp) => {
                     let conn = Pooled {
                         sender,
+                        identity,
                         alpn: id,
                         served: served + 1,
                         idle,
@@ -348,7 +373,7 @@ async fn send_h1(
             pending = Some(Pending::acquire(cluster)?);
         }
         if let Some(slot) = ConnSlot::acquire(cluster, host, id, true) {
-            let (mut sender, conn) = open_h1(cluster, host, alpn).await?;
+            let (mut sender, conn, identity) = open_h1(cluster, host, alpn).await?;
             let idle = cluster.config.idle_timeout.map(ConnIdle::new);
             let expires = expiry(cluster);
             run_connection(cluster, conn, idle.clone(), slot, expires);
@@ -361,6 +386,7 @@ async fn send_h1(
             let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
             let conn = Pooled {
                 sender,
+                identity,
                 alpn: id,
                 served: 1,
                 idle,
@@ -431,6 +457,10 @@ fn pooled(
     busy: Option<Busy>,
     rq: Slot,
 ) -> Response<PooledBody> {
+    let mut resp = resp;
+    if let Some(i) = &conn.identity {
+        resp.extensions_mut().insert(i.clone());
+    }
     let back = max
         .is_none_or(|m| conn.served < m)
         .then(|| (host.clone(), conn));
@@ -535,7 +565,7 @@ pub async fn send_upgrade(
         worker: workers::current() % host.pool.all().len(),
         h1: false,
     };
-    let (mut sender, conn) = open_h1(cluster, host, alpn.as_ref()).await?;
+    let (mut sender, conn, _) = open_h1(cluster, host, alpn.as_ref()).await?;
     // A tunnel's connection has no idle timeout here (the tunnel has its own life).
     run_connection(cluster, conn.with_upgrades(), None, slot, None);
     drop(pending);
@@ -560,15 +590,18 @@ async fn open_h1(
     (
         http1::SendRequest<Body>,
         http1::Connection<TokioIo<super::connect::Upstream>, Body>,
+        Identity,
     ),
     SendError,
 > {
     let stream = connect_alpn(cluster, host, alpn)
         .await
         .map_err(SendError::Connect)?;
-    http1::handshake(TokioIo::new(stream))
+    let id = identity(&stream);
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(SendError::Reset)
+        .map_err(SendError::Reset)?;
+    Ok((sender, conn, id))
 }
 
 async fn send_h2(
@@ -578,7 +611,7 @@ async fn send_h2(
     alpn: Option<&Override>,
 ) -> Result<(Response<Incoming>, Option<Busy>, Slot, OpenStream), SendError> {
     let id = index(alpn);
-    let (mut sender, idle, stream) = match live_h2(cluster, host, id) {
+    let (mut sender, idle, stream, identity) = match live_h2(cluster, host, id) {
         Some(s) => s,
         None => {
             // Pending while the connection is made (or while another request makes it).
@@ -602,11 +635,19 @@ async fn send_h2(
     let rq = request_slot(cluster)?;
     count_request(cluster, &req);
     let busy = idle.as_ref().map(ConnIdle::busy);
-    let resp = sender.send_request(req).await.map_err(SendError::Reset)?;
+    let mut resp = sender.send_request(req).await.map_err(SendError::Reset)?;
+    if let Some(i) = identity {
+        resp.extensions_mut().insert(i);
+    }
     Ok((resp, busy, rq, stream))
 }
 
-type H2Pick = (http2::SendRequest<Body>, Option<Arc<ConnIdle>>, OpenStream);
+type H2Pick = (
+    http2::SendRequest<Body>,
+    Option<Arc<ConnIdle>>,
+    OpenStream,
+    Identity,
+);
 
 /// A new connection: within `max_connections`, or the worker's first to the host.
 fn h2_slot(cluster: &Cluster, host: &Arc<Host>, alpn: u8) -> Option<ConnSlot> {
@@ -645,6 +686,7 @@ async fn open_h2(
     let stream = connect_alpn(cluster, host, alpn)
         .await
         .map_err(SendError::Connect)?;
+    let identity = identity(&stream);
     let (stream, peer) = Watched::new(stream);
     let opts = &cluster.config.h2;
     let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -682,6 +724,7 @@ async fn open_h2(
             .unwrap()
             .push(H2Conn {
                 sender: sender.clone(),
+                identity: identity.clone(),
                 served: 1,
                 idle: idle.clone(),
                 active,
@@ -689,7 +732,7 @@ async fn open_h2(
                 expires,
             });
     }
-    Ok((sender, idle, open))
+    Ok((sender, idle, open, identity))
 }
 
 /// A stream on the first of the worker's HTTP/2 connections to `host` with room for
@@ -710,6 +753,7 @@ fn live_h2(cluster: &Cluster, host: &Host, alpn: u8) -> Option<H2Pick> {
         conn.sender.clone(),
         conn.idle.clone(),
         OpenStream::new(&conn.active),
+        conn.identity.clone(),
     );
     if max_requests.is_some_and(|m| conn.served >= m) {
         conns.remove(i);
@@ -729,6 +773,7 @@ fn least_busy_h2(host: &Host, alpn: u8) -> Option<H2Pick> {
         conn.sender.clone(),
         conn.idle.clone(),
         OpenStream::new(&conn.active),
+        conn.identity.clone(),
     ))
 }
 
@@ -760,6 +805,7 @@ mod tests {
     fn pooled_conn(sender: http1::SendRequest<Body>) -> Pooled {
         Pooled {
             sender,
+            identity: None,
             alpn: 0,
             served: 1,
             idle: None,

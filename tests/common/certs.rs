@@ -83,6 +83,40 @@ impl Leaf {
     }
 }
 
+/// Istio's mutual TLS as a file-based transport socket, in one line of YAML flow
+/// (`transport_socket: {…}`) that fits at any indentation: a server's
+/// (`DownstreamTlsContext`, client certificate required) or, with the SAN the server
+/// must present, a client's (`UpstreamTlsContext`).
+pub fn mtls_socket(
+    (cert, key): &(PathBuf, PathBuf),
+    ca: &Path,
+    alpn: &[&str],
+    server_san: Option<&str>,
+) -> String {
+    let files = format!(
+        "tls_certificates: [{{ certificate_chain: {{ filename: {:?} }}, private_key: {{ filename: {:?} }} }}]",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let alpn = alpn.join(", ");
+    let (ty, require, san) = match server_san {
+        None => (
+            "DownstreamTlsContext",
+            "require_client_certificate: true, ",
+            String::new(),
+        ),
+        Some(s) => (
+            "UpstreamTlsContext",
+            "",
+            format!(", match_subject_alt_names: [{{ exact: {s:?} }}]"),
+        ),
+    };
+    format!(
+        "transport_socket: {{ name: envoy.transport_sockets.tls, typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{ty}, {require}common_tls_context: {{ alpn_protocols: [{alpn}], {files}, validation_context: {{ trusted_ca: {{ filename: {:?} }}{san} }} }} }} }}",
+        ca.display().to_string()
+    )
+}
+
 /// Writes a CA bundle; returns its path.
 pub fn write_ca(dir: &Path, name: &str, pem: &str) -> PathBuf {
     let p = dir.join(format!("{name}.pem"));

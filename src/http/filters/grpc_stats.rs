@@ -120,6 +120,9 @@ impl Counters {
 pub struct Call {
     counters: OnceLock<Arc<Counters>>,
     early_requests: AtomicU64,
+    /// Messages each way so far (Istio's `istio_*_messages_total` read them).
+    requests: AtomicU64,
+    responses: AtomicU64,
 }
 
 impl GrpcStats {
@@ -182,7 +185,16 @@ impl GrpcStats {
 }
 
 impl Call {
+    /// Request and response messages so far.
+    pub fn messages(&self) -> (u64, u64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.responses.load(Ordering::Relaxed),
+        )
+    }
+
     fn count_requests(&self, n: u64) {
+        self.requests.fetch_add(n, Ordering::Relaxed);
         match self.counters.get() {
             Some(c) => c.requests(n),
             None => {
@@ -214,7 +226,10 @@ pub fn response(call: Arc<Call>, headers: &HeaderMap, body: Body) -> Body {
     }
     let on_messages = {
         let c = counters.clone();
-        Box::new(move |n| c.responses(n))
+        Box::new(move |n| {
+            call.responses.fetch_add(n, Ordering::Relaxed);
+            c.responses(n)
+        })
     };
     boxed(Framed {
         inner: body,
