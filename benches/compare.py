@@ -165,12 +165,59 @@ def mtls_pki(tmp):
            "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
 
 
-def mtls_bootstraps(tmp):
+# Istio's default access log line (meshConfig.accessLogFile with the default format).
+ISTIO_LOG_FORMAT = ('[%START_TIME%] \\"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\\" '
+                    '%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% '
+                    '\\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
+                    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \\"%REQ(X-FORWARDED-FOR)%\\" \\"%REQ(USER-AGENT)%\\" '
+                    '\\"%REQ(X-REQUEST-ID)%\\" \\"%REQ(:AUTHORITY)%\\" \\"%UPSTREAM_HOST%\\" %UPSTREAM_CLUSTER% '
+                    '%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% '
+                    '%REQUESTED_SERVER_NAME% %ROUTE_NAME%\\n')
+
+
+def istio_node(workload):
+    """A node as Istio's injector describes a workload (what istio.stats labels with)."""
+    return f"""node:
+  id: sidecar~127.0.0.1~{workload}-v1-abc.default~default.svc.cluster.local
+  cluster: {workload}.default
+  metadata:
+    NAMESPACE: default
+    WORKLOAD_NAME: {workload}-v1
+    CLUSTER_ID: Kubernetes
+    ISTIO_VERSION: 1.30.3
+    LABELS: {{ app: {workload}, version: v1, service.istio.io/canonical-name: {workload}, service.istio.io/canonical-revision: v1 }}
+"""
+
+
+def mtls_bootstraps(tmp, telemetry=None):
     """(front, back): istiod's UpstreamTlsContext on the front's cluster, its inbound
-    DownstreamTlsContext on the back's listener, certificates from files."""
+    DownstreamTlsContext on the back's listener, certificates from files. With
+    `telemetry="istio"` both connection managers also carry istiod's peer metadata
+    exchange and `istio.stats` and log every request in Istio's default format (to
+    /dev/null); with `"envoy"` only the access log (upstream Envoy has no Istio filter)."""
     f = lambda n: os.path.join(tmp, n)
     common = ("tls_params: { tls_minimum_protocol_version: TLSv1_2, tls_maximum_protocol_version: TLSv1_3 }")
     router = '{ name: envoy.filters.http.router, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }'
+    mx = {
+        "outbound": "{ upstream_discovery: [{ istio_headers: {} }], upstream_propagation: [{ istio_headers: { skip_external_clusters: true } }] }",
+        "inbound": "{ downstream_discovery: [{ istio_headers: {} }], downstream_propagation: [{ istio_headers: {} }] }",
+    }
+
+    def filters(prefix):
+        if telemetry != "istio":
+            return router
+        return (f'{{ name: istio.metadata_exchange, typed_config: {{ "@type": type.googleapis.com/udpa.type.v1.TypedStruct, '
+                f'type_url: type.googleapis.com/io.istio.http.peer_metadata.Config, value: {mx[prefix]} }} }}, '
+                f'{{ name: istio.stats, typed_config: {{ "@type": type.googleapis.com/stats.PluginConfig'
+                f'{", disable_host_header_fallback: true" if prefix == "inbound" else ""} }} }}, {router}')
+
+    def log():
+        if telemetry is None:
+            return ""
+        return ('          access_log: [{ name: envoy.access_loggers.file, typed_config: { "@type": '
+                'type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: /dev/null, '
+                f'log_format: {{ text_format_source: {{ inline_string: "{ISTIO_LOG_FORMAT}" }} }} }} }}]\n')
+
     hcm = lambda prefix, cluster: f"""      - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
@@ -178,14 +225,16 @@ def mtls_bootstraps(tmp):
           route_config:
             virtual_hosts:
             - {{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: {cluster} }} }}] }}
-          http_filters: [{router}]
-"""
-    front = f"""admin:
+          http_filters: [{filters(prefix)}]
+{log()}"""
+    node = lambda w: istio_node(w) if telemetry else ""
+    front = f"""{node("front")}admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ADMIN} }} }}
 static_resources:
   listeners:
   - name: outbound
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: {PROXY_MTLS} }} }}
+    traffic_direction: OUTBOUND
     filter_chains:
     - filters:
 {hcm("outbound", "mesh")}  clusters:
@@ -193,6 +242,7 @@ static_resources:
     connect_timeout: 1s
     lb_policy: LEAST_REQUEST
 {OPEN_CB}    load_assignment: {{ cluster_name: mesh, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {BACK_MTLS} }} }} }} }}] }}] }}
+    metadata: {{ filter_metadata: {{ istio: {{ services: [{{ host: back.default.svc.cluster.local, name: back, namespace: default }}] }} }} }}
     transport_socket:
       name: envoy.transport_sockets.tls
       typed_config:
@@ -206,12 +256,13 @@ static_resources:
             trusted_ca: {{ filename: "{f('ca.pem')}" }}
             match_subject_alt_names: [{{ exact: "{SPIFFE}back" }}]
 """
-    back = f"""admin:
+    back = f"""{node("back")}admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {BACK_ADMIN} }} }}
 static_resources:
   listeners:
   - name: inbound
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: {BACK_MTLS} }} }}
+    traffic_direction: INBOUND
     filter_chains:
     - transport_socket:
         name: envoy.transport_sockets.tls
@@ -228,7 +279,8 @@ static_resources:
       filters:
 {hcm("inbound", "app")}  clusters:
 {cluster("app", UPSTREAM_HTTP + 1)}"""
-    paths = (f("mtls-front.yaml"), f("mtls-back.yaml"))
+    name = f"-{telemetry}" if telemetry else ""
+    paths = (f(f"mtls-front{name}.yaml"), f(f"mtls-back{name}.yaml"))
     for path, text in zip(paths, (front, back)):
         with open(path, "w") as fh:
             fh.write(text)
@@ -270,6 +322,74 @@ def mtls_round(summary_add, target, seconds, tmp, paths):
     finally:
         front.stop()
         back.stop()
+
+
+def telemetry_round(summary_add, target, seconds, tmp):
+    """Both sidecars over mTLS with telemetry off, then on (pilotfish: Istio's stats,
+    peer metadata exchange and access log; Envoy: the access log, its own stats being
+    always on), one worker each."""
+    for mode in ("off", "on"):
+        telemetry = None if mode == "off" else ("istio" if target == "pilotfish" else "envoy")
+        front_cfg, back_cfg = mtls_bootstraps(tmp, telemetry)
+        back = start_proxy(target, 1, back_cfg, admin=BACK_ADMIN)
+        front = start_proxy(target, 1, front_cfg)
+        try:
+            both = lambda: tuple(map(sum, zip(front.cpu_split(), back.cpu_split())))
+            wrk(PROXY_MTLS, 2)
+            summary_add(f"rps_h1_tel_{mode}", target, 1, wrk(PROXY_MTLS, seconds)[0])
+            split0 = both()
+            lat = oha_fixed_rate(PROXY_MTLS, seconds)
+            split1 = both()
+            summary_add(f"cpu_per_1k_tel_{mode}", target, 1, (sum(split1) - sum(split0)) / (lat["requests"] / 1000))
+            summary_add(f"lat_p99_tel_{mode}", target, 1, lat["p99"])
+            if telemetry == "istio":
+                # The series exist: the scrape shows what was measured.
+                with urllib.request.urlopen(f"http://127.0.0.1:{BACK_ADMIN}/stats/prometheus", timeout=10) as r:
+                    assert b'istio_requests_total{reporter="destination",source_workload="front-v1"' in r.read()
+        finally:
+            front.stop()
+            back.stop()
+
+
+def rerun_section(a, meta_key, stale, each_round):
+    """Reruns one section's rounds (`each_round(add, round)`, nginx up) and merges them
+    into the last full run's results, dropping its samples whose key `stale` matches;
+    the rest of docs/benchmarks.md keeps that run's figures (each section says which
+    commit it is)."""
+    results = os.path.join(ROOT, "target/bench/results.json")
+    with open(results) as f:
+        saved = json.load(f)
+    samples = {k: v for k, v in saved["samples"].items() if not stale(k)}
+
+    def add(scn, target, conc, value):
+        samples.setdefault(f"{scn}|{target}|{conc}", []).append(value)
+
+    nginx = Proc(["nginx", "-c", os.path.join(a.tmp, "nginx.conf")])
+    wait_port(UPSTREAM_HTTP)
+    try:
+        for r in range(a.runs):
+            each_round(add, r)
+    finally:
+        nginx.stop()
+    meta = saved["meta"]
+    meta[meta_key] = machine_meta(a)
+    summary = {k: median_range(v) for k, v in samples.items()}
+    with open(results, "w") as f:
+        json.dump({"meta": meta, "summary": summary, "samples": samples}, f, indent=1)
+    concurrencies = [int(c) for c in a.concurrency.split(",")]
+    if a.no_docs:
+        print(render(summary, meta, concurrencies, [int(x) for x in a.clusters.split(",")]))
+    else:
+        write_docs(summary, meta, concurrencies, [int(x) for x in a.clusters.split(",")])
+
+
+def telemetry_only(a, tmp):
+    """The telemetry rounds alone."""
+    def each_round(add, r):
+        for target in (["pilotfish", "envoy"] if r % 2 == 0 else ["envoy", "pilotfish"]):
+            print(f"telemetry round {r + 1}/{a.runs}: {target}", file=sys.stderr)
+            telemetry_round(add, target, a.seconds, tmp)
+    rerun_section(a, "telemetry", lambda k: "_tel_" in k, each_round)
 
 
 def wait_port(port, timeout=60):
@@ -382,6 +502,8 @@ def main():
     ap.add_argument("--render", metavar="RESULTS_JSON", help="only rewrite docs/ from an earlier run's results")
     ap.add_argument("--mtls-only", action="store_true",
                     help="run only the mutual-TLS figures and merge them into target/bench/results.json")
+    ap.add_argument("--telemetry-only", action="store_true",
+                    help="run only the telemetry on/off figures and merge them into target/bench/results.json")
     a = ap.parse_args()
     concurrencies = [int(c) for c in a.concurrency.split(",")]
     if a.render:
@@ -390,12 +512,15 @@ def main():
         write_docs(saved["summary"], saved["meta"], concurrencies, [int(x) for x in a.clusters.split(",")])
         return
     tmp = tempfile.mkdtemp(prefix="pilotfish-bench-")
+    a.tmp = tmp
     with open(os.path.join(tmp, "nginx.conf"), "w") as f:
         f.write(NGINX_CONF.replace("{dir}", tmp))
     mtls_pki(tmp)
     mtls_paths = mtls_bootstraps(tmp)
     if a.mtls_only:
-        return mtls_only(a, tmp, mtls_paths, concurrencies)
+        return mtls_only(a, tmp, mtls_paths)
+    if a.telemetry_only:
+        return telemetry_only(a, tmp)
     cfg = os.path.join(tmp, "bootstrap.yaml")
     with open(cfg, "w") as f:
         f.write(bootstrap())
@@ -470,6 +595,7 @@ def main():
                     if conc == concurrencies[0]:
                         if proxy:
                             mtls_round(add, target, a.seconds, tmp, mtls_paths)
+                            telemetry_round(add, target, a.seconds, tmp)
                         else:
                             add("lat_p50_mtls", "direct", 0, lat["p50"])
                             add("lat_p99_mtls", "direct", 0, lat["p99"])
@@ -499,39 +625,16 @@ def main():
         write_docs(summary, meta, concurrencies, [int(x) for x in a.clusters.split(",")])
 
 
-def mtls_only(a, tmp, paths, concurrencies):
-    """The mutual-TLS rounds alone, merged into the last full run's results (the rest of
-    docs/benchmarks.md keeps that run's figures; the section says which commit each is)."""
-    results = os.path.join(ROOT, "target/bench/results.json")
-    with open(results) as f:
-        saved = json.load(f)
-    samples = {k: v for k, v in saved["samples"].items()
-               if "_mtls|" not in k and not k.startswith("handshakes_")}
-
-    def add(scn, target, conc, value):
-        samples.setdefault(f"{scn}|{target}|{conc}", []).append(value)
-
-    nginx = Proc(["nginx", "-c", os.path.join(tmp, "nginx.conf")])
-    wait_port(UPSTREAM_HTTP)
-    try:
-        for r in range(a.runs):
-            lat = oha_fixed_rate(UPSTREAM_HTTP + 1, a.seconds)
-            add("lat_p50_mtls", "direct", 0, lat["p50"])
-            add("lat_p99_mtls", "direct", 0, lat["p99"])
-            for target in (["pilotfish", "envoy"] if r % 2 == 0 else ["envoy", "pilotfish"]):
-                print(f"mTLS round {r + 1}/{a.runs}: {target}", file=sys.stderr)
-                mtls_round(add, target, a.seconds, tmp, paths)
-    finally:
-        nginx.stop()
-    meta = saved["meta"]
-    meta["mtls"] = machine_meta(a)
-    summary = {k: median_range(v) for k, v in samples.items()}
-    with open(results, "w") as f:
-        json.dump({"meta": meta, "summary": summary, "samples": samples}, f, indent=1)
-    if a.no_docs:
-        print(render(summary, meta, concurrencies, [int(x) for x in a.clusters.split(",")]))
-    else:
-        write_docs(summary, meta, concurrencies, [int(x) for x in a.clusters.split(",")])
+def mtls_only(a, tmp, paths):
+    """The mutual-TLS rounds alone."""
+    def each_round(add, r):
+        lat = oha_fixed_rate(UPSTREAM_HTTP + 1, a.seconds)
+        add("lat_p50_mtls", "direct", 0, lat["p50"])
+        add("lat_p99_mtls", "direct", 0, lat["p99"])
+        for target in (["pilotfish", "envoy"] if r % 2 == 0 else ["envoy", "pilotfish"]):
+            print(f"mTLS round {r + 1}/{a.runs}: {target}", file=sys.stderr)
+            mtls_round(add, target, a.seconds, tmp, paths)
+    rerun_section(a, "mtls", lambda k: "_mtls|" in k or k.startswith("handshakes_"), each_round)
 
 
 def write_docs(summary, meta, concurrencies, clusters):
@@ -641,6 +744,7 @@ def render(summary, meta, concs, clusters):
         L.append(f"| (e) RSS peak, MiB | | {fmt(p('rss_peak'), 1)} | {fmt(e('rss_peak'), 1)} | {ratio(p('rss_peak'), e('rss_peak'))} | |")
         L.append("")
     L.extend(render_mtls(summary, meta))
+    L.extend(render_telemetry(summary, meta))
     L.append("## Idle RSS with many clusters (and as many routes), concurrency 1\n")
     L.append("| clusters | pilotfish MiB | Envoy MiB | pilotfish / Envoy | target |")
     L.append("|---|---|---|---|---|")
@@ -683,6 +787,35 @@ def render_mtls(summary, meta):
             L.append(f"| added latency {k} at 1,000 rps (vs nginx direct), ms | {ap:.3f} | {ae:.3f} | {r} | |")
     L.append(f"| full handshakes per second (server sidecar) | {fmt(p('handshakes_full'))} | {fmt(e('handshakes_full'))} | {ratio(p('handshakes_full'), e('handshakes_full'))} | |")
     L.append(f"| resumed handshakes per second (server sidecar) | {fmt(p('handshakes_resumed'))} | {fmt(e('handshakes_resumed'))} | {ratio(p('handshakes_resumed'), e('handshakes_resumed'))} | |")
+    L.append("")
+    return L
+
+
+def render_telemetry(summary, meta):
+    """Full Istio telemetry on vs off, both sidecars over mTLS."""
+    p = lambda scn: get(summary, scn, "pilotfish", 1)
+    e = lambda scn: get(summary, scn, "envoy", 1)
+    if not p("rps_h1_tel_on"):
+        return []
+    m = meta.get("telemetry", meta)
+    L = ["## Telemetry on vs off (both sidecars over mTLS), one worker per sidecar\n",
+         "The mutual-TLS pair above, each connection manager with telemetry off (router only) and on.",
+         "On, for pilotfish: Istio's peer metadata exchange (`istio_headers`, both directions), `istio.stats`",
+         "(the client reports `source`, the server `destination`; nodes with the injector's metadata) and",
+         "an access log line per request in Istio's default format (to /dev/null). Upstream Envoy cannot",
+         "load Istio's filters (only istio-proxy has them), so its \"on\" is the same access log with its",
+         "own stats (always on); Envoy with istio-proxy's filters would cost more than this row shows.",
+         "Both write access logs as Envoy does by default (every 10 s, or at once when 64 KiB wait).",
+         "No tracing: pilotfish has none yet. CPU is both sidecars' together.",
+         f"Measured at pilotfish `{m['pilotfish']}`, {m['date']}.\n",
+         "| figure | pilotfish off | pilotfish on | Envoy off | Envoy on | pilotfish on / Envoy on | target |",
+         "|---|---|---|---|---|---|---|"]
+    row = lambda name, scn, digits, target: L.append(
+        f"| {name} | {fmt(p(scn + '_off'), digits)} | {fmt(p(scn + '_on'), digits)} | {fmt(e(scn + '_off'), digits)} | "
+        f"{fmt(e(scn + '_on'), digits)} | {ratio(p(scn + '_on'), e(scn + '_on'))} | {target} |")
+    row("HTTP/1.1 keep-alive rps through both sidecars (wrk, 64 conns)", "rps_h1_tel", 0, "≥ 2.5×")
+    row("CPU seconds per 1,000 requests, both sidecars (at 1,000 rps)", "cpu_per_1k_tel", 4, "")
+    row("latency p99 at 1,000 rps, ms", "lat_p99_tel", 3, "")
     L.append("")
     return L
 

@@ -38,8 +38,11 @@ pub struct Options {
     pub admin_address_path: Option<std::path::PathBuf>,
     /// The command line as `/server_info` reports it (Envoy's option names).
     pub command_line: serde_json::Value,
-    /// `--file-flush-interval-msec` for access logs (zero: write when idle).
+    /// `--file-flush-interval-msec` for access logs (Envoy's default 10 s; zero: each
+    /// line as soon as the writer gets to it).
     pub flush_interval: Duration,
+    /// `--file-flush-min-size-kb`, in bytes: pending access-log bytes written at once.
+    pub flush_size: usize,
     /// Fields `--allow-unknown-static-fields` dropped (`server.static_unknown_fields`).
     pub unknown_static_fields: u64,
     /// `--mode init_only`: start, bind the admin port, exit.
@@ -108,11 +111,10 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
     ));
 
     let runtime = Arc::new(Runtime::new(config.server.runtime_layers.clone()));
-    let sinks = Arc::new(Sinks::with_flush_interval(
-        control.handle().clone(),
-        store.clone(),
-        opts.flush_interval,
-    ));
+    let sinks = Arc::new(
+        Sinks::with_flush_interval(control.handle().clone(), store.clone(), opts.flush_interval)
+            .with_flush_size(opts.flush_size),
+    );
     server.static_unknown_fields.add(opts.unknown_static_fields);
 
     // Admin, stats and health come up first, so readiness reads 503 (PRE_INITIALIZING)
@@ -172,6 +174,7 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
         return Ok(());
     }
     control.block_on(clusters.start_background());
+    let exit_sinks = sinks.clone();
     let ctx = listener::Context {
         clusters: clusters.clone(),
         routes: Arc::new(RouteSlots::default()),
@@ -289,6 +292,8 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
         }
     }
     tracing::info!("exiting");
+    // Access-log lines still waiting for their flush interval go out now, as Envoy's.
+    exit_sinks.flush();
     workers.shutdown();
     control.shutdown_timeout(Duration::from_millis(100));
     Ok(())

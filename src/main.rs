@@ -68,11 +68,11 @@ struct Cli {
     /// nothing from it).
     #[arg(long = "local-address-ip-version", value_enum, default_value = "v4")]
     local_address_ip_version: IpVersion,
-    /// How long access-log lines may wait before they are written (default: written as
-    /// soon as the writer is idle).
+    /// How long access-log lines may wait before they are written (Envoy's default,
+    /// 10 000; 64 KiB of lines are written at once; 0: each line at once).
     #[arg(long = "file-flush-interval-msec", value_name = "MS")]
     file_flush_interval_msec: Option<u64>,
-    /// Accepted: lines are also written once 64 KiB are buffered.
+    /// Access-log lines are written at once when this many KiB wait (Envoy's default 64).
     #[arg(long = "file-flush-min-size-kb", value_name = "KB")]
     file_flush_min_size_kb: Option<u64>,
     /// Fields that are no part of Envoy's API are dropped with a warning (counted in
@@ -317,7 +317,12 @@ fn main() -> ExitCode {
         health_addr: port(cli.health_port, 15021),
         admin_address_path: cli.admin_address_path.clone(),
         command_line: command_line(&cli, concurrency),
-        flush_interval: Duration::from_millis(cli.file_flush_interval_msec.unwrap_or(0)),
+        flush_interval: Duration::from_millis(cli.file_flush_interval_msec.unwrap_or(10_000)),
+        flush_size: cli
+            .file_flush_min_size_kb
+            .map_or(pilotfish::telemetry::access_log::FLUSH_SIZE, |kb| {
+                usize::try_from(kb.saturating_mul(1024)).unwrap_or(usize::MAX)
+            }),
         unknown_static_fields: unknown_fields.len() as u64,
         init_only: cli.mode == Mode::InitOnly,
     };

@@ -7,12 +7,6 @@ mod common;
 use std::net::SocketAddr;
 
 use common::{grpc_services::*, *};
-use envoy_types::pb::envoy::service::{
-    auth::v3::authorization_client::AuthorizationClient,
-    discovery::v3::{
-        DiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
-    },
-};
 
 fn bootstrap(server: SocketAddr, filter: &str) -> String {
     let routes = r#"              - match: { prefix: "/" }
@@ -27,32 +21,7 @@ fn bootstrap(server: SocketAddr, filter: &str) -> String {
 
 /// Three successful calls, one failed, one stream of four messages each way.
 async fn traffic(p: &Proxy) {
-    let url = format!("http://{}", p.listener("http"));
-    let mut auth = AuthorizationClient::connect(url.clone()).await.unwrap();
-    for _ in 0..3 {
-        auth.check(check_request("/ok")).await.unwrap();
-    }
-    auth.check(check_request("/deny")).await.unwrap_err();
-    let mut ads = AggregatedDiscoveryServiceClient::connect(url)
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut responses = ads
-        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    for i in 0..4 {
-        tx.send(DiscoveryRequest {
-            type_url: format!("t{i}"),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        responses.message().await.unwrap().unwrap();
-    }
-    drop(tx);
-    assert!(responses.message().await.unwrap().is_none());
+    call_three_deny_one_stream_four(p.listener("http")).await;
 }
 
 /// The `cluster.grpc.grpc.*` stats, and their Prometheus forms.

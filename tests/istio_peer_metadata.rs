@@ -400,17 +400,7 @@ static_resources:
     .await;
 
     // Sidecar to sidecar: the app's bytes, and only they, come back.
-    let mut s = tokio::net::TcpStream::connect(front.listener("tcp"))
-        .await
-        .unwrap();
-    s.write_all(b"over mtls").await.unwrap();
-    let mut got = [0u8; 9];
-    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut got))
-        .await
-        .expect("the echo")
-        .unwrap();
-    assert_eq!(&got, b"over mtls");
-    drop(s);
+    drop(common::echo_round_trip(front.listener("tcp"), b"over mtls").await);
     for p in [&front, &back] {
         for (name, want) in [
             ("alpn_protocol_found", 1),

@@ -63,6 +63,7 @@ pub fn run(opts: Options) -> Result<()> {
                 admin_address_path: None,
                 command_line: serde_json::json!({}),
                 flush_interval: std::time::Duration::ZERO,
+                flush_size: crate::telemetry::access_log::FLUSH_SIZE,
                 unknown_static_fields: 0,
                 init_only: false,
             },

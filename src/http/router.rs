@@ -393,7 +393,7 @@ impl HttpConnectionManager {
                 }
                 crate::istio::stats::labels::Reporter::Source => upstream_peer.as_ref(),
             }
-            .and_then(|v| crate::istio::peer::Peer::from_header(v.as_bytes()));
+            .and_then(|v| stats.peer_from_header(v));
             if reporter == crate::istio::stats::labels::Reporter::Source {
                 // The upstream connection's identities, when it was TLS.
                 let up = resp
@@ -1629,7 +1629,7 @@ impl Drop for RequestEnd {
 /// What Istio's stats need of a stream beyond the access log's record.
 struct IstioEnd {
     /// The other workload, from its peer metadata header.
-    peer: Option<crate::istio::peer::Peer>,
+    peer: Option<Arc<crate::istio::peer::Peer>>,
     peer_principal: Option<String>,
     local_principal: Option<String>,
     /// `Host` / `:authority` (Istio's destination service fallback).
@@ -1674,7 +1674,7 @@ impl IstioEnd {
         let code = r.response_code;
         let facts = labels::Facts {
             reporter: stats.reporter(),
-            peer: self.peer.as_ref(),
+            peer: self.peer.as_deref(),
             peer_principal: self.peer_principal.as_deref(),
             local_principal: self.local_principal.as_deref(),
             host: self.host.as_deref(),
@@ -1691,8 +1691,8 @@ impl IstioEnd {
             response_flags: r.response_flags.as_deref().unwrap_or("-"),
         };
         let (downstream_peer, upstream_peer) = match facts.reporter {
-            labels::Reporter::Destination => (self.peer.as_ref(), None),
-            labels::Reporter::Source => (None, self.peer.as_ref()),
+            labels::Reporter::Destination => (self.peer.as_deref(), None),
+            labels::Reporter::Source => (None, self.peer.as_deref()),
         };
         let attrs = Attrs {
             request_headers: r.request_headers.as_ref(),

@@ -329,13 +329,20 @@ pub struct PeerInfo {
     /// The requested server name as Envoy's connection knows it: the TLS inspector's.
     pub sni: Option<String>,
     pub version: Option<&'static str>,
+    /// `local`'s first URI SAN, parsed on first use (each request of the connection
+    /// may ask: XFCC, Istio's stats).
+    pub local_san: std::sync::OnceLock<Option<String>>,
 }
 
 impl PeerInfo {
     /// The first URI SAN of this side's certificate (XFCC's `By`).
     pub fn local_uri_san(&self) -> Option<String> {
-        let cert = self.local.as_ref()?.cert.first()?;
-        super::certs::uri_san(cert)
+        self.local_san
+            .get_or_init(|| {
+                let cert = self.local.as_ref()?.cert.first()?;
+                super::certs::uri_san(cert)
+            })
+            .clone()
     }
 }
 
@@ -361,6 +368,7 @@ fn peer_info(
             rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
             _ => "TLSv1.2",
         }),
+        local_san: Default::default(),
     }
 }
 

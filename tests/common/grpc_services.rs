@@ -104,3 +104,39 @@ pub fn check_request(path: &str) -> CheckRequest {
         }),
     }
 }
+
+/// Calls through `addr` (HTTP/2 cleartext): three `Check`s that succeed, one denied
+/// (`PERMISSION_DENIED`, a trailers-only answer), and an ADS stream of four messages
+/// each way that ends with status OK.
+pub async fn call_three_deny_one_stream_four(addr: SocketAddr) {
+    use envoy_types::pb::envoy::service::{
+        auth::v3::authorization_client::AuthorizationClient,
+        discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+    };
+    let url = format!("http://{addr}");
+    let mut auth = AuthorizationClient::connect(url.clone()).await.unwrap();
+    for _ in 0..3 {
+        auth.check(check_request("/ok")).await.unwrap();
+    }
+    auth.check(check_request("/deny")).await.unwrap_err();
+    let mut ads = AggregatedDiscoveryServiceClient::connect(url)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut responses = ads
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..4 {
+        tx.send(DiscoveryRequest {
+            type_url: format!("t{i}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        responses.message().await.unwrap().unwrap();
+    }
+    drop(tx);
+    assert!(responses.message().await.unwrap().is_none());
+}

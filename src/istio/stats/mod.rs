@@ -28,7 +28,10 @@ use self::{
     config::{Metric, Source, TAGS},
     labels::{Facts, Reporter},
 };
-use crate::telemetry::stats::{Counter, Histogram, Store};
+use crate::{
+    istio::peer::Peer,
+    telemetry::stats::{Counter, Histogram, Store},
+};
 
 /// At most this many label sets are remembered per filter and family; past it (a Host
 /// header per request, say) each one is looked up in the store, as correct and slower.
@@ -85,6 +88,32 @@ pub struct IstioStats {
     http: Family,
     grpc: Family,
     tcp: Family,
+    peers: PeerCache,
+}
+
+/// Peers decoded from their `x-envoy-peer-metadata` values: a sidecar's peers send the
+/// same bytes on every request, so each value is decoded once (up to a bound).
+#[derive(Debug, Default)]
+struct PeerCache {
+    seen: ArcSwap<HashMap<http::HeaderValue, Arc<Peer>, foldhash::fast::RandomState>>,
+    add: Mutex<()>,
+}
+
+impl PeerCache {
+    fn get(&self, v: &http::HeaderValue) -> Option<Arc<Peer>> {
+        if let Some(p) = self.seen.load().get(v) {
+            return Some(p.clone());
+        }
+        let p = Arc::new(Peer::from_header(v.as_bytes())?);
+        let _guard = self.add.lock().unwrap();
+        let seen = self.seen.load_full();
+        if seen.len() < MAX_CACHED {
+            let mut next = (*seen).clone();
+            next.insert(v.clone(), p.clone());
+            self.seen.store(Arc::new(next));
+        }
+        Some(p)
+    }
 }
 
 fn hash_values(values: &[&str]) -> u64 {
@@ -123,7 +152,13 @@ impl IstioStats {
             http: Family::new(&HTTP),
             grpc: Family::new(&GRPC),
             tcp: Family::new(&TCP),
+            peers: PeerCache::default(),
         }
+    }
+
+    /// The peer an `x-envoy-peer-metadata` value describes.
+    pub fn peer_from_header(&self, v: &http::HeaderValue) -> Option<Arc<Peer>> {
+        self.peers.get(v)
     }
 
     pub fn reporter(&self) -> Reporter {
