@@ -67,6 +67,9 @@ fn sidecar_capture_in_network_namespaces() {
             "15090",
             "--health-port",
             "15021",
+            // Each access-log line at once: the test reads them right after the traffic.
+            "--file-flush-interval-msec",
+            "0",
         ],
         Path::new(root),
         ("127.0.0.1:15021", "/healthz/ready"),
