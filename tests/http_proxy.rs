@@ -624,3 +624,54 @@ async fn upstream_connections_carry_at_most_max_requests_per_connection() {
         }
     }
 }
+
+/// Access-log lines wait for Envoy's flush interval (10 s by default), or 64 KiB, and
+/// those still waiting are written when the process exits on SIGTERM, as Envoy's.
+#[tokio::test]
+async fn access_log_lines_still_buffered_are_written_at_exit() {
+    let up = Upstream::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let logs = format!(
+        "          access_log: [{{ name: envoy.access_loggers.file, typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: {} }} }}]\n",
+        path.display()
+    );
+    let routes =
+        "              - match: { prefix: \"/\" }\n                route: { cluster: backend }";
+    let mut proxy = Proxy::start_with(
+        &http_bootstrap_logged(routes, &static_cluster("backend", &[up.addr], false), &logs),
+        &["--file-flush-interval-msec", "600000"],
+    )
+    .await;
+    let addr = proxy.listener("http");
+    for _ in 0..3 {
+        send(
+            addr,
+            false,
+            Request::get("/held")
+                .header("host", "x")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap_or_default(),
+        "",
+        "nothing written before the interval"
+    );
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    proxy
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("pilotfish exits on SIGTERM");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("\"GET /held HTTP/1.1\" 200"))
+            .count(),
+        3,
+        "{text}"
+    );
+}
