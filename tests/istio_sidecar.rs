@@ -663,12 +663,13 @@ async fn productpage_sidecar_as_istiod_configures_it() {
                 "reporter=\"source\"",
                 "source_workload=\"\"",
                 "source_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-productpage\"",
-                "destination_workload=\"unknown\",destination_workload_namespace=\"default\",destination_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-reviews\"",
-                "destination_service=\"reviews.default.svc.cluster.local\"",
-                "destination_canonical_revision=\"latest\",destination_service_name=\"reviews\",destination_service_namespace=\"default\"",
+                // The upstream has no sidecar to answer with its metadata: the endpoint's
+                // `istio.workload` names it (no app, version or identity there).
+                "destination_workload=\"details-v1\",destination_workload_namespace=\"default\",destination_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-details\",destination_app=\"unknown\",destination_version=\"unknown\"",
+                "destination_service=\"details.default.svc.cluster.local\",destination_canonical_service=\"details\",destination_canonical_revision=\"v1\",destination_service_name=\"details\",destination_service_namespace=\"default\",destination_cluster=\"Kubernetes\"",
                 "request_protocol=\"http\",response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\",connection_security_policy=\"unknown\"}",
             ][..],
-            2,
+            1,
         ),
         (
             "inbound HTTP over mTLS",

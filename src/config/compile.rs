@@ -2072,6 +2072,7 @@ pub fn endpoints(
                     .as_ref()
                     .and_then(|m| m.filter_metadata.get("envoy.transport_socket_match"))
                     .map(|s| Arc::new(struct_json(s))),
+                istio_workload: lbe.metadata.as_ref().and_then(istio_workload).map(Arc::new),
             };
             let sa = match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
                 Some(address::Address::SocketAddress(sa)) => sa,
@@ -2216,6 +2217,17 @@ fn istio_service(c: &Cluster) -> Option<crate::istio::stats::labels::Service> {
         name: s("name"),
         namespace: s("namespace"),
     })
+}
+
+/// `filter_metadata["istio"].workload`, parsed.
+fn istio_workload(
+    m: &envoy_types::pb::envoy::config::core::v3::Metadata,
+) -> Option<crate::istio::peer::Peer> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    match &m.filter_metadata.get("istio")?.fields.get("workload")?.kind {
+        Some(Kind::StringValue(s)) => crate::istio::peer::Peer::from_workload_metadata(s),
+        _ => None,
+    }
 }
 
 /// `filter_metadata["istio"].alpn_override: "false"`.

@@ -1104,6 +1104,10 @@ pub struct EndpointAttrs {
     /// The endpoint's `metadata.filter_metadata["envoy.transport_socket_match"]`, which
     /// picks its transport socket (Istio's `tlsMode: istio`).
     pub socket_metadata: Option<Arc<LbMetadata>>,
+    /// The endpoint's `metadata.filter_metadata["istio"].workload` (istiod's
+    /// `name;namespace;canonical service;revision;cluster`), Istio's stats' fallback
+    /// for a peer that sent no metadata.
+    pub istio_workload: Option<Arc<crate::istio::peer::Peer>>,
 }
 
 /// An endpoint's `envoy.lb` metadata: key → value, numbers as JSON numbers (protobuf's
@@ -1121,6 +1125,7 @@ impl Default for EndpointAttrs {
             canary: false,
             lb_metadata: None,
             socket_metadata: None,
+            istio_workload: None,
         }
     }
 }

@@ -138,6 +138,21 @@ pub struct Text(pub &'static str);
 pub struct GrpcStatus(pub u32);
 
 /// A reply pilotfish sends itself, with the flag that explains it.
+impl ResponseFlag {
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for a local reply with this flag, where
+    /// Envoy's is one fixed string.
+    pub fn details(self) -> Option<&'static str> {
+        Some(match self {
+            ResponseFlag::NoRouteFound => "route_not_found",
+            ResponseFlag::NoHealthyUpstream => "no_healthy_upstream",
+            ResponseFlag::NoClusterFound => "cluster_not_found",
+            ResponseFlag::UpstreamRequestTimeout => "upstream_response_timeout",
+            ResponseFlag::FaultInjected => "fault_filter_abort",
+            _ => return None,
+        })
+    }
+}
+
 pub fn reply(flag: ResponseFlag) -> Response<Body> {
     let (status, text) = match flag {
         ResponseFlag::NoRouteFound => (StatusCode::NOT_FOUND, ""),

@@ -121,6 +121,17 @@ struct Picked<'a> {
     internal: bool,
     /// The Istio peer metadata headers the request carried (they came off it).
     peer_headers: crate::istio::peer_metadata::Seen,
+    /// The picked endpoint's workload from its `istio.workload` metadata (Istio's stats
+    /// fall back to it when the upstream sends no peer metadata).
+    workload: Option<Arc<crate::istio::peer::Peer>>,
+}
+
+impl Picked<'_> {
+    /// Notes the endpoint an attempt goes to.
+    fn picked(&mut self, host: &crate::upstream::host::Host) {
+        self.host = Some(host.addr);
+        self.workload = host.attrs().istio_workload.clone();
+    }
 }
 
 /// What the listener knows about the downstream connection.
@@ -336,7 +347,10 @@ impl HttpConnectionManager {
             scheme: Some(if tls.is_some() { "https" } else { "http" }),
             protocol: Some(protocol_name(req.version())),
             request_headers: keep_headers.then(|| req.headers().clone()),
-            downstream_remote: Some(down.peer),
+            // The client as the connection manager determined it (`x-forwarded-for`
+            // without `use_remote_address`), as Envoy's downstream remote address.
+            downstream_remote: Some(remote),
+            downstream_direct_remote: Some(down.peer),
             downstream_local: Some(down.local),
             requested_server_name: tls.as_ref().and_then(|t| t.sni.clone()),
             tls: tls.clone(),
@@ -371,8 +385,14 @@ impl HttpConnectionManager {
             record.response_code_details = Some("via_upstream");
         } else if let Some(d) = resp.extensions().get::<request_checks::Details>() {
             record.response_code_details = Some(d.0);
+        } else if let Some(f) = resp.extensions().get::<ResponseFlag>() {
+            record.response_code_details = f.details();
         }
         record.upstream_host = picked.host;
+        record.upstream_local = resp
+            .extensions()
+            .get::<Arc<crate::upstream::http_pool::UpstreamConnInfo>>()
+            .and_then(|u| u.local_addr);
         record.upstream_transport_failure_reason = resp
             .extensions()
             .get::<local_reply::TransportFailure>()
@@ -393,14 +413,18 @@ impl HttpConnectionManager {
                 }
                 crate::istio::stats::labels::Reporter::Source => upstream_peer.as_ref(),
             }
-            .and_then(|v| stats.peer_from_header(v));
+            .and_then(|v| stats.peer_from_header(v))
+            .or_else(|| match reporter {
+                crate::istio::stats::labels::Reporter::Source => picked.workload.clone(),
+                crate::istio::stats::labels::Reporter::Destination => None,
+            });
             if reporter == crate::istio::stats::labels::Reporter::Source {
                 // The upstream connection's identities, when it was TLS.
                 let up = resp
                     .extensions()
-                    .get::<Arc<crate::upstream::http_pool::UpstreamIdentity>>();
-                i.peer_principal = up.and_then(|u| u.peer.clone());
-                i.local_principal = up.and_then(|u| u.local.clone());
+                    .get::<Arc<crate::upstream::http_pool::UpstreamConnInfo>>();
+                i.peer_principal = up.and_then(|u| u.peer_san.clone());
+                i.local_principal = up.and_then(|u| u.local_san.clone());
             }
             if !stats.host_fallback() {
                 i.host = None;
@@ -773,7 +797,12 @@ impl HttpConnectionManager {
                     redirect::location(r, &matched.route.matcher.path, head.authority, path);
                 return redirect::redirect_response(r, &location);
             }
-            Target::Direct(d) => return redirect::direct_response(d),
+            Target::Direct(d) => {
+                let mut resp = redirect::direct_response(d);
+                resp.extensions_mut()
+                    .insert(request_checks::Details("direct_response"));
+                return resp;
+            }
             Target::NoCluster => {
                 self.stats.no_cluster.inc();
                 return local_reply::reply(ResponseFlag::NoClusterFound);
@@ -840,7 +869,7 @@ impl HttpConnectionManager {
             charge.code(503);
             return local_reply::reply(ResponseFlag::NoHealthyUpstream);
         };
-        picked.host = Some(host.addr);
+        picked.picked(&host);
         // An upgrade goes upstream over HTTP/1.1, whatever the cluster speaks.
         let upgrade = upgrade::requested(&req);
         let mut down_upgrade = None;
@@ -1001,7 +1030,7 @@ impl HttpConnectionManager {
             }
         } else {
             loop {
-                picked.host = Some(host.addr);
+                picked.picked(&host);
                 picked.attempts = attempt;
                 let mut upstream_req = match (&resend, first.take()) {
                     (Some(r), _) => {
@@ -1321,7 +1350,7 @@ impl HttpConnectionManager {
         loop {
             if std::mem::take(&mut launch_now) {
                 attempt += 1;
-                picked.host = Some(host.addr);
+                picked.picked(&host);
                 picked.attempts = attempt;
                 // A hedged attempt is told what is left of the route's timeout.
                 let left = deadline.as_ref().map(|d| {
@@ -1368,7 +1397,7 @@ impl HttpConnectionManager {
                     // An attempt already hedged is not judged again (as Envoy): its
                     // answer ends the request.
                     if n != newest {
-                        picked.host = Some(to.addr);
+                        picked.picked(&to);
                         return Ok((outcome, active, start));
                     }
                     let decision = match &outcome {
@@ -1385,7 +1414,7 @@ impl HttpConnectionManager {
                         d => {
                             retry_flags.limit_exceeded |= d == Decision::LimitExceeded;
                             retry_flags.overflow |= d == Decision::Overflow;
-                            picked.host = Some(to.addr);
+                            picked.picked(&to);
                             return Ok((outcome, active, start));
                         }
                     }

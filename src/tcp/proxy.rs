@@ -180,6 +180,9 @@ impl TcpProxy {
         record.upstream_local = up.local_addr();
         if let Some(i) = istio.as_deref_mut() {
             i.upstream = Some(host.addr);
+            if i.reporter() == Reporter::Source {
+                i.workload = host.attrs().istio_workload.clone();
+            }
             if i.reporter() == Reporter::Source
                 && let Upstream::Tls(t) = &up
             {

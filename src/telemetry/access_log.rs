@@ -202,6 +202,9 @@ pub struct Record {
     pub upstream_cluster: Option<String>,
     pub upstream_local: Option<SocketAddr>,
     pub downstream_remote: Option<SocketAddr>,
+    /// The connection's peer, when the connection manager took the client's address
+    /// from `x-forwarded-for` (`%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%`); else the same.
+    pub downstream_direct_remote: Option<SocketAddr>,
     pub downstream_local: Option<SocketAddr>,
     pub route_name: Option<String>,
     /// The SNI the TLS inspector read.
@@ -258,7 +261,10 @@ impl Record {
                 .upstream_transport_failure_reason
                 .as_ref()
                 .map(|r| r.replace(' ', "_")),
-            Op::DownstreamRemoteAddress | Op::DownstreamPeerAddress => addr(self.downstream_remote),
+            Op::DownstreamRemoteAddress => addr(self.downstream_remote),
+            Op::DownstreamPeerAddress => {
+                addr(self.downstream_direct_remote.or(self.downstream_remote))
+            }
             Op::DownstreamRemoteAddressWithoutPort => ip(self.downstream_remote),
             Op::DownstreamLocalAddress => addr(self.downstream_local),
             Op::DownstreamLocalAddressWithoutPort => ip(self.downstream_local),

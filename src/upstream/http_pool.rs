@@ -120,24 +120,31 @@ impl Drop for OpenStream {
     }
 }
 
-/// The identities of an upstream TLS connection (each certificate's first URI SAN),
-/// carried on each response it brings (Istio's stats label the peer with them).
+/// What an upstream connection is, carried on each response it brings: its local
+/// address (`%UPSTREAM_LOCAL_ADDRESS%`) and, over TLS, each certificate's first URI SAN
+/// (Istio's stats label the peer with them).
 #[derive(Debug, Clone, Default)]
-pub struct UpstreamIdentity {
-    pub peer: Option<String>,
-    pub local: Option<String>,
+pub struct UpstreamConnInfo {
+    pub local_addr: Option<std::net::SocketAddr>,
+    pub peer_san: Option<String>,
+    pub local_san: Option<String>,
 }
 
-type Identity = Option<Arc<UpstreamIdentity>>;
+type Identity = Option<Arc<UpstreamConnInfo>>;
 
 fn identity(stream: &super::connect::Upstream) -> Identity {
-    match stream {
-        super::connect::Upstream::Tls(t) => Some(Arc::new(UpstreamIdentity {
-            peer: t.peer_uri_san(),
-            local: t.local_uri_san(),
-        })),
-        _ => None,
-    }
+    let local_addr = stream.local_addr();
+    Some(Arc::new(match stream {
+        super::connect::Upstream::Tls(t) => UpstreamConnInfo {
+            local_addr,
+            peer_san: t.peer_uri_san(),
+            local_san: t.local_uri_san(),
+        },
+        _ => UpstreamConnInfo {
+            local_addr,
+            ..Default::default()
+        },
+    }))
 }
 
 /// An idle HTTP/1.1 connection in the pool.

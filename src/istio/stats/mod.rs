@@ -313,6 +313,9 @@ pub struct TcpConn<'s> {
     /// Where the metadata exchange leaves the peer; `None` when it does not run
     /// (Istio's `peer_not_found`).
     pub slot: Option<crate::istio::peer::PeerSlot>,
+    /// The upstream endpoint's `istio.workload` metadata: a source reporter's peer when
+    /// the exchange found none.
+    pub workload: Option<Arc<Peer>>,
     pub peer_principal: Option<String>,
     pub local_principal: Option<String>,
     pub cluster_name: Option<String>,
@@ -328,6 +331,7 @@ impl<'s> TcpConn<'s> {
         TcpConn {
             report: stats.tcp(),
             slot: None,
+            workload: None,
             peer_principal: None,
             local_principal: None,
             cluster_name: None,
@@ -353,7 +357,14 @@ impl<'s> TcpConn<'s> {
     }
 
     fn with_labels(&mut self, flags: &str, f: impl FnOnce(&mut TcpReport<'s>, &Facts, &Attrs)) {
-        let peer = self.slot.as_ref().and_then(|s| s.get().cloned().flatten());
+        let peer = self
+            .slot
+            .as_ref()
+            .and_then(|s| s.get().cloned().flatten())
+            .or_else(|| match self.reporter() {
+                Reporter::Source => self.workload.clone(),
+                Reporter::Destination => None,
+            });
         let facts = Facts {
             peer: peer.as_deref(),
             peer_principal: self.peer_principal.as_deref(),
