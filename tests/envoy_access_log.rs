@@ -72,6 +72,12 @@ async fn istios_default_format_matches_envoy_field_by_field() {
               - name: none
                 match: { prefix: "/none" }
                 route: { cluster: empty }
+              - name: slow
+                match: { prefix: "/slow/" }
+                route: { cluster: backend, timeout: 0.1s }
+              - name: pertry
+                match: { prefix: "/pertry/" }
+                route: { cluster: backend, prefix_rewrite: "/slow/", retry_policy: { retry_on: 5xx, num_retries: 0, per_try_timeout: 0.1s } }
               - name: direct
                 match: { prefix: "/direct" }
                 direct_response: { status: 200, body: { inline_string: "hi" } }"#;
@@ -136,6 +142,8 @@ async fn istios_default_format_matches_envoy_field_by_field() {
         ("GET", "/none", vec![("x-request-id", "id-4")], ""),
         ("GET", "/nowhere", vec![("x-request-id", "id-5")], ""),
         ("GET", "/direct", vec![("x-request-id", "id-6")], ""),
+        ("GET", "/slow/3000", vec![("x-request-id", "id-7")], ""),
+        ("GET", "/pertry/3000", vec![("x-request-id", "id-8")], ""),
     ];
     for p in [&ours, &theirs] {
         for (method, path, headers, body) in &requests {
@@ -173,6 +181,11 @@ async fn istios_default_format_matches_envoy_field_by_field() {
         let (of, tf) = (of.unwrap(), tf.unwrap());
         for (k, tv) in &tf {
             let case = requests.get(i).map_or("tcp", |r| r.1);
+            // Not known yet: the local address of an upstream connection whose request
+            // timed out (pilotfish learns it from the response).
+            if *k == "upstream_local" && case.contains("/3000") {
+                continue;
+            }
             diff.check(format!("{case} {k}"), tv.clone(), of[k].clone());
         }
     }

@@ -146,7 +146,8 @@ impl ResponseFlag {
             ResponseFlag::NoRouteFound => "route_not_found",
             ResponseFlag::NoHealthyUpstream => "no_healthy_upstream",
             ResponseFlag::NoClusterFound => "cluster_not_found",
-            ResponseFlag::UpstreamRequestTimeout => "upstream_response_timeout",
+            // The route's timeout (a per-try timeout carries its own details).
+            ResponseFlag::UpstreamRequestTimeout => "response_timeout",
             ResponseFlag::FaultInjected => "fault_filter_abort",
             _ => return None,
         })

@@ -1133,15 +1133,17 @@ impl HttpConnectionManager {
                     Outcome::PerTryTimeout | Outcome::PerTryIdle => {
                         host.counters.rq_timeout.fetch_add(1, Ordering::Relaxed);
                         cluster.report(&host, HostResult::Timeout);
-                        if matches!(outcome, Outcome::PerTryIdle) {
+                        let details = if matches!(outcome, Outcome::PerTryIdle) {
                             stats.upstream_rq_per_try_idle_timeout.inc();
+                            "upstream_per_try_idle_timeout"
                         } else {
                             stats.upstream_rq_per_try_timeout.inc();
-                        }
-                        Err((
-                            Failure::PerTryTimeout,
-                            local_reply::reply(ResponseFlag::UpstreamRequestTimeout),
-                        ))
+                            "upstream_per_try_timeout"
+                        };
+                        let mut resp = local_reply::reply(ResponseFlag::UpstreamRequestTimeout);
+                        resp.extensions_mut()
+                            .insert(request_checks::Details(details));
+                        Err((Failure::PerTryTimeout, resp))
                     }
                     // The route's timeout ends the request, whatever retries remain.
                     Outcome::RouteTimeout => {
