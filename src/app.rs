@@ -244,8 +244,14 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
 
     let uptime = server.clone();
     control.spawn(async move {
-        loop {
+        for tick in 0u64.. {
             uptime.uptime.set(started.elapsed().as_secs() as i64);
+            // The allocator's figures walk its arenas: every 5 s is plenty.
+            if tick % 5 == 0 {
+                let m = crate::memory::usage();
+                uptime.memory_allocated.set(m.allocated as i64);
+                uptime.memory_heap_size.set(m.heap_size as i64);
+            }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });

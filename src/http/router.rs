@@ -254,6 +254,7 @@ impl HttpConnectionManager {
         down: Downstream,
         req: Request<Incoming>,
     ) -> Response<Body> {
+        let started = Instant::now();
         let stats = &self.stats;
         stats.downstream_rq_total.inc();
         if req.version() == Version::HTTP_2 {
@@ -323,12 +324,16 @@ impl HttpConnectionManager {
             self.compress(compress, &mut resp);
             let resp = Self::count_grpc_response(&grpc_call, resp);
             let (parts, b) = resp.into_parts();
-            return Response::from_parts(parts, body::boxed(Guarded::new(b, active, None)));
+            let end = RequestTimer {
+                _active: active,
+                started,
+                hcm: self.clone(),
+            };
+            return Response::from_parts(parts, body::boxed(Guarded::new(b, end, None)));
         }
 
         // With access logs or Istio's stats: note the request, count bytes both ways,
         // log and record at the end.
-        let started = Instant::now();
         let logs = !self.access_logs.is_empty();
         let keep_headers = logs
             || self
@@ -436,15 +441,17 @@ impl HttpConnectionManager {
                 .and_then(|c| c.config.istio_service.clone());
             i.messages = picked.grpc_call.clone();
             i.on_response(&resp);
-            (self.clone(), i)
+            i
         });
         let end = RequestEnd {
-            _active: active,
+            timer: RequestTimer {
+                _active: active,
+                started,
+                hcm: self.clone(),
+            },
             record,
-            started,
             received,
             sent: 0,
-            logs: self.access_logs.clone(),
             istio,
         };
         let (parts, b) = resp.into_parts();
@@ -1615,16 +1622,32 @@ impl Observer for ByteCount {
 /// active requests (least request reads them) until its response ends.
 type Attempt = (GaugeGuard, crate::upstream::host::InFlight);
 
-/// Rides on the response body; when the response is done (or abandoned), writes the
-/// access log lines, records Istio's stats and releases the active-request gauge.
-struct RequestEnd {
+/// Rides on the response body; when the response is done (or abandoned), records the
+/// request's time and releases the active-request gauge.
+struct RequestTimer {
     _active: GaugeGuard,
-    record: Record,
     started: Instant,
+    hcm: Arc<HttpConnectionManager>,
+}
+
+impl Observer for RequestTimer {}
+
+impl Drop for RequestTimer {
+    fn drop(&mut self) {
+        self.hcm
+            .stats
+            .downstream_rq_time
+            .record(self.started.elapsed());
+    }
+}
+
+/// A [`RequestTimer`] that also writes the access log lines and records Istio's stats.
+struct RequestEnd {
+    timer: RequestTimer,
+    record: Record,
     received: Arc<AtomicU64>,
     sent: u64,
-    logs: Arc<[AccessLog]>,
-    istio: Option<(Arc<HttpConnectionManager>, IstioEnd)>,
+    istio: Option<IstioEnd>,
 }
 
 impl Observer for RequestEnd {
@@ -1633,7 +1656,7 @@ impl Observer for RequestEnd {
     }
 
     fn trailers(&mut self, trailers: &http::HeaderMap) {
-        if let Some((_, i)) = &mut self.istio
+        if let Some(i) = &mut self.istio
             && let Some(s) = grpc_status_of(trailers)
         {
             i.grpc_status = Some(s);
@@ -1645,11 +1668,12 @@ impl Drop for RequestEnd {
     fn drop(&mut self) {
         self.record.bytes_sent = self.sent;
         self.record.bytes_received = self.received.load(Ordering::Relaxed);
-        self.record.duration = self.started.elapsed();
-        for log in self.logs.iter() {
+        self.record.duration = self.timer.started.elapsed();
+        let hcm = &self.timer.hcm;
+        for log in hcm.access_logs.iter() {
             log.write(&self.record);
         }
-        if let Some((hcm, i)) = &self.istio
+        if let Some(i) = &self.istio
             && let Some(stats) = &hcm.istio_stats
         {
             i.record(stats, &self.record);

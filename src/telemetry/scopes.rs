@@ -40,6 +40,8 @@ pub struct ClusterStats {
     pub retry_upstream_rq: CodeCounters,
     /// Request start to the end of the response (made on first use, as Envoy's).
     pub upstream_rq_time: LazyHistogram,
+    /// TCP connect time of upstream connections (made on first use, as Envoy's).
+    pub upstream_cx_connect_ms: LazyHistogram,
     pub membership_healthy: Gauge,
     pub membership_degraded: Gauge,
     pub membership_total: Gauge,
@@ -113,6 +115,12 @@ impl ClusterStats {
                 store,
                 format!("cluster.{name}.upstream_rq_time"),
                 "envoy_cluster_upstream_rq_time".into(),
+                vec![("envoy_cluster_name", name.to_owned())],
+            ),
+            upstream_cx_connect_ms: LazyHistogram::new(
+                store,
+                format!("cluster.{name}.upstream_cx_connect_ms"),
+                "envoy_cluster_upstream_cx_connect_ms".into(),
                 vec![("envoy_cluster_name", name.to_owned())],
             ),
             membership_healthy: g("membership_healthy"),
@@ -266,6 +274,8 @@ pub struct HttpStats {
     pub downstream_cx_idle_timeout: Counter,
     pub downstream_cx_max_duration_reached: Counter,
     pub downstream_cx_max_requests_reached: Counter,
+    /// `downstream_rq_time`: from a request's arrival to its response's end.
+    pub downstream_rq_time: LazyHistogram,
 }
 
 impl HttpStats {
@@ -314,6 +324,12 @@ impl HttpStats {
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
             downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
+            downstream_rq_time: LazyHistogram::new(
+                store,
+                format!("http.{prefix}.downstream_rq_time"),
+                "envoy_http_downstream_rq_time".into(),
+                vec![("envoy_http_conn_manager_prefix", prefix.to_owned())],
+            ),
         }
     }
 }
@@ -365,6 +381,10 @@ pub struct ServerStats {
     /// `listener_manager.workers_started`: 1 once the workers serve (pilot-agent's
     /// readiness probe waits for it).
     pub workers_started: Gauge,
+    /// `server.memory_allocated` / `server.memory_heap_size`: what the allocator has
+    /// handed out, and holds from the kernel (updated every few seconds).
+    pub memory_allocated: Gauge,
+    pub memory_heap_size: Gauge,
     /// `server.static_unknown_fields`: bootstrap fields dropped under
     /// `--allow-unknown-static-fields`.
     pub static_unknown_fields: Counter,
@@ -391,6 +411,8 @@ impl ServerStats {
                 "listener_manager.workers_started",
                 "envoy_listener_manager_workers_started",
             ),
+            memory_allocated: g("server.memory_allocated", "envoy_server_memory_allocated"),
+            memory_heap_size: g("server.memory_heap_size", "envoy_server_memory_heap_size"),
             static_unknown_fields: store.counter(
                 "server.static_unknown_fields".into(),
                 "envoy_server_static_unknown_fields",

@@ -208,9 +208,14 @@ async fn attempt(
                 .map(Upstream::Unix)
                 .map_err(ConnectError::Failed);
         }
+        let started = tokio::time::Instant::now();
         let s = tcp(addr, &cluster.config.upstream_socket)
             .await
             .map_err(ConnectError::Failed)?;
+        cluster
+            .stats
+            .upstream_cx_connect_ms
+            .record(started.elapsed());
         match tls {
             None => {
                 if let Some(x) = &cluster.exchange {
