@@ -178,6 +178,27 @@ fn destination_labels(src_principal: &str, dst_principal: &str) -> Vec<(&'static
     ls
 }
 
+/// What the client reports of a request no sidecar answered: nothing known of the
+/// destination but the `Host` it was sent to.
+fn unanswered_labels(host: &str) -> Vec<(&'static str, String)> {
+    let mut ls = peers("source", "unknown", "unknown");
+    for k in [
+        "destination_workload",
+        "destination_workload_namespace",
+        "destination_app",
+        "destination_version",
+        "destination_canonical_service",
+        "destination_cluster",
+        "destination_service_namespace",
+    ] {
+        set(&mut ls, k, "unknown");
+    }
+    set(&mut ls, "destination_canonical_revision", "latest");
+    set(&mut ls, "destination_service", host);
+    set(&mut ls, "destination_service_name", host);
+    ls
+}
+
 fn render(ls: &[(&'static str, String)]) -> String {
     labels(&ls.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>())
 }
@@ -299,21 +320,7 @@ async fn http_requests_are_labelled_as_istio_proxy_labels_them() {
         .wait_metric(&format!("istio_requests_total{ok}"), 4)
         .await;
     // No sidecar answered the 503: nothing is known of a peer.
-    let mut unreached = src.clone();
-    for k in [
-        "destination_workload",
-        "destination_workload_namespace",
-        "destination_app",
-        "destination_version",
-        "destination_canonical_service",
-        "destination_cluster",
-        "destination_service_namespace",
-    ] {
-        set(&mut unreached, k, "unknown");
-    }
-    set(&mut unreached, "destination_canonical_revision", "latest");
-    set(&mut unreached, "destination_service", "server:8000");
-    set(&mut unreached, "destination_service_name", "server:8000");
+    let unreached = unanswered_labels("server:8000");
     client
         .wait_metric(
             &format!(
@@ -521,7 +528,7 @@ async fn grpc_calls_carry_their_status_and_message_counts() {
         &hcm_listener(
             "OUTBOUND",
             OUTBOUND_MX,
-            "",
+            ", tcp_reporting_duration: 0.2s",
             "{ match: { prefix: / }, route: { cluster: grpc } }",
         )
         .replace(
@@ -574,6 +581,23 @@ async fn grpc_calls_carry_their_status_and_message_counts() {
         assert!(std::time::Instant::now() < deadline, "{got:?} in\n{text}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+
+    // A stream still open is reported every `tcp_reporting_duration` (0.2 s here).
+    let mut ads = common::grpc_services::AdsStream::open(client.listener("http")).await;
+    for i in 0..2 {
+        ads.exchange(&format!("open{i}")).await;
+    }
+    let peers = format!(
+        "{{{}}}",
+        render(&unanswered_labels(&client.listener("http").to_string()))
+    );
+    client
+        .wait_metric(&format!("istio_request_messages_total{peers}"), 10)
+        .await;
+    client
+        .wait_metric(&format!("istio_response_messages_total{peers}"), 9)
+        .await;
+    ads.close().await;
 }
 
 /// The `prometheus` binary (Debian's package; `scripts/test` installs it as root).

@@ -441,6 +441,7 @@ impl HttpConnectionManager {
                 .and_then(|c| c.config.istio_service.clone());
             i.messages = picked.grpc_call.clone();
             i.on_response(&resp);
+            i.start_grpc_reports(stats, &record);
             i
         });
         let end = RequestEnd {
@@ -1697,6 +1698,19 @@ struct IstioEnd {
     request_head: u64,
     response_head: u64,
     messages: Option<Arc<grpc_stats::Call>>,
+    /// A gRPC call's periodic message reports, and what stops them.
+    grpc_reports: Option<(
+        Arc<crate::istio::stats::GrpcReport>,
+        tokio::task::AbortHandle,
+    )>,
+}
+
+impl Drop for IstioEnd {
+    fn drop(&mut self) {
+        if let Some((_, ticker)) = &self.grpc_reports {
+            ticker.abort();
+        }
+    }
 }
 
 impl IstioEnd {
@@ -1714,7 +1728,26 @@ impl IstioEnd {
                 + head_len(req.headers()),
             response_head: 0,
             messages: None,
+            grpc_reports: None,
         }
+    }
+
+    /// For a gRPC call the grpc_stats filter counts, with a reporting period: its
+    /// message counters are reported every period until it ends (as istio-proxy's).
+    fn start_grpc_reports(&mut self, stats: &crate::istio::stats::IstioStats, r: &Record) {
+        let (Some(call), Some(period)) = (self.messages.clone(), stats.tcp_reporting()) else {
+            return;
+        };
+        let report = Arc::new(self.labelled(stats, r, |f, a| stats.grpc_report(f, a)));
+        let ticking = report.clone();
+        let ticker = tokio::spawn(async move {
+            let mut next = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                next.tick().await;
+                ticking.report(call.messages());
+            }
+        });
+        self.grpc_reports = Some((report, ticker.abort_handle()));
     }
 
     fn on_response<B>(&mut self, resp: &Response<B>) {
@@ -1724,8 +1757,14 @@ impl IstioEnd {
         }
     }
 
-    fn record(&self, stats: &crate::istio::stats::IstioStats, r: &Record) {
-        use crate::istio::stats::{HttpEnd, attrs::Attrs, labels};
+    /// Calls `f` with the stream's label facts and expression attributes.
+    fn labelled<T>(
+        &self,
+        stats: &crate::istio::stats::IstioStats,
+        r: &Record,
+        f: impl FnOnce(&crate::istio::stats::labels::Facts, &crate::istio::stats::attrs::Attrs) -> T,
+    ) -> T {
+        use crate::istio::stats::{attrs::Attrs, labels};
         let code = r.response_code;
         let facts = labels::Facts {
             reporter: stats.reporter(),
@@ -1771,13 +1810,24 @@ impl IstioEnd {
             upstream_peer,
             local: None,
         };
-        let end = HttpEnd {
+        f(&facts, &attrs)
+    }
+
+    fn record(&self, stats: &crate::istio::stats::IstioStats, r: &Record) {
+        use crate::istio::stats::HttpEnd;
+        let mut end = HttpEnd {
             duration_ms: r.duration.as_millis() as u64,
             request_bytes: self.request_head + r.bytes_received,
             response_bytes: self.response_head + r.bytes_sent,
             messages: self.messages.as_ref().map(|c| c.messages()),
         };
-        stats.record_http(&facts, &attrs, &end);
+        // Messages already reported periodically: the rest goes there.
+        if let (Some((report, _)), Some(totals)) = (&self.grpc_reports, end.messages.take()) {
+            report.report(totals);
+        }
+        self.labelled(stats, r, |facts, attrs| {
+            stats.record_http(facts, attrs, &end)
+        });
     }
 }
 

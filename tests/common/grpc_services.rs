@@ -109,34 +109,58 @@ pub fn check_request(path: &str) -> CheckRequest {
 /// (`PERMISSION_DENIED`, a trailers-only answer), and an ADS stream of four messages
 /// each way that ends with status OK.
 pub async fn call_three_deny_one_stream_four(addr: SocketAddr) {
-    use envoy_types::pb::envoy::service::{
-        auth::v3::authorization_client::AuthorizationClient,
-        discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
-    };
-    let url = format!("http://{addr}");
-    let mut auth = AuthorizationClient::connect(url.clone()).await.unwrap();
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    let mut auth = AuthorizationClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     for _ in 0..3 {
         auth.check(check_request("/ok")).await.unwrap();
     }
     auth.check(check_request("/deny")).await.unwrap_err();
-    let mut ads = AggregatedDiscoveryServiceClient::connect(url)
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut responses = ads
-        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut ads = AdsStream::open(addr).await;
     for i in 0..4 {
-        tx.send(DiscoveryRequest {
-            type_url: format!("t{i}"),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        responses.message().await.unwrap().unwrap();
+        ads.exchange(&format!("t{i}")).await;
     }
-    drop(tx);
-    assert!(responses.message().await.unwrap().is_none());
+    ads.close().await;
+}
+
+/// An ADS stream through the proxy, whose server echoes each request.
+pub struct AdsStream {
+    tx: tokio::sync::mpsc::Sender<DiscoveryRequest>,
+    responses: Streaming<DiscoveryResponse>,
+}
+
+impl AdsStream {
+    pub async fn open(addr: SocketAddr) -> AdsStream {
+        use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+        let mut ads = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let responses = ads
+            .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        AdsStream { tx, responses }
+    }
+
+    /// One message each way.
+    pub async fn exchange(&mut self, type_url: &str) {
+        self.tx
+            .send(DiscoveryRequest {
+                type_url: type_url.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        self.responses.message().await.unwrap().unwrap();
+    }
+
+    /// Ends the stream from the client; the server ends it with OK.
+    pub async fn close(self) {
+        let AdsStream { tx, mut responses } = self;
+        drop(tx);
+        assert!(responses.message().await.unwrap().is_none());
+    }
 }

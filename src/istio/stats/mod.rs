@@ -285,6 +285,16 @@ impl IstioStats {
         }
     }
 
+    /// A gRPC call's message counters, labelled once (when its peer is known, at its
+    /// response), reported every `tcp_reporting_duration` and at its end.
+    pub fn grpc_report(&self, facts: &Facts<'_>, attrs: &Attrs<'_>) -> GrpcReport {
+        let values = self.values(facts, attrs);
+        GrpcReport {
+            handles: self.handles(&self.grpc, &values),
+            reported: Default::default(),
+        }
+    }
+
     /// A TCP connection's reporting.
     pub fn tcp(&self) -> TcpReport<'_> {
         TcpReport {
@@ -292,6 +302,33 @@ impl IstioStats {
             handles: None,
             sent: 0,
             received: 0,
+        }
+    }
+}
+
+/// A gRPC call's message counters and what of them has been reported.
+#[derive(Debug)]
+pub struct GrpcReport {
+    handles: Handles,
+    reported: [std::sync::atomic::AtomicU64; 2],
+}
+
+impl GrpcReport {
+    /// Adds the messages (request, response; totals so far) not reported yet.
+    pub fn report(&self, totals: (u64, u64)) {
+        use std::sync::atomic::Ordering;
+        for ((h, seen), now) in self
+            .handles
+            .iter()
+            .zip(&self.reported)
+            .zip([totals.0, totals.1])
+        {
+            // The largest total reported wins: a report that read an older total
+            // than another adds nothing.
+            let before = seen.fetch_max(now, Ordering::Relaxed);
+            if let Some(Handle::Counter(c)) = h {
+                c.add(now.saturating_sub(before));
+            }
         }
     }
 }
