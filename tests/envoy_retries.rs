@@ -485,10 +485,14 @@ async fn retries_match_envoy() {
     let hits = Hits::default();
     let a = flaky("a", hits.clone()).await;
     let b = flaky("b", hits.clone()).await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A port bound but not listening: connections are refused, and no other test can
+    // take the port while this one runs (a closed listener's port could be reused).
+    let dead_socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    dead_socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let dead = dead_socket.local_addr().unwrap().as_socket().unwrap();
     let h2 = refusing(hits.clone()).await;
     let yaml = bootstrap(a, b, dead, h2);
     let (ours, theirs) = start_both(&envoy, &yaml).await;

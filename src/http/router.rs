@@ -121,6 +121,8 @@ struct Picked<'a> {
     internal: bool,
     /// The Istio peer metadata headers the request carried (they came off it).
     peer_headers: crate::istio::peer_metadata::Seen,
+    /// Istio's stats are on: note the picked endpoint's `workload`.
+    wants_workload: bool,
     /// The picked endpoint's workload from its `istio.workload` metadata (Istio's stats
     /// fall back to it when the upstream sends no peer metadata).
     workload: Option<Arc<crate::istio::peer::Peer>>,
@@ -130,7 +132,9 @@ impl Picked<'_> {
     /// Notes the endpoint an attempt goes to.
     fn picked(&mut self, host: &crate::upstream::host::Host) {
         self.host = Some(host.addr);
-        self.workload = host.attrs().istio_workload.clone();
+        if self.wants_workload {
+            self.workload = host.attrs().istio_workload.clone();
+        }
     }
 }
 
@@ -327,7 +331,7 @@ impl HttpConnectionManager {
             let end = RequestTimer {
                 _active: active,
                 started,
-                hcm: self.clone(),
+                hcm: self,
             };
             return Response::from_parts(parts, body::boxed(Guarded::new(b, end, None)));
         }
@@ -368,6 +372,7 @@ impl HttpConnectionManager {
             grpc_call: grpc_call.clone(),
             internal,
             peer_headers,
+            wants_workload: self.istio_stats.is_some(),
             ..Default::default()
         };
         let mut resp = self.forward(view, down, remote, req, &mut picked).await;
@@ -448,7 +453,7 @@ impl HttpConnectionManager {
             timer: RequestTimer {
                 _active: active,
                 started,
-                hcm: self.clone(),
+                hcm: self,
             },
             record,
             received,

@@ -89,6 +89,8 @@ pub struct IstioStats {
     grpc: Family,
     tcp: Family,
     peers: PeerCache,
+    /// `istio_build`, held so that it lives as long as the filter.
+    _build: crate::telemetry::stats::Gauge,
 }
 
 /// Peers decoded from their `x-envoy-peer-metadata` values: a sidecar's peers send the
@@ -134,13 +136,12 @@ impl IstioStats {
         } else {
             &l.istio_version
         };
-        store
-            .gauge_with_tags(
-                format!("istiocustom.istio_build.component.proxy.tag.{tag}"),
-                "istio_build",
-                &[("component", "proxy"), ("tag", tag)],
-            )
-            .set(1);
+        let build = store.gauge_with_tags(
+            format!("istiocustom.istio_build.component.proxy.tag.{tag}"),
+            "istio_build",
+            &[("component", "proxy"), ("tag", tag)],
+        );
+        build.set(1);
         IstioStats {
             config: config.clone(),
             reporter: if inbound {
@@ -153,6 +154,7 @@ impl IstioStats {
             grpc: Family::new(&GRPC),
             tcp: Family::new(&TCP),
             peers: PeerCache::default(),
+            _build: build,
         }
     }
 
@@ -543,6 +545,8 @@ mod tests {
             ..facts()
         };
         s.record_http(&failed, &attrs, &end);
+        // What the filter holds stays through the store's clean-up of released stats.
+        store.release_unheld();
         let prom = store.render_prometheus(&Filter::default());
         let line = |name: &str, code: &str, flags: &str| {
             format!(
