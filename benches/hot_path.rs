@@ -58,6 +58,7 @@ fn table(routes: Vec<Route>) -> RouteTable {
 
 fn route(path: PathMatch, cluster: ClusterSpec) -> Route {
     Route {
+        decorator: None,
         name: String::new(),
         matcher: RouteMatch::path(path),
         action: RouteAction::Forward(Forward::to(cluster)),

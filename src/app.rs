@@ -175,7 +175,27 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
     }
     control.block_on(clusters.start_background());
     let exit_sinks = sinks.clone();
+    let tracers = {
+        let node = &config.node.proto;
+        Arc::new(crate::telemetry::tracing::Tracers::new(
+            control.handle().clone(),
+            clusters.clone(),
+            store.clone(),
+            config.tracing.clone(),
+            crate::telemetry::tracing::NodeIdentity {
+                id: node.id.clone(),
+                cluster: node.cluster.clone(),
+                zone: node
+                    .locality
+                    .as_ref()
+                    .map(|l| l.zone.clone())
+                    .unwrap_or_default(),
+            },
+            |key| runtime.get_u64(key),
+        ))
+    };
     let ctx = listener::Context {
+        tracers,
         clusters: clusters.clone(),
         routes: Arc::new(RouteSlots::default()),
         store: store.clone(),

@@ -59,7 +59,14 @@ impl Runtime {
     }
 
     pub fn get_u64(&self, key: &str) -> Option<u64> {
-        self.get(key)?.parse().ok()
+        let v = self.get(key)?;
+        // A number from a static layer reads as a double (`5.0`): whole ones count.
+        v.parse().ok().or_else(|| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+                .map(|f| f as u64)
+        })
     }
 
     /// `/runtime_modify?k=v&…`: sets keys in the admin layer (an empty value deletes).
@@ -136,6 +143,10 @@ mod tests {
         assert!(!rt.get_bool(keys::REJECT_PATH_WITH_FRAGMENT, true));
         assert!(rt.modify(&[("a".into(), "2".into()), ("b".into(), "x".into())]));
         assert_eq!(rt.get_u64("a"), Some(2));
+        // A static layer's numbers are doubles.
+        assert!(rt.modify(&[("n".into(), "5.0".into()), ("f".into(), "0.5".into())]));
+        assert_eq!(rt.get_u64("n"), Some(5));
+        assert_eq!(rt.get_u64("f"), None);
         let json: serde_json::Value = serde_json::from_str(&rt.render_json()).unwrap();
         assert_eq!(
             json["layers"],

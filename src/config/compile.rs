@@ -55,6 +55,11 @@ pub fn compile(bootstrap: &Bootstrap) -> Result<Config> {
         server: super::server::compile(bootstrap)?,
         ..Default::default()
     };
+    // Deprecated in Envoy's API, still how Istio's bootstrap configures Zipkin.
+    #[allow(deprecated)]
+    if let Some(http) = bootstrap.tracing.as_ref().and_then(|t| t.http.as_ref()) {
+        config.tracing = Some(super::tracing::provider(http, "tracing.http")?);
+    }
     if let Some(d) = &bootstrap.dynamic_resources {
         let node = bootstrap.node.as_ref();
         if (d.lds_config.is_some() || d.cds_config.is_some())
@@ -705,7 +710,8 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
         return Err(format!("{path}.stat_prefix: required"));
     }
     // The UUID request id is what pilotfish generates anyway; its two settings act on
-    // tracing decisions, and with no `tracing` there are none.
+    // tracing decisions.
+    let mut request_id = None;
     if let Some(ext) = &hcm.request_id_extension {
         let name = ext
             .typed_config
@@ -717,7 +723,19 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
                 "{path}.request_id_extension.typed_config ({name}): not supported"
             ));
         }
+        if let Some(any) = &ext.typed_config {
+            request_id = Some(
+                proto::unpack(any)
+                    .map_err(|e| format!("{path}.request_id_extension.typed_config: {e}"))?,
+            );
+        }
     }
+    let tracing = hcm
+        .tracing
+        .as_ref()
+        .map(|t| super::tracing::hcm(t, request_id.as_ref(), &format!("{path}.tracing")))
+        .transpose()?
+        .map(std::sync::Arc::new);
     let codec = match hcm.codec_type() {
         http_connection_manager::CodecType::Auto => Codec::Auto,
         http_connection_manager::CodecType::Http1 => Codec::Http1,
@@ -884,6 +902,7 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
         max_requests_per_connection,
         http1,
         max_request_headers_kb,
+        tracing,
     })
 }
 

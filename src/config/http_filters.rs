@@ -340,7 +340,7 @@ pub const EXT_AUTHZ_PER_ROUTE: &str = "envoy.extensions.filters.http.ext_authz.v
 pub fn ext_authz(any: &Any, path: &str) -> Result<crate::http::filters::ext_authz::ExtAuthzConfig> {
     use crate::http::filters::ext_authz::{ExtAuthzConfig, MetadataGate, Service};
     use envoy_types::pb::envoy::{
-        config::core::v3::{ApiVersion, grpc_service::TargetSpecifier, http_uri},
+        config::core::v3::{ApiVersion, http_uri},
         extensions::filters::http::ext_authz::v3::{ExtAuthz, ext_authz::Services},
         r#type::matcher::v3::{metadata_matcher, value_matcher},
     };
@@ -373,52 +373,19 @@ pub fn ext_authz(any: &Any, path: &str) -> Result<crate::http::filters::ext_auth
             })
             .transpose()
     };
-    let headers_to_add = |hs: &[envoy_types::pb::envoy::config::core::v3::HeaderValue],
-                          p: &str|
-     -> Result<Vec<(http::HeaderName, http::HeaderValue)>> {
-        hs.iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let name = http::HeaderName::from_bytes(h.key.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| format!("{p}[{i}].key: '{}' is not a header name", h.key))?;
-                let raw = if h.raw_value.is_empty() {
-                    h.value.as_bytes()
-                } else {
-                    &h.raw_value
-                };
-                let value = http::HeaderValue::from_bytes(raw)
-                    .map_err(|_| format!("{p}[{i}].value: not a header value"))?;
-                Ok((name, value))
-            })
-            .collect()
-    };
     let mut allowed_headers = list(&c.allowed_headers, &format!("{path}.allowed_headers"))?;
     let service = match &c.services {
         Some(Services::GrpcService(g)) => {
-            let gpath = format!("{path}.grpc_service");
-            let Some(TargetSpecifier::EnvoyGrpc(e)) = &g.target_specifier else {
-                return Err(format!(
-                    "{gpath}: an envoy_grpc is required (google_grpc is not supported)"
-                ));
-            };
-            if e.cluster_name.is_empty() {
-                return Err(format!("{gpath}.envoy_grpc.cluster_name: required"));
-            }
+            let t = envoy_grpc(
+                g,
+                &format!("{path}.grpc_service"),
+                Duration::from_millis(200),
+            )?;
             Service::Grpc {
-                cluster: e.cluster_name.clone(),
-                authority: if e.authority.is_empty() {
-                    e.cluster_name.clone()
-                } else {
-                    e.authority.clone()
-                },
-                timeout: g
-                    .timeout
-                    .as_ref()
-                    .map_or(Duration::from_millis(200), super::compile::duration),
-                initial_metadata: headers_to_add(
-                    &g.initial_metadata,
-                    &format!("{gpath}.initial_metadata"),
-                )?,
+                cluster: t.cluster,
+                authority: t.authority,
+                timeout: t.timeout,
+                initial_metadata: t.metadata,
             }
         }
         Some(Services::HttpService(h)) => {
@@ -573,4 +540,65 @@ pub fn ext_authz_per_route(
         }),
         None => Err(format!("{path}: disabled or check_settings is required")),
     }
+}
+
+/// A `GrpcService` through one of pilotfish's clusters (`envoy_grpc`).
+pub(super) struct GrpcTarget {
+    pub cluster: String,
+    /// `authority` (default: the cluster name).
+    pub authority: String,
+    /// `timeout`, else `default_timeout`.
+    pub timeout: Duration,
+    pub metadata: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// Header name/value pairs (`key`, `value` or `raw_value`), names lowercased.
+pub(super) fn headers_to_add(
+    hs: &[envoy_types::pb::envoy::config::core::v3::HeaderValue],
+    path: &str,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>> {
+    hs.iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let name = http::HeaderName::from_bytes(h.key.to_ascii_lowercase().as_bytes())
+                .map_err(|_| format!("{path}[{i}].key: '{}' is not a header name", h.key))?;
+            let raw = if h.raw_value.is_empty() {
+                h.value.as_bytes()
+            } else {
+                &h.raw_value
+            };
+            let value = http::HeaderValue::from_bytes(raw)
+                .map_err(|_| format!("{path}[{i}].value: not a header value"))?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+pub(super) fn envoy_grpc(
+    g: &envoy_types::pb::envoy::config::core::v3::GrpcService,
+    path: &str,
+    default_timeout: Duration,
+) -> Result<GrpcTarget> {
+    use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+    let Some(TargetSpecifier::EnvoyGrpc(e)) = &g.target_specifier else {
+        return Err(format!(
+            "{path}: an envoy_grpc is required (google_grpc is not supported)"
+        ));
+    };
+    if e.cluster_name.is_empty() {
+        return Err(format!("{path}.envoy_grpc.cluster_name: required"));
+    }
+    Ok(GrpcTarget {
+        cluster: e.cluster_name.clone(),
+        authority: if e.authority.is_empty() {
+            e.cluster_name.clone()
+        } else {
+            e.authority.clone()
+        },
+        timeout: g
+            .timeout
+            .as_ref()
+            .map_or(default_timeout, super::compile::duration),
+        metadata: headers_to_add(&g.initial_metadata, &format!("{path}.initial_metadata"))?,
+    })
 }

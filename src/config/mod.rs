@@ -11,6 +11,7 @@ pub mod route_config;
 pub mod server;
 pub mod support;
 pub mod tls;
+pub mod tracing;
 pub mod typed_struct;
 
 pub use model::*;

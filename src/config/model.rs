@@ -25,6 +25,9 @@ pub struct Config {
     pub dynamic: Option<DynamicConfig>,
     /// Server-wide settings: stats naming, runtime, overload, logging.
     pub server: super::server::ServerConfig,
+    /// The bootstrap's `tracing.http`: the provider of connection managers whose
+    /// `tracing` names none.
+    pub tracing: Option<super::tracing::TracingProvider>,
 }
 
 /// `dynamic_resources`.
@@ -264,6 +267,8 @@ pub enum Codec {
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub stat_prefix: String,
+    /// `tracing`: sampling, tags and the span provider.
+    pub tracing: Option<Arc<super::tracing::TracingConfig>>,
     /// `proxy_100_continue`: `Expect: 100-continue` goes upstream; otherwise it is
     /// removed (the `100 Continue` comes from pilotfish either way: see the router).
     pub proxy_100_continue: bool,
@@ -428,6 +433,8 @@ pub struct VirtualCluster {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
+    /// `decorator`: the span's operation name.
+    pub decorator: Option<super::tracing::Decorator>,
     pub matcher: RouteMatch,
     pub action: RouteAction,
     pub headers: Headers,
@@ -697,6 +704,8 @@ pub struct ClusterConfig {
     pub discovery: Discovery,
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,
+    /// How often DNS names are resolved again. With `respect_dns_ttl` too: the system
+    /// resolver pilotfish uses reports no TTL, so this rate stands.
     pub dns_refresh_rate: Duration,
     pub dns_family: DnsFamily,
     pub endpoints: Vec<EndpointConfig>,

@@ -150,13 +150,17 @@ fn route(
     max_body: usize,
     inherited: &Inherited<'_>,
 ) -> Result<Route> {
-    // `decorator` names the request's span: with no tracing configured (pilotfish
-    // rejects the connection manager's `tracing`) there is no span, as in Envoy.
-    if let Some(d) = &rt.decorator
-        && d.operation.is_empty()
-    {
-        return Err(format!("{path}.decorator.operation: required"));
-    }
+    // `decorator` names the request's span (when the connection manager traces).
+    let decorator = match &rt.decorator {
+        Some(d) if d.operation.is_empty() => {
+            return Err(format!("{path}.decorator.operation: required"));
+        }
+        Some(d) => Some(super::tracing::Decorator {
+            operation: d.operation.clone(),
+            propagate: d.propagate.as_ref().is_none_or(|b| b.value),
+        }),
+        None => None,
+    };
     let m = rt
         .r#match
         .as_ref()
@@ -201,6 +205,7 @@ fn route(
     };
     Ok(Route {
         name: rt.name.clone(),
+        decorator,
         matcher,
         action,
         headers: headers(

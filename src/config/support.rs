@@ -42,8 +42,83 @@ const FIELDS: &[(&str, &[&str])] = &[
             "bootstrap_extensions",
             "cluster_manager",
             "deferred_stat_options",
+            "tracing",
         ],
     ),
+    ("envoy.config.trace.v3.Tracing", &["http"]),
+    (
+        "envoy.config.trace.v3.Tracing.Http",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.config.trace.v3.ZipkinConfig",
+        &[
+            "collector_cluster",
+            "collector_endpoint",
+            "trace_id_128bit",
+            "shared_span_context",
+            "collector_endpoint_version",
+            "collector_hostname",
+            "trace_context_option",
+            "collector_service",
+        ],
+    ),
+    (
+        "envoy.config.trace.v3.OpenTelemetryConfig",
+        &[
+            "grpc_service",
+            "http_service",
+            "service_name",
+            "max_cache_size",
+            "set_telemetry_sdk_resource_attributes",
+            "set_service_name_resource_attribute",
+            "set_instrumentation_scope",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.HttpService",
+        &["http_uri", "request_headers_to_add"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.Tracing",
+        &[
+            "client_sampling",
+            "random_sampling",
+            "overall_sampling",
+            "verbose",
+            "max_path_tag_length",
+            "custom_tags",
+            "provider",
+            "spawn_upstream_span",
+        ],
+    ),
+    (
+        "envoy.type.tracing.v3.CustomTag",
+        &[
+            "tag",
+            "literal",
+            "environment",
+            "request_header",
+            "metadata",
+        ],
+    ),
+    ("envoy.type.tracing.v3.CustomTag.Literal", &["value"]),
+    (
+        "envoy.type.tracing.v3.CustomTag.Environment",
+        &["name", "default_value"],
+    ),
+    (
+        "envoy.type.tracing.v3.CustomTag.Header",
+        &["name", "default_value"],
+    ),
+    (
+        "envoy.type.tracing.v3.CustomTag.Metadata",
+        &["kind", "metadata_key", "default_value"],
+    ),
+    ("envoy.type.metadata.v3.MetadataKind", &["request"]),
+    ("envoy.type.metadata.v3.MetadataKind.Request", &[]),
+    ("envoy.type.metadata.v3.MetadataKey", &["key", "path"]),
+    ("envoy.type.metadata.v3.MetadataKey.PathSegment", &["key"]),
     (
         "envoy.config.metrics.v3.StatsConfig",
         &[
@@ -305,6 +380,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "request_headers_timeout",
             "http_protocol_options",
             "max_request_headers_kb",
+            "tracing",
         ],
     ),
     (
@@ -972,6 +1048,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "typed_extension_protocol_options",
             "http2_protocol_options",
             "dns_refresh_rate",
+            "respect_dns_ttl",
             "dns_lookup_family",
             "per_connection_buffer_limit_bytes",
             "metadata",
@@ -1562,7 +1639,7 @@ mod tests {
             ),
             (
                 "envoy.config.cluster.v3.Cluster",
-                "name: c\nrespect_dns_ttl: true\n",
+                "name: c\nclose_connections_on_host_health_failure: true\n",
                 false,
             ),
             (

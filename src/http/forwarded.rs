@@ -171,9 +171,8 @@ fn appended_address(peer: IpAddr) -> IpAddr {
 /// `x-envoy-internal: true`, and this host's address appended to `x-forwarded-for`
 /// (its first non-loopback IPv4 address, as Envoy's local node address, read once).
 pub fn mark_internal(h: &mut HeaderMap) {
-    static LOCAL: std::sync::OnceLock<Option<IpAddr>> = std::sync::OnceLock::new();
     h.insert("x-envoy-internal", HeaderValue::from_static("true"));
-    if let Some(ip) = LOCAL.get_or_init(|| local_address(true)) {
+    if let Some(ip) = local_ip() {
         let value = match xff(h) {
             Some(x) => format!("{x},{ip}"),
             None => ip.to_string(),
@@ -182,6 +181,13 @@ pub fn mark_internal(h: &mut HeaderMap) {
             h.insert(X_FORWARDED_FOR, v);
         }
     }
+}
+
+/// This machine's first non-loopback IPv4 address (Envoy's local address, which it
+/// appends to `x-forwarded-for` and names itself by in Zipkin spans).
+pub fn local_ip() -> Option<IpAddr> {
+    static LOCAL: std::sync::OnceLock<Option<IpAddr>> = std::sync::OnceLock::new();
+    *LOCAL.get_or_init(|| local_address(true))
 }
 
 fn local_address(v4: bool) -> Option<IpAddr> {

@@ -21,6 +21,7 @@ use crate::{
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
+    pub decorator: Option<crate::config::tracing::Decorator>,
     pub matcher: RouteMatch,
     pub action: Action,
     pub headers: Headers,
@@ -242,6 +243,7 @@ impl Routes {
                 };
                 routes.push(Route {
                     name: r.name.clone(),
+                    decorator: r.decorator.clone(),
                     matcher: r.matcher.clone(),
                     action,
                     headers: r.headers.clone(),
@@ -485,6 +487,7 @@ mod tests {
 
     fn route(path: PathMatch, cluster: &str, case_sensitive: bool) -> config::Route {
         config::Route {
+            decorator: None,
             name: String::new(),
             matcher: RouteMatch {
                 case_sensitive,

@@ -43,6 +43,10 @@ use crate::{
         access_log::{AccessLog, Record, Sinks},
         scopes::{ClusterStats, HttpStats, VclusterStats},
         stats::{GaugeGuard, Store},
+        tracing::{
+            HttpTracing, RequestSpan, Tracers,
+            request_span::{GrpcEnd, Outcome as SpanOutcome, RequestFacts},
+        },
     },
     upstream::{
         Cluster, ClusterManager, Host,
@@ -75,6 +79,8 @@ pub struct HttpConnectionManager {
     peer_metadata: Option<crate::istio::peer_metadata::PeerMetadataConfig>,
     /// `istio.stats`: Istio's standard metrics.
     istio_stats: Option<crate::istio::stats::IstioStats>,
+    /// `tracing`: the sampling decision and the request's span.
+    tracing: Option<HttpTracing>,
 }
 
 /// An HTTP filter (by its name in `http_filters`, which per-route configs use).
@@ -126,6 +132,10 @@ struct Picked<'a> {
     /// The picked endpoint's workload from its `istio.workload` metadata (Istio's stats
     /// fall back to it when the upstream sends no peer metadata).
     workload: Option<Arc<crate::istio::peer::Peer>>,
+    /// What the filters left for the ones after them (and for span tags).
+    metadata: DynamicMetadata,
+    /// The request's span, when the connection manager traces.
+    span: Option<RequestSpan>,
 }
 
 impl Picked<'_> {
@@ -155,6 +165,7 @@ impl HttpConnectionManager {
         slots: &RouteSlots,
         store: &Arc<Store>,
         sinks: &Sinks,
+        tracers: &Tracers,
         inbound: bool,
     ) -> Result<Self, String> {
         let routes = RoutesHandle::new(&config.routes, slots, &config.stat_prefix, store)?;
@@ -230,6 +241,10 @@ impl HttpConnectionManager {
                 _ => None,
             })
             .collect();
+        let tracing = config
+            .tracing
+            .clone()
+            .map(|t| HttpTracing::new(t, tracers, &config.stat_prefix, inbound, store));
         let server_name = HeaderValue::from_str(&config.server_name).map_err(|_| {
             format!(
                 "server_name '{}' is not a valid header value",
@@ -249,6 +264,7 @@ impl HttpConnectionManager {
             istio_alpn,
             peer_metadata,
             istio_stats,
+            tracing,
         })
     }
 
@@ -314,16 +330,42 @@ impl HttpConnectionManager {
         if self.config.generate_request_id && !h.contains_key(headers::X_REQUEST_ID) {
             h.insert(headers::X_REQUEST_ID, headers::request_id());
         }
+        let span = self.tracing.as_ref().and_then(|t| {
+            let authority = request_authority(&req).unwrap_or_default();
+            let path = req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+            let method = req.method().clone();
+            let version = req.version();
+            t.start(
+                req.headers_mut(),
+                &RequestFacts {
+                    scheme: if tls.is_some() { "https" } else { "http" },
+                    authority: &authority,
+                    path: &path,
+                    method: method.as_str(),
+                    version,
+                    peer: down.peer,
+                    edge: !internal && self.config.forwarded.use_remote_address,
+                },
+            )
+        });
         let grpc_call = (grpc && self.grpc_stats.is_some()).then(Arc::<grpc_stats::Call>::default);
-        if self.access_logs.is_empty() && self.istio_stats.is_none() {
+        let traced = span.as_ref().is_some_and(RequestSpan::sampled);
+        if self.access_logs.is_empty() && self.istio_stats.is_none() && !traced {
             let mut picked = Picked {
                 grpc_call: grpc_call.clone(),
                 internal,
                 peer_headers,
+                span,
                 ..Default::default()
             };
             let req = Self::count_grpc_request(&grpc_call, req.map(body::boxed));
             let mut resp = self.forward(view, down, remote, req, &mut picked).await;
+            if let Some(s) = picked.span.as_mut() {
+                s.on_response(resp.headers_mut());
+            }
             self.finish(&picked, down, grpc, &mut resp);
             self.compress(compress, &mut resp);
             let resp = Self::count_grpc_response(&grpc_call, resp);
@@ -340,6 +382,7 @@ impl HttpConnectionManager {
         // log and record at the end.
         let logs = !self.access_logs.is_empty();
         let keep_headers = logs
+            || traced
             || self
                 .istio_stats
                 .as_ref()
@@ -373,9 +416,13 @@ impl HttpConnectionManager {
             internal,
             peer_headers,
             wants_workload: self.istio_stats.is_some(),
+            span,
             ..Default::default()
         };
         let mut resp = self.forward(view, down, remote, req, &mut picked).await;
+        if let Some(s) = picked.span.as_mut() {
+            s.on_response(resp.headers_mut());
+        }
         let upstream_peer = self.finish(&picked, down, grpc, &mut resp);
         self.compress(compress, &mut resp);
         let resp = Self::count_grpc_response(&grpc_call, resp);
@@ -449,6 +496,22 @@ impl HttpConnectionManager {
             i.start_grpc_reports(stats, &record);
             i
         });
+        let trace = picked.span.take().map(|span| TraceEnd {
+            span,
+            cluster: picked
+                .matched
+                .as_ref()
+                .and_then(|m| m.cluster())
+                .map(|c| (c.name().to_owned(), c.stat_name().to_owned())),
+            metadata: std::mem::take(&mut picked.metadata),
+            grpc_status: grpc.then(|| grpc_status_of(resp.headers())).flatten(),
+            grpc_message: grpc
+                .then(|| resp.headers().get("grpc-message"))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            grpc,
+        });
         let end = RequestEnd {
             timer: RequestTimer {
                 _active: active,
@@ -459,6 +522,7 @@ impl HttpConnectionManager {
             received,
             sent: 0,
             istio,
+            trace,
         };
         let (parts, b) = resp.into_parts();
         Response::from_parts(parts, body::boxed(Guarded::new(b, end, None)))
@@ -663,7 +727,6 @@ impl HttpConnectionManager {
                 },
             ));
         }
-        let mut metadata = DynamicMetadata::default();
         let mut authorized: Option<ext_authz::Allowed> = None;
         let authority = request_authority(&req);
         let path = req
@@ -683,6 +746,9 @@ impl HttpConnectionManager {
             return local_reply::reply(ResponseFlag::NoRouteFound);
         };
         picked.matched = Some(matched.clone());
+        if let Some(span) = picked.span.as_mut() {
+            span.on_route(matched.route.decorator.as_ref());
+        }
         let mut _fault = None;
         for filter in &self.filters {
             match filter {
@@ -739,7 +805,7 @@ impl HttpConnectionManager {
                     let decision = cfg.check(&subject, stats);
                     if let Some(shadow) = decision.shadow {
                         for (k, v) in cfg.shadow_metadata(shadow) {
-                            metadata.set(dynamic_metadata::HTTP_RBAC, k, v);
+                            picked.metadata.set(dynamic_metadata::HTTP_RBAC, k, v);
                         }
                     }
                     if !decision.allowed {
@@ -768,7 +834,7 @@ impl HttpConnectionManager {
                             &mut body_slot,
                             &attrs,
                             per_route,
-                            &metadata,
+                            &picked.metadata,
                             stats,
                         )
                         .await;
@@ -849,6 +915,9 @@ impl HttpConnectionManager {
         *req.body_mut() = body_slot;
         if let Some(a) = &authorized {
             a.apply(req.headers_mut());
+        }
+        if let Some(span) = picked.span.as_mut() {
+            span.on_upstream_request(req.headers_mut());
         }
         let dst = original_dst(&cluster.config, &req, down.local);
         // The virtual cluster counts the request beside the cluster.
@@ -1654,6 +1723,18 @@ struct RequestEnd {
     received: Arc<AtomicU64>,
     sent: u64,
     istio: Option<IstioEnd>,
+    trace: Option<TraceEnd>,
+}
+
+/// What a sampled request's span needs at its end.
+struct TraceEnd {
+    span: RequestSpan,
+    /// The cluster's name and observability name.
+    cluster: Option<(String, String)>,
+    metadata: DynamicMetadata,
+    grpc: bool,
+    grpc_status: Option<u32>,
+    grpc_message: Option<String>,
 }
 
 impl Observer for RequestEnd {
@@ -1666,6 +1747,16 @@ impl Observer for RequestEnd {
             && let Some(s) = grpc_status_of(trailers)
         {
             i.grpc_status = Some(s);
+        }
+        if let Some(t) = &mut self.trace
+            && t.grpc
+        {
+            if let Some(s) = grpc_status_of(trailers) {
+                t.grpc_status = Some(s);
+            }
+            if let Some(m) = trailers.get("grpc-message").and_then(|v| v.to_str().ok()) {
+                t.grpc_message = Some(m.to_owned());
+            }
         }
     }
 }
@@ -1683,6 +1774,22 @@ impl Drop for RequestEnd {
             && let Some(stats) = &hcm.istio_stats
         {
             i.record(stats, &self.record);
+        }
+        if let Some(t) = self.trace.take() {
+            let r = &self.record;
+            t.span.finish(&SpanOutcome {
+                status: r.response_code,
+                flags: r.response_flags.as_deref().unwrap_or("-"),
+                received: r.bytes_received,
+                sent: r.bytes_sent,
+                cluster: t.cluster.as_ref().map(|(n, o)| (n.as_str(), o.as_str())),
+                request_headers: r.request_headers.as_ref(),
+                grpc: t.grpc.then_some(GrpcEnd {
+                    status: t.grpc_status,
+                    message: t.grpc_message.as_deref(),
+                }),
+                metadata: Some(&t.metadata),
+            });
         }
     }
 }

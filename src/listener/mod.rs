@@ -161,6 +161,7 @@ impl Filter {
                 &ctx.routes,
                 &ctx.store,
                 &ctx.sinks,
+                &ctx.tracers,
                 inbound,
             )?)),
         })
@@ -174,6 +175,8 @@ pub struct Context {
     pub routes: Arc<RouteSlots>,
     pub store: Arc<Store>,
     pub sinks: Arc<Sinks>,
+    /// The tracers connection managers report spans to.
+    pub tracers: Arc<crate::telemetry::tracing::Tracers>,
     /// The process's drain.
     pub drain: drain::Watch,
     /// The global downstream connection limit.

@@ -1,6 +1,7 @@
-//! Stats with Envoy's names, and the access log.
+//! Stats with Envoy's names, the access log, and tracing.
 pub mod access_log;
 pub mod naming;
 pub mod scopes;
 pub mod stats;
 pub mod tags;
+pub mod tracing;

@@ -11,6 +11,7 @@ pub mod http_pool;
 pub mod lb;
 pub mod manager;
 pub mod outlier;
+pub mod side_call;
 pub mod transport;
 
 pub use cluster::Cluster;

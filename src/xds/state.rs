@@ -1234,7 +1234,15 @@ mod tests {
             clusters: clusters.clone(),
             routes: Arc::new(RouteSlots::default()),
             store: store.clone(),
-            sinks: Arc::new(Sinks::new(tokio::runtime::Handle::current(), store)),
+            sinks: Arc::new(Sinks::new(tokio::runtime::Handle::current(), store.clone())),
+            tracers: Arc::new(crate::telemetry::tracing::Tracers::new(
+                tokio::runtime::Handle::current(),
+                clusters.clone(),
+                store,
+                None,
+                Default::default(),
+                |_| None,
+            )),
             drain: watch.clone(),
             conn_limit: Default::default(),
         };

@@ -29,7 +29,7 @@ use crate::{
         matchers::StringMatcher,
     },
     telemetry::stats::{Counter, Store},
-    upstream::{http_pool, manager::ClusterMap},
+    upstream::manager::ClusterMap,
 };
 
 /// A compiled `ExtAuthz`.
@@ -725,20 +725,9 @@ async fn send(
     h2: bool,
     timeout: Duration,
 ) -> Option<(http::response::Parts, Bytes, Option<HeaderMap>)> {
-    let cluster = clusters.get(cluster)?;
-    let host = cluster.pick(None)?;
-    let call = async {
-        let resp = http_pool::send(cluster, &host, req, h2).await.ok()?;
-        let (parts, body) = resp.into_parts();
-        let collected = body.collect().await.ok()?;
-        let trailers = collected.trailers().cloned();
-        Some((parts, collected.to_bytes(), trailers))
-    };
-    let out = tokio::time::timeout(timeout, call).await.ok().flatten();
-    if let Some((parts, _, _)) = &out {
-        cluster.stats.upstream_rq.record(parts.status.as_u16());
-    }
-    out
+    crate::upstream::side_call::call(clusters, cluster, req, h2, timeout)
+        .await
+        .ok()
 }
 
 fn header_of(
