@@ -142,6 +142,7 @@ http {{
     location = /1k {{ return 200 "{'x' * 1024}"; }}
     location = /retry/1k {{ return 200 "{'x' * 1024}"; }}
     location = /mirror/1k {{ return 200 "{'x' * 1024}"; }}
+    location = /api/v2/spans {{ return 202; }}
     location / {{ return 200 "hello\\n"; }}
   }}
 }}
@@ -194,7 +195,9 @@ def mtls_bootstraps(tmp, telemetry=None):
     DownstreamTlsContext on the back's listener, certificates from files. With
     `telemetry="istio"` both connection managers also carry istiod's peer metadata
     exchange and `istio.stats` and log every request in Istio's default format (to
-    /dev/null); with `"envoy"` only the access log (upstream Envoy has no Istio filter)."""
+    /dev/null); with `"envoy"` only the access log (upstream Envoy has no Istio filter).
+    Either way telemetry traces as istiod configures it: 1 % random sampling, Zipkin
+    spans (to nginx, which answers 202)."""
     f = lambda n: os.path.join(tmp, n)
     common = ("tls_params: { tls_minimum_protocol_version: TLSv1_2, tls_maximum_protocol_version: TLSv1_3 }")
     router = '{ name: envoy.filters.http.router, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }'
@@ -211,6 +214,22 @@ def mtls_bootstraps(tmp, telemetry=None):
                 f'{{ name: istio.stats, typed_config: {{ "@type": type.googleapis.com/stats.PluginConfig'
                 f'{", disable_host_header_fallback: true" if prefix == "inbound" else ""} }} }}, {router}')
 
+    def tracing():
+        if telemetry is None:
+            return ""
+        return ("          tracing:\n"
+                "            client_sampling: { value: 100 }\n"
+                "            random_sampling: { value: 1 }\n"
+                "            overall_sampling: { value: 100 }\n"
+                "            custom_tags: [{ tag: istio.canonical_service, literal: { value: bench } }]\n"
+                "            provider: { name: envoy.tracers.zipkin, typed_config: { \"@type\": "
+                "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig, collector_cluster: zipkin, "
+                "collector_endpoint: /api/v2/spans, collector_endpoint_version: HTTP_JSON, "
+                "trace_id_128bit: true, shared_span_context: false } }\n")
+
+    def zipkin():
+        return cluster("zipkin", UPSTREAM_HTTP + 1) if telemetry else ""
+
     def log():
         if telemetry is None:
             return ""
@@ -226,7 +245,7 @@ def mtls_bootstraps(tmp, telemetry=None):
             virtual_hosts:
             - {{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: {cluster} }} }}] }}
           http_filters: [{filters(prefix)}]
-{log()}"""
+{log()}{tracing()}"""
     node = lambda w: istio_node(w) if telemetry else ""
     front = f"""{node("front")}admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ADMIN} }} }}
@@ -255,7 +274,7 @@ static_resources:
           validation_context:
             trusted_ca: {{ filename: "{f('ca.pem')}" }}
             match_subject_alt_names: [{{ exact: "{SPIFFE}back" }}]
-"""
+{zipkin()}"""
     back = f"""{node("back")}admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {BACK_ADMIN} }} }}
 static_resources:
@@ -278,7 +297,7 @@ static_resources:
               match_subject_alt_names: [{{ prefix: "spiffe://cluster.local/" }}]
       filters:
 {hcm("inbound", "app")}  clusters:
-{cluster("app", UPSTREAM_HTTP + 1)}"""
+{cluster("app", UPSTREAM_HTTP + 1)}{zipkin()}"""
     name = f"-{telemetry}" if telemetry else ""
     paths = (f(f"mtls-front{name}.yaml"), f(f"mtls-back{name}.yaml"))
     for path, text in zip(paths, (front, back)):
@@ -806,7 +825,8 @@ def render_telemetry(summary, meta):
          "load Istio's filters (only istio-proxy has them), so its \"on\" is the same access log with its",
          "own stats (always on); Envoy with istio-proxy's filters would cost more than this row shows.",
          "Both write access logs as Envoy does by default (every 10 s, or at once when 64 KiB wait).",
-         "No tracing: pilotfish has none yet. CPU is both sidecars' together.",
+         "Both trace as istiod configures a sidecar: 1 % random sampling, Istio's custom tag, Zipkin v2 JSON",
+         "spans (to nginx, answering 202). CPU is both sidecars' together.",
          f"Measured at pilotfish `{m['pilotfish']}`, {m['date']}.\n",
          "| figure | pilotfish off | pilotfish on | Envoy off | Envoy on | pilotfish on / Envoy on | target |",
          "|---|---|---|---|---|---|---|"]

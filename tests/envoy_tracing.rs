@@ -423,6 +423,9 @@ async fn spans_and_trace_headers_match_envoy() {
         statuses.push(get(otel_out, "/otel", &with_tp).await);
         statuses.push(get(otel_out, "/dec/otel", &[host("reviews:9080")]).await);
         statuses.push(get(otel_in, "/otel_in", &with_tp).await);
+        // The client asks for a trace: the inbound span is made.
+        with_tp.push(("x-client-trace-id", "client-1"));
+        statuses.push(get(otel_in, "/otel_in_traced", &with_tp).await);
         statuses.push(get(otlp_http, "/over-http", &[host("ratings:9080")]).await);
         let mut spans = BTreeMap::new();
         for url in [
@@ -433,6 +436,7 @@ async fn spans_and_trace_headers_match_envoy() {
             "http://reviews:9080/otel",
             "http://reviews:9080/dec/otel",
             "http://ratings:9080/over-http",
+            "http://reviews:9080/otel_in_traced",
         ] {
             spans.insert(url, collector.span(url).await);
         }
@@ -440,7 +444,7 @@ async fn spans_and_trace_headers_match_envoy() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             collector.count(),
-            7,
+            8,
             "{bin}: {:#?}",
             collector.spans.lock().unwrap()
         );
@@ -482,6 +486,7 @@ async fn spans_and_trace_headers_match_envoy() {
             "tracing.zipkin.reports_failed",
             "tracing.zipkin.reports_dropped",
             "tracing.opentelemetry.spans_sent",
+            "http.otel_in.tracing.client_enabled",
             "http.out.tracing.random_sampling",
             "http.out.tracing.client_enabled",
             "http.in.tracing.not_traceable",

@@ -331,19 +331,22 @@ impl HttpConnectionManager {
             h.insert(headers::X_REQUEST_ID, headers::request_id());
         }
         let span = self.tracing.as_ref().and_then(|t| {
-            let authority = request_authority(&req).unwrap_or_default();
-            let path = req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+            // Shared copies (no allocation): the headers change while these are read.
+            let uri = req.uri().clone();
+            let host = req.headers().get(HOST).cloned();
+            let authority = uri
+                .authority()
+                .map(Authority::as_str)
+                .or_else(|| host.as_ref().and_then(|h| h.to_str().ok()))
+                .unwrap_or("");
             let method = req.method().clone();
             let version = req.version();
             t.start(
                 req.headers_mut(),
                 &RequestFacts {
                     scheme: if tls.is_some() { "https" } else { "http" },
-                    authority: &authority,
-                    path: &path,
+                    authority,
+                    path: uri.path_and_query().map_or("/", PathAndQuery::as_str),
                     method: method.as_str(),
                     version,
                     peer: down.peer,

@@ -91,8 +91,7 @@ impl HttpTracing {
     pub fn start(&self, h: &mut HeaderMap, r: &RequestFacts<'_>) -> Option<RequestSpan> {
         let reason = decision::decide(h, &self.config, r.edge, &self.stats);
         let tracer = self.tracer.as_ref()?;
-        let name = tracer.default_name(self.kind, r.authority);
-        let mut span = tracer.start(h, self.kind, reason.traced(), name)?;
+        let mut span = tracer.start(h, self.kind, reason.traced())?;
         if !span.sampled {
             // Not reported: the headers carry the context, nothing more to note.
             return Some(RequestSpan {
@@ -102,6 +101,8 @@ impl HttpTracing {
                 decorated: None,
             });
         }
+        span.name = tracer.default_name(self.kind, r.authority);
+        span.tags.reserve(24);
         span.tag("node_id", self.node_id.clone());
         span.tag("zone", self.zone.clone());
         if let Some(id) = h.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {

@@ -36,7 +36,7 @@ impl Tracer {
     /// (a child of the caller's span) or is new, and the headers are rewritten to carry
     /// this span's context upstream. `None` when the incoming B3 context is malformed
     /// (Envoy then makes no span and leaves the headers alone).
-    pub fn start(&self, h: &mut HeaderMap, kind: Kind, traced: bool, name: String) -> Option<Span> {
+    pub fn start(&self, h: &mut HeaderMap, kind: Kind, traced: bool) -> Option<Span> {
         let mut span = Span {
             trace: TraceId {
                 high: 0,
@@ -45,11 +45,11 @@ impl Tracer {
             },
             id: 0,
             parent: None,
-            name,
+            name: String::new(),
             kind,
             start: std::time::SystemTime::now(),
             duration: Default::default(),
-            tags: Vec::with_capacity(24),
+            tags: Vec::new(),
             sampled: traced,
             shared: false,
             trace_state: String::new(),
@@ -125,8 +125,9 @@ impl Tracer {
     pub fn default_name(&self, kind: Kind, host: &str) -> String {
         match self.driver {
             Driver::Zipkin { .. } => host.to_owned(),
+            // Envoy names ingress spans by direction alone.
             Driver::OpenTelemetry => match kind {
-                Kind::Server => format!("ingress {host}"),
+                Kind::Server => "ingress".to_owned(),
                 Kind::Client => format!("egress {host}"),
             },
         }
