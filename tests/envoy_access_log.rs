@@ -191,3 +191,155 @@ async fn istios_default_format_matches_envoy_field_by_field() {
     }
     diff.assert_none();
 }
+
+/// Access-log filters on the same requests through both proxies: each log writes only
+/// the requests its filter admits, and the two proxies admit the same ones.
+#[tokio::test]
+async fn filters_admit_what_envoys_admit() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let up = Upstream::start("a").await;
+    let routes = r#"              - match: { prefix: "/ok" }
+                route: { cluster: backend }
+              - match: { prefix: "/none" }
+                route: { cluster: empty }
+              - match: { prefix: "/slow/" }
+                route: { cluster: backend, timeout: 0.3s }
+              - match: { prefix: "/teapot" }
+                direct_response: { status: 418 }"#;
+    let clusters = format!(
+        "{}  - name: empty\n    connect_timeout: 1s\n",
+        static_cluster("backend", &[up.addr], false)
+    );
+    let log = |name: &str, filter: &str| {
+        format!(
+            r#"          - name: envoy.access_loggers.stdout
+            filter: {filter}
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format: {{ text_format_source: {{ inline_string: "{name} %REQ(X-CASE)%\n" }} }}
+"#
+        )
+    };
+    let rt = "runtime_key: k";
+    let logs = [
+        log("status>=400", &format!("{{ status_code_filter: {{ comparison: {{ op: GE, value: {{ default_value: 400, {rt} }} }} }} }}")),
+        log("status!=200", &format!("{{ status_code_filter: {{ comparison: {{ op: NE, value: {{ default_value: 200, {rt} }} }} }} }}")),
+        log("duration>=200", &format!("{{ duration_filter: {{ comparison: {{ op: GE, value: {{ default_value: 200, {rt} }} }} }} }}")),
+        log("not-health-check", "{ not_health_check_filter: {} }"),
+        log("traceable", "{ traceable_filter: {} }"),
+        log("header", "{ header_filter: { header: { name: x-log, string_match: { exact: logme } } } }"),
+        log("flag-any", "{ response_flag_filter: {} }"),
+        log("flag-UH-UT", "{ response_flag_filter: { flags: [UH, UT] } }"),
+        log("grpc-unavailable", "{ grpc_status_filter: { statuses: [UNAVAILABLE] } }"),
+        log("grpc-not-unknown", "{ grpc_status_filter: { statuses: [UNKNOWN], exclude: true } }"),
+        log("runtime-half", "{ runtime_filter: { runtime_key: r, percent_sampled: { numerator: 50, denominator: HUNDRED } } }"),
+        log("and", &format!("{{ and_filter: {{ filters: [{{ status_code_filter: {{ comparison: {{ op: GE, value: {{ default_value: 500, {rt} }} }} }} }}, {{ header_filter: {{ header: {{ name: x-log, present_match: true }} }} }}] }} }}")),
+        log("or", &format!("{{ or_filter: {{ filters: [{{ status_code_filter: {{ comparison: {{ op: EQ, value: {{ default_value: 418, {rt} }} }} }} }}, {{ response_flag_filter: {{ flags: [NR] }} }}] }} }}")),
+    ]
+    .concat();
+    // No request is sampled; one is forced (the client is internal: loopback, taken
+    // as the remote address), one asks as a client.
+    let tracing = "          use_remote_address: true\n          internal_address_config: { cidr_ranges: [{ address_prefix: 127.0.0.1, prefix_len: 32 }] }\n          tracing: { random_sampling: { value: 0 } }\n";
+    let yaml = http_bootstrap_logged(
+        routes,
+        &clusters,
+        &format!("{tracing}          access_log:\n{logs}"),
+    );
+    let (ours, theirs) = start_both(&envoy, &yaml).await;
+    // Path, headers. Request ids chosen for the runtime filter's draw (first 8 hex
+    // digits mod 100: 0x0000000a = 10 is in, 0x00000063 = 99 is out).
+    let requests: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "/ok",
+            vec![("x-request-id", "0000000a-0000-4000-8000-000000000000")],
+        ),
+        (
+            "/ok",
+            vec![
+                ("x-log", "logme"),
+                ("x-request-id", "00000063-0000-4000-8000-000000000000"),
+            ],
+        ),
+        ("/none", vec![("x-log", "no")]),
+        ("/nowhere", vec![]),
+        ("/teapot", vec![]),
+        ("/slow/1000", vec![("x-log", "logme")]),
+        ("/ok", vec![("x-envoy-force-trace", "true")]),
+        ("/ok", vec![("x-client-trace-id", "c1")]),
+        ("/ok", vec![("content-type", "application/grpc")]),
+    ];
+    for p in [&ours, &theirs] {
+        for (i, (path, headers)) in requests.iter().enumerate() {
+            let mut req = Request::get(*path)
+                .header("host", "logged.example")
+                .header("x-case", i.to_string());
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            // A fixed request id, outside the runtime filter's half, unless given.
+            if !headers.iter().any(|(k, _)| *k == "x-request-id") {
+                req = req.header(
+                    "x-request-id",
+                    format!("{:08x}-0000-4000-8000-000000000000", 60 + i),
+                );
+            }
+            send(
+                p.listener("http"),
+                false,
+                req.body(Full::default()).unwrap(),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    // Every request passes `not_health_check`: wait for those, then a little more.
+    let want = requests.len();
+    let count = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with("not-health-check"))
+            .count()
+    };
+    for p in [&ours, &theirs] {
+        for _ in 0..100 {
+            if count(&p.stdout_lines(0).await) >= want {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let (o, t) = (
+        sorted(ours.stdout_lines(0).await),
+        sorted(theirs.stdout_lines(0).await),
+    );
+    assert_eq!(count(&t), want, "Envoy's lines: {t:?}");
+    // The forced request is the traceable one (the client's own trace id is not).
+    assert!(t.iter().any(|l| l == "traceable 6"), "Envoy's lines: {t:?}");
+    assert!(
+        t.iter().any(|l| l == "runtime-half 0"),
+        "Envoy's lines: {t:?}"
+    );
+    let mut d = Differences::default();
+    let names: std::collections::BTreeSet<&str> = t
+        .iter()
+        .chain(&o)
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    for name in names {
+        let pick = |v: &[String]| {
+            v.iter()
+                .filter(|l| l.split(' ').next() == Some(name))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        d.check(name, pick(&t), pick(&o));
+    }
+    d.assert_none();
+}

@@ -2430,9 +2430,122 @@ pub(super) fn access_logs(
             Some(f) => f,
             None => text_format(crate::telemetry::access_log::DEFAULT_FORMAT, &lpath)?,
         };
-        out.push(AccessLogConfig { target, format });
+        let filter = log
+            .filter
+            .as_ref()
+            .map(|f| log_filter(f, &format!("{lpath}.filter")))
+            .transpose()?;
+        out.push(AccessLogConfig {
+            target,
+            format,
+            filter,
+        });
     }
     Ok(out)
+}
+
+/// An `AccessLogFilter`. The runtime keys filters name are not read: the configured
+/// defaults decide.
+fn log_filter(
+    f: &envoy_types::pb::envoy::config::accesslog::v3::AccessLogFilter,
+    path: &str,
+) -> Result<crate::telemetry::access_log_filter::LogFilter> {
+    use crate::telemetry::access_log_filter::{LogFilter, Op};
+    use envoy_types::pb::envoy::{
+        config::accesslog::v3::{
+            ComparisonFilter, access_log_filter::FilterSpecifier, comparison_filter,
+        },
+        r#type::v3::fractional_percent::DenominatorType,
+    };
+    let comparison = |c: &Option<ComparisonFilter>, p: &str| -> Result<(Op, u64)> {
+        let c = c
+            .as_ref()
+            .ok_or_else(|| format!("{p}.comparison: required"))?;
+        let op = match comparison_filter::Op::try_from(c.op) {
+            Ok(comparison_filter::Op::Eq) => Op::Eq,
+            Ok(comparison_filter::Op::Ge) => Op::Ge,
+            Ok(comparison_filter::Op::Le) => Op::Le,
+            Ok(comparison_filter::Op::Ne) => Op::Ne,
+            Err(_) => return Err(format!("{p}.comparison.op: unknown")),
+        };
+        let v = c
+            .value
+            .as_ref()
+            .ok_or_else(|| format!("{p}.comparison.value: required"))?;
+        if v.runtime_key.is_empty() {
+            return Err(format!("{p}.comparison.value.runtime_key: required"));
+        }
+        Ok((op, u64::from(v.default_value)))
+    };
+    let list = |fs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLogFilter],
+                p: &str|
+     -> Result<Vec<LogFilter>> {
+        if fs.len() < 2 {
+            return Err(format!("{p}.filters: at least 2 are required"));
+        }
+        fs.iter()
+            .enumerate()
+            .map(|(i, f)| log_filter(f, &format!("{p}.filters[{i}]")))
+            .collect()
+    };
+    Ok(match &f.filter_specifier {
+        Some(FilterSpecifier::StatusCodeFilter(s)) => {
+            let (op, v) = comparison(&s.comparison, &format!("{path}.status_code_filter"))?;
+            LogFilter::StatusCode(op, v)
+        }
+        Some(FilterSpecifier::DurationFilter(d)) => {
+            let (op, v) = comparison(&d.comparison, &format!("{path}.duration_filter"))?;
+            LogFilter::Duration(op, v)
+        }
+        Some(FilterSpecifier::NotHealthCheckFilter(_)) => LogFilter::NotHealthCheck,
+        Some(FilterSpecifier::TraceableFilter(_)) => LogFilter::Traceable,
+        Some(FilterSpecifier::RuntimeFilter(r)) => {
+            let p = format!("{path}.runtime_filter");
+            if r.runtime_key.is_empty() {
+                return Err(format!("{p}.runtime_key: required"));
+            }
+            let share = r.percent_sampled.as_ref();
+            LogFilter::Runtime {
+                numerator: share.map_or(0, |s| u64::from(s.numerator)),
+                denominator: match share.map(|s| DenominatorType::try_from(s.denominator)) {
+                    None | Some(Ok(DenominatorType::Hundred)) => 100,
+                    Some(Ok(DenominatorType::TenThousand)) => 10_000,
+                    Some(Ok(DenominatorType::Million)) => 1_000_000,
+                    Some(Err(_)) => {
+                        return Err(format!("{p}.percent_sampled.denominator: unknown"));
+                    }
+                },
+                independent: r.use_independent_randomness,
+            }
+        }
+        Some(FilterSpecifier::AndFilter(a)) => {
+            LogFilter::And(list(&a.filters, &format!("{path}.and_filter"))?)
+        }
+        Some(FilterSpecifier::OrFilter(o)) => {
+            LogFilter::Or(list(&o.filters, &format!("{path}.or_filter"))?)
+        }
+        Some(FilterSpecifier::HeaderFilter(h)) => {
+            let p = format!("{path}.header_filter.header");
+            let m = h.header.as_ref().ok_or_else(|| format!("{p}: required"))?;
+            LogFilter::Header(super::route_config::header_matcher(m, &p)?)
+        }
+        Some(FilterSpecifier::ResponseFlagFilter(r)) => {
+            for (i, flag) in r.flags.iter().enumerate() {
+                if !crate::http::local_reply::FLAG_NAMES.contains(&flag.as_str()) {
+                    return Err(format!(
+                        "{path}.response_flag_filter.flags[{i}]: unknown flag '{flag}'"
+                    ));
+                }
+            }
+            LogFilter::ResponseFlag(r.flags.clone())
+        }
+        Some(FilterSpecifier::GrpcStatusFilter(g)) => LogFilter::GrpcStatus {
+            statuses: g.statuses.iter().map(|&s| s as u32).collect(),
+            exclude: g.exclude,
+        },
+        Some(_) => return Err(format!("{path}: this filter is not supported")),
+        None => return Err(format!("{path}: a filter is required")),
+    })
 }
 
 fn text_format(s: &str, path: &str) -> Result<crate::telemetry::access_log::Format> {

@@ -718,7 +718,53 @@ const FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.accesslog.v3.AccessLog",
-        &["name", "typed_config"],
+        &["name", "typed_config", "filter"],
+    ),
+    (
+        "envoy.config.accesslog.v3.AccessLogFilter",
+        &[
+            "status_code_filter",
+            "duration_filter",
+            "not_health_check_filter",
+            "traceable_filter",
+            "runtime_filter",
+            "and_filter",
+            "or_filter",
+            "header_filter",
+            "response_flag_filter",
+            "grpc_status_filter",
+        ],
+    ),
+    (
+        "envoy.config.accesslog.v3.StatusCodeFilter",
+        &["comparison"],
+    ),
+    ("envoy.config.accesslog.v3.DurationFilter", &["comparison"]),
+    (
+        "envoy.config.accesslog.v3.ComparisonFilter",
+        &["op", "value"],
+    ),
+    (
+        "envoy.config.core.v3.RuntimeUInt32",
+        &["default_value", "runtime_key"],
+    ),
+    ("envoy.config.accesslog.v3.NotHealthCheckFilter", &[]),
+    ("envoy.config.accesslog.v3.TraceableFilter", &[]),
+    (
+        "envoy.config.accesslog.v3.RuntimeFilter",
+        &[
+            "runtime_key",
+            "percent_sampled",
+            "use_independent_randomness",
+        ],
+    ),
+    ("envoy.config.accesslog.v3.AndFilter", &["filters"]),
+    ("envoy.config.accesslog.v3.OrFilter", &["filters"]),
+    ("envoy.config.accesslog.v3.HeaderFilter", &["header"]),
+    ("envoy.config.accesslog.v3.ResponseFlagFilter", &["flags"]),
+    (
+        "envoy.config.accesslog.v3.GrpcStatusFilter",
+        &["statuses", "exclude"],
     ),
     (
         "envoy.extensions.access_loggers.file.v3.FileAccessLog",

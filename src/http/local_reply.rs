@@ -70,6 +70,14 @@ impl ResponseFlag {
     }
 }
 
+/// Every response flag Envoy 1.40 names (what an access-log `response_flag_filter`
+/// may list), whether or not pilotfish ever sets it.
+pub const FLAG_NAMES: &[&str] = &[
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC",
+    "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR",
+    "UDO",
+];
+
 /// The retry flags of a response (upstream or local): `URX` when retries ran out on a
 /// retriable outcome, `UO` when the retry breaker refused one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

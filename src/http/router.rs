@@ -330,7 +330,7 @@ impl HttpConnectionManager {
         if self.config.generate_request_id && !h.contains_key(headers::X_REQUEST_ID) {
             h.insert(headers::X_REQUEST_ID, headers::request_id());
         }
-        let span = self.tracing.as_ref().and_then(|t| {
+        let (trace_reason, span) = self.tracing.as_ref().map_or((None, None), |t| {
             // Shared copies (no allocation): the headers change while these are read.
             let uri = req.uri().clone();
             let host = req.headers().get(HOST).cloned();
@@ -341,7 +341,7 @@ impl HttpConnectionManager {
                 .unwrap_or("");
             let method = req.method().clone();
             let version = req.version();
-            t.start(
+            let started = t.start(
                 req.headers_mut(),
                 &RequestFacts {
                     scheme: if tls.is_some() { "https" } else { "http" },
@@ -352,7 +352,8 @@ impl HttpConnectionManager {
                     peer: down.peer,
                     edge: !internal && self.config.forwarded.use_remote_address,
                 },
-            )
+            );
+            (Some(started.0), started.1)
         });
         let grpc_call = (grpc && self.grpc_stats.is_some()).then(Arc::<grpc_stats::Call>::default);
         let traced = span.as_ref().is_some_and(RequestSpan::sampled);
@@ -409,6 +410,8 @@ impl HttpConnectionManager {
             downstream_local: Some(down.local),
             requested_server_name: tls.as_ref().and_then(|t| t.sni.clone()),
             tls: tls.clone(),
+            trace_forced: trace_reason
+                == Some(crate::telemetry::tracing::decision::Reason::ServiceForced),
             ..Default::default()
         };
         let received = Arc::new(AtomicU64::new(0));
@@ -430,6 +433,9 @@ impl HttpConnectionManager {
         self.compress(compress, &mut resp);
         let resp = Self::count_grpc_response(&grpc_call, resp);
         record.response_code = resp.status().as_u16();
+        if grpc {
+            record.grpc_status = grpc_status_of(resp.headers());
+        }
         record.response_flags = local_reply::flags_text(
             resp.extensions().get::<ResponseFlag>().copied(),
             picked.delayed,
@@ -1746,6 +1752,9 @@ impl Observer for RequestEnd {
     }
 
     fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(s) = grpc_status_of(trailers) {
+            self.record.grpc_status = Some(s);
+        }
         if let Some(i) = &mut self.istio
             && let Some(s) = grpc_status_of(trailers)
         {

@@ -38,6 +38,8 @@ pub enum Target {
 pub struct AccessLogConfig {
     pub target: Target,
     pub format: Format,
+    /// `filter`: which records this log writes (all without one).
+    pub filter: Option<super::access_log_filter::LogFilter>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -213,6 +215,11 @@ pub struct Record {
     pub upstream_transport_failure_reason: Option<String>,
     /// What the downstream TLS handshake established, on a TLS connection.
     pub tls: Option<std::sync::Arc<crate::tls::PeerInfo>>,
+    /// The request is traced because `x-envoy-force-trace` asked (what Envoy's
+    /// `traceable_filter` admits).
+    pub trace_forced: bool,
+    /// The gRPC status of the response (trailers, else headers).
+    pub grpc_status: Option<u32>,
 }
 
 impl Record {
@@ -381,12 +388,18 @@ pub fn rfc3339_millis(t: SystemTime) -> String {
 #[derive(Debug, Clone)]
 pub struct AccessLog {
     format: Format,
+    filter: Option<super::access_log_filter::LogFilter>,
     sink: Arc<Sink>,
     dropped: Counter,
 }
 
 impl AccessLog {
     pub fn write(&self, record: &Record) {
+        if let Some(f) = &self.filter
+            && !f.admits(record)
+        {
+            return;
+        }
         if !self.sink.push(&record.render(&self.format)) {
             self.dropped.inc();
         }
@@ -521,6 +534,7 @@ impl Sinks {
         );
         Ok(AccessLog {
             format: cfg.format.clone(),
+            filter: cfg.filter.clone(),
             sink,
             dropped,
         })
@@ -628,6 +642,7 @@ mod tests {
         let cfg = AccessLogConfig {
             target: Target::File(path.to_str().unwrap().into()),
             format: Format::Text(parse("line\n").unwrap()),
+            filter: None,
         };
         let log = sinks.open(&cfg).unwrap();
         log.write(&Record::default());
@@ -653,6 +668,7 @@ mod tests {
         let cfg = AccessLogConfig {
             target: Target::File(path.to_str().unwrap().into()),
             format: Format::Text(parse(&line).unwrap()),
+            filter: None,
         };
         let log = sinks.open(&cfg).unwrap();
         for _ in 0..64 {

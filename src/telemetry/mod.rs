@@ -1,5 +1,6 @@
 //! Stats with Envoy's names, the access log, and tracing.
 pub mod access_log;
+pub mod access_log_filter;
 pub mod naming;
 pub mod scopes;
 pub mod stats;

@@ -86,10 +86,23 @@ impl HttpTracing {
     }
 
     /// Decides whether the request is traced and starts its span, rewriting the
-    /// trace headers for the upstream. `None`: no span (no tracer, or a malformed
-    /// incoming context).
-    pub fn start(&self, h: &mut HeaderMap, r: &RequestFacts<'_>) -> Option<RequestSpan> {
+    /// trace headers for the upstream. No span without a tracer, or with a malformed
+    /// incoming context.
+    pub fn start(
+        &self,
+        h: &mut HeaderMap,
+        r: &RequestFacts<'_>,
+    ) -> (decision::Reason, Option<RequestSpan>) {
         let reason = decision::decide(h, &self.config, r.edge, &self.stats);
+        (reason, self.start_span(h, r, reason))
+    }
+
+    fn start_span(
+        &self,
+        h: &mut HeaderMap,
+        r: &RequestFacts<'_>,
+        reason: decision::Reason,
+    ) -> Option<RequestSpan> {
         let tracer = self.tracer.as_ref()?;
         let mut span = tracer.start(h, self.kind, reason.traced())?;
         if !span.sampled {
