@@ -111,9 +111,22 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
     ));
 
     let runtime = Arc::new(Runtime::new(config.server.runtime_layers.clone()));
+    let node_identity = {
+        let node = &config.node.proto;
+        crate::telemetry::tracing::NodeIdentity {
+            id: node.id.clone(),
+            cluster: node.cluster.clone(),
+            zone: node
+                .locality
+                .as_ref()
+                .map(|l| l.zone.clone())
+                .unwrap_or_default(),
+        }
+    };
     let sinks = Arc::new(
         Sinks::with_flush_interval(control.handle().clone(), store.clone(), opts.flush_interval)
-            .with_flush_size(opts.flush_size),
+            .with_flush_size(opts.flush_size)
+            .with_otel(clusters.clone(), node_identity.clone()),
     );
     server.static_unknown_fields.add(opts.unknown_static_fields);
 
@@ -175,25 +188,14 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
     }
     control.block_on(clusters.start_background());
     let exit_sinks = sinks.clone();
-    let tracers = {
-        let node = &config.node.proto;
-        Arc::new(crate::telemetry::tracing::Tracers::new(
-            control.handle().clone(),
-            clusters.clone(),
-            store.clone(),
-            config.tracing.clone(),
-            crate::telemetry::tracing::NodeIdentity {
-                id: node.id.clone(),
-                cluster: node.cluster.clone(),
-                zone: node
-                    .locality
-                    .as_ref()
-                    .map(|l| l.zone.clone())
-                    .unwrap_or_default(),
-            },
-            |key| runtime.get_u64(key),
-        ))
-    };
+    let tracers = Arc::new(crate::telemetry::tracing::Tracers::new(
+        control.handle().clone(),
+        clusters.clone(),
+        store.clone(),
+        config.tracing.clone(),
+        node_identity,
+        |key| runtime.get_u64(key),
+    ));
     let ctx = listener::Context {
         tracers,
         clusters: clusters.clone(),

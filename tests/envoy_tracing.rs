@@ -19,7 +19,10 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use pilotfish::telemetry::tracing::otlp::{EXPORT_PATH, ExportTraceServiceRequest};
+use pilotfish::telemetry::{
+    otel_access_log::{EXPORT_PATH as LOGS_PATH, ExportLogsServiceRequest},
+    tracing::otlp::{EXPORT_PATH, ExportTraceServiceRequest},
+};
 use prost::Message;
 use serde_json::{Value, json};
 
@@ -42,6 +45,8 @@ struct Collector {
     spans: Arc<Mutex<Vec<Got>>>,
     /// Each report's request line and headers.
     reports: Arc<Mutex<Vec<(String, http::HeaderMap)>>>,
+    /// OTLP log records: the resource's attributes and the record.
+    logs: Arc<Mutex<Vec<(Value, Value)>>>,
 }
 
 impl Collector {
@@ -70,6 +75,44 @@ impl Collector {
             .lock()
             .unwrap()
             .push((line, req.headers().clone()));
+        if req.uri().path() == LOGS_PATH {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let msg = ExportLogsServiceRequest::decode(&body[5..]).unwrap();
+            let kv = |kvs: &[envoy_types::pb::opentelemetry::proto::common::v1::KeyValue]| {
+                Value::Array(
+                    kvs.iter()
+                        .map(|kv| {
+                            json!([
+                                kv.key,
+                                format!("{:?}", kv.value.as_ref().and_then(|v| v.value.as_ref()))
+                            ])
+                        })
+                        .collect(),
+                )
+            };
+            for rl in msg.resource_logs {
+                let resource = kv(rl.resource.as_ref().map_or(&[][..], |r| &r.attributes));
+                for sl in rl.scope_logs {
+                    for r in sl.log_records {
+                        self.logs.lock().unwrap().push((
+                            resource.clone(),
+                            json!({
+                                "time_set": r.time_unix_nano > 0,
+                                "body": format!("{:?}", r.body.as_ref().and_then(|b| b.value.as_ref())),
+                                "attributes": kv(&r.attributes),
+                                "trace_id": r.trace_id.iter().map(|x| format!("{x:02x}")).collect::<String>(),
+                                "span_id": r.span_id.iter().map(|x| format!("{x:02x}")).collect::<String>(),
+                            }),
+                        ));
+                    }
+                }
+            }
+            return Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "0")
+                .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+                .unwrap();
+        }
         let grpc = req.uri().path() == EXPORT_PATH;
         let otlp_http = req.uri().path() == "/v1/traces";
         let body = req.into_body().collect().await.unwrap().to_bytes();
@@ -634,4 +677,111 @@ async fn two_sidecars_report_one_zipkin_trace() {
 #[tokio::test]
 async fn two_sidecars_report_one_otlp_trace() {
     two_hops(OTEL_PROVIDER).await;
+}
+
+/// `envoy.access_loggers.open_telemetry` as Istio's Telemetry API configures it (an
+/// OTLP/gRPC collector, a text body, attributes), next to OpenTelemetry tracing: the
+/// records both proxies export, their resource labels, and the trace they belong to.
+#[tokio::test]
+async fn otlp_access_logs_match_envoy() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let extra = r#"            random_sampling: { value: 100 }
+            provider:
+              name: envoy.tracers.opentelemetry
+              typed_config:
+                "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+                grpc_service: { envoy_grpc: { cluster_name: otel }, timeout: 5s }
+          access_log:
+          - name: otel
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig
+              common_config:
+                log_name: otel_envoy_accesslog
+                transport_api_version: V3
+                grpc_service: { envoy_grpc: { cluster_name: otel, authority: otel-collector.istio-system.svc.cluster.local } }
+                filter_state_objects_to_log: [wasm.upstream_peer, wasm.downstream_peer]
+              body: { string_value: "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER%\n" }
+              attributes:
+                values:
+                - { key: user_agent, value: { string_value: "%REQ(USER-AGENT)%" } }
+                - { key: missing, value: { string_value: "%REQ(X-NOPE)%" } }
+                - { key: code, value: { string_value: "%RESPONSE_CODE%" } }
+              resource_attributes:
+                values:
+                - { key: k8s.namespace.name, value: { string_value: default } }
+"#;
+    // The connection manager's `tracing` ends where its access log begins.
+    let routes = r#"              - match: { prefix: /none }
+                route: { cluster: empty }
+              - match: { prefix: / }
+                route: { cluster: up }"#;
+    let mut runs = Vec::new();
+    for bin in [BIN.to_owned(), envoy] {
+        let up = Upstream::start("up").await;
+        let (collector_addr, collector) = Collector::start().await;
+        let clusters = [
+            static_cluster("up", &[up.addr], false),
+            static_cluster("otel", &[collector_addr], true),
+            "  - name: empty\n    connect_timeout: 1s\n".to_owned(),
+        ]
+        .concat();
+        let yaml = bootstrap(&hcm("out", "OUTBOUND", extra, routes), &clusters).replace(
+            "cluster: productpage.default }",
+            "cluster: productpage.default, locality: { zone: zone-a } }",
+        );
+        let proxy = if bin == BIN {
+            Proxy::start(&yaml).await
+        } else {
+            Proxy::start_bin(&bin, &yaml, &["--disable-hot-restart"]).await
+        };
+        let out = proxy.listener("out");
+        assert_eq!(
+            get(out, "/a", &[("host", "svc:80"), ("user-agent", "ua-1")]).await,
+            200
+        );
+        assert_eq!(get(out, "/none", &[("host", "svc:80")]).await, 503);
+        let mut logs = Vec::new();
+        for _ in 0..100 {
+            logs = collector.logs.lock().unwrap().clone();
+            if logs.len() >= 2 && collector.count() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(logs.len(), 2, "{bin}: {logs:#?}");
+        // Each record names its request's span.
+        let spans = collector.spans.lock().unwrap().clone();
+        for (_, r) in &logs {
+            let trace = r["trace_id"].as_str().unwrap();
+            let span = r["span_id"].as_str().unwrap();
+            assert!(
+                spans.iter().any(|s| s.trace == trace && s.id == span),
+                "{bin}: {r} is not one of {spans:#?}"
+            );
+        }
+        let mut comparable: Vec<Value> = logs
+            .into_iter()
+            .map(|(resource, mut r)| {
+                let o = r.as_object_mut().unwrap();
+                o.remove("trace_id");
+                o.remove("span_id");
+                json!({ "resource": resource, "record": r })
+            })
+            .collect();
+        comparable.sort_by_key(|v| v.to_string());
+        let authority = collector
+            .reports
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(l, _)| l.contains(LOGS_PATH))
+            .map(|(l, _)| l.clone());
+        runs.push((comparable, authority));
+    }
+    let mut d = Differences::default();
+    d.check("records", &runs[1].0, &runs[0].0);
+    d.check("export request", &runs[1].1, &runs[0].1);
+    d.assert_none();
 }

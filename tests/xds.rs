@@ -746,7 +746,7 @@ resources:
     )
     .await;
     // A broken file is rejected and the running config kept.
-    std::fs::write(&tmp, "resources: [ { \"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster, name: backend, type: STATIC, respect_dns_ttl: true } ]\n").unwrap();
+    std::fs::write(&tmp, "resources: [ { \"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster, name: backend, type: STATIC, close_connections_on_host_health_failure: true } ]\n").unwrap();
     std::fs::rename(&tmp, &cds).unwrap();
     p.wait_metric("envoy_cluster_manager_cds_update_rejected", 1)
         .await;

@@ -2356,6 +2356,8 @@ fn upstream_socket(
 const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
 const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+const OTEL_LOG: &str =
+    "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig";
 
 pub(super) fn access_logs(
     logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
@@ -2376,7 +2378,16 @@ pub(super) fn access_logs(
             return Err(format!("{lpath} ({}): typed_config is required", log.name));
         };
         let err = |e: String| format!("{lpath}: {e}");
+        let mut otel = None;
         let (target, format) = match proto::type_name(&any.type_url) {
+            OTEL_LOG => {
+                let c = proto::unpack(any).map_err(err)?;
+                otel = Some(std::sync::Arc::new(otel_log(
+                    &c,
+                    &format!("{lpath}.typed_config"),
+                )?));
+                (Target::OpenTelemetry, None)
+            }
             FILE_LOG => {
                 let f: FileAccessLog = proto::unpack(any).map_err(err)?;
                 if f.path.is_empty() {
@@ -2439,9 +2450,121 @@ pub(super) fn access_logs(
             target,
             format,
             filter,
+            otel,
         });
     }
     Ok(out)
+}
+
+/// `envoy.access_loggers.open_telemetry`: OTLP over gRPC; a string `body` and string
+/// `attributes`, formatted as access-log lines.
+fn otel_log(
+    c: &envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig,
+    path: &str,
+) -> Result<crate::telemetry::otel_access_log::OtelLogConfig> {
+    use envoy_types::pb::opentelemetry::proto::common::v1::{AnyValue, any_value};
+    let string =
+        |v: &Option<AnyValue>, p: &str| -> Result<Vec<crate::telemetry::access_log::Piece>> {
+            match v.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => {
+                    crate::telemetry::access_log::parse(s).map_err(|e| format!("{p}: {e}"))
+                }
+                _ => Err(format!("{p}: only string_value is supported")),
+            }
+        };
+    #[allow(deprecated)]
+    let common = c.common_config.as_ref();
+    let grpc = c
+        .grpc_service
+        .as_ref()
+        .or(common.and_then(|c| c.grpc_service.as_ref()));
+    let gpath = if c.grpc_service.is_some() {
+        format!("{path}.grpc_service")
+    } else {
+        format!("{path}.common_config.grpc_service")
+    };
+    if c.http_service.is_some() {
+        return Err(format!(
+            "{path}.http_service: not supported (grpc_service is)"
+        ));
+    }
+    let grpc = grpc.ok_or_else(|| format!("{gpath}: required"))?;
+    if let Some(cc) = common {
+        use envoy_types::pb::envoy::config::core::v3::ApiVersion;
+        if !matches!(
+            ApiVersion::try_from(cc.transport_api_version),
+            Ok(ApiVersion::Auto | ApiVersion::V3)
+        ) {
+            return Err(format!(
+                "{path}.common_config.transport_api_version: only V3 is supported"
+            ));
+        }
+    }
+    let target = super::http_filters::envoy_grpc(grpc, &gpath, Duration::from_secs(5))?;
+    let log_name = if c.log_name.is_empty() {
+        common.map(|c| c.log_name.clone()).unwrap_or_default()
+    } else {
+        c.log_name.clone()
+    };
+    if log_name.is_empty() {
+        return Err(format!("{path}.common_config.log_name: required"));
+    }
+    let flush = c
+        .buffer_flush_interval
+        .as_ref()
+        .or(common.and_then(|c| c.buffer_flush_interval.as_ref()))
+        .map_or(Duration::from_secs(1), duration);
+    let size = c
+        .buffer_size_bytes
+        .as_ref()
+        .or(common.and_then(|c| c.buffer_size_bytes.as_ref()))
+        .map_or(16 * 1024, |v| v.value as usize);
+    let pairs = |l: &Option<envoy_types::pb::opentelemetry::proto::common::v1::KeyValueList>,
+                 p: &str|
+     -> Result<Vec<(String, Vec<crate::telemetry::access_log::Piece>)>> {
+        l.iter()
+            .flat_map(|l| &l.values)
+            .enumerate()
+            .map(|(i, kv)| {
+                Ok((
+                    kv.key.clone(),
+                    string(&kv.value, &format!("{p}.values[{i}].value"))?,
+                ))
+            })
+            .collect()
+    };
+    let resource = pairs(
+        &c.resource_attributes,
+        &format!("{path}.resource_attributes"),
+    )?
+    .into_iter()
+    .map(|(k, v)| {
+        // Resource attributes are literal: rendered once, with no request.
+        let record = crate::telemetry::access_log::Record::default();
+        (k, record.render_value(&v))
+    })
+    .collect();
+    Ok(crate::telemetry::otel_access_log::OtelLogConfig {
+        cluster: target.cluster,
+        authority: target.authority,
+        timeout: target.timeout,
+        metadata: target.metadata,
+        body: c
+            .body
+            .as_ref()
+            .map(|_| string(&c.body, &format!("{path}.body")))
+            .transpose()?,
+        attributes: pairs(&c.attributes, &format!("{path}.attributes"))?,
+        log_name,
+        builtin_labels: !c.disable_builtin_labels,
+        resource,
+        flush_interval: if flush.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            flush
+        },
+        buffer_size: size.max(1),
+    })
 }
 
 /// An `AccessLogFilter`. The runtime keys filters name are not read: the configured

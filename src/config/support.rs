@@ -721,6 +721,35 @@ const FIELDS: &[(&str, &[&str])] = &[
         &["name", "typed_config", "filter"],
     ),
     (
+        "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+        &[
+            "common_config",
+            "grpc_service",
+            "log_name",
+            "body",
+            "attributes",
+            "resource_attributes",
+            "disable_builtin_labels",
+            "stat_prefix",
+            "buffer_flush_interval",
+            "buffer_size_bytes",
+        ],
+    ),
+    (
+        "envoy.extensions.access_loggers.grpc.v3.CommonGrpcAccessLogConfig",
+        &[
+            "log_name",
+            "grpc_service",
+            "transport_api_version",
+            "buffer_flush_interval",
+            "buffer_size_bytes",
+            "filter_state_objects_to_log",
+        ],
+    ),
+    ("opentelemetry.proto.common.v1.AnyValue", &["string_value"]),
+    ("opentelemetry.proto.common.v1.KeyValueList", &["values"]),
+    ("opentelemetry.proto.common.v1.KeyValue", &["key", "value"]),
+    (
         "envoy.config.accesslog.v3.AccessLogFilter",
         &[
             "status_code_filter",

@@ -412,6 +412,7 @@ impl HttpConnectionManager {
             tls: tls.clone(),
             trace_forced: trace_reason
                 == Some(crate::telemetry::tracing::decision::Reason::ServiceForced),
+            trace_context: span.as_ref().map(RequestSpan::ids),
             ..Default::default()
         };
         let received = Arc::new(AtomicU64::new(0));

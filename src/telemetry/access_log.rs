@@ -31,6 +31,8 @@ pub enum Target {
     File(String),
     Stdout,
     Stderr,
+    /// Records exported over OTLP (`envoy.access_loggers.open_telemetry`).
+    OpenTelemetry,
 }
 
 /// One configured access log.
@@ -40,6 +42,8 @@ pub struct AccessLogConfig {
     pub format: Format,
     /// `filter`: which records this log writes (all without one).
     pub filter: Option<super::access_log_filter::LogFilter>,
+    /// The OTLP exporter's settings, for `Target::OpenTelemetry`.
+    pub otel: Option<Arc<super::otel_access_log::OtelLogConfig>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -220,6 +224,8 @@ pub struct Record {
     pub trace_forced: bool,
     /// The gRPC status of the response (trailers, else headers).
     pub grpc_status: Option<u32>,
+    /// The request's trace id and span id, when it has a span.
+    pub trace_context: Option<([u8; 16], u64)>,
 }
 
 impl Record {
@@ -308,6 +314,13 @@ impl Record {
         }
     }
 
+    /// Format pieces as a log line renders them (a missing value is `-`).
+    pub fn render_text(&self, pieces: &[Piece]) -> String {
+        let mut out = String::new();
+        self.render_with(pieces, "-", &mut out);
+        out
+    }
+
     /// A header value from format pieces: as a log line, but a missing value renders
     /// empty (as Envoy's header formatter does) instead of `-`.
     pub fn render_value(&self, pieces: &[Piece]) -> String {
@@ -389,8 +402,14 @@ pub fn rfc3339_millis(t: SystemTime) -> String {
 pub struct AccessLog {
     format: Format,
     filter: Option<super::access_log_filter::LogFilter>,
-    sink: Arc<Sink>,
+    out: Out,
     dropped: Counter,
+}
+
+#[derive(Debug, Clone)]
+enum Out {
+    Lines(Arc<Sink>),
+    Otel(Arc<super::otel_access_log::OtelLogger>),
 }
 
 impl AccessLog {
@@ -400,8 +419,13 @@ impl AccessLog {
         {
             return;
         }
-        if !self.sink.push(&record.render(&self.format)) {
-            self.dropped.inc();
+        match &self.out {
+            Out::Lines(sink) => {
+                if !sink.push(&record.render(&self.format)) {
+                    self.dropped.inc();
+                }
+            }
+            Out::Otel(o) => o.write(record),
         }
     }
 }
@@ -469,6 +493,13 @@ pub struct Sinks {
     flush_interval: std::time::Duration,
     /// `--file-flush-min-size-kb`: pending bytes written out at once.
     flush_size: usize,
+    /// What OTLP access logs need: the clusters they export through, and the node.
+    otel_context: Option<(
+        Arc<crate::upstream::ClusterManager>,
+        super::tracing::NodeIdentity,
+    )>,
+    /// OTLP loggers, one per distinct configuration.
+    otel: Mutex<Vec<Arc<super::otel_access_log::OtelLogger>>>,
 }
 
 impl Sinks {
@@ -488,7 +519,19 @@ impl Sinks {
             sinks: Mutex::default(),
             flush_interval,
             flush_size: FLUSH_SIZE,
+            otel_context: None,
+            otel: Mutex::default(),
         }
+    }
+
+    /// Enables OTLP access logs, through `clusters`, labelled with `node`.
+    pub fn with_otel(
+        mut self,
+        clusters: Arc<crate::upstream::ClusterManager>,
+        node: super::tracing::NodeIdentity,
+    ) -> Self {
+        self.otel_context = Some((clusters, node));
+        self
     }
 
     /// Pending bytes that are written out at once, whatever the interval.
@@ -499,6 +542,38 @@ impl Sinks {
 
     /// Binds a configured log to its target, starting the target's writer if needed.
     pub fn open(&self, cfg: &AccessLogConfig) -> Result<AccessLog, String> {
+        let dropped = self.store.counter(
+            "pilotfish.access_log.dropped".into(),
+            "pilotfish_access_log_dropped",
+            &[],
+        );
+        if let Some(otel) = &cfg.otel {
+            let Some((clusters, node)) = &self.otel_context else {
+                return Err("OpenTelemetry access logs are not available here".into());
+            };
+            let mut made = self.otel.lock().unwrap_or_else(|e| e.into_inner());
+            let logger = match made.iter().find(|l| l.config() == &**otel) {
+                Some(l) => l.clone(),
+                None => {
+                    let l = Arc::new(super::otel_access_log::OtelLogger::start(
+                        otel.clone(),
+                        clusters.clone(),
+                        node,
+                        &self.store,
+                        &self.runtime,
+                        dropped.clone(),
+                    ));
+                    made.push(l.clone());
+                    l
+                }
+            };
+            return Ok(AccessLog {
+                format: cfg.format.clone(),
+                filter: cfg.filter.clone(),
+                out: Out::Otel(logger),
+                dropped,
+            });
+        }
         let mut sinks = self.sinks.lock().unwrap();
         let sink = match sinks.get(&cfg.target) {
             Some(s) => s.clone(),
@@ -513,6 +588,9 @@ impl Sinks {
                             .open(p)
                             .map_err(|e| format!("access log {p}: {e}"))?,
                     ),
+                    Target::OpenTelemetry => {
+                        return Err("an OpenTelemetry access log needs its settings".into());
+                    }
                 };
                 let sink = Arc::new(Sink {
                     pending: Mutex::new(Vec::new()),
@@ -527,15 +605,10 @@ impl Sinks {
                 sink
             }
         };
-        let dropped = self.store.counter(
-            "pilotfish.access_log.dropped".into(),
-            "pilotfish_access_log_dropped",
-            &[],
-        );
         Ok(AccessLog {
             format: cfg.format.clone(),
             filter: cfg.filter.clone(),
-            sink,
+            out: Out::Lines(sink),
             dropped,
         })
     }
@@ -643,6 +716,7 @@ mod tests {
             target: Target::File(path.to_str().unwrap().into()),
             format: Format::Text(parse("line\n").unwrap()),
             filter: None,
+            otel: None,
         };
         let log = sinks.open(&cfg).unwrap();
         log.write(&Record::default());
@@ -669,6 +743,7 @@ mod tests {
             target: Target::File(path.to_str().unwrap().into()),
             format: Format::Text(parse(&line).unwrap()),
             filter: None,
+            otel: None,
         };
         let log = sinks.open(&cfg).unwrap();
         for _ in 0..64 {

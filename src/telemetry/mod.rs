@@ -2,6 +2,7 @@
 pub mod access_log;
 pub mod access_log_filter;
 pub mod naming;
+pub mod otel_access_log;
 pub mod scopes;
 pub mod stats;
 pub mod tags;

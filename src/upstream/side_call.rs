@@ -3,8 +3,8 @@
 //! carries the request, its stats count it.
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Request};
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 use http_body_util::BodyExt;
 
 use super::{http_pool, manager::ClusterMap};
@@ -62,4 +62,42 @@ fn origin_form(mut req: Request<Body>) -> Request<Body> {
         }
     }
     req
+}
+
+/// A unary gRPC call of `method` (`/package.Service/Method`) with `msg`, through
+/// `cluster` over HTTP/2: true when it answered `grpc-status: 0`.
+#[allow(clippy::too_many_arguments)]
+pub async fn grpc_unary(
+    clusters: &ClusterMap,
+    cluster: &str,
+    authority: &str,
+    method: &str,
+    msg: &impl prost::Message,
+    timeout: Duration,
+    metadata: &[(HeaderName, HeaderValue)],
+    user_agent: Option<&str>,
+) -> Result<bool, CallError> {
+    let mut frame = BytesMut::with_capacity(msg.encoded_len() + 5);
+    frame.put_u8(0);
+    frame.put_u32(msg.encoded_len() as u32);
+    msg.encode(&mut frame).map_err(|_| CallError::Failed)?;
+    let mut b = Request::post(format!("http://{authority}{method}"))
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .header(header::TE, "trailers")
+        .header("grpc-timeout", format!("{}m", timeout.as_millis()));
+    if let Some(ua) = user_agent {
+        b = b.header(header::USER_AGENT, ua);
+    }
+    for (k, v) in metadata {
+        b = b.header(k, v);
+    }
+    let req = b
+        .body(crate::http::body::full(frame.freeze()))
+        .map_err(|_| CallError::Failed)?;
+    let (head, _, trailers) = call(clusters, cluster, req, true, timeout).await?;
+    let status = trailers
+        .as_ref()
+        .or(Some(&head.headers))
+        .and_then(|t| t.get("grpc-status"));
+    Ok(head.status.is_success() && status.is_some_and(|s| s == "0"))
 }

@@ -4,7 +4,7 @@
 //! (Envoy's 5) or when the flush interval (5 s) ticks.
 use std::{sync::Arc, time::Duration};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, header};
 use prost::Message;
 use tokio::sync::mpsc;
@@ -191,22 +191,20 @@ async fn flush(
                     timeout,
                     metadata,
                 } => {
-                    let mut frame = BytesMut::with_capacity(msg.encoded_len() + 5);
-                    frame.put_u8(0);
-                    frame.put_u32(msg.encoded_len() as u32);
-                    msg.encode(&mut frame).expect("a BytesMut grows");
-                    let mut b = Request::post(format!("http://{authority}{}", otlp::EXPORT_PATH))
-                        .header(header::CONTENT_TYPE, "application/grpc")
-                        .header(header::TE, "trailers")
-                        .header(header::USER_AGENT, user_agent())
-                        .header("grpc-timeout", format!("{}m", timeout.as_millis()));
-                    for (k, v) in metadata {
-                        b = b.header(k, v);
-                    }
-                    let Ok(req) = b.body(body::full(frame.freeze())) else {
-                        return;
-                    };
-                    (cluster.as_str(), req, true, *timeout)
+                    stats.spans_sent.add(spans.len() as u64);
+                    let sent = side_call::grpc_unary(
+                        &clusters,
+                        cluster,
+                        authority,
+                        otlp::EXPORT_PATH,
+                        &msg,
+                        *timeout,
+                        metadata,
+                        Some(&user_agent()),
+                    )
+                    .await;
+                    count(sent.map(|ok| ok.then_some(())), stats);
+                    return;
                 }
                 OtelExport::Http {
                     cluster,
@@ -230,22 +228,28 @@ async fn flush(
         }
     };
     stats.spans_sent.add(spans.len() as u64);
-    match side_call::call(&clusters, cluster, req, h2, timeout).await {
+    let sent = side_call::call(&clusters, cluster, req, h2, timeout).await;
+    // Zipkin's collector answers 202; any other status drops the report.
+    count(
+        sent.map(|(head, _, _)| {
+            let ok = if matches!(destination, Destination::Zipkin { .. }) {
+                head.status == http::StatusCode::ACCEPTED
+            } else {
+                head.status.is_success()
+            };
+            ok.then_some(())
+        }),
+        stats,
+    );
+}
+
+/// Counts a report: sent, dropped (the collector refused it), failed, or skipped.
+fn count(outcome: Result<Option<()>, CallError>, stats: &ExportStats) {
+    match outcome {
         Err(CallError::NoCluster) => stats.reports_skipped_no_cluster.inc(),
         Err(CallError::Failed) => stats.reports_failed.inc(),
-        Ok((head, _, trailers)) => {
-            let grpc_ok = !h2
-                || trailers
-                    .as_ref()
-                    .or(Some(&head.headers))
-                    .and_then(|t| t.get("grpc-status"))
-                    .is_some_and(|v| v == "0");
-            if head.status.is_success() && grpc_ok {
-                stats.reports_sent.inc();
-            } else {
-                stats.reports_dropped.inc();
-            }
-        }
+        Ok(Some(())) => stats.reports_sent.inc(),
+        Ok(None) => stats.reports_dropped.inc(),
     }
 }
 

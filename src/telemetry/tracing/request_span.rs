@@ -192,6 +192,11 @@ impl RequestSpan {
         self.span.sampled
     }
 
+    /// The trace id (16 bytes) and span id.
+    pub fn ids(&self) -> ([u8; 16], u64) {
+        (self.span.trace.bytes(), self.span.id)
+    }
+
     /// The route is known: its decorator names the span.
     pub fn on_route(&mut self, decorator: Option<&Decorator>) {
         if let Some(d) = decorator {
