@@ -236,6 +236,8 @@ async fn filters_admit_what_envoys_admit() {
         log("grpc-not-unknown", "{ grpc_status_filter: { statuses: [UNKNOWN], exclude: true } }"),
         log("runtime-half", "{ runtime_filter: { runtime_key: r, percent_sampled: { numerator: 50, denominator: HUNDRED } } }"),
         log("and", &format!("{{ and_filter: {{ filters: [{{ status_code_filter: {{ comparison: {{ op: GE, value: {{ default_value: 500, {rt} }} }} }} }}, {{ header_filter: {{ header: {{ name: x-log, present_match: true }} }} }}] }} }}")),
+        log("cel-errors", r#"{ extension_filter: { name: envoy.access_loggers.extension_filters.cel, typed_config: { "@type": type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter, expression: "response.code >= 400" } } }"#),
+        log("cel-header", r#"{ extension_filter: { name: envoy.access_loggers.extension_filters.cel, typed_config: { "@type": type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter, expression: "request.headers['x-log'] == 'logme' && response.code < 500" } } }"#),
         log("or", &format!("{{ or_filter: {{ filters: [{{ status_code_filter: {{ comparison: {{ op: EQ, value: {{ default_value: 418, {rt} }} }} }} }}, {{ response_flag_filter: {{ flags: [NR] }} }}] }} }}")),
     ]
     .concat();

@@ -2666,6 +2666,23 @@ fn log_filter(
             statuses: g.statuses.iter().map(|&s| s as u32).collect(),
             exclude: g.exclude,
         },
+        Some(FilterSpecifier::ExtensionFilter(e)) => {
+            use envoy_types::pb::envoy::config::accesslog::v3::extension_filter::ConfigType;
+            const CEL: &str = "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter";
+            let p = format!("{path}.extension_filter");
+            let Some(ConfigType::TypedConfig(any)) = &e.config_type else {
+                return Err(format!("{p}.typed_config: required"));
+            };
+            if proto::type_name(&any.type_url) != CEL {
+                return Err(format!("{p} ({}): not supported", e.name));
+            }
+            let cel: envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter =
+                proto::unpack(any).map_err(|e| format!("{p}: {e}"))?;
+            LogFilter::Cel(
+                crate::istio::stats::cel::Expr::parse(&cel.expression)
+                    .map_err(|e| format!("{p}.typed_config.expression: {e}"))?,
+            )
+        }
         Some(_) => return Err(format!("{path}: this filter is not supported")),
         None => return Err(format!("{path}: a filter is required")),
     })

@@ -762,7 +762,16 @@ const FIELDS: &[(&str, &[&str])] = &[
             "header_filter",
             "response_flag_filter",
             "grpc_status_filter",
+            "extension_filter",
         ],
+    ),
+    (
+        "envoy.config.accesslog.v3.ExtensionFilter",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+        &["expression"],
     ),
     (
         "envoy.config.accesslog.v3.StatusCodeFilter",

@@ -1,7 +1,8 @@
-//! The part of CEL that Istio's Telemetry API dimensions use: literals, attribute
-//! paths (`request.headers['x-user']`, `xds.node.metadata.LABELS.version`,
-//! `filter_state.upstream_peer.app`), `has(…)`, `string(…)`, `? :`, `==`, `!=`, `&&`,
-//! `||`, `!` and `+` on strings and integers. An expression outside it is refused
+//! The part of CEL that Istio's Telemetry API dimensions and access-log filters use:
+//! literals, attribute paths (`request.headers['x-user']`,
+//! `xds.node.metadata.LABELS.version`, `filter_state.upstream_peer.app`), `has(…)`,
+//! `string(…)`, `? :`, `==`, `!=`, `<`, `<=`, `>`, `>=`, `&&`, `||`, `!` and `+` on
+//! strings and integers. An expression outside it is refused
 //! when the config arrives (with the expression quoted), never evaluated wrongly.
 //! Evaluation errors (a missing header, an unknown attribute) become Istio's
 //! `unknown`, as in istio-proxy.
@@ -31,6 +32,10 @@ pub enum Seg {
 pub enum Op {
     Eq,
     Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
     And,
     Or,
     Add,
@@ -111,6 +116,19 @@ impl Expr {
                 match (op, l, r) {
                     (Op::Eq, l, r) => Val::Bool(l == r),
                     (Op::Ne, l, r) => Val::Bool(l != r),
+                    (Op::Lt | Op::Le | Op::Gt | Op::Ge, l, r) => {
+                        let ord = match (l, r) {
+                            (Val::Int(l), Val::Int(r)) => l.cmp(&r),
+                            (Val::Str(l), Val::Str(r)) => l.cmp(&r),
+                            _ => return None,
+                        };
+                        Val::Bool(match op {
+                            Op::Lt => ord.is_lt(),
+                            Op::Le => ord.is_le(),
+                            Op::Gt => ord.is_gt(),
+                            _ => ord.is_ge(),
+                        })
+                    }
                     (Op::Add, Val::Str(l), Val::Str(r)) => Val::Str(l + &r),
                     (Op::Add, Val::Int(l), Val::Int(r)) => Val::Int(l.checked_add(r)?),
                     _ => return None,
@@ -213,7 +231,8 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
             continue;
         }
         let sym = [
-            "==", "!=", "&&", "||", "?", ":", "!", "+", ".", "[", "]", "(", ")",
+            "==", "!=", "<=", ">=", "&&", "||", "<", ">", "?", ":", "!", "+", ".", "[", "]", "(",
+            ")",
         ]
         .into_iter()
         .find(|s| src[i..].starts_with(s))
@@ -264,12 +283,20 @@ impl Parser {
         Ok(Expr::Cond(Box::new(c), Box::new(t), Box::new(f)))
     }
 
-    /// Precedence levels: `||`, `&&`, `==`/`!=`, `+`.
+    /// Precedence levels: `||`, `&&`, the relations (`==`, `!=`, `<`, `<=`, `>`,
+    /// `>=`), `+`.
     fn binary(&mut self, level: usize) -> Result<Expr, String> {
         const LEVELS: [&[(&str, Op)]; 4] = [
             &[("||", Op::Or)],
             &[("&&", Op::And)],
-            &[("==", Op::Eq), ("!=", Op::Ne)],
+            &[
+                ("==", Op::Eq),
+                ("!=", Op::Ne),
+                ("<=", Op::Le),
+                (">=", Op::Ge),
+                ("<", Op::Lt),
+                (">", Op::Gt),
+            ],
             &[("+", Op::Add)],
         ];
         if level == LEVELS.len() {
@@ -456,6 +483,31 @@ mod tests {
     }
 
     #[test]
+    fn relations_on_integers_and_strings() {
+        struct None_;
+        impl Attributes for None_ {
+            fn get(&self, _: &str, _: &[Seg]) -> Option<Val> {
+                None
+            }
+        }
+        for (src, want) in [
+            ("1 < 2", true),
+            ("2 <= 2", true),
+            ("3 > 4", false),
+            ("500 >= 400 && 'b' > 'a'", true),
+            ("1 < 2 == true", true),
+        ] {
+            assert_eq!(
+                Expr::parse(src).unwrap().eval(&None_),
+                Some(Val::Bool(want)),
+                "{src}"
+            );
+        }
+        // Unlike kinds do not compare.
+        assert_eq!(Expr::parse("1 < 'a'").unwrap().eval(&None_), None);
+    }
+
+    #[test]
     fn refuses_what_it_cannot_evaluate() {
         for (src, err) in [
             ("cannot _ parse", "unexpected '_'"),
@@ -466,7 +518,7 @@ mod tests {
             ),
             ("'open", "unterminated string"),
             ("a ? b", "expected ':' at the end"),
-            ("1 < 2", "unexpected '<'"),
+            ("1 % 2", "unexpected '%'"),
         ] {
             assert_eq!(Expr::parse(src).unwrap_err(), err, "{src}");
         }
