@@ -1914,26 +1914,14 @@ impl IstioEnd {
             labels::Reporter::Source => (None, self.peer.as_deref()),
         };
         let attrs = Attrs {
-            request_headers: r.request_headers.as_ref(),
-            method: r.method.as_deref(),
-            path: r.path.as_deref(),
-            host: r.authority.as_deref(),
-            protocol: r.protocol,
-            scheme: r.scheme,
             response_code: Some(code),
-            response_headers: r.response_headers.as_ref(),
-            source: r.downstream_remote,
-            destination: r.downstream_local,
-            upstream: r.upstream_host,
             mtls: self.peer_principal.is_some(),
             peer_principal: self.peer_principal.as_deref(),
             local_principal: self.local_principal.as_deref(),
-            server_name: r.requested_server_name.as_deref(),
-            cluster_name: r.upstream_cluster.as_deref(),
-            route_name: r.route_name.as_deref(),
             downstream_peer,
             upstream_peer,
             local: None,
+            ..Attrs::of_record(r)
         };
         f(&facts, &attrs)
     }

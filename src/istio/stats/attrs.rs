@@ -37,6 +37,32 @@ pub struct Attrs<'a> {
     pub local: Option<&'a Local>,
 }
 
+impl<'a> Attrs<'a> {
+    /// What an access-log record knows (the connection's TLS identity included); the
+    /// peers, principals of upstream connections and local labels are left out.
+    pub fn of_record(r: &'a crate::telemetry::access_log::Record) -> Self {
+        Attrs {
+            request_headers: r.request_headers.as_ref(),
+            method: r.method.as_deref(),
+            path: r.path.as_deref(),
+            host: r.authority.as_deref(),
+            protocol: r.protocol,
+            scheme: r.scheme,
+            response_code: Some(r.response_code).filter(|c| *c != 0),
+            response_headers: r.response_headers.as_ref(),
+            source: r.downstream_remote,
+            destination: r.downstream_local,
+            upstream: r.upstream_host,
+            mtls: r.tls.as_ref().is_some_and(|t| t.uri_san.is_some()),
+            peer_principal: r.tls.as_ref().and_then(|t| t.uri_san.as_deref()),
+            server_name: r.requested_server_name.as_deref(),
+            cluster_name: r.upstream_cluster.as_deref(),
+            route_name: r.route_name.as_deref(),
+            ..Default::default()
+        }
+    }
+}
+
 fn text(v: Option<&str>) -> Option<Val> {
     v.map(|s| Val::Str(s.to_owned()))
 }
