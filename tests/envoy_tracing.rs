@@ -341,6 +341,15 @@ static_resources:
     )
 }
 
+/// pilotfish, or the reference Envoy, on `yaml`.
+async fn start(bin: &str, yaml: &str) -> Proxy {
+    if bin == BIN {
+        Proxy::start(yaml).await
+    } else {
+        Proxy::start_bin(bin, yaml, &["--disable-hot-restart"]).await
+    }
+}
+
 async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
     let mut b = Request::get(path);
     for (k, v) in headers {
@@ -425,11 +434,7 @@ async fn spans_and_trace_headers_match_envoy() {
         ]
         .concat();
         let yaml = bootstrap(&listeners, &clusters);
-        let proxy = if bin == BIN {
-            Proxy::start(&yaml).await
-        } else {
-            Proxy::start_bin(&bin, &yaml, &["--disable-hot-restart"]).await
-        };
+        let proxy = start(&bin, &yaml).await;
         let (out, inb) = (proxy.listener("out"), proxy.listener("in"));
         let (otel_out, otel_in) = (proxy.listener("otel_out"), proxy.listener("otel_in"));
         let otlp_http = proxy.listener("otlp_http");
@@ -731,11 +736,7 @@ async fn otlp_access_logs_match_envoy() {
             "cluster: productpage.default }",
             "cluster: productpage.default, locality: { zone: zone-a } }",
         );
-        let proxy = if bin == BIN {
-            Proxy::start(&yaml).await
-        } else {
-            Proxy::start_bin(&bin, &yaml, &["--disable-hot-restart"]).await
-        };
+        let proxy = start(&bin, &yaml).await;
         let out = proxy.listener("out");
         assert_eq!(
             get(out, "/a", &[("host", "svc:80"), ("user-agent", "ua-1")]).await,
@@ -783,5 +784,100 @@ async fn otlp_access_logs_match_envoy() {
     let mut d = Differences::default();
     d.check("records", &runs[1].0, &runs[0].0);
     d.check("export request", &runs[1].1, &runs[0].1);
+    d.assert_none();
+}
+
+/// `spawn_upstream_span` (what istiod sets on gateways): the connection manager's span
+/// is a SERVER span and each upstream request gets a CLIENT child, whose context the
+/// upstream receives; both proxies, Zipkin and OpenTelemetry.
+#[tokio::test]
+async fn upstream_spans_match_envoy() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let spawn =
+        "            random_sampling: { value: 100 }\n            spawn_upstream_span: true\n";
+    let routes = r#"              - match: { prefix: / }
+                route: { cluster: up }"#;
+    let listeners = [
+        hcm("gw", "OUTBOUND", spawn, routes),
+        hcm(
+            "gw_otel",
+            "OUTBOUND",
+            &format!("{spawn}{OTEL_PROVIDER}"),
+            routes,
+        ),
+    ]
+    .concat();
+    let mut runs = Vec::new();
+    for bin in [BIN.to_owned(), envoy] {
+        let up = Upstream::start("up").await;
+        let (collector_addr, collector) = Collector::start().await;
+        let clusters = [
+            static_cluster("up", &[up.addr], false),
+            static_cluster("zipkin", &[collector_addr], false),
+            static_cluster("otel", &[collector_addr], true),
+        ]
+        .concat();
+        let proxy = start(&bin, &bootstrap(&listeners, &clusters)).await;
+        assert_eq!(
+            get(proxy.listener("gw"), "/z", &[("host", "gateway:80")]).await,
+            200
+        );
+        assert_eq!(
+            get(proxy.listener("gw_otel"), "/o", &[("host", "gateway:80")]).await,
+            200
+        );
+        for _ in 0..100 {
+            if collector.count() >= 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let spans = collector.spans.lock().unwrap().clone();
+        assert_eq!(spans.len(), 4, "{bin}: {spans:#?}");
+        let mut shapes = Vec::new();
+        for (path, url) in [("/z", "http://gateway:80/z"), ("/o", "http://gateway:80/o")] {
+            let down = spans
+                .iter()
+                .find(|s| s.tags.get("http.url").map(String::as_str) == Some(url))
+                .unwrap_or_else(|| panic!("{bin}: no span for {url}: {spans:#?}"));
+            let child = spans
+                .iter()
+                .find(|s| s.parent.as_deref() == Some(down.id.as_str()))
+                .unwrap_or_else(|| panic!("{bin}: no child of {url}: {spans:#?}"));
+            assert_eq!(child.trace, down.trace, "{bin}");
+            // The upstream saw the child's context.
+            let seen = up.requests();
+            let req = seen.iter().find(|s| s.path == path).unwrap();
+            let sent = req
+                .headers
+                .get("x-b3-spanid")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .or_else(|| {
+                    req.headers
+                        .get("traceparent")
+                        .map(|v| v.to_str().unwrap().split('-').nth(2).unwrap().to_owned())
+                });
+            assert_eq!(sent.as_deref(), Some(child.id.as_str()), "{bin} {path}");
+            let mut child_tags = child.tags.clone();
+            // The upstream's port is the test's own.
+            for k in ["upstream_address", "peer.address"] {
+                if let Some(v) = child_tags.get_mut(k) {
+                    *v = v.replace(&up.addr.port().to_string(), "<port>");
+                }
+            }
+            shapes.push(json!({
+                "downstream": comparable(down),
+                "child": { "name": child.name, "kind": child.kind, "tags": child_tags },
+            }));
+        }
+        runs.push(shapes);
+    }
+    let mut d = Differences::default();
+    for (i, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
+        d.check(format!("request {i}"), b, a);
+    }
     d.assert_none();
 }

@@ -105,6 +105,9 @@ pub struct TracingConfig {
     pub overall_sampling: u32,
     pub max_path_tag_length: usize,
     pub custom_tags: Vec<CustomTag>,
+    /// `spawn_upstream_span`: each upstream attempt gets a child span (what istiod
+    /// sets on gateways); the downstream span is then a SERVER span.
+    pub spawn_upstream_span: bool,
     /// The request id's trace reason is packed into it (`pack_trace_reason`).
     pub pack_trace_reason: bool,
     /// Random sampling is derived from the request id
@@ -343,15 +346,9 @@ pub fn hcm(
         Some(p) => ProviderRef::Own(Arc::new(provider(p, &format!("{path}.provider"))?)),
         None => ProviderRef::Bootstrap,
     };
-    // Timing events as span logs, and a child span per upstream request (gateways),
-    // are not implemented: refused rather than silently left out.
+    // Timing events as span logs are not implemented: refused rather than left out.
     if t.verbose {
         return Err(format!("{path}.verbose: not supported"));
-    }
-    if t.spawn_upstream_span.as_ref().is_some_and(|b| b.value) {
-        return Err(format!(
-            "{path}.spawn_upstream_span: not supported (false, Envoy's default, is)"
-        ));
     }
     let custom_tags = t
         .custom_tags
@@ -370,6 +367,7 @@ pub fn hcm(
             .as_ref()
             .map_or(256, |v| v.value as usize),
         custom_tags,
+        spawn_upstream_span: t.spawn_upstream_span.as_ref().is_some_and(|b| b.value),
         pack_trace_reason: request_id
             .and_then(|r| r.pack_trace_reason.as_ref())
             .is_none_or(|b| b.value),

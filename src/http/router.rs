@@ -1160,6 +1160,17 @@ impl HttpConnectionManager {
                 if let Some(o) = alpn {
                     upstream_req.extensions_mut().insert(o.clone());
                 }
+                let up_span = picked
+                    .span
+                    .as_ref()
+                    .filter(|s| s.spawns_upstream())
+                    .map(|s| {
+                        s.upstream_span(
+                            cluster.stat_name(),
+                            cluster.name(),
+                            upstream_req.headers_mut(),
+                        )
+                    });
                 let active: Attempt = (GaugeGuard::new(&stats.upstream_rq_active), host.track());
                 let start = Instant::now();
                 let mut try_deadline = per_try.map(|t| Box::pin(tokio::time::sleep(t)));
@@ -1254,6 +1265,10 @@ impl HttpConnectionManager {
                         return self.limit_reply(o, &limits);
                     }
                 };
+                if let Some(s) = up_span {
+                    let (status, flags) = attempt_result(&outcome);
+                    s.finish(status, flags, Some(host.addr), h2);
+                }
                 // Past the buffer limit the body cannot be sent again: no more retries.
                 if resend.as_ref().is_some_and(|r| !r.replayable()) {
                     retry = None;
@@ -1462,12 +1477,19 @@ impl HttpConnectionManager {
                 if let Some(o) = h.alpn {
                     req.extensions_mut().insert(o.clone());
                 }
+                let up_span = picked
+                    .span
+                    .as_ref()
+                    .filter(|s| s.spawns_upstream())
+                    .map(|s| {
+                        s.upstream_span(cluster.stat_name(), cluster.name(), req.headers_mut())
+                    });
                 newest = attempt;
                 running.push(async move {
                     let start = Instant::now();
                     let r = http_pool::send(&c, &to, req, h2).await;
                     report_outlier(&c, &to, &r);
-                    (to, n, active, start, r)
+                    (to, n, active, start, r, up_span)
                 });
                 try_deadline = per_try.map(|t| Box::pin(tokio::time::sleep(t)));
             }
@@ -1479,8 +1501,12 @@ impl HttpConnectionManager {
             };
             tokio::select! {
                 biased;
-                Some((to, n, active, start, r)) = running.next() => {
+                Some((to, n, active, start, r, up_span)) = running.next() => {
                     let outcome = sent_outcome(r, n > 1, cluster.name());
+                    if let Some(s) = up_span {
+                        let (status, flags) = attempt_result(&outcome);
+                        s.finish(status, flags, Some(to.addr), h.h2);
+                    }
                     let retriable = match &outcome {
                         Ok(resp) => rs.retriable_response(resp.status(), resp.headers()),
                         Err((f, _)) => rs.retriable_failure(*f),
@@ -2281,6 +2307,23 @@ fn retry_host(
         host = cluster.pick_excluding(Some(dst), hash, &excluded)?;
     }
     Some(host)
+}
+
+/// An attempt's status (none without an upstream response) and response flags, for
+/// its span.
+fn attempt_result(
+    outcome: &Result<Response<PooledBody>, (Failure, Response<Body>)>,
+) -> (Option<u16>, &'static str) {
+    match outcome {
+        Ok(r) => (Some(r.status().as_u16()), "-"),
+        Err((_, reply)) => (
+            None,
+            reply
+                .extensions()
+                .get::<ResponseFlag>()
+                .map_or("-", |f| f.as_str()),
+        ),
+    }
 }
 
 /// An attempt's answer, or how it failed with the local reply that says so. After a

@@ -174,6 +174,7 @@ mod tests {
             overall_sampling: overall,
             max_path_tag_length: 256,
             custom_tags: Vec::new(),
+            spawn_upstream_span: false,
             pack_trace_reason: true,
             sample_by_request_id: true,
         }

@@ -28,7 +28,11 @@ pub struct HttpTracing {
     config: Arc<TracingConfig>,
     stats: DecisionStats,
     tracer: Option<Arc<Tracer>>,
+    /// The downstream span's kind: SERVER on ingress, and whenever upstream requests
+    /// get spans of their own (`spawn_upstream_span`); CLIENT otherwise.
     kind: Kind,
+    /// The listener is not INBOUND (Envoy's egress operation).
+    egress: bool,
     node_id: String,
     zone: String,
 }
@@ -78,8 +82,13 @@ impl HttpTracing {
         HttpTracing {
             tracer: tracers.get(&config.provider),
             stats: DecisionStats::new(store, stat_prefix),
+            kind: if inbound || config.spawn_upstream_span {
+                Kind::Server
+            } else {
+                Kind::Client
+            },
             config,
-            kind: if inbound { Kind::Server } else { Kind::Client },
+            egress: !inbound,
             node_id: tracers.node.id.clone(),
             zone: tracers.node.zone.clone(),
         }
@@ -112,9 +121,10 @@ impl HttpTracing {
                 tracer: tracer.clone(),
                 config: self.config.clone(),
                 decorated: None,
+                egress: self.egress,
             });
         }
-        span.name = tracer.default_name(self.kind, r.authority);
+        span.name = tracer.default_name(self.egress, r.authority);
         span.tags.reserve(24);
         span.tag("node_id", self.node_id.clone());
         span.tag("zone", self.zone.clone());
@@ -165,6 +175,7 @@ impl HttpTracing {
             tracer: tracer.clone(),
             config: self.config.clone(),
             decorated: None,
+            egress: self.egress,
         })
     }
 }
@@ -184,12 +195,36 @@ pub struct RequestSpan {
     config: Arc<TracingConfig>,
     /// The decorator's operation, to be propagated (`propagate`).
     decorated: Option<String>,
+    egress: bool,
 }
 
 impl RequestSpan {
     /// Reported at its end (sampled).
     pub fn sampled(&self) -> bool {
         self.span.sampled
+    }
+
+    /// Upstream requests get spans of their own (`spawn_upstream_span`).
+    pub fn spawns_upstream(&self) -> bool {
+        self.config.spawn_upstream_span
+    }
+
+    /// The span of one upstream attempt to the cluster `observability_name`: a
+    /// child of this one, whose context the attempt's headers now carry.
+    pub fn upstream_span(
+        &self,
+        observability_name: &str,
+        cluster: &str,
+        h: &mut HeaderMap,
+    ) -> UpstreamSpan {
+        let span = self
+            .tracer
+            .child(&self.span, format!("router {observability_name} egress"), h);
+        UpstreamSpan {
+            span: Some(span),
+            tracer: self.tracer.clone(),
+            cluster: (cluster.to_owned(), observability_name.to_owned()),
+        }
     }
 
     /// The trace id (16 bytes) and span id.
@@ -211,15 +246,15 @@ impl RequestSpan {
     /// `x-envoy-decorator-operation`; ingress takes the caller's (and removes the
     /// header).
     pub fn on_upstream_request(&mut self, h: &mut HeaderMap) {
-        match self.span.kind {
-            Kind::Client => {
+        match self.egress {
+            true => {
                 if let Some(op) = &self.decorated
                     && let Ok(v) = HeaderValue::from_str(op)
                 {
                     h.insert(X_ENVOY_DECORATOR_OPERATION, v);
                 }
             }
-            Kind::Server => {
+            false => {
                 if let Some(v) = h.remove(X_ENVOY_DECORATOR_OPERATION)
                     && !v.is_empty()
                 {
@@ -235,15 +270,15 @@ impl RequestSpan {
     /// The response's head: ingress tells the caller its operation; egress takes the
     /// callee's (and removes the header).
     pub fn on_response(&mut self, h: &mut HeaderMap) {
-        match self.span.kind {
-            Kind::Server => {
+        match self.egress {
+            false => {
                 if let Some(op) = &self.decorated
                     && let Ok(v) = HeaderValue::from_str(op)
                 {
                     h.insert(X_ENVOY_DECORATOR_OPERATION, v);
                 }
             }
-            Kind::Client => {
+            true => {
                 if let Some(v) = h.remove(X_ENVOY_DECORATOR_OPERATION)
                     && !v.is_empty()
                     && let Ok(s) = v.to_str()
@@ -315,5 +350,61 @@ impl RequestSpan {
             }
         }
         self.tracer.finish(self.span);
+    }
+}
+
+/// The span of one upstream attempt (`spawn_upstream_span`). Finished with the
+/// attempt's response; an attempt abandoned (timed out, cancelled, reset) ends when
+/// dropped, with no status and `error`.
+#[derive(Debug)]
+pub struct UpstreamSpan {
+    span: Option<Span>,
+    tracer: Arc<Tracer>,
+    cluster: (String, String),
+}
+
+impl UpstreamSpan {
+    /// The attempt's outcome: the upstream's status (none: no response), its response
+    /// flags, the host, and whether it went over HTTP/2.
+    pub fn finish(
+        mut self,
+        status: Option<u16>,
+        flags: &str,
+        upstream: Option<SocketAddr>,
+        h2: bool,
+    ) {
+        self.end(status, flags, upstream, h2);
+    }
+
+    fn end(&mut self, status: Option<u16>, flags: &str, upstream: Option<SocketAddr>, h2: bool) {
+        let Some(mut s) = self.span.take() else {
+            return;
+        };
+        if !s.sampled {
+            return;
+        }
+        s.duration = s.start.elapsed().unwrap_or_default();
+        s.tag("http.protocol", if h2 { "HTTP/2" } else { "HTTP/1.1" });
+        if let Some(a) = upstream {
+            s.tag("upstream_address", a.to_string());
+            s.tag("peer.address", a.to_string());
+        }
+        s.tag("component", "proxy");
+        s.tag("upstream_cluster", self.cluster.0.clone());
+        s.tag("upstream_cluster.name", self.cluster.1.clone());
+        let code = status.unwrap_or(0);
+        s.tag("http.status_code", code.to_string());
+        s.tag("response_flags", flags);
+        if code == 0 || code >= 500 {
+            s.tag("error", "true");
+            s.error = true;
+        }
+        self.tracer.finish(s);
+    }
+}
+
+impl Drop for UpstreamSpan {
+    fn drop(&mut self) {
+        self.end(None, "-", None, false);
     }
 }

@@ -122,15 +122,44 @@ impl Tracer {
     }
 
     /// The default name of a request's span (before a route decorator renames it).
-    pub fn default_name(&self, kind: Kind, host: &str) -> String {
+    pub fn default_name(&self, egress: bool, host: &str) -> String {
         match self.driver {
             Driver::Zipkin { .. } => host.to_owned(),
             // Envoy names ingress spans by direction alone.
-            Driver::OpenTelemetry => match kind {
-                Kind::Server => "ingress".to_owned(),
-                Kind::Client => format!("egress {host}"),
-            },
+            Driver::OpenTelemetry if egress => format!("egress {host}"),
+            Driver::OpenTelemetry => "ingress".to_owned(),
         }
+    }
+
+    /// A CLIENT child of `parent` (an upstream attempt), its context written to `h`.
+    pub fn child(&self, parent: &Span, name: String, h: &mut HeaderMap) -> Span {
+        let span = Span {
+            trace: parent.trace,
+            id: context::random_id(),
+            parent: Some(parent.id),
+            name,
+            kind: Kind::Client,
+            start: std::time::SystemTime::now(),
+            duration: Default::default(),
+            tags: Vec::new(),
+            sampled: parent.sampled,
+            shared: false,
+            trace_state: parent.trace_state.clone(),
+            remote_parent: false,
+            error: false,
+        };
+        match self.driver {
+            Driver::Zipkin { w3c, .. } => {
+                context::inject_b3(h, span.trace, span.id, span.parent, span.sampled);
+                if w3c {
+                    context::inject_w3c(h, span.trace, span.id, span.sampled, "");
+                }
+            }
+            Driver::OpenTelemetry => {
+                context::inject_w3c(h, span.trace, span.id, span.sampled, &span.trace_state);
+            }
+        }
+        span
     }
 
     /// Hands a finished span to the exporter, if it is sampled.
