@@ -413,6 +413,7 @@ async fn request_headers_timeout_matches_envoy() {
     same_log_and_samples(&ours, &theirs, 3, &[
         "envoy_http_downstream_rq_header_timeout{envoy_http_conn_manager_prefix=\"ingress_http\"}",
         "envoy_http_downstream_rq_xx{envoy_response_code_class=\"4\",envoy_http_conn_manager_prefix=\"ingress_http\"}",
+        "envoy_http_downstream_rq_time_count{envoy_http_conn_manager_prefix=\"ingress_http\"}",
     ])
     .await;
 }

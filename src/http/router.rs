@@ -303,7 +303,13 @@ impl HttpConnectionManager {
                 ..Default::default()
             };
             self.finish(&picked, down, grpc, &mut resp);
-            return resp;
+            let (parts, b) = resp.into_parts();
+            let end = RequestTimer {
+                _active: active,
+                started,
+                hcm: self,
+            };
+            return Response::from_parts(parts, body::boxed(Guarded::new(b, end, None)));
         }
         // What the compressors need of the request, before anything forwards it.
         let compress = (!self.compressors.is_empty()).then(|| {
@@ -566,6 +572,7 @@ impl HttpConnectionManager {
         for log in self.access_logs.iter() {
             log.write(&record);
         }
+        stats.downstream_rq_time.record(waited);
         reply
     }
 
