@@ -303,13 +303,12 @@ impl HttpConnectionManager {
                 ..Default::default()
             };
             self.finish(&picked, down, grpc, &mut resp);
-            let (parts, b) = resp.into_parts();
-            let end = RequestTimer {
+            return RequestTimer {
                 _active: active,
                 started,
                 hcm: self,
-            };
-            return Response::from_parts(parts, body::boxed(Guarded::new(b, end, None)));
+            }
+            .rides_on(resp);
         }
         // What the compressors need of the request, before anything forwards it.
         let compress = (!self.compressors.is_empty()).then(|| {
@@ -379,13 +378,12 @@ impl HttpConnectionManager {
             self.finish(&picked, down, grpc, &mut resp);
             self.compress(compress, &mut resp);
             let resp = Self::count_grpc_response(&grpc_call, resp);
-            let (parts, b) = resp.into_parts();
-            let end = RequestTimer {
+            return RequestTimer {
                 _active: active,
                 started,
                 hcm: self,
-            };
-            return Response::from_parts(parts, body::boxed(Guarded::new(b, end, None)));
+            }
+            .rides_on(resp);
         }
 
         // With access logs or Istio's stats: note the request, count bytes both ways,
@@ -1749,6 +1747,14 @@ struct RequestTimer {
 }
 
 impl Observer for RequestTimer {}
+
+impl RequestTimer {
+    /// The response, its body carrying the timer to the end of the request.
+    fn rides_on(self, resp: Response<Body>) -> Response<Body> {
+        let (parts, b) = resp.into_parts();
+        Response::from_parts(parts, body::boxed(Guarded::new(b, self, None)))
+    }
+}
 
 impl Drop for RequestTimer {
     fn drop(&mut self) {
