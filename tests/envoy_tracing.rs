@@ -380,6 +380,8 @@ async fn spans_and_trace_headers_match_envoy() {
               request_header: { name: x-foo, default_value: none }
             - tag: from_env
               environment: { name: PILOTFISH_TRACING_TEST_UNSET, default_value: fallback }
+            - tag: formatted
+              value: "%REQ(:METHOD)% %RESPONSE_CODE% [%REQ(X-NOPE)%] %RESP(X-UPSTREAM)%"
 "#;
     let routes = r#"              - match: { prefix: /dec }
                 route: { cluster: up }
@@ -520,6 +522,8 @@ async fn spans_and_trace_headers_match_envoy() {
         );
         assert_eq!(failed.tags["response_flags"], "UT", "{bin}");
         let root = &spans["http://svc:80/plain"];
+        // A `value` tag: an access-log format whose missing values render empty.
+        assert_eq!(root.tags["formatted"], "GET 200 [] up", "{bin}");
         assert_eq!(&root.trace[16..], root.id, "{bin}");
         let otel = &spans["http://reviews:9080/otel"];
         assert_eq!(otel.trace, "0af7651916cd43dd8448eb211c80319c", "{bin}");

@@ -100,6 +100,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "environment",
             "request_header",
             "metadata",
+            "value",
         ],
     ),
     ("envoy.type.tracing.v3.CustomTag.Literal", &["value"]),

@@ -135,6 +135,8 @@ pub enum TagValue {
         path: Vec<String>,
         default: String,
     },
+    /// `value`: an access-log format, a missing value rendering empty.
+    Format(Vec<crate::telemetry::access_log::Piece>),
 }
 
 /// A route's `decorator`.
@@ -441,7 +443,9 @@ fn custom_tag(c: &CustomTagProto, path: &str) -> Result<CustomTag> {
                 default: m.default_value.clone(),
             }
         }
-        Some(custom_tag::Type::Value(_)) => return Err(format!("{path}.value: not supported")),
+        Some(custom_tag::Type::Value(v)) => TagValue::Format(
+            crate::telemetry::access_log::parse(v).map_err(|e| format!("{path}.value: {e}"))?,
+        ),
         None => {
             return Err(format!(
                 "{path}: a literal, environment, request_header or metadata is required"

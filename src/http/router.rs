@@ -449,7 +449,7 @@ impl HttpConnectionManager {
                 .copied()
                 .unwrap_or_default(),
         );
-        if logs {
+        if logs || traced {
             record.response_headers = Some(resp.headers().clone());
         }
         if resp.extensions().get::<ViaUpstream>().is_some() {
@@ -1841,6 +1841,7 @@ impl Drop for RequestEnd {
                     message: t.grpc_message.as_deref(),
                 }),
                 metadata: Some(&t.metadata),
+                record: Some(r),
             });
         }
     }

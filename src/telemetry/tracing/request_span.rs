@@ -63,6 +63,8 @@ pub struct Outcome<'a> {
     pub request_headers: Option<&'a HeaderMap>,
     pub grpc: Option<GrpcEnd<'a>>,
     pub metadata: Option<&'a DynamicMetadata>,
+    /// The request as the access log has it (for `value` tags).
+    pub record: Option<&'a crate::telemetry::access_log::Record>,
 }
 
 /// A gRPC response's status and message (trailers, else headers).
@@ -344,6 +346,7 @@ impl RequestSpan {
                     .and_then(|m| m.get(filter, path))
                     .map(str::to_owned)
                     .or_else(|| Some(default.clone())),
+                TagValue::Format(pieces) => o.record.map(|r| r.render_value(pieces)),
             };
             if let Some(v) = value.filter(|v| !v.is_empty()) {
                 s.tag(t.tag.clone(), v);
