@@ -468,6 +468,19 @@ async fn spans_and_trace_headers_match_envoy() {
         with_ctx.push(host("productpage:9080"));
         statuses.push(get(inb, "/in", &with_ctx).await);
         statuses.push(get(inb, "/in2", &[host("productpage:9080")]).await);
+        // Not sampled: the caller's operation is still taken off, the route's is not
+        // sent on (ingress).
+        statuses.push(
+            get(
+                inb,
+                "/dec/in",
+                &[
+                    host("productpage:9080"),
+                    ("x-envoy-decorator-operation", "caller-op"),
+                ],
+            )
+            .await,
+        );
         let mut with_tp = traceparent.to_vec();
         with_tp.push(host("reviews:9080"));
         statuses.push(get(otel_out, "/otel", &with_tp).await);

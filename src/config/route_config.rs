@@ -157,7 +157,12 @@ fn route(
         }
         Some(d) => Some(super::tracing::Decorator {
             operation: d.operation.clone(),
-            propagate: d.propagate.as_ref().is_none_or(|b| b.value),
+            propagate: d
+                .propagate
+                .as_ref()
+                .is_none_or(|b| b.value)
+                .then(|| http::HeaderValue::from_str(&d.operation).ok())
+                .flatten(),
         }),
         None => None,
     };

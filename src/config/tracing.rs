@@ -144,8 +144,9 @@ pub enum TagValue {
 pub struct Decorator {
     pub operation: String,
     /// `propagate` (default true): the operation travels in
-    /// `x-envoy-decorator-operation`.
-    pub propagate: bool,
+    /// `x-envoy-decorator-operation` (this value, made once; none when the operation
+    /// cannot be a header value).
+    pub propagate: Option<HeaderValue>,
 }
 
 /// The bootstrap's `tracing.http`.

@@ -196,7 +196,7 @@ pub struct RequestSpan {
     tracer: Arc<Tracer>,
     config: Arc<TracingConfig>,
     /// The decorator's operation, to be propagated (`propagate`).
-    decorated: Option<String>,
+    decorated: Option<HeaderValue>,
     egress: bool,
 }
 
@@ -234,13 +234,14 @@ impl RequestSpan {
         (self.span.trace.bytes(), self.span.id)
     }
 
-    /// The route is known: its decorator names the span.
+    /// The route is known: its decorator names the span (a span not reported needs
+    /// no name).
     pub fn on_route(&mut self, decorator: Option<&Decorator>) {
         if let Some(d) = decorator {
-            self.span.name = d.operation.clone();
-            if d.propagate {
-                self.decorated = Some(d.operation.clone());
+            if self.span.sampled {
+                self.span.name = d.operation.clone();
             }
+            self.decorated = d.propagate.clone();
         }
     }
 
@@ -250,17 +251,17 @@ impl RequestSpan {
     pub fn on_upstream_request(&mut self, h: &mut HeaderMap) {
         match self.egress {
             true => {
-                if let Some(op) = &self.decorated
-                    && let Ok(v) = HeaderValue::from_str(op)
-                {
-                    h.insert(X_ENVOY_DECORATOR_OPERATION, v);
+                if let Some(v) = &self.decorated {
+                    h.insert(X_ENVOY_DECORATOR_OPERATION, v.clone());
                 }
             }
             false => {
                 if let Some(v) = h.remove(X_ENVOY_DECORATOR_OPERATION)
                     && !v.is_empty()
                 {
-                    if let Ok(s) = v.to_str() {
+                    if self.span.sampled
+                        && let Ok(s) = v.to_str()
+                    {
                         self.span.name = s.to_owned();
                     }
                     self.decorated = None;
@@ -274,15 +275,14 @@ impl RequestSpan {
     pub fn on_response(&mut self, h: &mut HeaderMap) {
         match self.egress {
             false => {
-                if let Some(op) = &self.decorated
-                    && let Ok(v) = HeaderValue::from_str(op)
-                {
-                    h.insert(X_ENVOY_DECORATOR_OPERATION, v);
+                if let Some(v) = &self.decorated {
+                    h.insert(X_ENVOY_DECORATOR_OPERATION, v.clone());
                 }
             }
             true => {
                 if let Some(v) = h.remove(X_ENVOY_DECORATOR_OPERATION)
                     && !v.is_empty()
+                    && self.span.sampled
                     && let Ok(s) = v.to_str()
                 {
                     self.span.name = s.to_owned();
