@@ -5,15 +5,19 @@
 //!
 //! As in Envoy: a policy matches when any of its permissions and any of its principals
 //! match; ALLOW lets a request through only when a policy matches, DENY refuses it when
-//! one does, LOG always lets it through. A request-only matcher (headers, path) never
-//! matches a connection, and `authenticated` needs a verified peer certificate: pilotfish
-//! terminates no TLS yet, so it matches nothing.
+//! one does, LOG always lets it through. A request-only matcher (headers, path, dynamic
+//! metadata) never matches a connection, and `authenticated` needs a verified peer
+//! certificate (its URI SAN is the principal name).
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use http::HeaderMap;
 
 use crate::{
-    http::matchers::{HeaderMatcher, RequestHead, StringMatcher},
+    http::{
+        dynamic_metadata::DynamicMetadata,
+        matchers::{HeaderMatcher, RequestHead, StringMatcher},
+        metadata_matcher::MetadataMatcher,
+    },
     net::cidr::Cidr,
     telemetry::stats::{Counter, Store},
 };
@@ -53,6 +57,8 @@ pub enum Permission {
     /// `[start, end)`.
     DestinationPortRange(u32, u32),
     RequestedServerName(StringMatcher),
+    /// The request's dynamic metadata (never matches a connection).
+    Metadata(MetadataMatcher),
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +76,9 @@ pub enum Principal {
     RemoteIp(Cidr),
     Header(HeaderMatcher),
     UrlPath(StringMatcher),
+    /// The request's dynamic metadata: Istio's request principals and JWT claims, from
+    /// jwt_authn's `payload_in_metadata`.
+    Metadata(MetadataMatcher),
 }
 
 /// What a decision is made on.
@@ -84,6 +93,8 @@ pub struct Subject<'a> {
     pub peer_principal: Option<&'a str>,
     /// The request, for HTTP.
     pub request: Option<&'a RequestHead<'a>>,
+    /// What earlier HTTP filters left (none for a connection).
+    pub metadata: Option<&'a DynamicMetadata>,
 }
 
 impl Rules {
@@ -150,6 +161,7 @@ impl Permission {
             Permission::DestinationPort(p) => s.local.port() == *p,
             Permission::DestinationPortRange(a, b) => (*a..*b).contains(&u32::from(s.local.port())),
             Permission::RequestedServerName(m) => m.matches(s.server_name.unwrap_or("")),
+            Permission::Metadata(m) => m.matches(s.metadata),
         }
     }
 }
@@ -170,6 +182,7 @@ impl Principal {
             Principal::RemoteIp(c) => c.contains(s.remote.ip()),
             Principal::Header(h) => header_matches(h, s),
             Principal::UrlPath(m) => path_matches(m, s),
+            Principal::Metadata(m) => m.matches(s.metadata),
         }
     }
 }
@@ -294,6 +307,7 @@ mod tests {
             server_name: None,
             peer_principal: None,
             request: req,
+            metadata: None,
         }
     }
 

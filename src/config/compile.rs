@@ -1000,6 +1000,16 @@ fn http_filters(
                 )?),
             },
             (
+                Some(super::jwt_authn::JWT_AUTHN),
+                Some(http_filter::ConfigType::TypedConfig(any)),
+            ) => HttpFilter::JwtAuthn {
+                name: f.name.clone(),
+                config: Arc::new(super::jwt_authn::jwt_authn(
+                    any,
+                    &format!("{fpath}.typed_config"),
+                )?),
+            },
+            (
                 Some(super::http_filters::COMPRESSOR),
                 Some(http_filter::ConfigType::TypedConfig(any)),
             ) => HttpFilter::Compressor {

@@ -67,6 +67,10 @@ pub fn per_filter(map: &HashMap<String, Any>, path: &str) -> Result<PerFilter> {
                     .transpose()?;
                 out.push((name.clone(), FilterOverride::Rbac(config)));
             }
+            super::jwt_authn::JWT_AUTHN_PER_ROUTE => out.push((
+                name.clone(),
+                FilterOverride::JwtAuthn(Arc::new(super::jwt_authn::per_route(any, &fpath)?)),
+            )),
             EXT_AUTHZ_PER_ROUTE => out.push((
                 name.clone(),
                 FilterOverride::ExtAuthz(Arc::new(ext_authz_per_route(any, &fpath)?)),
@@ -338,11 +342,10 @@ pub const EXT_AUTHZ_PER_ROUTE: &str = "envoy.extensions.filters.http.ext_authz.v
 /// unset); `include_peer_certificate` is accepted and sends nothing until pilotfish
 /// terminates TLS.
 pub fn ext_authz(any: &Any, path: &str) -> Result<crate::http::filters::ext_authz::ExtAuthzConfig> {
-    use crate::http::filters::ext_authz::{ExtAuthzConfig, MetadataGate, Service};
+    use crate::http::filters::ext_authz::{ExtAuthzConfig, Service};
     use envoy_types::pb::envoy::{
         config::core::v3::{ApiVersion, http_uri},
         extensions::filters::http::ext_authz::v3::{ExtAuthz, ext_authz::Services},
-        r#type::matcher::v3::{metadata_matcher, value_matcher},
     };
     let c: ExtAuthz = proto::unpack(any).map_err(|e| format!("{path}: {e}"))?;
     if !matches!(
@@ -454,40 +457,11 @@ pub fn ext_authz(any: &Any, path: &str) -> Result<crate::http::filters::ext_auth
             ));
         }
     };
-    let enabled_metadata = match &c.filter_enabled_metadata {
-        None => None,
-        Some(m) => {
-            let mpath = format!("{path}.filter_enabled_metadata");
-            let keys = m
-                .path
-                .iter()
-                .map(|seg| match &seg.segment {
-                    Some(metadata_matcher::path_segment::Segment::Key(k)) => Ok(k.clone()),
-                    None => Err(format!("{mpath}.path: a key is required")),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            if keys.is_empty() {
-                return Err(format!("{mpath}.path: required"));
-            }
-            let value = match m.value.as_ref().and_then(|v| v.match_pattern.as_ref()) {
-                Some(value_matcher::MatchPattern::StringMatch(s)) => {
-                    Some(string_matcher(s, &format!("{mpath}.value.string_match"))?)
-                }
-                Some(value_matcher::MatchPattern::PresentMatch(true)) => None,
-                _ => {
-                    return Err(format!(
-                        "{mpath}.value: only string_match and present_match are supported"
-                    ));
-                }
-            };
-            Some(MetadataGate {
-                filter: m.filter.clone(),
-                path: keys,
-                value,
-                invert: m.invert,
-            })
-        }
-    };
+    let enabled_metadata = c
+        .filter_enabled_metadata
+        .as_ref()
+        .map(|m| super::rbac::metadata_matcher(m, &format!("{path}.filter_enabled_metadata")))
+        .transpose()?;
     let status_on_error = match c.status_on_error.as_ref().map(|s| s.code) {
         None | Some(0) => http::StatusCode::FORBIDDEN,
         Some(code) => u16::try_from(code)

@@ -2,6 +2,7 @@
 pub mod compile;
 pub mod encoded_check;
 pub mod http_filters;
+pub mod jwt_authn;
 pub mod mirror;
 pub mod model;
 pub mod proto;

@@ -352,6 +352,11 @@ pub enum HttpFilter {
         name: String,
         config: Arc<crate::http::filters::ext_authz::ExtAuthzConfig>,
     },
+    /// `envoy.filters.http.jwt_authn`.
+    JwtAuthn {
+        name: String,
+        config: Arc<crate::http::filters::jwt_authn::JwtAuthnConfig>,
+    },
     /// Istio's HTTP peer metadata exchange (`io.istio.http.peer_metadata.Config`).
     IstioPeerMetadata {
         name: String,
@@ -398,6 +403,8 @@ pub enum FilterOverride {
     Rbac(Option<Arc<crate::rbac::RbacConfig>>),
     /// `ExtAuthzPerRoute`: off here, or the check's per-route settings.
     ExtAuthz(Arc<crate::http::filters::ext_authz::PerRoute>),
+    /// jwt_authn's `PerRouteConfig`: off here, or the requirement to apply.
+    JwtAuthn(Arc<crate::http::filters::jwt_authn::PerRoute>),
 }
 
 /// Header mutations of one level, both directions.

@@ -1,6 +1,6 @@
 //! Compiles `envoy.config.rbac.v3.RBAC` and the two RBAC filters' configs into
-//! [`crate::rbac`]'s model. Matchers pilotfish cannot evaluate (metadata, CEL
-//! conditions, extension matchers, filter state) are rejected with their path.
+//! [`crate::rbac`]'s model. Matchers pilotfish cannot evaluate (CEL conditions,
+//! extension matchers, filter state, sourced metadata) are rejected with their path.
 use envoy_types::pb::envoy::config::rbac::v3::{
     Permission as PermissionPb, Policy as PolicyPb, Principal as PrincipalPb, Rbac as RbacPb,
     permission, principal, rbac,
@@ -124,7 +124,9 @@ fn permission_of(p: &PermissionPb, path: &str) -> Result<Permission> {
             m,
             &format!("{path}.requested_server_name"),
         )?),
-        Some(R::Metadata(_)) => return Err(format!("{path}.metadata: not supported")),
+        Some(R::Metadata(m)) => {
+            Permission::Metadata(metadata_matcher(m, &format!("{path}.metadata"))?)
+        }
         Some(R::Matcher(_)) => return Err(format!("{path}.matcher: not supported")),
         Some(R::UriTemplate(_)) => return Err(format!("{path}.uri_template: not supported")),
         Some(R::SourcedMetadata(_)) => {
@@ -167,7 +169,9 @@ fn principal_of(p: &PrincipalPb, path: &str) -> Result<Principal> {
         Some(I::Header(h)) => Principal::Header(header_matcher(h, &format!("{path}.header"))?),
         Some(I::UrlPath(m)) => Principal::UrlPath(path_matcher(m, &format!("{path}.url_path"))?),
         Some(I::NotId(n)) => Principal::Not(Box::new(principal_of(n, &format!("{path}.not_id"))?)),
-        Some(I::Metadata(_)) => return Err(format!("{path}.metadata: not supported")),
+        Some(I::Metadata(m)) => {
+            Principal::Metadata(metadata_matcher(m, &format!("{path}.metadata"))?)
+        }
         Some(I::FilterState(_)) => return Err(format!("{path}.filter_state: not supported")),
         Some(I::SourcedMetadata(_)) => {
             return Err(format!("{path}.sourced_metadata: not supported"));
@@ -239,5 +243,83 @@ fn both(
             .transpose()?,
         rules_stat_prefix: enforced_prefix.to_owned(),
         shadow_rules_stat_prefix: shadow_prefix.to_owned(),
+    })
+}
+
+/// A `MetadataMatcher` on dynamic metadata (RBAC's `metadata`, ext_authz's
+/// `filter_enabled_metadata`).
+pub fn metadata_matcher(
+    m: &envoy_types::pb::envoy::r#type::matcher::v3::MetadataMatcher,
+    path: &str,
+) -> Result<crate::http::metadata_matcher::MetadataMatcher> {
+    use envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::path_segment::Segment;
+    if m.filter.is_empty() {
+        return Err(format!("{path}.filter: required"));
+    }
+    let keys = m
+        .path
+        .iter()
+        .enumerate()
+        .map(|(i, seg)| match &seg.segment {
+            Some(Segment::Key(k)) if !k.is_empty() => Ok(k.clone()),
+            _ => Err(format!("{path}.path[{i}].key: required")),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if keys.is_empty() {
+        return Err(format!("{path}.path: at least one key is required"));
+    }
+    let value = m
+        .value
+        .as_ref()
+        .ok_or_else(|| format!("{path}.value: required"))?;
+    Ok(crate::http::metadata_matcher::MetadataMatcher {
+        filter: m.filter.clone(),
+        path: keys,
+        value: value_matcher(value, &format!("{path}.value"))?,
+        invert: m.invert,
+    })
+}
+
+fn value_matcher(
+    v: &envoy_types::pb::envoy::r#type::matcher::v3::ValueMatcher,
+    path: &str,
+) -> Result<crate::http::metadata_matcher::ValueMatcher> {
+    use crate::http::metadata_matcher::{DoubleMatch, ValueMatcher};
+    use envoy_types::pb::envoy::r#type::matcher::v3::{
+        double_matcher, list_matcher, value_matcher::MatchPattern as P,
+    };
+    Ok(match &v.match_pattern {
+        Some(P::NullMatch(_)) => ValueMatcher::Null,
+        Some(P::DoubleMatch(d)) => ValueMatcher::Double(match &d.match_pattern {
+            Some(double_matcher::MatchPattern::Range(r)) => DoubleMatch::Range(r.start, r.end),
+            Some(double_matcher::MatchPattern::Exact(e)) => DoubleMatch::Exact(*e),
+            None => return Err(format!("{path}.double_match: a range or exact is required")),
+        }),
+        Some(P::StringMatch(s)) => {
+            ValueMatcher::String(string_matcher(s, &format!("{path}.string_match"))?)
+        }
+        Some(P::BoolMatch(b)) => ValueMatcher::Bool(*b),
+        Some(P::PresentMatch(b)) => ValueMatcher::Present(*b),
+        Some(P::ListMatch(l)) => match &l.match_pattern {
+            Some(list_matcher::MatchPattern::OneOf(inner)) => ValueMatcher::ListOneOf(Box::new(
+                value_matcher(inner, &format!("{path}.list_match.one_of"))?,
+            )),
+            None => return Err(format!("{path}.list_match.one_of: required")),
+        },
+        Some(P::OrMatch(o)) => {
+            if o.value_matchers.len() < 2 {
+                return Err(format!(
+                    "{path}.or_match.value_matchers: at least two are required"
+                ));
+            }
+            ValueMatcher::Or(
+                o.value_matchers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| value_matcher(m, &format!("{path}.or_match.value_matchers[{i}]")))
+                    .collect::<Result<_>>()?,
+            )
+        }
+        None => return Err(format!("{path}: a match pattern is required")),
     })
 }

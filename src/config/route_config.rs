@@ -527,7 +527,7 @@ fn direct(d: &DirectResponseAction, path: &str, max_body: usize) -> Result<Direc
     })
 }
 
-fn route_match(
+pub(super) fn route_match(
     m: &envoy_types::pb::envoy::config::route::v3::RouteMatch,
     path: &str,
 ) -> Result<RouteMatch> {

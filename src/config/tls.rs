@@ -633,7 +633,7 @@ fn curve(name: &str) -> Option<Option<&'static str>> {
 }
 
 /// A `DataSource`'s bytes: inline, or read from a file now (`filename`).
-fn data(ds: Option<&DataSource>, path: &str) -> Result<Vec<u8>> {
+pub(super) fn data(ds: Option<&DataSource>, path: &str) -> Result<Vec<u8>> {
     match ds.and_then(|d| d.specifier.as_ref()) {
         Some(data_source::Specifier::InlineBytes(b)) => Ok(b.clone()),
         Some(data_source::Specifier::InlineString(s)) => Ok(s.as_bytes().to_vec()),

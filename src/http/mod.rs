@@ -11,6 +11,7 @@ pub mod headers;
 pub mod idle;
 pub mod local_reply;
 pub mod matchers;
+pub mod metadata_matcher;
 pub mod mirror;
 pub mod path_normalize;
 pub mod redirect;

@@ -390,7 +390,14 @@ fn strip_port(host: &str) -> &str {
 
 impl Route {
     fn matches(&self, req: &RequestHead<'_>) -> bool {
-        let m = &self.matcher;
+        self.matcher.matches(req)
+    }
+}
+
+impl RouteMatch {
+    /// Whether a request matches (also how jwt_authn's `rules` pick a requirement).
+    pub fn matches(&self, req: &RequestHead<'_>) -> bool {
+        let m = self;
         let (path, query) = match req.path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (req.path_and_query, None),

@@ -24,7 +24,7 @@ use super::{
         cors::{self, CorsStats},
         ext_authz::{self, ExtAuthzConfig, ExtAuthzStats},
         fault::{FaultConfig, FaultStats},
-        grpc_stats,
+        grpc_stats, jwt_authn,
     },
     hash_policy, header_mutation, headers,
     idle::Activity,
@@ -104,6 +104,11 @@ enum Filter {
         name: String,
         config: Arc<ExtAuthzConfig>,
         stats: ExtAuthzStats,
+    },
+    JwtAuthn {
+        name: String,
+        config: Arc<jwt_authn::JwtAuthnConfig>,
+        stats: jwt_authn::JwtAuthnStats,
     },
 }
 
@@ -197,6 +202,15 @@ impl HttpConnectionManager {
                     ),
                     config: c.clone(),
                 }),
+                HttpFilter::JwtAuthn { name, config: c } => {
+                    let stats = jwt_authn::JwtAuthnStats::new(store, &config.stat_prefix, c);
+                    c.start(clusters, &stats);
+                    Some(Filter::JwtAuthn {
+                        name: name.clone(),
+                        config: c.clone(),
+                        stats,
+                    })
+                }
                 HttpFilter::ExtAuthz { name, config: c } => Some(Filter::ExtAuthz {
                     name: name.clone(),
                     stats: ExtAuthzStats::new(store, &config.stat_prefix, c),
@@ -743,6 +757,7 @@ impl HttpConnectionManager {
             ));
         }
         let mut authorized: Option<ext_authz::Allowed> = None;
+        let mut jwt_outputs: Option<jwt_authn::Outputs> = None;
         let authority = request_authority(&req);
         let path = req
             .uri()
@@ -816,15 +831,39 @@ impl HttpConnectionManager {
                         server_name: tls.as_ref().and_then(|t| t.sni.as_deref()),
                         peer_principal: tls.as_ref().and_then(|t| t.uri_san.as_deref()),
                         request: Some(&head),
+                        metadata: Some(&picked.metadata),
                     };
                     let decision = cfg.check(&subject, stats);
                     if let Some(shadow) = decision.shadow {
                         for (k, v) in cfg.shadow_metadata(shadow) {
-                            picked.metadata.set(dynamic_metadata::HTTP_RBAC, k, v);
+                            picked
+                                .metadata
+                                .set(dynamic_metadata::HTTP_RBAC, k, v.into());
                         }
                     }
                     if !decision.allowed {
                         return local_reply::reply(ResponseFlag::RbacAccessDenied);
+                    }
+                }
+                Filter::JwtAuthn {
+                    name,
+                    config,
+                    stats,
+                } => {
+                    let per_route = match matched.filter_override(name) {
+                        Some(FilterOverride::JwtAuthn(p)) => Some(p.as_ref()),
+                        _ => None,
+                    };
+                    let request = jwt_authn::Request {
+                        head: &head,
+                        scheme: if tls.is_some() { "https" } else { "http" },
+                    };
+                    match config
+                        .check(clusters, request, per_route, &mut picked.metadata, stats)
+                        .await
+                    {
+                        jwt_authn::Verdict::Reply(resp) => return resp,
+                        jwt_authn::Verdict::Allow(o) => jwt_outputs = Some(o),
                     }
                 }
                 Filter::ExtAuthz {
@@ -928,6 +967,9 @@ impl HttpConnectionManager {
             down_h2: req.version() == Version::HTTP_2,
         };
         *req.body_mut() = body_slot;
+        if let Some(o) = &jwt_outputs {
+            o.apply(&mut req);
+        }
         if let Some(a) = &authorized {
             a.apply(req.headers_mut());
         }

@@ -142,6 +142,7 @@ impl Chain {
                     server_name,
                     peer_principal,
                     request: None,
+                    metadata: None,
                 };
                 config.check(&subject, stats).allowed
             }

@@ -626,6 +626,9 @@ impl Differences {
         ours: T,
     ) {
         self.cases += 1;
+        if std::env::var("SHOW_CASES").is_ok() {
+            eprintln!("{case}: {ours:?}");
+        }
         if envoy != ours {
             self.found.push(format!(
                 "{case}:\n  envoy:     {envoy:?}\n  pilotfish: {ours:?}"

@@ -51,30 +51,7 @@ pub struct ExtAuthzConfig {
     pub disallowed_headers: Vec<StringMatcher>,
     /// `filter_enabled_metadata`: the filter acts only on requests whose dynamic
     /// metadata matches (Istio's CUSTOM action: the RBAC shadow policy that matched).
-    pub enabled_metadata: Option<MetadataGate>,
-}
-
-/// `filter_enabled_metadata`: a string matcher on one value of a filter's dynamic
-/// metadata.
-#[derive(Debug, Clone)]
-pub struct MetadataGate {
-    pub filter: String,
-    pub path: Vec<String>,
-    /// `value.string_match`; `None` is `value.present_match: true`.
-    pub value: Option<StringMatcher>,
-    pub invert: bool,
-}
-
-impl MetadataGate {
-    fn admits(&self, metadata: &DynamicMetadata) -> bool {
-        let found = metadata.get(&self.filter, &self.path);
-        let hit = match (&self.value, found) {
-            (_, None) => false,
-            (None, Some(_)) => true,
-            (Some(m), Some(v)) => m.matches(v),
-        };
-        hit != self.invert
-    }
+    pub enabled_metadata: Option<crate::http::metadata_matcher::MetadataMatcher>,
 }
 
 #[derive(Debug, Clone)]
@@ -268,7 +245,7 @@ impl ExtAuthzConfig {
         if self
             .enabled_metadata
             .as_ref()
-            .is_some_and(|g| !g.admits(metadata))
+            .is_some_and(|g| !g.matches(Some(metadata)))
         {
             // Counted in the connection manager's scope only.
             stats.disabled.inc();

@@ -5,3 +5,4 @@ pub mod cors;
 pub mod ext_authz;
 pub mod fault;
 pub mod grpc_stats;
+pub mod jwt_authn;

@@ -343,8 +343,7 @@ impl RequestSpan {
                     default,
                 } => o
                     .metadata
-                    .and_then(|m| m.get(filter, path))
-                    .map(str::to_owned)
+                    .and_then(|m| m.text(filter, path))
                     .or_else(|| Some(default.clone())),
                 TagValue::Format(pieces) => o.record.map(|r| r.render_value(pieces)),
             };
