@@ -23,6 +23,7 @@ fn main() {
         file.source_code_info = None;
     }
     set.file.extend(typed_structs());
+    set.file.push(ip_matcher());
     set.file.extend(istio_protos::files());
     // Stored compressed (0.6 MB -> about 0.1 MB): decoding the pool reads all of it, and
     // every page read stays resident for the life of the process.
@@ -100,6 +101,72 @@ fn typed_structs() -> Vec<prost_types::FileDescriptorProto> {
         file("udpa/type/v1/typed_struct.proto", "udpa.type.v1"),
         file("xds/type/v3/typed_struct.proto", "xds.type.v3"),
     ]
+}
+
+/// `xds.type.matcher.v3.IPMatcher`, the IP range tree of `filter_chain_matcher` (what
+/// istiod's waypoints send); envoy-types does not carry its file.
+fn ip_matcher() -> prost_types::FileDescriptorProto {
+    use prost_types::{
+        DescriptorProto, FieldDescriptorProto, FileDescriptorProto,
+        field_descriptor_proto::{Label, Type},
+    };
+    let field = |name: &str, json: &str, number: i32, label: Label, ty: Type, type_name: &str| {
+        FieldDescriptorProto {
+            name: Some(name.into()),
+            json_name: Some(json.into()),
+            number: Some(number),
+            label: Some(label as i32),
+            r#type: Some(ty as i32),
+            type_name: (!type_name.is_empty()).then(|| type_name.into()),
+            ..Default::default()
+        }
+    };
+    let range = DescriptorProto {
+        name: Some("IPRangeMatcher".into()),
+        field: vec![
+            field(
+                "ranges",
+                "ranges",
+                1,
+                Label::Repeated,
+                Type::Message,
+                ".xds.core.v3.CidrRange",
+            ),
+            field(
+                "on_match",
+                "onMatch",
+                2,
+                Label::Optional,
+                Type::Message,
+                ".xds.type.matcher.v3.Matcher.OnMatch",
+            ),
+            field("exclusive", "exclusive", 3, Label::Optional, Type::Bool, ""),
+        ],
+        ..Default::default()
+    };
+    FileDescriptorProto {
+        name: Some("xds/type/matcher/v3/ip.proto".into()),
+        package: Some("xds.type.matcher.v3".into()),
+        dependency: vec![
+            "xds/core/v3/cidr.proto".into(),
+            "xds/type/matcher/v3/matcher.proto".into(),
+        ],
+        syntax: Some("proto3".into()),
+        message_type: vec![DescriptorProto {
+            name: Some("IPMatcher".into()),
+            field: vec![field(
+                "range_matchers",
+                "rangeMatchers",
+                1,
+                Label::Repeated,
+                Type::Message,
+                ".xds.type.matcher.v3.IPMatcher.IPRangeMatcher",
+            )],
+            nested_type: vec![range],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
 }
 
 /// The source folder of the `envoy-types` package this build resolved to.

@@ -312,10 +312,27 @@ pub fn listener(l: &Listener, path: &str, clusters: &HashSet<String>) -> Result<
     }
     let listener_filters = listener_filters(l, path)?;
     let mut filter_chains = Vec::new();
+    let unified = l.filter_chain_matcher.is_some();
     for (i, chain) in l.filter_chains.iter().enumerate() {
         let cpath = format!("{path}.filter_chains[{i}]");
         let compiled = filter_chain(chain, &cpath, clusters)?;
-        if let Some(j) = filter_chains
+        if unified {
+            // Chains are chosen by name; their `filter_chain_match` is ignored.
+            if compiled.name.is_empty() {
+                return Err(format!(
+                    "{cpath}.name: \"name\" field is required when using a listener matcher"
+                ));
+            }
+            if filter_chains
+                .iter()
+                .any(|c: &FilterChain| c.name == compiled.name)
+            {
+                return Err(format!(
+                    "{cpath}.name: \"name\" field is duplicated with value '{}'",
+                    compiled.name
+                ));
+            }
+        } else if let Some(j) = filter_chains
             .iter()
             .position(|c: &FilterChain| c.matcher == compiled.matcher)
         {
@@ -335,6 +352,15 @@ pub fn listener(l: &Listener, path: &str, clusters: &HashSet<String>) -> Result<
         }
         None => None,
     };
+    let chain_matcher = l
+        .filter_chain_matcher
+        .as_ref()
+        .map(|m| {
+            let names: Vec<&str> = filter_chains.iter().map(|c| c.name.as_str()).collect();
+            super::chain_matcher::compile(m, &names, &format!("{path}.filter_chain_matcher"))
+                .map(Arc::new)
+        })
+        .transpose()?;
     if filter_chains.is_empty() && default_chain.is_none() {
         return Err(format!(
             "{path}.filter_chains: at least one filter chain (or a default_filter_chain) is required"
@@ -372,6 +398,7 @@ pub fn listener(l: &Listener, path: &str, clusters: &HashSet<String>) -> Result<
         stat_name,
         filter_chains,
         default_chain,
+        chain_matcher,
     })
 }
 

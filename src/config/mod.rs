@@ -1,4 +1,5 @@
 //! Envoy protos in, plain runtime structures out.
+pub mod chain_matcher;
 pub mod compile;
 pub mod encoded_check;
 pub mod http_filters;

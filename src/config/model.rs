@@ -108,6 +108,9 @@ pub struct ListenerConfig {
     pub filter_chains: Vec<FilterChain>,
     /// `default_filter_chain`: used when no chain matches.
     pub default_chain: Option<FilterChain>,
+    /// `filter_chain_matcher`: when set, it chooses the chain by name and every
+    /// `filter_chain_match` is ignored, as in Envoy.
+    pub chain_matcher: Option<Arc<crate::listener::chain_matcher::ChainMatcher>>,
 }
 
 impl ListenerConfig {

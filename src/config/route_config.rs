@@ -674,7 +674,33 @@ fn query_matcher(
 /// Compiles a `StringMatcher`; patterns are lowered here when `ignore_case` is set.
 pub fn string_matcher(s: &StringMatcherPb, path: &str) -> Result<StringMatcher> {
     use string_matcher::MatchPattern as P;
-    let ic = s.ignore_case;
+    let pattern = s.match_pattern.as_ref().map(|p| match p {
+        P::Exact(v) => Pattern::Exact(v),
+        P::Prefix(v) => Pattern::Prefix(v),
+        P::Suffix(v) => Pattern::Suffix(v),
+        P::Contains(v) => Pattern::Contains(v),
+        P::SafeRegex(r) => Pattern::Regex(&r.regex),
+        P::Custom(_) => Pattern::Custom,
+    });
+    compile_string_matcher(pattern, s.ignore_case, path)
+}
+
+/// A string matcher's pattern, from either `envoy.type.matcher.v3` or
+/// `xds.type.matcher.v3` (the same shape in two packages).
+pub(super) enum Pattern<'a> {
+    Exact(&'a str),
+    Prefix(&'a str),
+    Suffix(&'a str),
+    Contains(&'a str),
+    Regex(&'a str),
+    Custom,
+}
+
+pub(super) fn compile_string_matcher(
+    pattern: Option<Pattern<'_>>,
+    ic: bool,
+    path: &str,
+) -> Result<StringMatcher> {
     let lower = |v: &str| {
         if ic {
             v.to_ascii_lowercase()
@@ -682,16 +708,15 @@ pub fn string_matcher(s: &StringMatcherPb, path: &str) -> Result<StringMatcher> 
             v.to_owned()
         }
     };
-    let kind = match &s.match_pattern {
-        Some(P::Exact(v)) => StringMatch::Exact(lower(v)),
-        Some(P::Prefix(v)) => StringMatch::Prefix(lower(v)),
-        Some(P::Suffix(v)) => StringMatch::Suffix(lower(v)),
-        Some(P::Contains(v)) => StringMatch::Contains(lower(v)),
-        Some(P::SafeRegex(r)) => StringMatch::Regex(
-            matchers::full_match_regex(&r.regex)
-                .map_err(|e| format!("{path}.safe_regex.regex: {e}"))?,
+    let kind = match pattern {
+        Some(Pattern::Exact(v)) => StringMatch::Exact(lower(v)),
+        Some(Pattern::Prefix(v)) => StringMatch::Prefix(lower(v)),
+        Some(Pattern::Suffix(v)) => StringMatch::Suffix(lower(v)),
+        Some(Pattern::Contains(v)) => StringMatch::Contains(lower(v)),
+        Some(Pattern::Regex(r)) => StringMatch::Regex(
+            matchers::full_match_regex(r).map_err(|e| format!("{path}.safe_regex.regex: {e}"))?,
         ),
-        Some(P::Custom(_)) => return Err(format!("{path}.custom: not supported")),
+        Some(Pattern::Custom) => return Err(format!("{path}.custom: not supported")),
         None => return Err(format!("{path}: a match pattern is required")),
     };
     Ok(StringMatcher {

@@ -2,6 +2,7 @@
 //! listener of that destination, loop refusal, the listener filters (TLS and HTTP
 //! inspection), filter-chain selection, and handing each connection to its chain's
 //! network filter.
+pub mod chain_matcher;
 mod chain_select;
 pub mod conn_limit;
 pub mod http_detect;
@@ -423,7 +424,12 @@ impl Listener {
     ) -> io::Result<(Option<&Chain>, inspect::Facts)> {
         let chains = &self.config.filter_chains;
         let cands = chain_select::by_destination(chains, dst);
-        let facts = if chain_select::needs_inspection(chains, &cands) {
+        let matcher = self.config.chain_matcher.as_deref();
+        let inspect = match matcher {
+            Some(m) => m.needs_inspection(),
+            None => chain_select::needs_inspection(chains, &cands),
+        };
+        let facts = if inspect {
             let lf = &self.config.listener_filters;
             let on = |f: &Option<FilterEnabled>| {
                 f.as_ref()
@@ -446,9 +452,23 @@ impl Listener {
         } else {
             inspect::Facts::default()
         };
-        let chosen = chain_select::finish(chains, cands, &facts, peer, dst)
-            .map(|i| &self.chains[i])
-            .or(self.default_chain.as_ref());
+        let chosen = match matcher {
+            Some(m) => {
+                let conn = chain_matcher::Connection {
+                    facts: &facts,
+                    src: peer,
+                    dst,
+                };
+                match m.select(&conn) {
+                    chain_matcher::Selected::Chain(i) => Some(&self.chains[i]),
+                    chain_matcher::Selected::Unknown => None,
+                    chain_matcher::Selected::NoMatch => self.default_chain.as_ref(),
+                }
+            }
+            None => chain_select::finish(chains, cands, &facts, peer, dst)
+                .map(|i| &self.chains[i])
+                .or(self.default_chain.as_ref()),
+        };
         Ok((chosen, facts))
     }
 }
