@@ -97,6 +97,7 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
         xds::node(&config.node.proto),
         control.handle().clone(),
         store.clone(),
+        config.dynamic.as_ref().is_some_and(|d| d.ads.is_some()),
     ));
     let clusters = Arc::new(ClusterManager::with_secrets(
         &config.clusters,

@@ -10,7 +10,7 @@ use std::{net::SocketAddr, path::Path};
 
 use common::{
     Proxy, Upstream,
-    certs::{Ca, Leaf, write_ca},
+    certs::{Ca, Leaf, certificate_secret, write_ca},
     http_bootstrap, http_get, reference_envoy, static_cluster,
 };
 
@@ -1184,5 +1184,140 @@ async fn istio_alpn_lands_http_on_the_peers_http_chain() {
         assert_eq!(counts().await, (Some(3), Some(2), Some(2)), "{back_bin}");
         get("alpn", "/h1").await;
         assert_eq!(counts().await, (Some(4), Some(2), Some(2)), "{back_bin}");
+    }
+}
+
+/// SDS over ADS (`sds_config: { ads: {} }`): a listener from LDS waits for its
+/// certificate on the same ADS stream, serves it once it arrives, takes a rotated one
+/// for the next handshake and keeps it when a bad one is NACKed, over both state of the
+/// world and delta xDS, as Envoy 1.40 does with the same control plane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sds_over_ads_serves_and_rotates_as_envoy_does() {
+    use common::xds::{XdsServer, ads_bootstrap, any, from_yaml, tcp};
+    use envoy_types::pb::envoy::{
+        config::listener::v3::Listener,
+        extensions::transport_sockets::tls::v3::{Secret, TlsCertificate, secret},
+    };
+    const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let ca = Ca::new("cluster.local");
+    let app = Upstream::start("app").await;
+    for api in ["GRPC", "DELTA_GRPC"] {
+        let xds = XdsServer::start().await;
+        let listener: Listener = from_yaml(
+            r#"
+name: tls
+address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+filter_chains:
+- transport_socket:
+    name: envoy.transport_sockets.tls
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+      common_tls_context:
+        tls_certificate_sds_secret_configs:
+        - { name: default, sds_config: { ads: {}, resource_api_version: V3 } }
+  filters:
+  - name: envoy.filters.network.tcp_proxy
+    typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: app, cluster: app }
+"#,
+        );
+        xds.set(CDS, vec![]);
+        xds.set(LDS, vec![("tls".into(), any(&listener))]);
+        let yaml = format!(
+            "{}{}",
+            ads_bootstrap(&tcp(xds.addr), api),
+            static_cluster("app", &[app.addr], false)
+        );
+        // Each asks for the secret on its ADS stream, and is not ready without it.
+        let mut proxies = Vec::new();
+        for bin in [common::BIN.to_owned(), envoy.clone()] {
+            let args: &[&str] = if bin == common::BIN {
+                &[]
+            } else {
+                &["--disable-hot-restart"]
+            };
+            let started = std::time::Instant::now();
+            proxies.push(Proxy::start_unready(&bin, &yaml, args).await);
+            xds.wait_request(&format!("{bin} subscribing to default ({api})"), |r| {
+                r.type_url == SECRET && r.names.contains(&"default".to_owned()) && r.at >= started
+            })
+            .await;
+        }
+        for p in &proxies {
+            assert_eq!(
+                p.admin_get("/ready").await.0,
+                503,
+                "{api}: ready without its certificate"
+            );
+        }
+        let first = ca.leaf(BACK_ID);
+        xds.set(
+            SECRET,
+            vec![("default".into(), certificate_secret("default", &first))],
+        );
+        let mut serials = Vec::new();
+        for p in &mut proxies {
+            for _ in 0..250 {
+                if p.admin_get("/ready").await.0 == 200 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert_eq!(p.admin_get("/ready").await.0, 200, "{api}: ready with it");
+            p.refresh_listeners().await;
+            serials.push(served_serial(p.listener("tls"), &ca, &first).await);
+        }
+        assert_eq!(serials[0], serials[1], "{api}: the same certificate served");
+        // Rotation: the next handshake presents the new certificate.
+        let second = ca.leaf(BACK_ID);
+        xds.set(
+            SECRET,
+            vec![("default".into(), certificate_secret("default", &second))],
+        );
+        let mut rotated = Vec::new();
+        for p in &proxies {
+            wait_stat(p, "sds.default.update_success", 2).await;
+            rotated.push(served_serial(p.listener("tls"), &ca, &first).await);
+        }
+        assert_eq!(
+            rotated[0], rotated[1],
+            "{api}: the same rotated certificate"
+        );
+        assert_ne!(rotated[0], serials[0], "{api}: rotated");
+        // A secret that does not parse is NACKed by both, and the last good one stays.
+        let bad = Secret {
+            name: "default".into(),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: Some(inline("not a certificate")),
+                private_key: Some(inline("not a key")),
+                ..Default::default()
+            })),
+        };
+        xds.set(SECRET, vec![("default".into(), any(&bad))]);
+        for p in &proxies {
+            wait_stat(p, "sds.default.update_rejected", 1).await;
+            assert_eq!(
+                served_serial(p.listener("tls"), &ca, &first).await,
+                rotated[0],
+                "{api}: the last good certificate kept"
+            );
+        }
+        let nacks = xds
+            .requests()
+            .iter()
+            .filter(|r| r.type_url == SECRET && r.error.is_some())
+            .count();
+        assert!(nacks >= 2, "{api}: both NACKed: {:?}", xds.requests());
+    }
+}
+
+fn inline(s: &str) -> envoy_types::pb::envoy::config::core::v3::DataSource {
+    use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
+    DataSource {
+        specifier: Some(Specifier::InlineString(s.into())),
+        ..Default::default()
     }
 }

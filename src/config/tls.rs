@@ -49,6 +49,8 @@ pub enum SecretSource {
     /// `path_config_source`: a file holding a `DiscoveryResponse` with the secret,
     /// re-read when it changes.
     File(std::path::PathBuf),
+    /// `ads`: the secret comes over the ADS stream.
+    Ads,
 }
 
 /// Where a certificate and its key come from.
@@ -485,9 +487,10 @@ fn sds_source(cs: &ConfigSource, path: &str) -> Result<SecretSource> {
         Some(config_source::ConfigSourceSpecifier::PathConfigSource(p)) if !p.path.is_empty() => {
             Ok(SecretSource::File(p.path.clone().into()))
         }
+        Some(config_source::ConfigSourceSpecifier::Ads(_)) => Ok(SecretSource::Ads),
         _ => Err(format!(
-            "{path}: SDS is supported from a gRPC api_config_source (Istio's sds-grpc) or \
-             a path_config_source; ads is not"
+            "{path}: SDS is supported from a gRPC api_config_source (Istio's sds-grpc), \
+             ads or a path_config_source"
         )),
     }
 }

@@ -164,6 +164,33 @@ async fn stream(slot: &Weak<Slot>, source: &SdsSource, node: &Node) -> (bool, St
     }
 }
 
+/// One secret from an ADS response (SDS over ADS), into the slot that waits for it; a
+/// secret nothing uses is ignored.
+pub fn apply_ads(
+    store: &super::secrets::SecretStore,
+    any: envoy_types::pb::google::protobuf::Any,
+    version: &str,
+) -> Result<(), String> {
+    let any = crate::xds::resource::unwrap(any)?;
+    let secret: Secret = crate::config::proto::unpack(&any)?;
+    let Some(slot) = store.ads_slot(&secret.name) else {
+        return Ok(());
+    };
+    let name = secret.name.clone();
+    let outcome = crate::xds::resource::check(&any, secret)
+        .map_err(|e| format!("Secret '{name}': {e}"))
+        .and_then(|secret| {
+            let value = crate::config::tls::secret(&secret, &format!("Secret '{name}'"))?;
+            slot.update(Resolved::new(value)?, version, secret);
+            Ok(())
+        });
+    match &outcome {
+        Ok(()) => slot.stats.update_success.inc(),
+        Err(_) => slot.stats.update_rejected.inc(),
+    }
+    outcome
+}
+
 /// Takes the secret named by the slot out of a response.
 fn apply(slot: &Slot, resp: &DiscoveryResponse) -> Result<(), String> {
     for any in &resp.resources {

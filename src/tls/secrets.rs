@@ -210,6 +210,19 @@ pub struct SecretStore {
     runtime: Option<tokio::runtime::Handle>,
     stats: Arc<Store>,
     slots: Mutex<HashMap<(SecretSource, String), Weak<Slot>>>,
+    /// `dynamic_resources.ads_config` is set: secrets may come over ADS.
+    ads: bool,
+    /// Set by the ADS client: called when a secret over ADS gets its first user.
+    ads_interest: std::sync::OnceLock<Notify>,
+}
+
+/// A callback (for `Debug`, which closures lack).
+struct Notify(Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Notify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Notify")
+    }
 }
 
 impl SecretStore {
@@ -218,13 +231,16 @@ impl SecretStore {
         node: envoy_types::pb::envoy::config::core::v3::Node,
         runtime: tokio::runtime::Handle,
         stats: Arc<Store>,
+        ads: bool,
     ) -> Self {
         SecretStore {
+            ads,
             sources,
             node,
             runtime: Some(runtime),
             stats,
             slots: Mutex::default(),
+            ads_interest: std::sync::OnceLock::new(),
         }
     }
 
@@ -241,7 +257,13 @@ impl SecretStore {
                     ));
                 }
             },
-            SecretSource::File(_) => None,
+            SecretSource::Ads if !self.ads => {
+                return Err(format!(
+                    "SDS secret '{}': sds_config.ads needs dynamic_resources.ads_config",
+                    secret.name
+                ));
+            }
+            SecretSource::File(_) | SecretSource::Ads => None,
         };
         let key = (secret.source.clone(), secret.name.clone());
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -265,6 +287,14 @@ impl SecretStore {
                     path.clone(),
                     gone,
                 )),
+                // Filled by the ADS stream, which subscribes to it once it exists.
+                (None, SecretSource::Ads) => {
+                    drop(slots);
+                    if let Some(Notify(notify)) = self.ads_interest.get() {
+                        notify();
+                    }
+                    return Ok(slot);
+                }
                 (None, SecretSource::Grpc(_)) => unreachable!("checked above"),
             };
         }
@@ -306,6 +336,43 @@ impl SecretStore {
             }
         }
         out
+    }
+
+    /// The secrets in use that come over ADS (its SDS subscription).
+    pub fn ads_names(&self) -> std::collections::BTreeSet<String> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .filter(|((source, _), w)| *source == SecretSource::Ads && w.strong_count() > 0)
+            .map(|((_, name), _)| name.clone())
+            .collect()
+    }
+
+    /// The slot of a secret in use that comes over ADS.
+    pub fn ads_slot(&self, name: &str) -> Option<Arc<Slot>> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .get(&(SecretSource::Ads, name.to_owned()))
+            .and_then(Weak::upgrade)
+    }
+
+    /// The versions of the secrets over ADS that arrived (delta xDS's initial versions).
+    pub fn ads_versions(&self) -> HashMap<String, String> {
+        self.current()
+            .into_iter()
+            .filter(|s| s.secret.source == SecretSource::Ads)
+            .filter_map(|s| {
+                let shown = s.shown.lock().unwrap_or_else(|e| e.into_inner());
+                shown
+                    .as_ref()
+                    .map(|x| (s.secret.name.clone(), x.version.clone()))
+            })
+            .collect()
+    }
+
+    /// Tells the ADS client when a new ADS secret is wanted (it then subscribes).
+    pub fn on_ads_interest(&self, notify: impl Fn() + Send + Sync + 'static) {
+        let _ = self.ads_interest.set(Notify(Box::new(notify)));
     }
 
     /// Whether a secret in use has not arrived yet.

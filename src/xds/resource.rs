@@ -14,12 +14,20 @@ pub enum Kind {
     Endpoint,
     Listener,
     Route,
+    /// SDS over ADS (`sds_config: { ads: {} }`).
+    Secret,
 }
 
 const RESOURCE_WRAPPER: &str = "envoy.service.discovery.v3.Resource";
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
+    pub const ALL: [Kind; 5] = [
+        Kind::Cluster,
+        Kind::Endpoint,
+        Kind::Listener,
+        Kind::Route,
+        Kind::Secret,
+    ];
 
     pub fn type_name(self) -> &'static str {
         match self {
@@ -27,6 +35,7 @@ impl Kind {
             Kind::Endpoint => "envoy.config.endpoint.v3.ClusterLoadAssignment",
             Kind::Listener => "envoy.config.listener.v3.Listener",
             Kind::Route => "envoy.config.route.v3.RouteConfiguration",
+            Kind::Secret => "envoy.extensions.transport_sockets.tls.v3.Secret",
         }
     }
 
@@ -46,6 +55,7 @@ impl Kind {
             Kind::Endpoint => "eds",
             Kind::Listener => "lds",
             Kind::Route => "rds",
+            Kind::Secret => "sds",
         }
     }
 
@@ -56,6 +66,7 @@ impl Kind {
             Kind::Endpoint => "ClusterLoadAssignment",
             Kind::Listener => "listener",
             Kind::Route => "RouteConfiguration",
+            Kind::Secret => "Secret",
         }
     }
 }

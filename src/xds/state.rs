@@ -161,10 +161,19 @@ impl Handle {
             received: HashSet::new(),
         };
         state.advance(now);
-        Arc::new(Handle {
+        let secrets = state.rt.ctx.clusters.secrets().clone();
+        let handle = Arc::new(Handle {
             state: Mutex::new(state),
             changed: watch::channel(0).0,
-        })
+        });
+        // A TLS context that starts waiting for a secret over ADS gets it subscribed.
+        let weak = Arc::downgrade(&handle);
+        secrets.on_ads_interest(move || {
+            if let Some(h) = weak.upgrade() {
+                h.changed.send_modify(|g| *g += 1);
+            }
+        });
+        handle
     }
 
     /// Applies one response; `Err` carries the NACK's `error_detail`.
@@ -316,6 +325,7 @@ impl State {
             Kind::Endpoint => self.apply_endpoints(items, removed),
             Kind::Listener => self.apply_listeners(items, removed, received),
             Kind::Route => self.apply_routes(items, removed),
+            Kind::Secret => self.apply_secrets(items, &version),
         };
         self.received.insert(kind);
         tracing::debug!(
@@ -904,6 +914,31 @@ impl State {
         }
     }
 
+    // ---- secrets (SDS over ADS) ----
+
+    /// Each secret a TLS context waits for over ADS takes its value from the response;
+    /// one that fails its checks is rejected (NACK) and keeps its last value.
+    fn apply_secrets(
+        &mut self,
+        items: Vec<(Option<String>, String, Any)>,
+        version: &str,
+    ) -> Result<(), String> {
+        let store = self.rt.ctx.clusters.secrets().clone();
+        let mut errors = Vec::new();
+        for (_, v, any) in items {
+            if let Err(e) =
+                crate::tls::sds::apply_ads(&store, any, if v.is_empty() { version } else { &v })
+            {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
     // ---- subscriptions, deadlines, readiness ----
 
     fn wanted(&mut self, kind: Kind) -> Option<Wanted> {
@@ -917,6 +952,7 @@ impl State {
             Kind::Route => Some(Wanted::Names(
                 self.rt.ctx.routes.prune().into_iter().collect(),
             )),
+            Kind::Secret => Some(Wanted::Names(self.rt.ctx.clusters.secrets().ads_names())),
         }
     }
 
@@ -943,6 +979,7 @@ impl State {
                 v
             }
             Kind::Route => of(&self.routes),
+            Kind::Secret => self.rt.ctx.clusters.secrets().ads_versions(),
         }
     }
 
