@@ -348,9 +348,14 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             "static_resources.listeners[0].filter_chains[0].filter_chain_match.server_names[0]: 'api*.example.com' is neither a name nor a '*.' wildcard",
         ),
         (
-            "the unified filter chain matcher",
+            "a filter chain matcher over unnamed chains",
             hcm("", ROUTER).replace("    filter_chains:", "    filter_chain_matcher: { matcher_tree: { input: { name: port, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput } }, exact_match_map: { map: {} } } }\n    filter_chains:"),
-            "static_resources.listeners[0].filter_chain_matcher: not supported",
+            "static_resources.listeners[0].filter_chains[0].name: \"name\" field is required when using a listener matcher",
+        ),
+        (
+            "a filter chain matcher with an empty map",
+            hcm("", ROUTER).replace("    filter_chains:\n    -", "    filter_chain_matcher: { matcher_tree: { input: { name: port, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput } }, exact_match_map: { map: {} } } }\n    filter_chains:\n    - name: c\n     "),
+            "static_resources.listeners[0].filter_chain_matcher.matcher_tree.exact_match_map.map: at least one entry is required",
         ),
         (
             "unsupported listener filter",

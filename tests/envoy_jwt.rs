@@ -346,6 +346,14 @@ static_resources:
                   - {{ header_name: x-level, claim_name: level }}
                   - {{ header_name: x-org, claim_name: org }}
                   forward: true
+                prefetched:
+                  issuer: {ISS_EC}
+                  remote_jwks:
+                    http_uri: {{ uri: "http://jwks.example/keys", cluster: jwks, timeout: 2s }}
+                    cache_duration: 600s
+                    async_fetch: {{ failed_refetch_duration: 1s }}
+                    retry_policy: {{ num_retries: 2 }}
+                  from_headers: [{{ name: x-prefetched }}]
                 local:
                   issuer: {ISS_RSA}
                   local_jwks: {{ inline_string: {inline_rsa} }}
@@ -354,6 +362,8 @@ static_resources:
               - match: {{ prefix: /lenient }}
                 requires: {{ allow_missing_or_failed: {{}} }}
               - match: {{ prefix: /open }}
+              - match: {{ prefix: /async }}
+                requires: {{ provider_name: prefetched }}
               - match: {{ prefix: /aud }}
                 requires: {{ provider_and_audiences: {{ provider_name: remote, audiences: [other.example] }} }}
               - match: {{ prefix: /either }}
@@ -629,6 +639,18 @@ async fn jwt_authentication_and_claims_authorization_match_envoy() {
             "GET",
             "/aud".into(),
             vec![x_token(&ec_user)],
+        ),
+        (
+            "async-fetched keys",
+            "GET",
+            "/async".into(),
+            vec![("x-prefetched", ec_user.clone())],
+        ),
+        (
+            "async-fetched keys, forged",
+            "GET",
+            "/async".into(),
+            vec![("x-prefetched", forged.clone())],
         ),
         (
             "either: local",

@@ -429,7 +429,6 @@ impl<'a> Run<'a> {
                 let Some(p) = self.config.providers.get(name) else {
                     return Err(Status::UnknownIssuer);
                 };
-                self.stats.jwt_cache_miss.inc();
                 if self.failed_provider.is_none() {
                     self.failed_provider = Some(p);
                 }
@@ -437,8 +436,11 @@ impl<'a> Run<'a> {
                 if tokens.is_empty() {
                     return Err(Status::Missing);
                 }
-                // Every token must pass; Envoy takes them last found first.
+                // Every token must pass; Envoy takes them last found first. Each looks
+                // in Envoy's verified-token cache first, which pilotfish does not keep:
+                // a miss, as Envoy counts one without `jwt_cache_config`.
                 for t in tokens.iter().rev() {
+                    self.stats.jwt_cache_miss.inc();
                     self.one(t, Some(p), audiences.as_deref()).await?;
                 }
                 Ok(())

@@ -30,6 +30,9 @@ pub struct RemoteJwks {
     /// `retry_policy.num_retries` (one when a retry policy is set without a count).
     pub retries: u32,
     fresh: ArcSwapOption<(Arc<Jwks>, Option<Instant>)>,
+    /// The background refresh was started (once per key set, however many listeners
+    /// share the config).
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 /// Counted per fetch, under the filter's stats.
@@ -56,6 +59,7 @@ impl RemoteJwks {
             async_refetch_after_failure,
             retries,
             fresh: ArcSwapOption::empty(),
+            refreshing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -114,6 +118,12 @@ impl RemoteJwks {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if this
+            .refreshing
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
         let weak: Weak<Self> = Arc::downgrade(this);
         runtime.spawn(async move {
             loop {
