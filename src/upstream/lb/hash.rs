@@ -97,6 +97,8 @@ impl Maglev {
             return Maglev { table: Vec::new() };
         }
         struct Entry {
+            /// The host's index in `hosts`.
+            host: u32,
             offset: u64,
             skip: u64,
             weight: f64,
@@ -105,18 +107,23 @@ impl Maglev {
         }
         let weights = normalized(hosts);
         let max_weight = weights.iter().copied().fold(0.0, f64::max);
-        let mut entries: Vec<Entry> = hosts
+        // Hosts take their turns in the order of their hash keys, as in Envoy: the table
+        // must not depend on the order the hosts were listed or discovered in.
+        let mut keyed: Vec<(String, usize)> = hosts
             .iter()
-            .zip(&weights)
-            .map(|(h, &weight)| {
-                let key = host_key(h, use_hostname);
-                Entry {
-                    offset: xxh64(key.as_bytes(), 0) % size,
-                    skip: xxh64(key.as_bytes(), 1) % (size - 1) + 1,
-                    weight,
-                    target: 0.0,
-                    next: 0,
-                }
+            .enumerate()
+            .map(|(i, h)| (host_key(h, use_hostname), i))
+            .collect();
+        keyed.sort();
+        let mut entries: Vec<Entry> = keyed
+            .iter()
+            .map(|(key, i)| Entry {
+                host: *i as u32,
+                offset: xxh64(key.as_bytes(), 0) % size,
+                skip: xxh64(key.as_bytes(), 1) % (size - 1) + 1,
+                weight: weights[*i],
+                target: 0.0,
+                next: 0,
             })
             .collect();
         const EMPTY: u32 = u32::MAX;
@@ -124,7 +131,7 @@ impl Maglev {
         let mut filled = 0u64;
         let mut iteration = 1u64;
         while filled < size {
-            for (i, e) in entries.iter_mut().enumerate() {
+            for e in entries.iter_mut() {
                 if filled >= size {
                     break;
                 }
@@ -139,7 +146,7 @@ impl Maglev {
                     e.next += 1;
                     slot = (e.offset + e.skip * e.next) % size;
                 }
-                table[slot as usize] = i as u32;
+                table[slot as usize] = e.host;
                 e.next += 1;
                 filled += 1;
             }
@@ -258,5 +265,30 @@ mod tests {
         let heavy = m.table.iter().filter(|&&i| i == 1).count() as f64 / 65537.0;
         assert!((heavy - 0.75).abs() < 0.01, "{heavy}");
         assert!(is_prime(65537) && !is_prime(65536));
+    }
+
+    #[test]
+    fn maglev_table_does_not_depend_on_host_order() {
+        // Ports whose text order differs from the list order, as ephemeral test ports
+        // do: Envoy builds from hosts sorted by their hash key.
+        let hs: Vec<Arc<Host>> = [40001u16, 3999, 52000, 41000]
+            .iter()
+            .map(|&p| {
+                Host::with(
+                    ([127, 0, 0, 1], p).into(),
+                    None,
+                    None,
+                    EndpointAttrs::default(),
+                )
+            })
+            .collect();
+        let mut reversed = hs.clone();
+        reversed.reverse();
+        let a = Maglev::new(&hs, 257, false);
+        let b = Maglev::new(&reversed, 257, false);
+        for slot in 0..257 {
+            let (x, y) = (a.table[slot] as usize, b.table[slot] as usize);
+            assert_eq!(hs[x].addr, reversed[y].addr, "slot {slot}");
+        }
     }
 }
