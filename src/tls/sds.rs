@@ -176,14 +176,7 @@ pub fn apply_ads(
     let Some(slot) = store.ads_slot(&secret.name) else {
         return Ok(());
     };
-    let name = secret.name.clone();
-    let outcome = crate::xds::resource::check(&any, secret)
-        .map_err(|e| format!("Secret '{name}': {e}"))
-        .and_then(|secret| {
-            let value = crate::config::tls::secret(&secret, &format!("Secret '{name}'"))?;
-            slot.update(Resolved::new(value)?, version, secret);
-            Ok(())
-        });
+    let outcome = take(&slot, &any, secret, version);
     match &outcome {
         Ok(()) => slot.stats.update_success.inc(),
         Err(_) => slot.stats.update_rejected.inc(),
@@ -196,15 +189,26 @@ fn apply(slot: &Slot, resp: &DiscoveryResponse) -> Result<(), String> {
     for any in &resp.resources {
         let any = crate::xds::resource::unwrap(any.clone())?;
         let secret: Secret = crate::config::proto::unpack(&any)?;
-        if secret.name != slot.secret.name {
-            continue;
+        if secret.name == slot.secret.name {
+            return take(slot, &any, secret, &resp.version_info);
         }
-        let secret = crate::xds::resource::check(&any, secret)
-            .map_err(|e| format!("Secret '{}': {e}", slot.secret.name))?;
-        let value = crate::config::tls::secret(&secret, &format!("Secret '{}'", secret.name))?;
-        slot.update(Resolved::new(value)?, &resp.version_info, secret);
-        return Ok(());
     }
     // As Envoy's: a response without the secret is rejected (and the value kept).
     Err(format!("Missing SDS resources for {}", slot.secret.name))
+}
+
+/// Checks, compiles and parses one `Secret` (decoded from `any`), then makes it the
+/// slot's value.
+fn take(
+    slot: &Slot,
+    any: &envoy_types::pb::google::protobuf::Any,
+    secret: Secret,
+    version: &str,
+) -> Result<(), String> {
+    let name = secret.name.clone();
+    let secret =
+        crate::xds::resource::check(any, secret).map_err(|e| format!("Secret '{name}': {e}"))?;
+    let value = crate::config::tls::secret(&secret, &format!("Secret '{name}'"))?;
+    slot.update(Resolved::new(value)?, version, secret);
+    Ok(())
 }

@@ -252,7 +252,7 @@ impl JwtAuthnConfig {
                 .unwrap_or_default(),
         };
         run.sanitize(requirement);
-        let status = Box::pin(run.verify(requirement)).await;
+        let status = run.verify(requirement).await;
         for (key, value) in run.metadata.drain(..) {
             metadata.set(JWT_AUTHN, key, value);
         }
