@@ -74,6 +74,9 @@ fn cgroup_cpu_quota() -> Option<usize> {
 pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()> {
     let started = Instant::now();
     let store = Store::with_naming(config.server.naming.build());
+    // Before any stat is made: the statsd sinks take every histogram value.
+    let stat_sinks = crate::telemetry::stat_sinks::prepare(&config.stat_sinks)
+        .map_err(|e| anyhow!("stats_sinks: {e}"))?;
     let server = Arc::new(ServerStats::new(&store));
     server.concurrency.set(opts.concurrency as i64);
     let readiness = Arc::new(Readiness::default());
@@ -105,6 +108,13 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
         secrets,
     ));
     server.active_clusters.set(clusters.len() as i64);
+    let stats_flush = crate::telemetry::stat_sinks::start(
+        stat_sinks,
+        &store,
+        &clusters,
+        &config.node.proto,
+        control.handle(),
+    );
     let listeners = Arc::new(ListenerManager::new(
         workers.handles(),
         watch.clone(),
@@ -138,6 +148,7 @@ pub fn run(config: Config, config_dump: StaticDump, opts: Options) -> Result<()>
         store: store.clone(),
         readiness: readiness.clone(),
         clusters: clusters.clone(),
+        stats_flush,
         config_dump,
         xds: OnceLock::new(),
         commands: commands_tx,

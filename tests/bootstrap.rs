@@ -387,6 +387,31 @@ fn invalid_bootstraps_are_rejected_with_the_field_named() {
             hcm("", ROUTER).replace("address: 127.0.0.1, port_value: 10000", "address: 127.0.0.1, port_value: 10000, protocol: UDP"),
             "static_resources.listeners[0].address.socket_address.protocol: not supported",
         ),
+        (
+            "stats sink of an unsupported type",
+            "stats_sinks:\n- name: envoy.stat_sinks.dog_statsd\n  typed_config: { \"@type\": type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink, address: { socket_address: { address: 127.0.0.1, port_value: 8125 } } }\n".into(),
+            "stats_sinks[0] (envoy.stat_sinks.dog_statsd): not supported",
+        ),
+        (
+            "metrics service sink with tags as labels",
+            format!("stats_sinks:\n- name: envoy.stat_sinks.metrics_service\n  typed_config: {{ \"@type\": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig, emit_tags_as_labels: true, grpc_service: {{ envoy_grpc: {{ cluster_name: c }} }} }}\n{}", with_cluster("  - name: c\n")),
+            "stats_sinks[0].typed_config.emit_tags_as_labels: not supported",
+        ),
+        (
+            "metrics service sink on an unknown cluster",
+            "stats_sinks:\n- name: envoy.stat_sinks.metrics_service\n  typed_config: { \"@type\": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig, grpc_service: { envoy_grpc: { cluster_name: nope } } }\n".into(),
+            "stats_sinks[0].typed_config.grpc_service.envoy_grpc.cluster_name: unknown cluster 'nope'",
+        ),
+        (
+            "statsd sink with a host name",
+            "stats_sinks:\n- name: envoy.stat_sinks.statsd\n  typed_config: { \"@type\": type.googleapis.com/envoy.config.metrics.v3.StatsdSink, address: { socket_address: { address: statsd.local, port_value: 8125 } } }\n".into(),
+            "stats_sinks[0].typed_config.address.socket_address.address: 'statsd.local' is not an IP address",
+        ),
+        (
+            "stats flush interval too long",
+            "stats_flush_interval: 300s\n".into(),
+            "stats_flush_interval",
+        ),
     ];
     assert!(cases.len() >= 15);
     for (what, yaml, want) in &cases {

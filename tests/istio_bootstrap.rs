@@ -49,10 +49,7 @@ fn every_golden_validates_or_names_what_is_missing() {
         ("bootstrap-default-golden-1.22.0.json", None),
         ("bootstrap-stats-inclusion-golden-1.30.3.json", None),
         ("bootstrap-tracing-zipkin-golden-1.30.3.json", None),
-        (
-            "bootstrap-all-golden-1.30.3.json",
-            Some("stats_sinks: not supported"),
-        ),
+        ("bootstrap-all-golden-1.30.3.json", None),
     ] {
         let path = Path::new(GOLDENS).join(file);
         let (ok, out) = validate(BIN, &path, &[]);
@@ -175,6 +172,16 @@ impl Sidecar {
     /// `configured`: the control plane answers CDS and LDS; without, the proxy waits in
     /// PRE_INITIALIZING (the goldens' `initial_fetch_timeout` is 0: wait for ever).
     async fn launch(bin: &str, file: &str, configured: bool) -> Sidecar {
+        Sidecar::launch_with(bin, file, configured, &[]).await
+    }
+
+    /// [`Sidecar::launch`], with `replace` applied to the golden's text first.
+    async fn launch_with(
+        bin: &str,
+        file: &str,
+        configured: bool,
+        replace: &[(&str, String)],
+    ) -> Sidecar {
         let dir = tempfile::tempdir().unwrap();
         let xds_path = dir.path().join("XDS");
         let xds = XdsServer::start_unix(&xds_path).await;
@@ -184,8 +191,14 @@ impl Sidecar {
         }
         let agent = Upstream::start("agent").await;
         let (admin, stats, health) = (free_port(), free_port(), free_port());
-        let text = golden(file)
+        let mut text = golden(file);
+        for (from, to) in replace {
+            text = text.replace(from, to);
+        }
+        let text = text
             .replace("\"port_value\": 15000", &format!("\"port_value\": {admin}"))
+            // The "all" golden's admin port (its proxyAdminPort).
+            .replace("\"port_value\": 15005", &format!("\"port_value\": {admin}"))
             .replace("\"port_value\": 15090", &format!("\"port_value\": {stats}"))
             .replace(
                 "\"port_value\": 15021",
@@ -565,4 +578,80 @@ async fn the_default_golden_serves_like_envoy() {
     let logs = ours.logs();
     assert!(line.is_match(&logs), "no line in Istio's format:\n{logs}");
     diff.assert_none();
+}
+
+/// The "all" golden (every option pilot-agent renders) starts in both, serves 15090 and
+/// 15021, and its statsd sink (pointed at a local collector instead of `10.1.1.1`)
+/// sends Envoy's lines: the server's counters and gauges under the `envoy.` prefix.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_all_golden_serves_and_sends_statsd_like_envoy() {
+    if !goldens_present() {
+        return;
+    }
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let file = "bootstrap-all-golden-1.30.3.json";
+    let mut seen = Vec::new();
+    for bin in [BIN, envoy.as_str()] {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = format!(
+            "{{\"address\": \"127.0.0.1\", \"port_value\": {}}}",
+            udp.local_addr().unwrap().port()
+        );
+        let s = Sidecar::launch_with(
+            bin,
+            file,
+            true,
+            &[("{\"address\": \"10.1.1.1\", \"port_value\": 9125}", to)],
+        )
+        .await;
+        let (code, _) = http_get(s.health, "/healthz/ready").await.unwrap();
+        assert_eq!(code, 200, "{bin}: 15021\n{}", s.logs());
+        let (code, body) = http_get(s.stats, "/stats/prometheus").await.unwrap();
+        assert_eq!(code, 200, "{bin}: 15090");
+        assert!(body.contains("envoy_server_live"), "{bin}: {body}");
+        // The first flush comes within Envoy's default 5 s interval.
+        let mut lines = std::collections::BTreeSet::new();
+        let mut buf = vec![0u8; 65536];
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !lines
+            .iter()
+            .any(|l: &String| l.starts_with("envoy.server.live:"))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(Ok(n)) = tokio::time::timeout(left, udp.recv(&mut buf)).await else {
+                panic!("{bin}: no statsd line for server.live\n{}", s.logs());
+            };
+            lines.insert(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        // Lines as Envoy writes them, of stats the golden's inclusion list keeps.
+        let malformed: Vec<&String> = lines
+            .iter()
+            .filter(|l| {
+                let Some((name, rest)) = l.rsplit_once(':') else {
+                    return true;
+                };
+                let Some((v, kind)) = rest.split_once('|') else {
+                    return true;
+                };
+                let kept = [
+                    "cluster_manager",
+                    "listener_manager",
+                    "server",
+                    "cluster.xds-grpc",
+                ]
+                .iter()
+                .any(|p| name.starts_with(&format!("envoy.{p}")));
+                v.parse::<i64>().is_err() || !["c", "g", "ms"].contains(&kind) || !kept
+            })
+            .collect();
+        assert!(malformed.is_empty(), "{bin}: {malformed:?}");
+        seen.push(lines.contains("envoy.server.live:1|g"));
+    }
+    assert_eq!(
+        seen,
+        [true, true],
+        "server.live:1|g from pilotfish and Envoy"
+    );
 }

@@ -55,6 +55,8 @@ pub struct State {
     pub store: Arc<Store>,
     pub readiness: Arc<Readiness>,
     pub clusters: Arc<ClusterManager>,
+    /// Notified by each `/stats` request under `stats_flush_on_admin`.
+    pub stats_flush: Option<Arc<tokio::sync::Notify>>,
     /// The bootstrap, for `/config_dump` (its static parts).
     pub config_dump: config_dump::StaticDump,
     /// The dynamic config, when the bootstrap has `dynamic_resources`.
@@ -165,6 +167,9 @@ fn handle<B>(role: Role, state: &State, req: &Request<B>) -> Reply {
             Reply::text(code, format!("{}\n", st.as_str()))
         }
         (Role::Stats, "/stats/prometheus") | (Role::Admin, "/stats" | "/stats/prometheus") => {
+            if let Some(flush) = &state.stats_flush {
+                flush.notify_one();
+            }
             stats::handle(&state.store, path, &query)
         }
         (Role::Admin, "/config_dump") => config_dump::handle(state, &query),

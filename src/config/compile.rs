@@ -55,6 +55,12 @@ pub fn compile(bootstrap: &Bootstrap) -> Result<Config> {
         server: super::server::compile(bootstrap)?,
         ..Default::default()
     };
+    let static_clusters: HashSet<&str> = bootstrap
+        .static_resources
+        .iter()
+        .flat_map(|r| r.clusters.iter().map(|c| c.name.as_str()))
+        .collect();
+    config.stat_sinks = super::stat_sinks::compile(bootstrap, &static_clusters)?;
     // Deprecated in Envoy's API, still how Istio's bootstrap configures Zipkin.
     #[allow(deprecated)]
     if let Some(http) = bootstrap.tracing.as_ref().and_then(|t| t.http.as_ref()) {
@@ -263,7 +269,7 @@ fn config_source(
     }
 }
 
-fn socket_addr(a: &Address, path: &str) -> Result<SocketAddr> {
+pub(super) fn socket_addr(a: &Address, path: &str) -> Result<SocketAddr> {
     let Some(address::Address::SocketAddress(sa)) = &a.address else {
         return Err(format!("{path}: a socket_address is required"));
     };

@@ -11,6 +11,7 @@ pub mod rbac;
 pub mod retry;
 pub mod route_config;
 pub mod server;
+pub mod stat_sinks;
 pub mod support;
 pub mod tls;
 pub mod tracing;

@@ -28,6 +28,8 @@ pub struct Config {
     /// The bootstrap's `tracing.http`: the provider of connection managers whose
     /// `tracing` names none.
     pub tracing: Option<super::tracing::TracingProvider>,
+    /// `stats_sinks` and their flush settings.
+    pub stat_sinks: super::stat_sinks::StatSinksConfig,
 }
 
 /// `dynamic_resources`.

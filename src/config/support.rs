@@ -44,6 +44,27 @@ const FIELDS: &[(&str, &[&str])] = &[
             "cluster_manager",
             "deferred_stat_options",
             "tracing",
+            "stats_sinks",
+            "stats_flush_interval",
+            "stats_flush_on_admin",
+        ],
+    ),
+    (
+        "envoy.config.metrics.v3.StatsSink",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.config.metrics.v3.StatsdSink",
+        &["address", "tcp_cluster_name", "prefix"],
+    ),
+    (
+        "envoy.config.metrics.v3.MetricsServiceConfig",
+        &[
+            "grpc_service",
+            "transport_api_version",
+            "report_counters_as_deltas",
+            "histogram_emit_mode",
+            "batch_size",
         ],
     ),
     ("envoy.config.trace.v3.Tracing", &["http"]),

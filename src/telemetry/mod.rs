@@ -4,6 +4,7 @@ pub mod access_log_filter;
 pub mod naming;
 pub mod otel_access_log;
 pub mod scopes;
+pub mod stat_sinks;
 pub mod stats;
 pub mod tags;
 pub mod tracing;

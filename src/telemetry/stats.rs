@@ -105,24 +105,58 @@ impl Default for Histogram {
 struct HistogramCells {
     /// Upper bounds, ascending; `None` for Envoy's defaults.
     bounds: Option<Arc<[f64]>>,
+    /// The flat name, kept only when a statsd sink takes every recorded value.
+    name: Option<Arc<str>>,
     /// Per bucket (not cumulative), the last one for values above every bound.
     counts: Box<[AtomicU64]>,
     /// Sum in microseconds.
     sum_us: AtomicU64,
 }
 
+/// Where every recorded histogram value also goes, with the histogram's flat name:
+/// the statsd sinks, which send each value as Envoy does (set once, before the stats
+/// are made).
+type SampleSink = Box<dyn Fn(&str, u64) + Send + Sync>;
+static SAMPLE_SINK: std::sync::OnceLock<SampleSink> = std::sync::OnceLock::new();
+
+/// Sends every value recorded from now on in a histogram made after this call to
+/// `sink`. Only the first call takes effect (one set of sinks per process).
+pub fn send_samples_to(sink: SampleSink) {
+    let _ = SAMPLE_SINK.set(sink);
+}
+
 impl Histogram {
     fn with_bounds(bounds: Option<Arc<[f64]>>) -> Self {
+        Histogram::named(bounds, None)
+    }
+
+    fn named(bounds: Option<Arc<[f64]>>, name: Option<&str>) -> Self {
         let n = bounds.as_ref().map_or(BUCKETS.len(), |b| b.len()) + 1;
         Histogram(Arc::new(HistogramCells {
             bounds,
+            name: name.map(Arc::from),
             counts: (0..n).map(|_| AtomicU64::new(0)).collect(),
             sum_us: AtomicU64::new(0),
         }))
     }
 
-    fn bounds(&self) -> &[f64] {
+    /// The buckets' upper bounds, ascending (without the last, unbounded one).
+    pub fn bounds(&self) -> &[f64] {
         self.0.bounds.as_deref().unwrap_or(&BUCKETS)
+    }
+
+    /// Per-bucket counts (not cumulative), one more than [`Histogram::bounds`].
+    pub fn bucket_counts(&self) -> Vec<u64> {
+        self.0
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The sum of the recorded values, in the histogram's unit.
+    pub fn sum(&self) -> f64 {
+        self.sum_ms()
     }
 
     pub fn record(&self, d: std::time::Duration) {
@@ -133,6 +167,16 @@ impl Histogram {
         self.0
             .sum_us
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.sample(d.as_millis() as u64);
+    }
+
+    /// Hands the value to the statsd sinks, in whole units as Envoy records it.
+    fn sample(&self, v: u64) {
+        if let Some(name) = &self.0.name
+            && let Some(sink) = SAMPLE_SINK.get()
+        {
+            sink(name, v);
+        }
     }
 
     /// Records a value in the histogram's own unit (bytes, whole milliseconds).
@@ -146,6 +190,7 @@ impl Histogram {
         self.0
             .sum_us
             .fetch_add(v.saturating_mul(1000), Ordering::Relaxed);
+        self.sample(v);
     }
 
     pub fn count(&self) -> u64 {
@@ -195,6 +240,14 @@ impl Value {
             Value::Histogram(h) => Arc::strong_count(&h.0) == 1,
         }
     }
+}
+
+/// A stat's value as [`Store::for_each_used`] hands it to a sink.
+#[derive(Debug)]
+pub enum Sinked<'a> {
+    Counter(u64),
+    Gauge(i64),
+    Histogram(&'a Histogram),
 }
 
 #[derive(Debug)]
@@ -335,8 +388,9 @@ impl Store {
     /// A histogram of milliseconds (Envoy's `update_duration` and the like).
     pub fn histogram(&self, flat: String, prom: &str, labels: &[(&str, &str)]) -> Histogram {
         let bounds = self.naming.buckets_for(&flat);
+        let name = SAMPLE_SINK.get().map(|_| flat.clone());
         match self.register(flat, prom, labels, || {
-            Value::Histogram(Histogram::with_bounds(bounds))
+            Value::Histogram(Histogram::named(bounds, name.as_deref()))
         }) {
             Value::Histogram(h) => h,
             _ => Histogram::default(),
@@ -370,8 +424,9 @@ impl Store {
         labels: &[(&str, &str)],
     ) -> Histogram {
         let bounds = self.naming.buckets_for(&flat);
+        let name = SAMPLE_SINK.get().map(|_| flat.clone());
         match self.register_as(flat, prom, labels, true, || {
-            Value::Histogram(Histogram::with_bounds(bounds))
+            Value::Histogram(Histogram::named(bounds, name.as_deref()))
         }) {
             Value::Histogram(h) => h,
             _ => Histogram::default(),
@@ -444,6 +499,19 @@ impl Store {
             shared.retain(|s| Arc::strong_count(s) > 1);
         }
         released
+    }
+
+    /// Calls `f` with each stat a sink reports: counters counted at least once, gauges
+    /// ever set, histograms with a value (Envoy's `used()`), in the order registered.
+    pub fn for_each_used(&self, mut f: impl FnMut(&Arc<str>, Sinked<'_>)) {
+        let entries = self.entries.lock().unwrap();
+        for e in entries.list.iter().filter(|e| e.value.used()) {
+            match &e.value {
+                Value::Counter(c) => f(&e.flat, Sinked::Counter(c.get())),
+                Value::Gauge(g) => f(&e.flat, Sinked::Gauge(g.get())),
+                Value::Histogram(h) => f(&e.flat, Sinked::Histogram(h)),
+            }
+        }
     }
 
     /// Envoy's `/stats` text: counters and gauges as `name: value` sorted by name, then

@@ -304,12 +304,15 @@ impl SecretStore {
     /// Waits until every secret in use has arrived (each within its
     /// `initial_fetch_timeout`; Istio's `0s` waits as long as it takes): Envoy's
     /// listeners and clusters warm until then, and the server is not ready before.
+    /// The secrets wait side by side, as Envoy's do: each fetch's timeout runs from now,
+    /// not after the one before it.
     pub async fn arrived(&self) {
-        for slot in self.current() {
-            if slot.get().is_none() {
-                slot.wait().await;
-            }
-        }
+        let waiting: Vec<_> = self
+            .current()
+            .into_iter()
+            .filter(|slot| slot.get().is_none())
+            .collect();
+        futures_util::future::join_all(waiting.iter().map(|slot| slot.wait())).await;
     }
 
     /// Envoy's `SecretsConfigDump`: the secrets in use that arrived (keys redacted),
@@ -386,5 +389,41 @@ impl SecretStore {
         let mut out: Vec<_> = slots.values().filter_map(Weak::upgrade).collect();
         out.sort_by(|a, b| a.secret.name.cmp(&b.secret.name));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Envoy's secrets time out side by side: two missing ones hold readiness for one
+    /// `initial_fetch_timeout`, not two (Istio's "all" bootstrap has two that never
+    /// come, and Envoy is ready after 15 s).
+    #[tokio::test(start_paused = true)]
+    async fn missing_secrets_time_out_together() {
+        let store = SecretStore {
+            sources: HashMap::new(),
+            node: Default::default(),
+            runtime: None,
+            stats: Store::new(),
+            slots: Mutex::default(),
+            ads: true,
+            ads_interest: std::sync::OnceLock::new(),
+        };
+        let secret = |name: &str| SdsSecret {
+            name: name.into(),
+            source: SecretSource::Ads,
+            initial_fetch_timeout: Some(Duration::from_secs(15)),
+        };
+        let _held = [
+            store.slot(&secret("a")).unwrap(),
+            store.slot(&secret("b")).unwrap(),
+        ];
+        assert!(store.pending());
+        let start = tokio::time::Instant::now();
+        store.arrived().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
     }
 }
