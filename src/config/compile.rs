@@ -870,6 +870,10 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
         .request_headers_timeout
         .as_ref()
         .and_then(|d| off_when_zero(duration(d)));
+    let http2 = match &hcm.http2_protocol_options {
+        Some(o) => h2_options(o, &format!("{path}.http2_protocol_options"))?,
+        None => H2Options::default(),
+    };
     // Escaped slashes are left as they are (what istiod sends).
     {
         use http_connection_manager::PathWithEscapedSlashesAction as A;
@@ -936,6 +940,7 @@ fn http(hcm: HttpConnectionManager, path: &str, clusters: &HashSet<String>) -> R
         http1,
         max_request_headers_kb,
         tracing,
+        http2,
     })
 }
 

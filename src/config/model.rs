@@ -315,6 +315,9 @@ pub struct HttpConfig {
     /// `request_headers_timeout`: an HTTP/1.1 request's headers must arrive within this
     /// from their first byte (408 and the connection closed otherwise).
     pub request_headers_timeout: Option<Duration>,
+    /// `http2_protocol_options` for the connections' HTTP/2 side: the streams a client
+    /// may have open, the flow-control windows, PING keepalive.
+    pub http2: H2Options,
     /// `common_http_protocol_options.max_requests_per_connection`: a connection serves
     /// this many requests, then closes (HTTP/1.1) or drains (HTTP/2).
     pub max_requests_per_connection: Option<u32>,
@@ -777,8 +780,10 @@ pub struct ClusterConfig {
 /// Upstream `http2_protocol_options`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct H2Options {
-    /// Streams per connection before another is opened (also bounded by the peer's
-    /// SETTINGS_MAX_CONCURRENT_STREAMS); Envoy's default 2147483647.
+    /// Upstream: streams per connection before another is opened (also bounded by the
+    /// peer's SETTINGS_MAX_CONCURRENT_STREAMS). Downstream: the streams a client may
+    /// have open (SETTINGS_MAX_CONCURRENT_STREAMS; more are refused). Envoy 1.40's
+    /// default, 1024.
     pub max_concurrent_streams: u32,
     /// `connection_keepalive`: PING every `interval`, close after `timeout` unanswered.
     pub keepalive: Option<(Duration, Duration)>,
@@ -789,7 +794,7 @@ pub struct H2Options {
 impl Default for H2Options {
     fn default() -> Self {
         H2Options {
-            max_concurrent_streams: 2_147_483_647,
+            max_concurrent_streams: 1024,
             keepalive: None,
             initial_stream_window_size: None,
             initial_connection_window_size: None,

@@ -508,6 +508,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "http_protocol_options",
             "max_request_headers_kb",
             "tracing",
+            "http2_protocol_options",
         ],
     ),
     (

@@ -20,6 +20,11 @@ use crate::{config::Codec, drain, net::conn::Conn, telemetry::stats::GaugeGuard}
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Envoy 1.40's flow-control windows for a downstream HTTP/2 connection when
+/// `http2_protocol_options` sets none: 16 MiB per stream, 24 MiB for the connection.
+const DEFAULT_STREAM_WINDOW: u32 = 16 << 20;
+const DEFAULT_CONNECTION_WINDOW: u32 = 24 << 20;
+
 /// Serves requests on `stream` until it closes, or until drain: then HTTP/2 sends
 /// GOAWAY and HTTP/1 answers in-flight requests with `connection: close`.
 pub async fn serve(
@@ -141,10 +146,26 @@ pub async fn serve(
     };
     if h2 {
         stats.downstream_cx_http2_total.inc();
-        let conn = http2::Builder::new(TokioExecutor::new())
+        let h2 = &hcm.config.http2;
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
             .max_header_list_size(hcm.config.max_request_headers_kb * 1024)
-            .serve_connection(io, svc);
+            .max_concurrent_streams(h2.max_concurrent_streams)
+            .initial_stream_window_size(
+                h2.initial_stream_window_size
+                    .unwrap_or(DEFAULT_STREAM_WINDOW),
+            )
+            .initial_connection_window_size(
+                h2.initial_connection_window_size
+                    .unwrap_or(DEFAULT_CONNECTION_WINDOW),
+            );
+        if let Some((interval, timeout)) = h2.keepalive {
+            builder
+                .keep_alive_interval(interval)
+                .keep_alive_timeout(timeout);
+        }
+        let conn = builder.serve_connection(io, svc);
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}

@@ -305,12 +305,33 @@ fn index(alpn: Option<&Override>) -> u8 {
     alpn.map_or(0, |o| o.id)
 }
 
+/// hyper sends a GET or HEAD whose body has no known length as bodiless (it assumes
+/// there is none), which would drop what an HTTP/2 client sends after its headers.
+/// Envoy forwards such a body chunked, and so does pilotfish.
+fn chunk_unknown_length_body(req: &mut Request<Body>) {
+    use hyper::body::Body as _;
+    let body = req.body();
+    if (req.method() == http::Method::GET || req.method() == http::Method::HEAD)
+        && req.version() != http::Version::HTTP_10
+        && !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+        && !req.headers().contains_key(http::header::CONTENT_LENGTH)
+        && !req.headers().contains_key(http::header::TRANSFER_ENCODING)
+    {
+        req.headers_mut().insert(
+            http::header::TRANSFER_ENCODING,
+            http::HeaderValue::from_static("chunked"),
+        );
+    }
+}
+
 async fn send_h1(
     cluster: &Cluster,
     host: &Arc<Host>,
     mut req: Request<Body>,
     alpn: Option<&Override>,
 ) -> Result<Response<PooledBody>, SendError> {
+    chunk_unknown_length_body(&mut req);
     let id = index(alpn);
     let max = cluster.config.max_requests_per_connection;
     let mut counted = false;

@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod grpc_services;
+pub mod h2raw;
 pub mod istio;
 pub mod netns;
 pub mod pod;
