@@ -64,6 +64,10 @@ pub struct LoadOptions {
 /// onto the caller's heap: the pool's tens of MB then live and die in the decode
 /// thread's arena, not interleaved with what outlives them, so the trim after startup
 /// ([`crate::memory::release_free_memory`]) can give them back.
+#[allow(
+    clippy::expect_used,
+    reason = "at startup only: a process that cannot start a thread cannot serve"
+)]
 pub fn on_decode_thread<T: Clone + Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         let decode = std::thread::Builder::new()
@@ -82,6 +86,10 @@ pub fn on_decode_thread<T: Clone + Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// Loads the bootstrap the way Envoy's `-c` and `--config-yaml` do.
+#[allow(
+    clippy::expect_used,
+    reason = "the embedded default bootstrap is checked by a test"
+)]
 pub fn load(
     path: Option<&Path>,
     overlay_yaml: Option<&str>,
@@ -151,6 +159,10 @@ pub fn from_message(msg: &DynamicMessage) -> Result<(Bootstrap, Config), String>
     Ok((proto, config))
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "the descriptor pool is built into the binary"
+)]
 fn bootstrap_desc() -> prost_reflect::MessageDescriptor {
     proto::descriptor(BOOTSTRAP_TYPE).expect("Bootstrap is in the descriptor pool")
 }

@@ -5,6 +5,7 @@
 //!
 //! pilotfish's modules map onto Envoy's logger names (`upstream`, `router`, `admin` …);
 //! a line's `%n` is that name, and a logger's level applies to the modules mapped to it.
+use crate::sync::MutexExt;
 use std::{
     fmt,
     io::Write,
@@ -235,7 +236,7 @@ pub fn init(
         }
     }
     let (filter, handle) = reload::Layer::new(levels.filter());
-    *LEVELS.lock().unwrap() = Some(levels);
+    *LEVELS.locked() = Some(levels);
     let writer: Box<dyn Fn() -> Box<dyn Write> + Send + Sync> = match path {
         Some(p) => {
             let file = std::fs::OpenOptions::new()
@@ -264,10 +265,10 @@ struct Shared(std::sync::Arc<Mutex<std::fs::File>>);
 
 impl Write for Shared {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().write(buf)
+        self.0.locked().write(buf)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.lock().unwrap().flush()
+        self.0.locked().flush()
     }
 }
 
@@ -305,7 +306,7 @@ impl Levels {
 /// Admin `POST /logging`: `?level=L` (all loggers), `?paths=a:L,b:L`, `?<logger>=L`, or
 /// nothing (list). Returns the listing, or the error text Envoy answers 400 with.
 pub fn apply_admin(params: &[(String, String)]) -> Result<String, String> {
-    let mut guard = LEVELS.lock().unwrap();
+    let mut guard = LEVELS.locked();
     let levels = guard.get_or_insert_with(|| Levels {
         by_logger: vec![LogLevel::Info; LOGGERS.len()],
     });

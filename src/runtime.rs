@@ -2,6 +2,7 @@
 //! admin layer (`/runtime_modify`), later layers winning. `/runtime` lists them as Envoy
 //! does. The keys pilotfish acts on are read at startup; the rest are kept and shown
 //! (Envoy ignores keys it has no use for, and so does pilotfish).
+use crate::sync::MutexExt;
 use std::sync::Mutex;
 
 /// Runtime keys that change what pilotfish does.
@@ -37,7 +38,7 @@ impl Runtime {
 
     /// The final value of `key`.
     pub fn get(&self, key: &str) -> Option<String> {
-        let layers = self.layers.lock().unwrap();
+        let layers = self.layers.locked();
         layers
             .iter()
             .rev()
@@ -72,7 +73,7 @@ impl Runtime {
     /// `/runtime_modify?k=v&…`: sets keys in the admin layer (an empty value deletes).
     /// Without an admin layer, Envoy refuses; so does this (returns false).
     pub fn modify(&self, pairs: &[(String, String)]) -> bool {
-        let mut layers = self.layers.lock().unwrap();
+        let mut layers = self.layers.locked();
         let Some(admin) = layers.iter_mut().find(|l| l.admin) else {
             return false;
         };
@@ -87,7 +88,7 @@ impl Runtime {
 
     /// Envoy's `/runtime`: every key with its value in each layer and the final value.
     pub fn render_json(&self) -> String {
-        let layers = self.layers.lock().unwrap();
+        let layers = self.layers.locked();
         let mut keys: Vec<&str> = layers
             .iter()
             .flat_map(|l| l.values.iter().map(|(k, _)| k.as_str()))

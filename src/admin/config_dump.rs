@@ -492,15 +492,21 @@ fn masked(v: &serde_json::Value, paths: &[&str]) -> serde_json::Value {
         if !found {
             continue;
         }
-        let mut dst = &mut out;
-        for part in &parts[..parts.len() - 1] {
-            dst = dst
-                .entry(part.to_string())
-                .or_insert_with(|| serde_json::Value::Object(Default::default()))
-                .as_object_mut()
-                .expect("built as objects");
+        let Some((last, ancestors)) = parts.split_last() else {
+            continue;
+        };
+        let mut dst = Some(&mut out);
+        for part in ancestors {
+            // A path under one already kept whole (`a` then `a.b`) is inside it.
+            dst = dst.and_then(|d| {
+                d.entry(part.to_string())
+                    .or_insert_with(|| serde_json::Value::Object(Default::default()))
+                    .as_object_mut()
+            });
         }
-        dst.insert(parts[parts.len() - 1].to_owned(), src.clone());
+        if let Some(dst) = dst {
+            dst.insert((*last).to_owned(), src.clone());
+        }
     }
     serde_json::Value::Object(out)
 }

@@ -1,6 +1,7 @@
 //! The Envoy API descriptor pool and the conversions between proto3 JSON/YAML,
 //! reflective messages (for strict field checks and `/config_dump`) and the typed
 //! `envoy-types` structs the compiler reads.
+use crate::sync::MutexExt;
 use std::sync::Mutex;
 
 use prost::{Message, Name};
@@ -11,8 +12,12 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Serialize
 static POOL: Mutex<Option<DescriptorPool>> = Mutex::new(None);
 
 /// The pool holding every Envoy v3 message (and the well-known types they use).
+#[allow(
+    clippy::expect_used,
+    reason = "the descriptor set is built into the binary"
+)]
 pub fn pool() -> DescriptorPool {
-    let mut pool = POOL.lock().unwrap();
+    let mut pool = POOL.locked();
     pool.get_or_insert_with(|| {
         let packed: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin.zz"));
         let bytes = miniz_oxide::inflate::decompress_to_vec_zlib(packed)
@@ -26,7 +31,7 @@ pub fn pool() -> DescriptorPool {
 /// compiled the config, after each burst of xDS updates and after a `/config_dump`,
 /// to keep the steady-state footprint small.
 pub fn release_pool() {
-    POOL.lock().unwrap().take();
+    POOL.locked().take();
 }
 
 /// Descriptor of a message by its full name, e.g. `envoy.config.bootstrap.v3.Bootstrap`.
@@ -137,6 +142,10 @@ pub fn to_typed<M: Message + Default>(msg: &DynamicMessage) -> Result<M, String>
 }
 
 /// Converts a typed struct into its reflective form.
+#[allow(
+    clippy::expect_used,
+    reason = "the descriptor pool is built into the binary"
+)]
 pub fn to_dynamic<M: Message + Name>(msg: &M) -> DynamicMessage {
     let desc = descriptor(&M::full_name()).expect("every envoy-types message is in the pool");
     DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())

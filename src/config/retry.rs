@@ -124,8 +124,9 @@ pub fn retry_policy(p: &RetryPolicyPb, path: &str) -> Result<RetryPolicy> {
             Some(OMIT_CANARY_HOSTS) => out.omit_canary_hosts = true,
             Some(OMIT_HOST_METADATA) => {
                 use envoy_types::pb::envoy::extensions::retry::host::omit_host_metadata::v3::OmitHostMetadataConfig;
-                let cfg: OmitHostMetadataConfig = proto::unpack(any.expect("named"))
-                    .map_err(|e| format!("{ppath}.typed_config: {e}"))?;
+                let cfg: OmitHostMetadataConfig =
+                    proto::unpack(any.ok_or_else(|| format!("{ppath}.typed_config: required"))?)
+                        .map_err(|e| format!("{ppath}.typed_config: {e}"))?;
                 // Only the `envoy.lb` namespace is compared, as in Envoy; with none,
                 // the predicate rejects no host.
                 out.omit_host_metadata = cfg
@@ -148,8 +149,9 @@ pub fn retry_policy(p: &RetryPolicyPb, path: &str) -> Result<RetryPolicy> {
         match typed_name(any) {
             Some(PREVIOUS_PRIORITIES) => {
                 use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
-                let cfg: PreviousPrioritiesConfig = proto::unpack(any.expect("named"))
-                    .map_err(|e| format!("{ppath}.typed_config: {e}"))?;
+                let cfg: PreviousPrioritiesConfig =
+                    proto::unpack(any.ok_or_else(|| format!("{ppath}.typed_config: required"))?)
+                        .map_err(|e| format!("{ppath}.typed_config: {e}"))?;
                 if cfg.update_frequency <= 0 {
                     return Err(format!(
                         "{ppath}.typed_config.update_frequency: must be greater than 0"

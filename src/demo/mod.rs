@@ -28,6 +28,7 @@ pub struct Options {
     pub keep_running: bool,
 }
 
+#[allow(clippy::expect_used, reason = "a constant request")]
 pub fn run(opts: Options) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

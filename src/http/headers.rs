@@ -138,6 +138,7 @@ const fn numbers<const N: usize>(suffix: &[u8]) -> [u8; N] {
 
 /// Where `n` (below 1,000) sits in a [`numbers`] table whose entries carry `extra`
 /// suffix bytes and start at `first`.
+#[allow(clippy::expect_used, reason = "constant tables of ASCII digits")]
 fn entry(table: &'static [u8], n: usize, first: usize, extra: usize) -> &'static str {
     let (start, len) = match n {
         0..10 => ((n - first) * (1 + extra), 1),
@@ -191,6 +192,7 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<std::time::Duration> {
 }
 
 /// A random (version 4) UUID, as Envoy generates for `x-request-id`.
+#[allow(clippy::expect_used, reason = "hex digits and dashes are header bytes")]
 pub fn request_id() -> HeaderValue {
     let mut b = [0u8; 16];
     fastrand::fill(&mut b);

@@ -1,6 +1,7 @@
 //! Where a connection manager finds its routes: compiled once (inline `route_config`),
 //! or in a slot that RDS fills and replaces. Every request reads the slot afresh, so a
 //! route update takes effect on the next request of an open connection.
+use crate::sync::MutexExt;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -41,8 +42,7 @@ impl RouteSlots {
     /// The slot for `name`, made empty if no connection manager named it before.
     pub fn get(&self, name: &str, hcm_prefix: &str) -> Arc<RouteSlot> {
         self.slots
-            .lock()
-            .unwrap()
+            .locked()
             .entry(name.to_owned())
             .or_insert_with(|| {
                 Arc::new(RouteSlot {
@@ -56,12 +56,12 @@ impl RouteSlots {
 
     /// The slot for `name` if one exists.
     pub fn find(&self, name: &str) -> Option<Arc<RouteSlot>> {
-        self.slots.lock().unwrap().get(name).cloned()
+        self.slots.locked().get(name).cloned()
     }
 
     /// Forgets slots no connection manager holds any more; returns the names left.
     pub fn prune(&self) -> Vec<String> {
-        let mut slots = self.slots.lock().unwrap();
+        let mut slots = self.slots.locked();
         slots.retain(|_, s| Arc::strong_count(s) > 1);
         let mut names: Vec<String> = slots.keys().cloned().collect();
         names.sort();

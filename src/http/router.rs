@@ -486,11 +486,7 @@ impl HttpConnectionManager {
             record.upstream_cluster = m.cluster().map(|c| c.name().to_owned());
             record.route_name = Some(m.route.name.clone());
         }
-        let istio = istio.map(|mut i| {
-            let stats = self
-                .istio_stats
-                .as_ref()
-                .expect("istio.stats is configured");
+        let istio = istio.zip(self.istio_stats.as_ref()).map(|(mut i, stats)| {
             let reporter = stats.reporter();
             i.peer = match reporter {
                 crate::istio::stats::labels::Reporter::Destination => {

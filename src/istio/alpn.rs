@@ -11,6 +11,7 @@
 //! Connections made with an override never serve a request without it (Envoy makes
 //! the ALPN part of the connection pool's key): each distinct list gets a pool of its
 //! own per host, up to [`MAX_LISTS`] lists in a process.
+use crate::sync::MutexExt;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -93,7 +94,7 @@ pub fn compile(json: &Value, path: &str) -> Result<AlpnConfig, String> {
 /// The same list always gets the same pool index.
 fn intern(protocols: Vec<Vec<u8>>) -> Result<Override, String> {
     static LISTS: Mutex<Vec<Arc<[Vec<u8>]>>> = Mutex::new(Vec::new());
-    let mut lists = LISTS.lock().unwrap();
+    let mut lists = LISTS.locked();
     let index = match lists.iter().position(|l| **l == *protocols) {
         Some(i) => i,
         None if lists.len() < MAX_LISTS => {

@@ -16,6 +16,7 @@
 //! peer's identity goes to the inbox's [`PeerSlot`], where `istio.stats` reads it.
 //! Counters `metadata_exchange.{alpn_protocol_found,alpn_protocol_not_found,
 //! initial_header_not_found,header_not_found,metadata_added}`, one set per process.
+use crate::sync::MutexExt;
 use std::{
     io,
     pin::Pin,
@@ -141,7 +142,7 @@ impl Exchange {
 fn shared_frame(additional: &[String]) -> Arc<[u8]> {
     type Made = Vec<(Vec<String>, Arc<[u8]>)>;
     static MADE: std::sync::Mutex<Made> = std::sync::Mutex::new(Vec::new());
-    let mut made = MADE.lock().unwrap();
+    let mut made = MADE.locked();
     if let Some((_, f)) = made.iter().find(|(k, _)| k == additional) {
         return f.clone();
     }

@@ -18,6 +18,7 @@
 //! discovery (the `metadata_discovery` bootstrap extension, off for sidecars), and
 //! istio-proxy without it finds nothing either. `baggage`, `upstream_filter_state`
 //! and `shared_with_upstream` (waypoint features) are rejected.
+use crate::sync::MutexExt;
 use std::{collections::BTreeMap, sync::OnceLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -181,11 +182,12 @@ pub fn node() -> Option<&'static envoy_types::pb::envoy::config::core::v3::Node>
 }
 
 /// The header values for this node (computed once per set of additional labels).
+#[allow(clippy::expect_used, reason = "base64 is a header value")]
 fn local_headers(additional: &[String]) -> &'static (HeaderValue, HeaderValue) {
     type Made = Vec<(Vec<String>, &'static (HeaderValue, HeaderValue))>;
     static MADE: OnceLock<std::sync::Mutex<Made>> = OnceLock::new();
     let made = MADE.get_or_init(Default::default);
-    let mut made = made.lock().unwrap();
+    let mut made = made.locked();
     if let Some((_, v)) = made.iter().find(|(k, _)| k == additional) {
         return v;
     }

@@ -1,6 +1,7 @@
 //! The running listeners, by name: binds new ones, swaps updated ones in place (new
 //! connections get the new config, the old listener's connections drain), and closes
 //! removed ones. Static listeners and LDS ones go through the same door.
+use crate::sync::MutexExt;
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -72,7 +73,7 @@ impl ListenerManager {
     /// addresses: its sockets close before the new ones bind). The error does not name
     /// the listener.
     pub fn upsert(&self, l: Arc<Listener>) -> Result<Upserted, String> {
-        let mut active = self.active.lock().unwrap();
+        let mut active = self.active.locked();
         let name = l.config.name.clone();
         check_update(&active, &l)?;
         let outcome = match active.get(&name) {
@@ -122,7 +123,7 @@ impl ListenerManager {
 
     /// Removes the listener `name`: its sockets close and its connections drain.
     pub fn remove(&self, name: &str) -> bool {
-        let mut active = self.active.lock().unwrap();
+        let mut active = self.active.locked();
         let Some(old) = active.remove(name) else {
             return false;
         };
@@ -138,7 +139,7 @@ impl ListenerManager {
     /// say `connection: close`, HTTP/2 sends GOAWAY), new connections are still accepted
     /// and drained the same way. Returns how many listeners it touched.
     pub fn drain_listeners(&self, inbound_only: bool) -> usize {
-        let active = self.active.lock().unwrap();
+        let active = self.active.locked();
         let mut n = 0;
         for a in active.values() {
             let l = a.slot.load();
@@ -154,7 +155,7 @@ impl ListenerManager {
     /// for an immediate `/drain_listeners`). They stay listed, as Envoy lists stopped
     /// listeners.
     pub fn stop_listeners(&self, inbound_only: bool) {
-        let active = self.active.lock().unwrap();
+        let active = self.active.locked();
         for a in active.values() {
             if !inbound_only || a.slot.load().config.inbound {
                 for task in a.bound.iter().flat_map(|(_, tasks)| tasks) {
@@ -166,13 +167,13 @@ impl ListenerManager {
 
     /// The listeners now serving.
     pub fn listeners(&self) -> Vec<Arc<Listener>> {
-        let active = self.active.lock().unwrap();
+        let active = self.active.locked();
         active.values().map(|a| a.slot.load_full()).collect()
     }
 
     /// `name::address` of every bound socket, as Envoy's `/listeners` prints them.
     pub fn bound(&self) -> Vec<(String, SocketAddr)> {
-        let active = self.active.lock().unwrap();
+        let active = self.active.locked();
         active
             .iter()
             .flat_map(|(n, a)| a.bound.iter().map(move |(addr, _)| (n.clone(), *addr)))
@@ -180,7 +181,7 @@ impl ListenerManager {
     }
 
     pub fn len(&self) -> usize {
-        self.active.lock().unwrap().len()
+        self.active.locked().len()
     }
 
     pub fn is_empty(&self) -> bool {

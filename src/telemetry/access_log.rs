@@ -9,6 +9,7 @@
 //! with an interval of 0 a line is written as soon as the writer gets to it. Traffic
 //! never waits on a disk and wakes the writer once per batch, not per line. Lines
 //! beyond 8 MiB pending are dropped and counted.
+use crate::sync::MutexExt;
 use std::{
     collections::HashMap,
     fmt::Write as _,
@@ -456,7 +457,7 @@ impl std::fmt::Debug for Sink {
 impl Sink {
     /// Queues a line; false when it was dropped.
     fn push(&self, line: &str) -> bool {
-        let mut pending = self.pending.lock().unwrap();
+        let mut pending = self.pending.locked();
         if pending.len() + line.len() > MAX_PENDING {
             return false;
         }
@@ -472,11 +473,11 @@ impl Sink {
 
     /// Writes out what is pending.
     fn flush(&self) {
-        let bytes = std::mem::take(&mut *self.pending.lock().unwrap());
+        let bytes = std::mem::take(&mut *self.pending.locked());
         if bytes.is_empty() {
             return;
         }
-        let mut out = self.out.lock().unwrap();
+        let mut out = self.out.locked();
         let _ = out.write_all(&bytes);
         let _ = out.flush();
     }
@@ -574,7 +575,7 @@ impl Sinks {
                 dropped,
             });
         }
-        let mut sinks = self.sinks.lock().unwrap();
+        let mut sinks = self.sinks.locked();
         let sink = match sinks.get(&cfg.target) {
             Some(s) => s.clone(),
             None => {
@@ -615,7 +616,7 @@ impl Sinks {
 
     /// Writes out every target's pending lines now (at exit).
     pub fn flush(&self) {
-        for s in self.sinks.lock().unwrap().values() {
+        for s in self.sinks.locked().values() {
             s.flush();
         }
     }

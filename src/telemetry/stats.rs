@@ -4,6 +4,7 @@
 //! Handles are resolved when config is compiled; the traffic path only touches
 //! atomics. prometheus-client is not used here because its counter encoding always
 //! appends `_total`, and Envoy's names (e.g. `envoy_cluster_upstream_rq`) do not.
+use crate::sync::MutexExt;
 use std::{
     collections::{HashMap, HashSet},
     fmt::Write,
@@ -363,6 +364,10 @@ impl Store {
     /// A counter whose Prometheus name and labels are what Envoy's default tag
     /// extractors make of `flat` (for stats whose names the extractors take apart in
     /// ways not worth spelling out by hand, such as RBAC's).
+    #[allow(
+        clippy::expect_used,
+        reason = "the built-in extractors are constant and tested"
+    )]
     pub fn counter_tagged_by_default(&self, flat: String) -> Counter {
         static DEFAULT: std::sync::OnceLock<super::tags::TagProducer> = std::sync::OnceLock::new();
         let producer = DEFAULT.get_or_init(|| {
@@ -457,7 +462,7 @@ impl Store {
         if !self.naming.accepts(&flat) {
             return make();
         }
-        let mut entries = self.entries.lock().unwrap();
+        let mut entries = self.entries.locked();
         if let Some(v) = entries.find(&flat) {
             return v.handle();
         }
@@ -480,7 +485,7 @@ impl Store {
     /// and route configurations, as Envoy frees a scope's stats with the scope. A
     /// resource added again starts from zero, as in Envoy. Returns how many went.
     pub fn release_unheld(&self) -> usize {
-        let mut entries = self.entries.lock().unwrap();
+        let mut entries = self.entries.locked();
         let before = entries.list.len();
         entries.list.retain(|e| !e.value.is_unheld());
         let released = before - entries.list.len();
@@ -504,7 +509,7 @@ impl Store {
     /// Calls `f` with each stat a sink reports: counters counted at least once, gauges
     /// ever set, histograms with a value (Envoy's `used()`), in the order registered.
     pub fn for_each_used(&self, mut f: impl FnMut(&Arc<str>, Sinked<'_>)) {
-        let entries = self.entries.lock().unwrap();
+        let entries = self.entries.locked();
         for e in entries.list.iter().filter(|e| e.value.used()) {
             match &e.value {
                 Value::Counter(c) => f(&e.flat, Sinked::Counter(c.get())),
@@ -539,7 +544,7 @@ impl Store {
     }
 
     fn rows(&self, filter: &Filter) -> Vec<(String, String)> {
-        let entries = self.entries.lock().unwrap();
+        let entries = self.entries.locked();
         let mut rows: Vec<(bool, &str, String)> = entries
             .list
             .iter()
@@ -567,7 +572,7 @@ impl Store {
     /// Prometheus text exposition (version 0.0.4), grouped by metric name. A sample
     /// without labels is written `name{} value`, as Envoy writes it.
     pub fn render_prometheus(&self, filter: &Filter) -> String {
-        let entries = self.entries.lock().unwrap();
+        let entries = self.entries.locked();
         let mut order: Vec<&Entry> = entries.list.iter().filter(|e| filter.shows(e)).collect();
         order.sort_by(|a, b| a.prom.cmp(&b.prom).then(a.labels.cmp(&b.labels)));
         let mut out = String::with_capacity(order.len() * 96);
@@ -762,7 +767,7 @@ impl CodeCounters {
         if let Some((_, c)) = self.seen.load().iter().find(|(k, _)| *k == key) {
             return c.clone();
         }
-        let _guard = self.add.lock().unwrap();
+        let _guard = self.add.locked();
         if let Some((_, c)) = self.seen.load().iter().find(|(k, _)| *k == key) {
             return c.clone();
         }
@@ -876,7 +881,7 @@ mod tests {
                 );
             }
         }
-        let entries = store.entries.lock().unwrap();
+        let entries = store.entries.locked();
         let [a_rq, a_cx, b_rq, _] = &entries.list[..] else {
             panic!("four stats");
         };
@@ -917,7 +922,7 @@ mod tests {
         assert!(!text.contains("cluster.a."), "{text}");
         assert!(text.contains("cluster.b.upstream_rq_total: 3\n"), "{text}");
         {
-            let entries = store.entries.lock().unwrap();
+            let entries = store.entries.locked();
             assert_eq!(entries.list.len(), 2);
             // Two Prometheus names, b's labels and the empty label set: a's went.
             assert_eq!(entries.shared.len(), 4);

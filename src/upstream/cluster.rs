@@ -1,6 +1,7 @@
 //! A cluster at run time: its hosts (a balancing snapshot swapped atomically when
 //! discovery or health changes them), the pick, and for ORIGINAL_DST clusters the hosts
 //! made on demand.
+use crate::sync::MutexExt;
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -220,7 +221,7 @@ impl Cluster {
     ) -> Option<Arc<Host>> {
         if self.config.discovery == Discovery::OriginalDst {
             let addr = original_dst?;
-            let mut map = self.original_dst.lock().unwrap();
+            let mut map = self.original_dst.locked();
             return Some(map.entry(addr).or_insert_with(|| Host::new(addr)).clone());
         }
         let set = self.hosts.load();
@@ -279,7 +280,7 @@ impl Cluster {
 
     /// Forgets ORIGINAL_DST hosts nobody holds and that have no open connection.
     pub fn cleanup_original_dst(&self) {
-        let mut map = self.original_dst.lock().unwrap();
+        let mut map = self.original_dst.locked();
         map.retain(|_, h| Arc::strong_count(h) > 1 || !h.pools_idle_empty());
     }
 }

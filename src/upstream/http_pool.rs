@@ -2,6 +2,7 @@
 //! time, and one multiplexed HTTP/2 connection. Each worker has a pool of its own, as in
 //! Envoy: a connection's task runs on the worker that opened it, so a request sent on
 //! another worker's connection would wake that worker twice.
+use crate::sync::MutexExt;
 use std::time::Instant;
 
 use std::sync::{
@@ -77,12 +78,8 @@ impl HostPool {
     pub fn is_idle_empty(&self) -> bool {
         self.workers.get().is_none_or(|all| {
             all.iter().all(|p| {
-                p.h1_idle
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .all(|c| c.sender.is_closed())
-                    && p.h2.lock().unwrap().iter().all(|c| c.sender.is_closed())
+                p.h1_idle.locked().iter().all(|c| c.sender.is_closed())
+                    && p.h2.locked().iter().all(|c| c.sender.is_closed())
             })
         })
     }
@@ -339,7 +336,7 @@ async fn send_h1(
     loop {
         // Reuse an idle connection; one that turns out closed hands the request back.
         loop {
-            let idle = host.pool_for(id).mine().h1_idle.lock().unwrap().pop();
+            let idle = host.pool_for(id).mine().h1_idle.locked().pop();
             let Some(Pooled {
                 mut sender,
                 identity,
@@ -562,7 +559,7 @@ fn put_back(back: Option<(Arc<Host>, Pooled)>) {
         return;
     }
     let pool = host.pool_for(conn.alpn).mine();
-    let mut idle = pool.h1_idle.lock().unwrap();
+    let mut idle = pool.h1_idle.locked();
     // Checkout skips closed connections. Sweeping them out on every return would touch
     // every idle connection per request; upstreams close the longest idle first, so
     // sweep when the oldest has closed, or when the pool is full.
@@ -683,8 +680,7 @@ fn h2_slot(cluster: &Cluster, host: &Arc<Host>, alpn: u8) -> Option<ConnSlot> {
         .pool_for(alpn)
         .mine()
         .h2
-        .lock()
-        .unwrap()
+        .locked()
         .iter()
         .all(|c| c.sender.is_closed());
     if first {
@@ -745,20 +741,15 @@ async fn open_h2(
     let open = OpenStream::new(&active);
     // A connection allowed one request only is never shared.
     if cluster.config.max_requests_per_connection != Some(1) {
-        host.pool_for(index(alpn))
-            .mine()
-            .h2
-            .lock()
-            .unwrap()
-            .push(H2Conn {
-                sender: sender.clone(),
-                identity: identity.clone(),
-                served: 1,
-                idle: idle.clone(),
-                active,
-                peer,
-                expires,
-            });
+        host.pool_for(index(alpn)).mine().h2.locked().push(H2Conn {
+            sender: sender.clone(),
+            identity: identity.clone(),
+            served: 1,
+            idle: idle.clone(),
+            active,
+            peer,
+            expires,
+        });
     }
     Ok((sender, idle, open, identity))
 }
@@ -770,7 +761,7 @@ async fn open_h2(
 fn live_h2(cluster: &Cluster, host: &Host, alpn: u8) -> Option<H2Pick> {
     let max_requests = cluster.config.max_requests_per_connection;
     let max_streams = cluster.config.h2.max_concurrent_streams;
-    let mut conns = host.pool_for(alpn).mine().h2.lock().unwrap();
+    let mut conns = host.pool_for(alpn).mine().h2.locked();
     conns.retain(|c| !c.sender.is_closed() && c.sender.is_ready() && !expired(c.expires));
     let i = conns
         .iter()
@@ -791,7 +782,7 @@ fn live_h2(cluster: &Cluster, host: &Host, alpn: u8) -> Option<H2Pick> {
 
 /// The worker's HTTP/2 connection to `host` with the fewest open streams.
 fn least_busy_h2(host: &Host, alpn: u8) -> Option<H2Pick> {
-    let mut conns = host.pool_for(alpn).mine().h2.lock().unwrap();
+    let mut conns = host.pool_for(alpn).mine().h2.locked();
     let conn = conns
         .iter_mut()
         .filter(|c| !c.sender.is_closed())
@@ -843,10 +834,7 @@ mod tests {
 
     async fn closed(host: &Host, i: usize) {
         for _ in 0..1000 {
-            if host.pool.mine().h1_idle.lock().unwrap()[i]
-                .sender
-                .is_closed()
-            {
+            if host.pool.mine().h1_idle.locked()[i].sender.is_closed() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -857,7 +845,7 @@ mod tests {
     #[tokio::test]
     async fn closed_connections_leave_when_the_oldest_closes() {
         let host = Host::new("127.0.0.1:1".parse().unwrap());
-        let idle = || host.pool.mine().h1_idle.lock().unwrap().len();
+        let idle = || host.pool.mine().h1_idle.locked().len();
         let mut peers = Vec::new();
         for _ in 0..3 {
             let (sender, peer) = connection().await;
@@ -881,8 +869,7 @@ mod tests {
             host.pool
                 .mine()
                 .h1_idle
-                .lock()
-                .unwrap()
+                .locked()
                 .iter()
                 .all(|c| !c.sender.is_closed())
         );
@@ -911,10 +898,7 @@ mod tests {
         });
         let idle = |i: usize| {
             let h = host.clone();
-            on(
-                &w[i],
-                async move { h.pool.mine().h1_idle.lock().unwrap().len() },
-            )
+            on(&w[i], async move { h.pool.mine().h1_idle.locked().len() })
         };
         assert_eq!(idle(1), 0, "worker 1 sees worker 0's connection");
         assert_eq!(idle(0), 1);

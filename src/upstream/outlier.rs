@@ -7,6 +7,7 @@
 //!
 //! Results are reported from the workers through atomics; an ejection takes the
 //! cluster's detector lock and rebuilds its balancing snapshot (rare by design).
+use crate::sync::MutexExt;
 use std::{
     sync::{
         Arc, Mutex,
@@ -104,7 +105,7 @@ fn log_event(
     let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     let e = format!("{{{}}}", body.join(","));
     use std::io::Write;
-    let _ = writeln!(log.lock().unwrap(), "{e}");
+    let _ = writeln!(log.locked(), "{e}");
 }
 
 /// What an attempt told about its host.
@@ -376,7 +377,7 @@ impl Detector {
     }
 
     fn on_consecutive(&self, cluster: &Cluster, host: &Arc<Host>, kind: Kind) {
-        let _g = self.lock.lock().unwrap();
+        let _g = self.lock.locked();
         if host.is_ejected() || !cluster.hosts().iter().any(|h| Arc::ptr_eq(h, host)) {
             return;
         }
@@ -417,7 +418,7 @@ impl Detector {
         }
         let enforcing = kind.enforcing(c);
         if enforcing == 0 || (enforcing < 100 && fastrand::u32(..100) >= enforcing) {
-            let e = host.monitor.ejection.lock().unwrap();
+            let e = host.monitor.ejection.locked();
             let since = e
                 .last_unejected
                 .or(e.last_ejected)
@@ -429,7 +430,7 @@ impl Detector {
         self.stats.enforced[kind as usize].inc();
         self.stats.ejections_active.inc();
         {
-            let mut e = host.monitor.ejection.lock().unwrap();
+            let mut e = host.monitor.ejection.locked();
             // The backoff stops growing once base × backoff reaches the maximum.
             if c.base_ejection_time * e.backoff < c.max_ejection_time.max(c.base_ejection_time) {
                 e.backoff += 1;
@@ -462,12 +463,12 @@ impl Detector {
         if !host.is_ejected() {
             return;
         }
-        let _g = self.lock.lock().unwrap();
+        let _g = self.lock.locked();
         if !host.is_ejected() {
             return;
         }
         let now = Instant::now();
-        let mut e = host.monitor.ejection.lock().unwrap();
+        let mut e = host.monitor.ejection.locked();
         host.ejected.store(false, Ordering::Relaxed);
         host.monitor.reset_consecutive();
         let since = e.last_ejected.map(|t| now.duration_since(t));
@@ -481,12 +482,12 @@ impl Detector {
     /// The interval's work: let hosts back whose time is served, then compute success
     /// rates and failure percentages and eject the outliers.
     pub fn on_interval(&self, cluster: &Cluster, now: Instant) {
-        let _g = self.lock.lock().unwrap();
+        let _g = self.lock.locked();
         let c = &self.config;
         let hosts = cluster.hosts();
         let mut changed = false;
         for h in &hosts {
-            let mut e = h.monitor.ejection.lock().unwrap();
+            let mut e = h.monitor.ejection.locked();
             if !h.is_ejected() {
                 // Each base ejection time a host stays in takes one off its backoff.
                 if e.backoff > 0

@@ -70,6 +70,10 @@ fn read(path: &Path, kind: Kind) -> Result<DiscoveryResponse, String> {
 }
 
 /// A `DiscoveryResponse` from a file: binary for `.pb`, JSON for `.json`, else YAML.
+#[allow(
+    clippy::expect_used,
+    reason = "the descriptor pool is built into the binary"
+)]
 pub fn read_response(path: &Path) -> Result<DiscoveryResponse, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let desc = proto::descriptor("envoy.service.discovery.v3.DiscoveryResponse")

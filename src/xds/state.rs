@@ -5,6 +5,7 @@
 //! once its endpoints arrive, a listener takes traffic once its routes arrive, or when
 //! `initial_fetch_timeout` passes. The process turns ready after the first CDS (and
 //! its EDS), then the first LDS (and its RDS).
+use crate::sync::MutexExt;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::SocketAddr,
@@ -178,21 +179,21 @@ impl Handle {
 
     /// Applies one response; `Err` carries the NACK's `error_detail`.
     pub fn apply(&self, kind: Kind, update: Update, received: Instant) -> Result<(), String> {
-        let out = self.state.lock().unwrap().apply(kind, update, received);
+        let out = self.state.locked().apply(kind, update, received);
         self.changed.send_modify(|g| *g += 1);
         out
     }
 
     /// Handles deadlines (warming and initial fetch timeouts) due by `now`.
     pub fn tick(&self, now: Instant) {
-        let moved = self.state.lock().unwrap().tick(now);
+        let moved = self.state.locked().tick(now);
         if moved {
             self.changed.send_modify(|g| *g += 1);
         }
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.state.lock().unwrap().next_deadline()
+        self.state.locked().next_deadline()
     }
 
     /// Notified after every change.
@@ -201,28 +202,28 @@ impl Handle {
     }
 
     pub fn wanted(&self, kind: Kind) -> Option<Wanted> {
-        self.state.lock().unwrap().wanted(kind)
+        self.state.locked().wanted(kind)
     }
 
     /// The last accepted version of a type (`""` before the first).
     pub fn version(&self, kind: Kind) -> String {
-        let s = self.state.lock().unwrap();
+        let s = self.state.locked();
         s.versions.get(&kind).cloned().unwrap_or_default()
     }
 
     /// Every resource of a type held now, with its version (delta `initial_resource_versions`).
     pub fn known_versions(&self, kind: Kind) -> HashMap<String, String> {
-        self.state.lock().unwrap().known_versions(kind)
+        self.state.locked().known_versions(kind)
     }
 
     pub fn set_connected(&self, up: bool) {
-        let s = self.state.lock().unwrap();
+        let s = self.state.locked();
         s.stats.connected_state.set(up as i64);
     }
 
     /// A failed ADS stream (Envoy's `update_failure` of each type it carries).
     pub fn failed(&self) {
-        let s = self.state.lock().unwrap();
+        let s = self.state.locked();
         let ads = |src: &Option<ResourceSource>| matches!(src, Some(ResourceSource::Ads { .. }));
         if ads(&s.cds) {
             s.stats.cds.failure.inc();
@@ -234,7 +235,7 @@ impl Handle {
 
     /// The dynamic parts of `/config_dump`.
     pub fn dump(&self, include_eds: bool) -> Dump {
-        self.state.lock().unwrap().dump(include_eds)
+        self.state.locked().dump(include_eds)
     }
 }
 
@@ -1438,10 +1439,7 @@ mod tests {
             1,
             "b keeps its own"
         );
-        assert_eq!(
-            h.state.lock().unwrap().endpoints.keys().collect::<Vec<_>>(),
-            ["b"]
-        );
+        assert_eq!(h.state.locked().endpoints.keys().collect::<Vec<_>>(), ["b"]);
         // Added again, a waits for its endpoints rather than reusing stale ones.
         h.apply(Kind::Cluster, both(), Instant::now()).unwrap();
         assert!(clusters.get("a").is_none(), "warming again");

@@ -406,6 +406,10 @@ enum Encoder {
 }
 
 impl Encoder {
+    #[allow(
+        clippy::expect_used,
+        reason = "zstd clamps any level: it fails only when out of memory"
+    )]
     fn new(lib: &Library) -> Self {
         match *lib {
             Library::Gzip { level } => Encoder::Gzip(flate2::write::GzEncoder::new(
@@ -483,9 +487,9 @@ impl HttpBody for Compressed {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         loop {
-            if this.encoder.is_none() {
+            let Some(enc) = this.encoder.as_mut() else {
                 return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
-            }
+            };
             let frame = match this.inner.as_mut().poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(f) => f,
@@ -494,16 +498,20 @@ impl HttpBody for Compressed {
                 Some(Ok(f)) => match f.into_data() {
                     Ok(data) => {
                         this.uncompressed.add(data.len() as u64);
-                        let enc = this.encoder.as_mut().expect("checked above");
                         enc.push(&data)
                     }
                     Err(f) => {
                         *this.trailers = f.into_trailers().ok();
-                        this.encoder.take().expect("checked above").finish()
+                        this.encoder
+                            .take()
+                            .map_or(Ok(Bytes::new()), Encoder::finish)
                     }
                 },
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => this.encoder.take().expect("checked above").finish(),
+                None => this
+                    .encoder
+                    .take()
+                    .map_or(Ok(Bytes::new()), Encoder::finish),
             };
             match out {
                 Ok(bytes) if bytes.is_empty() => continue,

@@ -386,6 +386,10 @@ impl ExtAuthzConfig {
         out
     }
 
+    #[allow(
+        clippy::expect_used,
+        reason = "encoding into a growing buffer cannot fail"
+    )]
     async fn grpc(
         &self,
         clusters: &ClusterMap,
@@ -568,6 +572,7 @@ impl ExtAuthzConfig {
         }
     }
 
+    #[allow(clippy::expect_used, reason = "a builder without an error has headers")]
     async fn http(
         &self,
         clusters: &ClusterMap,

@@ -5,6 +5,7 @@
 //! framing is followed in both directions). Without `stats_for_all_methods` or an
 //! allowlist (Istio's setting) the names carry no service and method. As in Envoy, each
 //! counter exists from its first count on.
+use crate::sync::RwLockExt;
 use std::{
     collections::HashMap,
     pin::Pin,
@@ -86,13 +87,7 @@ impl Counters {
     }
 
     fn status(&self, code: u32) {
-        if let Some((_, c)) = self
-            .statuses
-            .read()
-            .unwrap()
-            .iter()
-            .find(|(k, _)| *k == code)
-        {
+        if let Some((_, c)) = self.statuses.read_now().iter().find(|(k, _)| *k == code) {
             c.inc();
             return;
         }
@@ -100,7 +95,7 @@ impl Counters {
             .store
             .counter_tagged_by_default(format!("{}{code}", self.prefix));
         c.inc();
-        self.statuses.write().unwrap().push((code, c));
+        self.statuses.write_now().push((code, c));
     }
 
     fn requests(&self, n: u64) {
@@ -161,13 +156,12 @@ impl GrpcStats {
     }
 
     fn counters(&self, prefix: String) -> Arc<Counters> {
-        if let Some(c) = self.by_prefix.read().unwrap().get(&prefix) {
+        if let Some(c) = self.by_prefix.read_now().get(&prefix) {
             return c.clone();
         }
         let made = Arc::new(Counters::new(prefix.clone(), &self.store));
         self.by_prefix
-            .write()
-            .unwrap()
+            .write_now()
             .entry(prefix)
             .or_insert(made)
             .clone()

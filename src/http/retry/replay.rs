@@ -4,6 +4,7 @@
 //! (Envoy's `retry_or_shadow_abandoned`). Mirrors tap it: each frame read is also
 //! queued for each mirror as it arrives, and a mirror that falls a buffer limit behind
 //! is cut off rather than hold the request back.
+use crate::sync::MutexExt;
 use std::{
     pin::Pin,
     sync::{
@@ -165,7 +166,7 @@ impl Replay {
     /// far first), cut off when `limit` bytes wait in it; `None` once the body is past
     /// replaying (its start is gone).
     pub fn tap(&self, limit: usize) -> Option<Tap> {
-        let mut s = self.shared.lock().unwrap();
+        let mut s = self.shared.locked();
         if s.spent {
             return None;
         }
@@ -197,7 +198,7 @@ impl Replay {
 
     /// Whether another attempt can send the whole body.
     pub fn replayable(&self) -> bool {
-        !self.shared.lock().unwrap().spent
+        !self.shared.locked().spent
     }
 
     /// Reads the body on while no attempt does (a retry's back-off), keeping it for
@@ -205,7 +206,7 @@ impl Replay {
     /// limit (nothing can be sent whole any more); otherwise never.
     pub async fn read_ahead(&self) {
         std::future::poll_fn(|cx| {
-            let mut s = self.shared.lock().unwrap();
+            let mut s = self.shared.locked();
             loop {
                 if s.spent {
                     return Poll::Pending;
@@ -242,7 +243,7 @@ impl Replay {
 
     /// The body for the next attempt (it starts from the first byte).
     pub fn attempt(&self) -> Attempt {
-        let mut s = self.shared.lock().unwrap();
+        let mut s = self.shared.locked();
         s.epoch += 1;
         Attempt {
             shared: self.shared.clone(),
@@ -272,7 +273,7 @@ impl HttpBody for Attempt {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let mut s = this.shared.lock().unwrap();
+        let mut s = this.shared.locked();
         if s.epoch != this.epoch {
             return Poll::Ready(Some(Err(Box::new(Cut::Superseded))));
         }

@@ -14,6 +14,7 @@ pub mod cel;
 pub mod config;
 pub mod labels;
 
+use crate::sync::MutexExt;
 use std::{
     collections::HashMap,
     hash::{BuildHasher, Hash, Hasher},
@@ -107,7 +108,7 @@ impl PeerCache {
             return Some(p.clone());
         }
         let p = Arc::new(Peer::from_header(v.as_bytes())?);
-        let _guard = self.add.lock().unwrap();
+        let _guard = self.add.locked();
         let seen = self.seen.load_full();
         if seen.len() < MAX_CACHED {
             let mut next = (*seen).clone();
@@ -212,7 +213,7 @@ impl IstioStats {
         if let Some(h) = find(&family.seen.load()) {
             return h;
         }
-        let _guard = family.add.lock().unwrap();
+        let _guard = family.add.locked();
         let seen = family.seen.load_full();
         if let Some(h) = find(&seen) {
             return h;

@@ -147,6 +147,7 @@ fn extract_b3_single(v: &str) -> Result<B3Context, Malformed> {
 }
 
 /// Writes B3's multi headers for a span (Envoy's Zipkin tracer writes these).
+#[allow(clippy::expect_used, reason = "hex digits are header bytes")]
 pub fn inject_b3(h: &mut HeaderMap, trace: TraceId, span: u64, parent: Option<u64>, sampled: bool) {
     let hex = |v: String| HeaderValue::from_str(&v).expect("hex is a header value");
     h.insert(X_B3_TRACE_ID, hex(trace.hex()));
@@ -215,6 +216,7 @@ pub fn extract_w3c(h: &HeaderMap) -> Option<W3cContext> {
 
 /// Writes `traceparent` (and `tracestate`, empty when there is none, as Envoy's
 /// OpenTelemetry tracer does).
+#[allow(clippy::expect_used, reason = "hex digits are header bytes")]
 pub fn inject_w3c(h: &mut HeaderMap, trace: TraceId, span: u64, sampled: bool, state: &str) {
     let wide = TraceId {
         wide: true,

@@ -20,6 +20,7 @@ fn micros(t: std::time::SystemTime) -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+#[allow(clippy::expect_used, reason = "JSON values always serialize")]
 pub fn encode(spans: &[Span], local: &LocalEndpoint) -> Vec<u8> {
     let mut endpoint = Map::new();
     endpoint.insert("serviceName".into(), json!(local.service_name));

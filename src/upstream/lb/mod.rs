@@ -7,6 +7,7 @@ pub mod hash;
 pub mod picker;
 pub mod priority;
 
+use crate::sync::MutexExt;
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex, OnceLock},
@@ -220,8 +221,7 @@ impl Localities {
         let slot = &self.edf[workers::current() % self.edf.len()];
         let i = slot
             .get_or_init(|| Mutex::new(edf::Edf::new(weights.iter().copied().enumerate())))
-            .lock()
-            .unwrap()
+            .locked()
             .pick(|i| weights[i])?;
         self.pickers[i].pick(None)
     }

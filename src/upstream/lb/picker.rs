@@ -1,6 +1,7 @@
 //! Choosing one host from a list, by the cluster's policy: round robin (earliest
 //! deadline first when weights differ), least request (the least loaded of a few random
 //! hosts, or EDF on weight / (active + 1)^bias when weights differ), random.
+use crate::sync::MutexExt;
 use std::sync::{
     Arc, Mutex, OnceLock,
     atomic::{AtomicUsize, Ordering},
@@ -115,8 +116,7 @@ impl Picker {
                 let weight = |i: usize| f64::from(self.hosts[i].weight());
                 let mut edf = edf
                     .mine(|| Edf::new((0..n).map(|i| (i, weight(i)))))
-                    .lock()
-                    .unwrap();
+                    .locked();
                 edf.pick(weight)?
             }
             Kind::LeastRequest { choices, full_scan } => {
@@ -145,8 +145,7 @@ impl Picker {
                 };
                 let mut edf = edf
                     .mine(|| Edf::new((0..n).map(|i| (i, weight(i)))))
-                    .lock()
-                    .unwrap();
+                    .locked();
                 edf.pick(weight)?
             }
             Kind::Random => fastrand::usize(..n),
