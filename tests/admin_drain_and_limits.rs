@@ -1,7 +1,7 @@
 //! What pilot-agent and Istio's bootstrap ask of the process beyond routing, pilotfish
 //! and Envoy side by side: `/drain_listeners?inboundonly&graceful` (what pilot-agent
 //! sends on SIGTERM), the global downstream connection limit of the overload manager,
-//! and the admin access log.
+//! the connection_limit network filter, and the admin access log.
 mod common;
 
 use std::{net::SocketAddr, time::Duration};
@@ -237,4 +237,62 @@ async fn the_global_connection_limit_as_envoy_enforces_it() {
         assert_eq!(request(&mut fourth).await.0, 200, "{bin}");
     }
     diff.assert_none();
+}
+
+/// `envoy.filters.network.connection_limit` before a `tcp_proxy`: two connections at
+/// once on the chain, a third closed (at once, or after `delay`), counted in
+/// `connection_limit.<prefix>.limited_connections` with the active ones in a gauge, and
+/// a place freed when one closes; the same in both, Prometheus names included.
+#[tokio::test]
+async fn the_connection_limit_filter_as_envoy_enforces_it() {
+    let Some(envoy) = reference_envoy() else {
+        return;
+    };
+    let echo = tcp_echo_server().await;
+    let mut seen = Vec::new();
+    for bin in [envoy.as_str(), BIN] {
+        for delay in ["", ", delay: 0.2s"] {
+            let yaml = tcp_proxy_bootstrap(echo, "tcp", "").replace(
+                "    - filters:\n",
+                &format!(
+                    "    - filters:\n      - name: envoy.filters.network.connection_limit\n        typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit, stat_prefix: cl, max_connections: 2{delay} }}\n"
+                ),
+            );
+            let p = Proxy::start_bin(bin, &yaml, &["--disable-hot-restart"]).await;
+            let mut held = Vec::new();
+            for _ in 0..2 {
+                held.push(echo_round_trip(p.listener("tcp"), b"in").await);
+            }
+            let mut third = TcpStream::connect(p.listener("tcp")).await.unwrap();
+            let _ = third.write_all(b"over").await;
+            let mut buf = [0u8; 16];
+            let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+                .await
+                .expect("the connection over the limit was not closed")
+                .unwrap_or(0);
+            assert_eq!(n, 0, "{bin}: the third connection got an answer");
+            let stats = (
+                p.stat("connection_limit.cl.limited_connections").await,
+                p.stat("connection_limit.cl.active_connections").await,
+            );
+            let mut prom: Vec<String> = p
+                .prometheus()
+                .await
+                .lines()
+                .filter(|l| l.starts_with("envoy_connection_limit"))
+                .map(str::to_owned)
+                .collect();
+            prom.sort();
+            drop(held.pop());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            echo_round_trip(p.listener("tcp"), b"again").await;
+            seen.push((delay, stats, prom));
+        }
+    }
+    assert_eq!(seen[0].1, (Some(1), Some(2)), "Envoy");
+    assert_eq!(
+        seen[2..],
+        seen[..2],
+        "pilotfish (left) against Envoy (right)"
+    );
 }

@@ -25,6 +25,8 @@ use envoy_types::pb::google::protobuf;
 use super::{model::*, proto};
 
 const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const CONNECTION_LIMIT: &str =
+    "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
 const HCM: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER: &str = "envoy.extensions.filters.http.router.v3.Router";
@@ -564,6 +566,24 @@ fn read_filter(
             &proto::any_to_json(any).map_err(|e| format!("{path}: {e}"))?,
             &format!("{path}.typed_config"),
         )?)),
+        CONNECTION_LIMIT => {
+            use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit;
+            let tpath = format!("{path}.typed_config");
+            let c: ConnectionLimit = proto::unpack(any).map_err(|e| format!("{tpath}: {e}"))?;
+            if c.stat_prefix.is_empty() {
+                return Err(format!("{tpath}.stat_prefix: required"));
+            }
+            let max = match c.max_connections.map(|v| v.value) {
+                Some(n) if n >= 1 => n,
+                Some(_) => return Err(format!("{tpath}.max_connections: must be at least 1")),
+                None => return Err(format!("{tpath}.max_connections: required")),
+            };
+            Ok(ReadFilter::ConnectionLimit {
+                stat_prefix: c.stat_prefix,
+                max,
+                delay: c.delay.as_ref().map(duration).filter(|d| !d.is_zero()),
+            })
+        }
         TCP_PROXY | HCM => Err(format!(
             "{path} ({}): a terminal filter must be the chain's last",
             f.name

@@ -194,6 +194,13 @@ pub enum ReadFilter {
     MetadataExchange(crate::istio::exchange::ExchangeConfig),
     /// `istio.stats` (`stats.PluginConfig`): Istio's TCP metrics.
     IstioStats(crate::istio::stats::StatsConfig),
+    /// `envoy.filters.network.connection_limit`: at most `max` connections at once on
+    /// the chain; one more is closed (after `delay`, if set).
+    ConnectionLimit {
+        stat_prefix: String,
+        max: u64,
+        delay: Option<Duration>,
+    },
 }
 
 /// `filter_chain_match`. Empty lists and `None` match anything.

@@ -779,6 +779,10 @@ const FIELDS: &[(&str, &[&str])] = &[
         &["name", "method_names"],
     ),
     (
+        "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+        &["stat_prefix", "max_connections", "delay"],
+    ),
+    (
         "envoy.extensions.filters.network.rbac.v3.RBAC",
         &[
             "rules",

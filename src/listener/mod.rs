@@ -73,7 +73,19 @@ enum ReadFilter {
         config: Arc<crate::rbac::RbacConfig>,
         stats: crate::rbac::RbacStats,
     },
+    /// `envoy.filters.network.connection_limit`: its count is the chain's, shared by
+    /// every worker.
+    ConnectionLimit {
+        limit: Arc<conn_limit::ConnLimit>,
+        delay: Option<Duration>,
+        limited: crate::telemetry::stats::Counter,
+        active: crate::telemetry::stats::Gauge,
+    },
 }
+
+/// What the read filters hold for a connection they admitted (its places under
+/// connection limits).
+type Admitted = Vec<(conn_limit::Permit, crate::telemetry::stats::GaugeGuard)>;
 
 impl Chain {
     fn new(c: &FilterChain, ctx: &Context, stat_name: &str, inbound: bool) -> Result<Self, String> {
@@ -101,6 +113,23 @@ impl Chain {
                     stats: crate::rbac::RbacStats::new(&ctx.store, stat_prefix, config),
                     config: config.clone(),
                 }),
+                crate::config::ReadFilter::ConnectionLimit {
+                    stat_prefix,
+                    max,
+                    delay,
+                } => {
+                    let name = |s: &str| format!("connection_limit.{stat_prefix}.{s}");
+                    Some(ReadFilter::ConnectionLimit {
+                        limit: conn_limit::ConnLimit::new(Some(*max)),
+                        delay: *delay,
+                        limited: ctx
+                            .store
+                            .counter_tagged_by_default(name("limited_connections")),
+                        active: ctx
+                            .store
+                            .gauge_tagged_by_default(name("active_connections")),
+                    })
+                }
                 crate::config::ReadFilter::MetadataExchange(_)
                 | crate::config::ReadFilter::IstioStats(_) => None,
             })
@@ -126,28 +155,49 @@ impl Chain {
         })
     }
 
-    /// Runs the read filters; false when one closed the connection.
+    /// Runs the read filters in order: what the connection holds while it lasts, or
+    /// `Err` when one closes it (after the delay it names, if any).
     fn admit(
         &self,
         peer: SocketAddr,
         dst: SocketAddr,
         server_name: Option<&str>,
         peer_principal: Option<&str>,
-    ) -> bool {
-        self.read.iter().all(|f| match f {
-            ReadFilter::Rbac { config, stats } => {
-                let subject = crate::rbac::Subject {
-                    peer,
-                    remote: peer,
-                    local: dst,
-                    server_name,
-                    peer_principal,
-                    request: None,
-                    metadata: None,
-                };
-                config.check(&subject, stats).allowed
+    ) -> Result<Admitted, Option<Duration>> {
+        let mut held = Admitted::new();
+        for f in &self.read {
+            match f {
+                ReadFilter::Rbac { config, stats } => {
+                    let subject = crate::rbac::Subject {
+                        peer,
+                        remote: peer,
+                        local: dst,
+                        server_name,
+                        peer_principal,
+                        request: None,
+                        metadata: None,
+                    };
+                    if !config.check(&subject, stats).allowed {
+                        return Err(None);
+                    }
+                }
+                ReadFilter::ConnectionLimit {
+                    limit,
+                    delay,
+                    limited,
+                    active,
+                } => match limit.acquire() {
+                    Some(permit) => {
+                        held.push((permit, crate::telemetry::stats::GaugeGuard::new(active)))
+                    }
+                    None => {
+                        limited.inc();
+                        return Err(*delay);
+                    }
+                },
             }
-        })
+        }
+        Ok(held)
     }
 }
 
@@ -387,15 +437,23 @@ impl Listener {
             return;
         }
         let principal = stream.tls().and_then(|t| t.uri_san.clone());
-        if !chain.admit(
+        let _admitted = match chain.admit(
             peer,
             dst,
             facts.server_name.as_deref(),
             principal.as_deref(),
         ) {
-            self.stats.downstream_cx_destroy.inc();
-            return;
-        }
+            Ok(held) => held,
+            Err(delay) => {
+                // A delayed close holds the connection without reading it, as Envoy's
+                // connection limit does, so a client retrying at once is slowed down.
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
+                }
+                self.stats.downstream_cx_destroy.inc();
+                return;
+            }
+        };
         match &chain.terminal {
             Filter::Tcp(t) => {
                 t.handle(

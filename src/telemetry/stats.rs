@@ -364,23 +364,19 @@ impl Store {
     /// A counter whose Prometheus name and labels are what Envoy's default tag
     /// extractors make of `flat` (for stats whose names the extractors take apart in
     /// ways not worth spelling out by hand, such as RBAC's).
-    #[allow(
-        clippy::expect_used,
-        reason = "the built-in extractors are constant and tested"
-    )]
     pub fn counter_tagged_by_default(&self, flat: String) -> Counter {
-        static DEFAULT: std::sync::OnceLock<super::tags::TagProducer> = std::sync::OnceLock::new();
-        let producer = DEFAULT.get_or_init(|| {
-            super::tags::TagProducer::new(true, &[]).expect("the built-in extractors compile")
-        });
-        let (name, tags) = producer.produce(&flat);
-        let tags: Vec<(String, String)> = tags
-            .into_iter()
-            .map(|(k, v)| (super::naming::sanitize(&k), v))
-            .collect();
+        let (prom, tags) = default_tags(&flat);
         let labels: Vec<(&str, &str)> =
             tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        self.counter(flat, &format!("envoy_{name}"), &labels)
+        self.counter(flat, &prom, &labels)
+    }
+
+    /// A gauge named as [`Store::counter_tagged_by_default`] names counters.
+    pub fn gauge_tagged_by_default(&self, flat: String) -> Gauge {
+        let (prom, tags) = default_tags(&flat);
+        let labels: Vec<(&str, &str)> =
+            tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.gauge(flat, &prom, &labels)
     }
 
     pub fn gauge(&self, flat: String, prom: &str, labels: &[(&str, &str)]) -> Gauge {
@@ -616,6 +612,24 @@ impl Store {
         }
         out
     }
+}
+
+/// The Prometheus name and labels Envoy's default tag extractors make of `flat`.
+#[allow(
+    clippy::expect_used,
+    reason = "the built-in extractors are constant and tested"
+)]
+fn default_tags(flat: &str) -> (String, Vec<(String, String)>) {
+    static DEFAULT: std::sync::OnceLock<super::tags::TagProducer> = std::sync::OnceLock::new();
+    let producer = DEFAULT.get_or_init(|| {
+        super::tags::TagProducer::new(true, &[]).expect("the built-in extractors compile")
+    });
+    let (name, tags) = producer.produce(flat);
+    let tags = tags
+        .into_iter()
+        .map(|(k, v)| (super::naming::sanitize(&k), v))
+        .collect();
+    (format!("envoy_{name}"), tags)
 }
 
 /// Envoy's sanitizing: every character outside `[a-zA-Z0-9_]` becomes `_`.
