@@ -616,7 +616,7 @@ pub fn counts(ups: &[&Upstream]) -> Vec<usize> {
 #[derive(Default)]
 pub struct Differences {
     found: Vec<String>,
-    cases: usize,
+    pub cases: usize,
 }
 
 impl Differences {
