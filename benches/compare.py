@@ -411,6 +411,150 @@ def telemetry_only(a, tmp):
     rerun_section(a, "telemetry", lambda k: "_tel_" in k, each_round)
 
 
+IDLE_CONNS = 10_000
+SLOWLORIS = 1_000
+
+
+def abuse_round(summary_add, target, seconds, cfg):
+    """10,000 idle connections, then 1,000 slowloris clients (a request head that never
+    ends, one byte a second), held on the plain HTTP listener while wrk measures everyone
+    else; the proxy's RSS at each step. One worker, default limits (no
+    request_headers_timeout: Envoy's default)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = IDLE_CONNS + SLOWLORIS + 4096
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), max(want, hard)))
+    proxy = start_proxy(target, 1, cfg)
+    held = []
+    try:
+        wrk(PROXY_HTTP, 2)
+        summary_add("rps_abuse_base", target, 1, wrk(PROXY_HTTP, seconds)[0])
+        time.sleep(1)
+        summary_add("rss_abuse_base", target, 1, proxy.rss()[0])
+        for _ in range(IDLE_CONNS):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", PROXY_HTTP))
+            held.append(s)
+        time.sleep(3)
+        summary_add("rss_idle_conns", target, 1, proxy.rss()[0])
+        summary_add("rps_with_idle", target, 1, wrk(PROXY_HTTP, seconds)[0])
+        for s in held:
+            s.close()
+        held = []
+        time.sleep(3)
+        summary_add("rss_after_idle", target, 1, proxy.rss()[0])
+        slow = []
+        for _ in range(SLOWLORIS):
+            s = socket.create_connection(("127.0.0.1", PROXY_HTTP))
+            s.send(b"GET / HTTP/1.1\r\nhost: x\r\n")
+            slow.append(s)
+        held = slow
+        stop = [False]
+
+        def drip():
+            i = 0
+            while not stop[0]:
+                for s in slow:
+                    try:
+                        s.send(b"x-a: b\r\n"[i % 10:i % 10 + 1])
+                    except OSError:
+                        pass
+                i += 1
+                time.sleep(1)
+        import threading
+        t = threading.Thread(target=drip, daemon=True)
+        t.start()
+        time.sleep(3)
+        summary_add("rps_with_slowloris", target, 1, wrk(PROXY_HTTP, seconds)[0])
+        summary_add("rss_slowloris", target, 1, proxy.rss()[0])
+        stop[0] = True
+        t.join()
+    finally:
+        for s in held:
+            s.close()
+        proxy.stop()
+
+
+def abuse_only(a, tmp):
+    """The idle-connection and slowloris rounds alone, their section spliced into
+    docs/benchmarks.md (the rest keeps its run's figures)."""
+    cfg = os.path.join(tmp, "bootstrap.yaml")
+    with open(cfg, "w") as f:
+        f.write(bootstrap())
+    samples = {}
+
+    def add(scn, target, conc, value):
+        samples.setdefault(f"{scn}|{target}|{conc}", []).append(value)
+
+    nginx = Proc(["nginx", "-c", os.path.join(tmp, "nginx.conf")])
+    wait_port(UPSTREAM_HTTP)
+    try:
+        for r in range(a.runs):
+            for target in (["pilotfish", "envoy"] if r % 2 == 0 else ["envoy", "pilotfish"]):
+                print(f"abuse round {r + 1}/{a.runs}: {target}", file=sys.stderr)
+                abuse_round(add, target, a.seconds, cfg)
+    finally:
+        nginx.stop()
+    summary = {k: median_range(v) for k, v in samples.items()}
+    meta = {"abuse": machine_meta(a)}
+    os.makedirs(os.path.join(ROOT, "target/bench"), exist_ok=True)
+    with open(os.path.join(ROOT, "target/bench/abuse.json"), "w") as f:
+        json.dump({"meta": meta, "summary": summary, "samples": samples}, f, indent=1)
+    section = "\n".join(render_abuse(summary, meta)) + "\n"
+    if a.no_docs:
+        print(section)
+        return
+    path = os.path.join(ROOT, "docs/benchmarks.md")
+    with open(path) as f:
+        doc = f.read()
+    title = "## 10,000 idle connections"
+    if title in doc:
+        start = doc.index(title)
+        end = doc.find("\n## ", start + 1)
+        doc = doc[:start] + section + (doc[end + 1:] if end >= 0 else "")
+    else:
+        at = doc.index("## Idle RSS with many clusters")
+        doc = doc[:at] + section + "\n" + doc[at:]
+    with open(path, "w") as f:
+        f.write(doc)
+    print("wrote the abuse section of docs/benchmarks.md", file=sys.stderr)
+
+
+def render_abuse(summary, meta):
+    """Idle connections and slowloris clients."""
+    p = lambda scn: get(summary, scn, "pilotfish", 1)
+    e = lambda scn: get(summary, scn, "envoy", 1)
+    if not p("rss_idle_conns"):
+        return []
+    m = meta.get("abuse", meta)
+    L = ["## 10,000 idle connections and 1,000 slowloris clients, one worker\n",
+         f"{IDLE_CONNS:,} TCP connections opened to the HTTP listener and left silent; then, instead,",
+         f"{SLOWLORIS:,} clients each sending a request head one byte a second, never finishing it",
+         "(default limits, as Envoy's: no `request_headers_timeout`). Meanwhile wrk (64 connections)",
+         "measures everyone else. RSS is the proxy's resident memory at each step.",
+         f"Measured at pilotfish `{m['pilotfish']}`, {m['date']}.\n",
+         "| figure | pilotfish | Envoy | pilotfish / Envoy |",
+         "|---|---|---|---|"]
+    row = lambda name, scn, digits: L.append(
+        f"| {name} | {fmt(p(scn), digits)} | {fmt(e(scn), digits)} | {ratio(p(scn), e(scn))} |")
+    row("RSS before, MiB", "rss_abuse_base", 1)
+    row(f"RSS with {IDLE_CONNS:,} idle connections, MiB", "rss_idle_conns", 1)
+    row("RSS after they close, MiB", "rss_after_idle", 1)
+    row(f"RSS with {SLOWLORIS:,} slowloris clients, MiB", "rss_slowloris", 1)
+    row("HTTP/1.1 rps for others, alone (wrk, 64 conns)", "rps_abuse_base", 0)
+    row(f"the same with {IDLE_CONNS:,} idle connections held", "rps_with_idle", 0)
+    row(f"the same with {SLOWLORIS:,} slowloris clients", "rps_with_slowloris", 0)
+    pi, pb, ei, eb = p("rss_idle_conns"), p("rss_abuse_base"), e("rss_idle_conns"), e("rss_abuse_base")
+    if pi and pb and ei and eb:
+        kib = lambda i, b: (i["median"] - b["median"]) * 1024 / IDLE_CONNS
+        L.append(f"| memory per idle connection, KiB | {kib(pi, pb):.1f} | {kib(ei, eb):.1f} | "
+                 f"{kib(pi, pb) / kib(ei, eb):.2f}× |")
+    L.append("")
+    return L
+
+
 def wait_port(port, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -521,6 +665,8 @@ def main():
     ap.add_argument("--render", metavar="RESULTS_JSON", help="only rewrite docs/ from an earlier run's results")
     ap.add_argument("--mtls-only", action="store_true",
                     help="run only the mutual-TLS figures and merge them into target/bench/results.json")
+    ap.add_argument("--abuse-only", action="store_true",
+                    help="run only the idle-connection and slowloris figures and merge them into target/bench/results.json")
     ap.add_argument("--telemetry-only", action="store_true",
                     help="run only the telemetry on/off figures and merge them into target/bench/results.json")
     a = ap.parse_args()
@@ -540,6 +686,8 @@ def main():
         return mtls_only(a, tmp, mtls_paths)
     if a.telemetry_only:
         return telemetry_only(a, tmp)
+    if a.abuse_only:
+        return abuse_only(a, tmp)
     cfg = os.path.join(tmp, "bootstrap.yaml")
     with open(cfg, "w") as f:
         f.write(bootstrap())
@@ -615,6 +763,7 @@ def main():
                         if proxy:
                             mtls_round(add, target, a.seconds, tmp, mtls_paths)
                             telemetry_round(add, target, a.seconds, tmp)
+                            abuse_round(add, target, a.seconds, cfg)
                         else:
                             add("lat_p50_mtls", "direct", 0, lat["p50"])
                             add("lat_p99_mtls", "direct", 0, lat["p99"])
@@ -764,6 +913,7 @@ def render(summary, meta, concs, clusters):
         L.append("")
     L.extend(render_mtls(summary, meta))
     L.extend(render_telemetry(summary, meta))
+    L.extend(render_abuse(summary, meta))
     L.append("## Idle RSS with many clusters (and as many routes), concurrency 1\n")
     L.append("| clusters | pilotfish MiB | Envoy MiB | pilotfish / Envoy | target |")
     L.append("|---|---|---|---|---|")
