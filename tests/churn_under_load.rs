@@ -9,15 +9,14 @@ mod common;
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use common::{
-    Proxy, reference_envoy, send,
+    Proxy,
+    load::Load,
+    reference_envoy, send,
     xds::{CDS, EDS, LDS, RDS, XdsServer, ads_bootstrap, any, from_yaml, tcp},
 };
 use envoy_types::pb::{
@@ -157,61 +156,6 @@ virtual_hosts:
     ("r".into(), any(&r))
 }
 
-/// Requests in a loop on several tasks, each on a fresh connection, until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr, tasks: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..tasks)
-            .map(|_| {
-                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let req = Request::get("/")
-                            .header("host", "test")
-                            .body(Full::default())
-                            .unwrap();
-                        match send(addr, false, req).await {
-                            Ok((s, _, _)) if s == 200 => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            other => failed
-                                .lock()
-                                .unwrap()
-                                .push(format!("{:?}", other.map(|r| r.0))),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            tasks,
-        }
-    }
-
-    async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.lock().unwrap().clone(),
-        )
-    }
-}
-
 /// The control plane's initial configuration: listener `http` → routes `r` → EDS
 /// cluster `svc` over `ups`.
 fn load(x: &XdsServer, ups: &[SocketAddr]) {
@@ -235,15 +179,6 @@ async fn start(bin: &str, x: &XdsServer) -> Proxy {
         p.refresh_listeners().await;
     }
     p
-}
-
-fn rss_kib(p: &Proxy) -> u64 {
-    std::fs::read_to_string(format!("/proc/{}/status", p.child.id()))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }
 
 /// `n` pushes: routes every time (alternating clusters' tags), endpoints every 10th,
@@ -358,7 +293,7 @@ async fn memory_settles_across_rounds_of_pushes() {
         x.wait_ack(RDS).await;
         // Removed resources' stats go a second after the update that removed them.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        rss.push(rss_kib(&p));
+        rss.push(p.rss_kib());
     }
     let (ok, failed) = l.finish().await;
     assert!(failed.is_empty() && ok > 0, "{} failed", failed.len());

@@ -54,15 +54,6 @@ fn limits(o: &Outcome) -> Vec<(u16, u32)> {
         .collect()
 }
 
-fn rss_kb(p: &Proxy) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", p.child.id())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 async fn serves(p: &Proxy) -> bool {
     // Over HTTP/2 (a fresh connection) and HTTP/1.1.
     let mut c = Conn::open(p.listener("http")).await;
@@ -228,7 +219,7 @@ async fn floods_are_shed_and_others_served() {
             }),
         ),
     ];
-    let baseline = rss_kb(&ours);
+    let baseline = ours.rss_kib();
     let mut report = Vec::new();
     for (name, frames) in &attacks {
         let mut outcomes = Vec::new();
@@ -245,7 +236,7 @@ async fn floods_are_shed_and_others_served() {
             o.closed,
             o.goaway,
             outcomes[1].0,
-            rss_kb(&ours).saturating_sub(baseline)
+            ours.rss_kib().saturating_sub(baseline)
         ));
         // Envoy closes every one of these connections.
         assert!(e.closed, "{name}: Envoy kept the connection");
@@ -269,7 +260,7 @@ async fn floods_are_shed_and_others_served() {
     }
     eprintln!("{}", report.join("\n"));
     // Memory stays bounded through all of them.
-    let grown = rss_kb(&ours).saturating_sub(baseline);
+    let grown = ours.rss_kib().saturating_sub(baseline);
     assert!(
         grown < 64 * 1024,
         "RSS grew {grown} KiB:\n{}",

@@ -8,15 +8,13 @@ mod common;
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use common::{
-    Proxy, Upstream, http_get, send,
+    Proxy, Upstream, http_get,
+    load::Load,
+    send,
     xds::{CDS, EDS, LDS, RDS, XdsServer, ads_bootstrap, any, from_yaml, tcp},
 };
 use envoy_types::pb::envoy::config::{
@@ -157,55 +155,6 @@ fn load_basic(x: &XdsServer, up: SocketAddr) {
     x.set(EDS, vec![cla("a", &[up])]);
     x.set(LDS, vec![listener("http", 0, "r", "v1")]);
     x.set(RDS, vec![routes("r", "a", "1", None)]);
-}
-
-/// Requests in a loop on several tasks (fresh connections) until stopped; counts
-/// successes and failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<std::sync::Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr, tasks: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let tasks = (0..tasks)
-            .map(|_| {
-                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        match get(addr, "/").await {
-                            Ok((200, _)) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            other => failed.lock().unwrap().push(format!("{other:?}")),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            tasks,
-        }
-    }
-
-    async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.lock().unwrap().clone(),
-        )
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

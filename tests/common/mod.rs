@@ -6,6 +6,7 @@ pub mod certs;
 pub mod grpc_services;
 pub mod h2raw;
 pub mod istio;
+pub mod load;
 pub mod netns;
 pub mod pod;
 pub mod xds;
@@ -200,6 +201,16 @@ impl Proxy {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The process's resident memory, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
