@@ -319,14 +319,15 @@ async fn sigterm_with_requests_in_flight() {
         load(&x, &[ups[0].addr]);
         let mut p = start(bin, &x).await;
         let addr = p.listener("http");
-        let inflight: Vec<_> = (0..8)
-            .map(|_| {
+        // Eight HTTP/1.1 requests and two HTTP/2 streams, each on its own connection.
+        let inflight: Vec<_> = (0..10)
+            .map(|i| {
                 tokio::spawn(async move {
                     let req = Request::get("/slow")
                         .header("host", "test")
                         .body(Full::default())
                         .unwrap();
-                    matches!(send(addr, false, req).await, Ok((s, _, _)) if s == 200)
+                    matches!(send(addr, i >= 8, req).await, Ok((s, _, _)) if s == 200)
                 })
             })
             .collect();
