@@ -17,13 +17,10 @@ use common::{
     Proxy,
     load::Load,
     reference_envoy, send,
-    xds::{CDS, EDS, LDS, RDS, XdsServer, ads_bootstrap, any, from_yaml, tcp},
+    xds::{CDS, EDS, LDS, RDS, XdsServer, ads_bootstrap, any, cla, from_yaml, tcp},
 };
 use envoy_types::pb::{
-    envoy::config::{
-        cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
-        route::v3::RouteConfiguration,
-    },
+    envoy::config::{cluster::v3::Cluster, listener::v3::Listener, route::v3::RouteConfiguration},
     google::protobuf::Any,
 };
 use http::Request;
@@ -103,18 +100,6 @@ fn cluster(name: &str) -> (String, Any) {
     (name.into(), any(&c))
 }
 
-fn endpoints(name: &str, ups: &[SocketAddr]) -> (String, Any) {
-    let eps: Vec<String> = ups
-        .iter()
-        .map(|u| format!("{{ endpoint: {{ address: {} }} }}", tcp(*u)))
-        .collect();
-    let c: ClusterLoadAssignment = from_yaml(&format!(
-        "cluster_name: {name}\nendpoints: [{{ lb_endpoints: [{}] }}]\n",
-        eps.join(", ")
-    ));
-    (name.into(), any(&c))
-}
-
 fn listener(name: &str, route: &str) -> (String, Any) {
     let l: Listener = from_yaml(&format!(
         r#"name: {name}
@@ -160,7 +145,7 @@ virtual_hosts:
 /// cluster `svc` over `ups`.
 fn load(x: &XdsServer, ups: &[SocketAddr]) {
     x.set(CDS, vec![cluster("svc")]);
-    x.set(EDS, vec![endpoints("svc", ups)]);
+    x.set(EDS, vec![cla("svc", ups)]);
     x.set(LDS, vec![listener("http", "r")]);
     x.set(RDS, vec![routes("svc", "0")]);
 }
@@ -189,7 +174,7 @@ async fn pushes(x: &XdsServer, ups: &[SocketAddr], from: usize, n: usize) {
         x.set(RDS, vec![routes("svc", &i.to_string())]);
         if i % 10 == 0 {
             let set = if i % 20 == 0 { ups } else { &ups[..1] };
-            x.set(EDS, vec![endpoints("svc", set)]);
+            x.set(EDS, vec![cla("svc", set)]);
         }
         if i % 50 == 0 {
             x.set(
@@ -206,7 +191,7 @@ async fn pushes(x: &XdsServer, ups: &[SocketAddr], from: usize, n: usize) {
         }
         tokio::task::yield_now().await;
     }
-    x.set(EDS, vec![endpoints("svc", ups)]);
+    x.set(EDS, vec![cla("svc", ups)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -15,11 +15,10 @@ use common::{
     Proxy, Upstream, http_get,
     load::Load,
     send,
-    xds::{CDS, EDS, LDS, RDS, XdsServer, ads_bootstrap, any, from_yaml, tcp},
+    xds::{CDS, EDS, LDS, RDS, XdsServer, ads_bootstrap, any, cla, from_yaml, tcp},
 };
 use envoy_types::pb::envoy::config::{
-    cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
-    route::v3::RouteConfiguration,
+    cluster::v3::Cluster, listener::v3::Listener, route::v3::RouteConfiguration,
 };
 use http::Request;
 use http_body_util::Full;
@@ -35,18 +34,6 @@ fn static_cluster(name: &str, up: SocketAddr) -> (String, envoy_types::pb::googl
     let c: Cluster = from_yaml(&format!(
         "name: {name}\ntype: STATIC\nconnect_timeout: 1s\nload_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {} }} }}] }}] }}\n",
         tcp(up)
-    ));
-    (name.into(), any(&c))
-}
-
-fn cla(name: &str, ups: &[SocketAddr]) -> (String, envoy_types::pb::google::protobuf::Any) {
-    let eps: Vec<String> = ups
-        .iter()
-        .map(|u| format!("{{ endpoint: {{ address: {} }} }}", tcp(*u)))
-        .collect();
-    let c: ClusterLoadAssignment = from_yaml(&format!(
-        "cluster_name: {name}\nendpoints: [{{ lb_endpoints: [{}] }}]\n",
-        eps.join(", ")
     ));
     (name.into(), any(&c))
 }

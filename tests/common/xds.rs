@@ -131,6 +131,20 @@ pub fn tcp(addr: SocketAddr) -> String {
     )
 }
 
+/// A `ClusterLoadAssignment` for `name` with `ups` as its endpoints (one locality).
+pub fn cla(name: &str, ups: &[SocketAddr]) -> (String, Any) {
+    let eps: Vec<String> = ups
+        .iter()
+        .map(|u| format!("{{ endpoint: {{ address: {} }} }}", tcp(*u)))
+        .collect();
+    let c: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
+        from_yaml(&format!(
+            "cluster_name: {name}\nendpoints: [{{ lb_endpoints: [{}] }}]\n",
+            eps.join(", ")
+        ));
+    (name.into(), any(&c))
+}
+
 /// Packs a message as an `Any`.
 pub fn any<M: Message + Name>(m: &M) -> Any {
     Any {
