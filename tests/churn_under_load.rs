@@ -17,10 +17,10 @@ use common::{
     Proxy,
     load::Load,
     reference_envoy, send,
-    xds::{CDS, EDS, LDS, RDS, XdsServer, ads_bootstrap, any, cla, from_yaml, tcp},
+    xds::{CDS, EDS, LDS, RDS, XdsServer, ads_bootstrap, any, cla, from_yaml, listener, tcp},
 };
 use envoy_types::pb::{
-    envoy::config::{cluster::v3::Cluster, listener::v3::Listener, route::v3::RouteConfiguration},
+    envoy::config::{cluster::v3::Cluster, route::v3::RouteConfiguration},
     google::protobuf::Any,
 };
 use http::Request;
@@ -100,23 +100,6 @@ fn cluster(name: &str) -> (String, Any) {
     (name.into(), any(&c))
 }
 
-fn listener(name: &str, route: &str) -> (String, Any) {
-    let l: Listener = from_yaml(&format!(
-        r#"name: {name}
-address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: {name}
-      rds: {{ route_config_name: {route}, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
-      http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}]
-"#
-    ));
-    (name.into(), any(&l))
-}
-
 /// Routes to `cluster` with istiod's default retry policy (plus `reset`, so that a
 /// request caught on a killed connection is retried: Istio's users add it the same
 /// way), tagged `tag`.
@@ -146,7 +129,7 @@ virtual_hosts:
 fn load(x: &XdsServer, ups: &[SocketAddr]) {
     x.set(CDS, vec![cluster("svc")]);
     x.set(EDS, vec![cla("svc", ups)]);
-    x.set(LDS, vec![listener("http", "r")]);
+    x.set(LDS, vec![listener("http", 0, "r", "envoy")]);
     x.set(RDS, vec![routes("svc", "0")]);
 }
 
@@ -183,9 +166,9 @@ async fn pushes(x: &XdsServer, ups: &[SocketAddr], from: usize, n: usize) {
             );
         }
         if i % 100 == 0 {
-            let mut ls = vec![listener("http", "r")];
+            let mut ls = vec![listener("http", 0, "r", "envoy")];
             if i % 200 == 0 {
-                ls.push(listener("other", "r"));
+                ls.push(listener("other", 0, "r", "envoy"));
             }
             x.set(LDS, ls);
         }

@@ -15,7 +15,7 @@ use common::{
     Proxy, Upstream, http_get,
     load::Load,
     send,
-    xds::{CDS, EDS, LDS, RDS, XdsServer, ads_bootstrap, any, cla, from_yaml, tcp},
+    xds::{CDS, EDS, LDS, RDS, XdsServer, ads_bootstrap, any, cla, from_yaml, listener, tcp},
 };
 use envoy_types::pb::envoy::config::{
     cluster::v3::Cluster, listener::v3::Listener, route::v3::RouteConfiguration,
@@ -36,30 +36,6 @@ fn static_cluster(name: &str, up: SocketAddr) -> (String, envoy_types::pb::googl
         tcp(up)
     ));
     (name.into(), any(&c))
-}
-
-/// An HTTP listener on 127.0.0.1 (`port` 0: any) whose routes come from RDS `route`.
-fn listener(
-    name: &str,
-    port: u16,
-    route: &str,
-    server_name: &str,
-) -> (String, envoy_types::pb::google::protobuf::Any) {
-    let l: Listener = from_yaml(&format!(
-        r#"name: {name}
-address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: {name}
-      server_name: {server_name}
-      rds: {{ route_config_name: {route}, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
-      http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}]
-"#
-    ));
-    (name.into(), any(&l))
 }
 
 /// A route configuration sending `/` to `cluster` (and `/c` to `c_cluster` if given),

@@ -145,6 +145,25 @@ pub fn cla(name: &str, ups: &[SocketAddr]) -> (String, Any) {
     (name.into(), any(&c))
 }
 
+/// An HTTP listener on 127.0.0.1 (`port` 0: any) whose routes come from RDS `route`.
+pub fn listener(name: &str, port: u16, route: &str, server_name: &str) -> (String, Any) {
+    let l: envoy_types::pb::envoy::config::listener::v3::Listener = from_yaml(&format!(
+        r#"name: {name}
+address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: {name}
+      server_name: {server_name}
+      rds: {{ route_config_name: {route}, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
+      http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}]
+"#
+    ));
+    (name.into(), any(&l))
+}
+
 /// Packs a message as an `Any`.
 pub fn any<M: Message + Name>(m: &M) -> Any {
     Any {
